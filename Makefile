@@ -1,0 +1,37 @@
+# Two commands do all set-up on a fresh machine with Python 3.11 and pip:
+#   make demo   -- simulate and reconstruct the shipped sample with the default prior
+#   make test   -- run the test suite
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TORCH_PIN := torch==2.13.0
+PLUGINS := plugins/ct plugins/template
+
+.PHONY: venv demo test lint bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml $(foreach p,$(PLUGINS),$(p)/pyproject.toml)
+	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) on PATH (set PY=...)"; exit 2; }
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# pin torch first: an unpinned torch requirement can pull a multi-GB CUDA build
+	$(BIN)/pip install -q $(TORCH_PIN)
+	$(BIN)/pip install -q -e '.[dev]' $(foreach p,$(PLUGINS),-e $(p))
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m medrecon.demo --output out/demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/operators.py
+
+clean:
+	rm -rf $(VENV) out .pytest_cache

@@ -1,0 +1,268 @@
+"""The conformance kit: every contract test, runnable on any operator.
+
+``check_operator(op)`` runs the checks below and returns a :class:`Report`;
+``medrecon plugins check NAME`` prints it as a table and exits non-zero on a
+failure.  First-party plugins run it in their test suites; plugin authors run
+it on theirs.
+
+Checks
+------
+shapes
+    ``forward`` maps ``(B, *domain_shape)`` to ``(B, *range_shape)`` with the
+    declared real/complex dtype, and ``adjoint`` maps back.
+adjoint-float64 / adjoint-float32
+    The dot-product test.  For random ``x`` and ``y``::
+
+        err = |<A x, y> - <x, A^H y>| / (||A x|| ||y||)
+
+    (``<a, b> = sum(conj(a) b)``); by Cauchy-Schwarz ``err`` is a relative error
+    that cannot be made small by accident.  Passes when ``err <= 1e-6``
+    (float64) or ``<= 1e-4`` (float32).
+spec-roundtrip
+    ``spec()`` survives ``json.dumps``/``json.loads`` and the registry rebuilds
+    an operator whose output equals the original's.
+gradient
+    Autograd's gradient of ``f(x) = Re <A x, w>`` equals ``A^H w`` (backward is
+    the adjoint), and agrees with a central finite difference along a random
+    direction.
+slice-independence
+    For per-slice operators: the output for a batch equals the outputs for its
+    slices one at a time, and changing one slice changes only its own output.
+device-roundtrip
+    With CUDA present: the operator on the GPU gives the CPU's result, and
+    moving back to the CPU works.  Skipped without CUDA.
+bad-shape
+    A wrongly shaped input raises :class:`medrecon.errors.InputError`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from medrecon.errors import InputError
+from medrecon.operators.base import Operator
+
+__all__ = ["CheckResult", "Report", "check_operator", "dot_product_error", "random_like_domain"]
+
+
+@dataclass
+class CheckResult:
+    """One check: its name, 'pass' / 'FAIL' / 'skip', and a short detail."""
+
+    name: str
+    status: str
+    detail: str = ""
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return self.status != "FAIL"
+
+
+@dataclass
+class Report:
+    """All checks run on one operator."""
+
+    operator: str
+    results: list[CheckResult] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.results)
+
+    def __getitem__(self, name: str) -> CheckResult:
+        for r in self.results:
+            if r.name == name:
+                return r
+        raise KeyError(name)
+
+    def table(self) -> str:
+        """A plain-text pass/fail table."""
+        w = max(len(r.name) for r in self.results) if self.results else 5
+        lines = [f"conformance of {self.operator}", f"{'check':<{w}}  result  detail"]
+        for r in self.results:
+            lines.append(f"{r.name:<{w}}  {r.status:<6}  {r.detail}")
+        lines.append("PASSED" if self.passed else "FAILED")
+        return "\n".join(lines)
+
+
+def _randn(shape, dtype, gen) -> torch.Tensor:
+    if dtype.is_complex:
+        real = torch.float64 if dtype == torch.complex128 else torch.float32
+        return torch.complex(torch.randn(shape, dtype=real, generator=gen),
+                             torch.randn(shape, dtype=real, generator=gen))
+    return torch.randn(shape, dtype=dtype, generator=gen)
+
+
+def random_like_domain(op: Operator, batch: int, real_dtype=torch.float32, seed: int = 0):
+    """A random image batch for ``op`` (complex when its domain is complex)."""
+    gen = torch.Generator().manual_seed(seed)
+    return _randn((batch, *op.domain_shape), op.domain_dtype(real_dtype), gen)
+
+
+def _vdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.sum(a.conj() * b) if (a.is_complex() or b.is_complex()) else torch.sum(a * b)
+
+
+def dot_product_error(op: Operator, real_dtype=torch.float64, batch: int = 2, seed: int = 0) -> float:
+    """Relative dot-product error ``|<Ax,y> - <x,A^H y>| / (||Ax|| ||y||)``."""
+    gen = torch.Generator().manual_seed(seed)
+    x = _randn((batch, *op.domain_shape), op.domain_dtype(real_dtype), gen)
+    y = _randn((batch, *op.range_shape), op.range_dtype(real_dtype), gen)
+    dev = _device_of(op)
+    x, y = x.to(dev), y.to(dev)
+    with torch.no_grad():
+        ax = op(x)
+        aty = op.adjoint(y)
+    lhs = _vdot(ax, y)
+    rhs = _vdot(x.to(aty.dtype) if aty.is_complex() else x, aty)
+    denom = torch.linalg.vector_norm(ax) * torch.linalg.vector_norm(y)
+    return float(torch.abs(lhs - rhs) / denom)
+
+
+def _device_of(op: Operator) -> torch.device:
+    for t in list(op.buffers()) + list(op.parameters()):
+        return t.device
+    return torch.device("cpu")
+
+
+def check_operator(op: Operator, *, batch: int = 2, seed: int = 0, rebuild=None) -> Report:
+    """Run every contract check on ``op`` and return a :class:`Report`.
+
+    ``rebuild(spec) -> Operator`` rebuilds from a spec; by default the registry
+    (:func:`medrecon.operator_from_spec`), falling back to ``type(op).from_spec``
+    for an operator that is not installed as a plugin.
+
+    The operator is deep-copied before precision or device changes, so ``op``
+    itself is not modified.
+    """
+    report = Report(op.name)
+
+    def run(name, fn):
+        t0 = time.perf_counter()
+        try:
+            status, detail = fn()
+        except Exception as exc:  # noqa: BLE001 - a check that raises is a failure
+            status, detail = "FAIL", f"{type(exc).__name__}: {exc}"
+        report.results.append(CheckResult(name, status, detail, time.perf_counter() - t0))
+
+    op32 = copy.deepcopy(op).with_precision(False)
+    op64 = copy.deepcopy(op).with_precision(True)
+
+    def shapes():
+        x = random_like_domain(op32, batch, seed=seed).to(_device_of(op32))
+        with torch.no_grad():
+            y = op32(x)
+            if tuple(y.shape) != (batch, *op32.range_shape):
+                return "FAIL", f"forward gave {tuple(y.shape)}, expected {(batch, *op32.range_shape)}"
+            if y.dtype != op32.range_dtype(torch.float32):
+                return "FAIL", f"forward gave dtype {y.dtype}, expected {op32.range_dtype()}"
+            xb = op32.adjoint(y)
+            if tuple(xb.shape) != (batch, *op32.domain_shape):
+                return "FAIL", f"adjoint gave {tuple(xb.shape)}, expected {(batch, *op32.domain_shape)}"
+            if xb.dtype != op32.domain_dtype(torch.float32):
+                return "FAIL", f"adjoint gave dtype {xb.dtype}, expected {op32.domain_dtype()}"
+        return "pass", f"{tuple(x.shape)} -> {tuple(y.shape)} {y.dtype}"
+
+    def adjoint(opx, dtype, tol):
+        def fn():
+            err = dot_product_error(opx, dtype, batch=batch, seed=seed)
+            return ("pass" if err <= tol else "FAIL"), f"relative error {err:.2e} (tol {tol:.0e})"
+        return fn
+
+    def spec_roundtrip():
+        spec = json.loads(json.dumps(op32.spec()))
+        if rebuild is not None:
+            op2 = rebuild(spec)
+        else:
+            try:
+                from medrecon.operators import operator_from_spec
+
+                op2 = operator_from_spec(spec)
+            except Exception:  # noqa: BLE001 - not installed as a plugin
+                op2 = type(op32).from_spec(spec)
+        op2 = op2.with_precision(False).to(_device_of(op32))
+        x = random_like_domain(op32, batch, seed=seed + 1).to(_device_of(op32))
+        with torch.no_grad():
+            d = torch.linalg.vector_norm(op32(x) - op2(x)) / torch.linalg.vector_norm(op32(x))
+        if op2.spec() != spec:
+            return "FAIL", "rebuilt operator reports a different spec"
+        return ("pass" if float(d) <= 1e-6 else "FAIL"), f"relative difference {float(d):.1e}"
+
+    def gradient():
+        dev = _device_of(op64)
+        gen = torch.Generator().manual_seed(seed + 2)
+        x = _randn((1, *op64.domain_shape), op64.domain_dtype(torch.float64), gen).to(dev)
+        w = _randn((1, *op64.range_shape), op64.range_dtype(torch.float64), gen).to(dev)
+        v = _randn((1, *op64.domain_shape), op64.domain_dtype(torch.float64), gen).to(dev)
+
+        def f(z):
+            return _vdot(op64(z), w).real
+
+        xg = x.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(f(xg), xg)
+        with torch.no_grad():
+            expect = op64.adjoint(w)
+            if not x.is_complex() and expect.is_complex():
+                expect = expect.real
+            err_adj = float(torch.linalg.vector_norm(g - expect) / torch.linalg.vector_norm(expect))
+            h = 1e-3
+            fd = (f(x + h * v) - f(x - h * v)) / (2 * h)
+            dd = _vdot(g, v).real
+            err_fd = float(torch.abs(fd - dd) / (torch.abs(dd) + 1e-30))
+        ok = err_adj <= 1e-6 and err_fd <= 1e-5
+        return ("pass" if ok else "FAIL"), f"backward vs adjoint {err_adj:.1e}, finite difference {err_fd:.1e}"
+
+    def slice_independence():
+        if not op.per_slice:
+            return "skip", "not a per-slice operator"
+        dev = _device_of(op64)
+        x = random_like_domain(op64, 3, torch.float64, seed=seed + 3).to(dev)
+        with torch.no_grad():
+            y = op64(x)
+            singles = torch.cat([op64(x[i : i + 1]) for i in range(3)])
+            d1 = float(torch.linalg.vector_norm(y - singles) / torch.linalg.vector_norm(y))
+            x2 = x.clone()
+            x2[1] = x2[1] * 2 + 1
+            y2 = op64(x2)
+            d2 = float(torch.linalg.vector_norm(y2[[0, 2]] - y[[0, 2]]) / torch.linalg.vector_norm(y))
+        ok = d1 <= 1e-10 and d2 <= 1e-10
+        return ("pass" if ok else "FAIL"), f"batch vs single {d1:.1e}, leakage {d2:.1e}"
+
+    def device_roundtrip():
+        if not torch.cuda.is_available():
+            return "skip", "CUDA not available"
+        cpu = copy.deepcopy(op32).to("cpu")
+        gpu = copy.deepcopy(op32).to("cuda")
+        x = random_like_domain(cpu, batch, seed=seed + 4)
+        with torch.no_grad():
+            yc = cpu(x)
+            yg = gpu(x.cuda()).cpu()
+            back = gpu.to("cpu")(x)
+        d = float(torch.linalg.vector_norm(yc - yg) / torch.linalg.vector_norm(yc))
+        d2 = float(torch.linalg.vector_norm(yc - back) / torch.linalg.vector_norm(yc))
+        ok = d <= 1e-4 and d2 <= 1e-6
+        return ("pass" if ok else "FAIL"), f"GPU vs CPU {d:.1e}, back on CPU {d2:.1e}"
+
+    def bad_shape():
+        bad = torch.zeros((1, *[s + 1 for s in op32.domain_shape]), dtype=op32.domain_dtype())
+        try:
+            op32(bad)
+        except InputError:
+            return "pass", "wrong shape raises InputError"
+        return "FAIL", "a wrongly shaped input did not raise InputError"
+
+    run("shapes", shapes)
+    run("adjoint-float64", adjoint(op64, torch.float64, 1e-6))
+    run("adjoint-float32", adjoint(op32, torch.float32, 1e-4))
+    run("spec-roundtrip", spec_roundtrip)
+    run("gradient", gradient)
+    run("slice-independence", slice_independence)
+    run("device-roundtrip", device_roundtrip)
+    run("bad-shape", bad_shape)
+    return report

@@ -1,0 +1,1 @@
+"""medrecon-ct: the CT plugin."""

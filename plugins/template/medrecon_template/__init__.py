@@ -1,0 +1,1 @@
+"""A minimal third-party medrecon plugin (see docs/plugins.md)."""
