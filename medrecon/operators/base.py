@@ -129,15 +129,18 @@ class Operator(torch.nn.Module):
         """Apply the exact adjoint ``A^H`` to a batch ``y`` of shape ``(B, *range_shape)``."""
         self._check(y, self.range_shape, "measurement")
         if torch.is_grad_enabled() and y.requires_grad:
-            return _AdjointFunction.apply(y, self)
-        return self._adjoint(y)
+            x = _AdjointFunction.apply(y, self)
+        else:
+            x = self._adjoint(y)
+        # For a real image space the adjoint of x -> A x (real inner product
+        # Re<., .> on the range) is Re(A^H y); a subclass may return either.
+        if not self.domain_is_complex and x.is_complex():
+            x = x.real
+        return x
 
     def normal(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the normal operator ``A^H A`` (self-adjoint, positive semi-definite)."""
-        out = self.adjoint(self.forward(x))
-        if not x.is_complex() and out.is_complex():
-            out = out.real
-        return out
+        return self.adjoint(self.forward(x))
 
     def classical(self, y: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         """The modality's classical reconstruction of ``y`` (FBP, zero-filled...)."""
