@@ -28,6 +28,13 @@ _LAZY = {
     "Operator": "medrecon.operators",
     "get_operator": "medrecon.operators",
     "operator_from_spec": "medrecon.operators",
+    "Volume": "medrecon.volume",
+    "load_volume": "medrecon.volume",
+    "save_volume": "medrecon.volume",
+    "Measurement": "medrecon.measurement",
+    "load_measurement": "medrecon.measurement",
+    "save_measurement": "medrecon.measurement",
+    "simulate": "medrecon.simulate",
 }
 
 

@@ -1,0 +1,90 @@
+"""Atomic output: write to a temporary sibling, then rename onto the target.
+
+A reader never sees a half-written file or folder, and an existing output is
+replaced only when the caller passed ``overwrite=True``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from medrecon.errors import InputError
+
+__all__ = ["check_target", "atomic_file", "atomic_dir"]
+
+
+def check_target(path: Path, overwrite: bool) -> None:
+    """Raise :class:`InputError` if ``path`` exists and ``overwrite`` is false, or
+    if its parent folder does not exist."""
+    path = Path(path)
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        raise InputError(f"output {str(path)!r} already exists; pass overwrite=True (--overwrite) to replace it")
+    if not path.parent.is_dir():
+        raise InputError(f"output folder {str(path.parent)!r} does not exist")
+
+
+def _tmp_sibling(path: Path, suffix: str = "") -> Path:
+    return path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}"
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path, overwrite: bool = False, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success rename it onto ``path``.
+
+    ``suffix`` is appended to the temporary name (``.nii.gz`` lets nibabel pick
+    compression from the name).  On error the temporary file is removed and
+    ``path`` is untouched.
+    """
+    path = Path(path)
+    check_target(path, overwrite)
+    tmp = _tmp_sibling(path, suffix)
+    try:
+        yield tmp
+        if path.is_dir() and not path.is_symlink():
+            # os.replace cannot put a file over a folder
+            old = _tmp_sibling(path, ".old")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            _remove(old)
+        else:
+            os.replace(tmp, path)
+    finally:
+        _remove(tmp)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a fresh temporary folder next to ``path``; on success it becomes ``path``.
+
+    An existing ``path`` (with ``overwrite=True``) is moved aside first and
+    deleted only after the new folder is in place.
+    """
+    path = Path(path)
+    check_target(path, overwrite)
+    tmp = _tmp_sibling(path)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if path.exists() or path.is_symlink():
+            old = _tmp_sibling(path, ".old")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            _remove(old)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            _remove(tmp)
