@@ -1,0 +1,265 @@
+"""Measurement files: ``y`` plus everything needed to reconstruct it later, in one HDF5 file.
+
+A measurement file is enough to reconstruct on another machine a year later:
+it holds the data ``y``, the operator spec (``Operator.spec()``, from which
+:func:`medrecon.operator_from_spec` rebuilds ``A``), the noise level, the target
+volume's shape and affine, units and provenance.
+
+HDF5 layout, schema ``measurement/1``
+-------------------------------------
+Root attributes:
+
+* ``medrecon_schema`` = ``"measurement/1"`` (files with another ``measurement/N``
+  are refused with a message naming the version; foreign HDF5 files are refused)
+* ``operator_spec`` -- JSON text of the operator spec
+* ``noise_std`` -- float, standard deviation of the noise in ``y`` (absolute,
+  in the units of ``y``; for complex ``y`` the std of the complex noise,
+  ``E|n|^2 = noise_std^2``)
+* ``units`` -- units of the image the operator acts on (``"HU"``, ...)
+* ``provenance`` -- JSON text (source, series_uid, command, date, medrecon_version, ...)
+* ``reference_meta`` -- JSON text (optional): the source volume's ``meta`` so that a
+  reconstruction can be written as a derived DICOM series of the source
+* ``medrecon_version`` -- version of the writer
+
+Datasets: ``y`` (float32 / complex64 / float64 / complex128, shaped
+``(B, *range_shape)``; B = slices for per-slice operators), ``volume_shape``
+(int64, ``(Z, Y, X)``), ``affine`` (float64 4x4, RAS+ mm, same convention as
+:class:`medrecon.Volume`).
+
+Example::
+
+    >>> import numpy as np, medrecon, tempfile, os
+    >>> m = medrecon.Measurement(y=np.ones((2, 4, 4), np.float32),
+    ...     operator_spec={"name": "template.scale", "params": {"shape": [4, 4], "factor": 2.0}},
+    ...     noise_std=0.0, volume_shape=(2, 4, 4), affine=np.eye(4), units="HU")
+    >>> path = os.path.join(tempfile.mkdtemp(), "m.h5")
+    >>> _ = medrecon.save_measurement(m, path)
+    >>> medrecon.load_measurement(path).y.shape
+    (2, 4, 4)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medrecon.errors import FileFormatError, InputError
+
+__all__ = ["Measurement", "SCHEMA", "save_measurement", "load_measurement", "is_measurement_file"]
+
+SCHEMA = "measurement/1"
+_SCHEMA_NAME, _SCHEMA_VERSION = SCHEMA.split("/")
+
+
+def _version() -> str:
+    import medrecon
+
+    return medrecon.__version__
+
+
+@dataclass
+class Measurement:
+    """Measured data ``y`` with the operator spec, noise level, target geometry and provenance.
+
+    Attributes
+    ----------
+    y : numpy.ndarray
+        Real or complex, shaped ``(B, *range_shape)`` (B = slices for per-slice operators).
+    operator_spec : dict
+        ``Operator.spec()``: ``{"name": ..., "params": {...}}``.
+    noise_std : float
+        Absolute standard deviation of the noise in ``y`` (units of ``y``); 0 for none.
+        For complex ``y``: ``E|n|^2 = noise_std^2`` (each of real / imaginary parts
+        ``noise_std / sqrt(2)``).
+    volume_shape : tuple of int
+        ``(Z, Y, X)`` of the volume to reconstruct.
+    affine : numpy.ndarray
+        4x4 RAS+ mm, voxel ``(i=column, j=row, k=slice)`` -> mm (see :class:`medrecon.Volume`).
+    units : str or None
+        Units of the image (``"HU"`` for CT).
+    provenance : dict
+        ``source``, ``series_uid``, ``command``, ``date``, ``medrecon_version`` and
+        anything else the writer adds (noise mode, seed, slice range).
+    reference_meta : dict or None
+        The source volume's ``meta``, to write a reconstruction as a derived DICOM
+        series (``save_volume(vol, folder, like=m.reference_meta)``).
+    """
+
+    y: np.ndarray
+    operator_spec: dict[str, Any]
+    noise_std: float = 0.0
+    volume_shape: tuple[int, ...] = ()
+    affine: np.ndarray = field(default_factory=lambda: np.eye(4))
+    units: str | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+    reference_meta: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        y = np.asarray(self.y)
+        if y.dtype.kind not in "fcbiu":
+            raise InputError(f"Measurement.y must be numeric, got dtype {y.dtype}")
+        if y.dtype.kind in "biu":
+            y = y.astype(np.float32)
+        self.y = y
+        if not isinstance(self.operator_spec, dict) or "name" not in self.operator_spec:
+            raise InputError("Measurement.operator_spec must be a dict with a 'name' entry (Operator.spec())")
+        try:
+            self.noise_std = float(self.noise_std)
+        except (TypeError, ValueError):
+            raise InputError(f"noise_std must be a number, got {self.noise_std!r}") from None
+        if not np.isfinite(self.noise_std) or self.noise_std < 0:
+            raise InputError(f"noise_std must be finite and >= 0, got {self.noise_std}")
+        self.volume_shape = tuple(int(s) for s in self.volume_shape)
+        aff = np.asarray(self.affine, dtype=np.float64)
+        if aff.shape != (4, 4) or not np.all(np.isfinite(aff)):
+            raise InputError(f"Measurement.affine must be a finite 4x4 matrix, got shape {aff.shape}")
+        self.affine = aff
+        self.provenance = dict(self.provenance or {})
+        if self.reference_meta is not None and not isinstance(self.reference_meta, dict):
+            raise InputError("Measurement.reference_meta must be a dict or None")
+
+    def operator(self, device=None):
+        """Rebuild the operator from ``operator_spec`` (via :func:`medrecon.operator_from_spec`),
+        optionally moved to ``device``."""
+        from medrecon.operators import operator_from_spec
+
+        op = operator_from_spec(self.operator_spec)
+        return op.to(device) if device is not None else op
+
+    @property
+    def is_complex(self) -> bool:
+        return self.y.dtype.kind == "c"
+
+    def __repr__(self) -> str:
+        return (f"Measurement(y={self.y.shape} {self.y.dtype}, operator={self.operator_spec.get('name')!r}, "
+                f"noise_std={self.noise_std:.4g}, volume_shape={self.volume_shape}, units={self.units!r})")
+
+
+def _json(obj: Any, what: str) -> str:
+    def default(o):
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+        if isinstance(o, Path):
+            return str(o)
+        raise TypeError(f"{type(o).__name__} is not JSON-able")
+
+    try:
+        return json.dumps(obj, default=default)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"Measurement.{what} cannot be stored as JSON: {exc}") from exc
+
+
+def save_measurement(m: Measurement, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write ``m`` to the HDF5 file ``path`` (schema ``measurement/1``), atomically.
+
+    An existing ``path`` is replaced only with ``overwrite=True``.  Returns the path.
+    """
+    import h5py
+
+    from medrecon.io.atomic import atomic_file
+
+    if not isinstance(m, Measurement):
+        raise InputError(f"save_measurement needs a Measurement, got {type(m).__name__}")
+    p = Path(path)
+    spec = _json(m.operator_spec, "operator_spec")
+    prov = dict(m.provenance)
+    prov.setdefault("medrecon_version", _version())
+    prov_s = _json(prov, "provenance")
+    ref_s = _json(m.reference_meta, "reference_meta") if m.reference_meta is not None else None
+    with atomic_file(p, overwrite=overwrite, suffix=".h5") as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["medrecon_schema"] = SCHEMA
+            f.attrs["medrecon_version"] = _version()
+            f.attrs["operator_spec"] = spec
+            f.attrs["noise_std"] = float(m.noise_std)
+            f.attrs["units"] = m.units if m.units is not None else ""
+            f.attrs["provenance"] = prov_s
+            if ref_s is not None:
+                f.attrs["reference_meta"] = ref_s
+            f.create_dataset("y", data=m.y, compression="gzip", compression_opts=1, shuffle=True)
+            f.create_dataset("volume_shape", data=np.asarray(m.volume_shape, dtype=np.int64))
+            f.create_dataset("affine", data=m.affine)
+    return p
+
+
+def is_measurement_file(path: str | os.PathLike) -> bool:
+    """True if ``path`` is an HDF5 file with a ``medrecon_schema`` attribute of kind ``measurement``."""
+    try:
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            return str(f.attrs.get("medrecon_schema", "")).startswith(_SCHEMA_NAME + "/")
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _attr_str(v: Any) -> str:
+    if isinstance(v, bytes):
+        return v.decode("utf-8")
+    return str(v)
+
+
+def load_measurement(path: str | os.PathLike) -> Measurement:
+    """Read a measurement file written by :func:`save_measurement`.
+
+    Raises :class:`FileFormatError` for a missing, truncated or foreign file and
+    for a file of a newer schema than this medrecon reads.
+    """
+    import h5py
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileFormatError(f"no such measurement file: {str(p)!r}")
+    try:
+        f = h5py.File(p, "r")
+    except OSError as exc:
+        raise FileFormatError(
+            f"{str(p)!r} is not a readable HDF5 file (truncated or not HDF5): {str(exc).splitlines()[0]}") from exc
+    try:
+        with f:
+            schema = f.attrs.get("medrecon_schema")
+            if schema is None:
+                raise FileFormatError(
+                    f"{str(p)!r} is an HDF5 file but not a medrecon measurement (no medrecon_schema attribute)")
+            schema = _attr_str(schema)
+            name, _, ver = schema.partition("/")
+            if name != _SCHEMA_NAME:
+                raise FileFormatError(f"{str(p)!r} is a medrecon {name!r} file, not a measurement")
+            if not ver.isdigit():
+                raise FileFormatError(f"{str(p)!r} has a malformed schema tag {schema!r}")
+            if int(ver) > int(_SCHEMA_VERSION):
+                raise FileFormatError(
+                    f"{str(p)!r} uses schema {schema}, newer than the {SCHEMA} this medrecon "
+                    f"{_version()} reads; upgrade medrecon")
+            try:
+                spec = json.loads(_attr_str(f.attrs["operator_spec"]))
+                prov = json.loads(_attr_str(f.attrs.get("provenance", "{}")))
+                ref = f.attrs.get("reference_meta")
+                ref = json.loads(_attr_str(ref)) if ref is not None else None
+                units = _attr_str(f.attrs.get("units", "")) or None
+                noise = float(f.attrs.get("noise_std", 0.0))
+                y = f["y"][()]
+                shape = tuple(int(s) for s in f["volume_shape"][()])
+                affine = np.asarray(f["affine"][()], dtype=np.float64)
+            except KeyError as exc:
+                raise FileFormatError(f"{str(p)!r} lacks a required entry of {SCHEMA}: {exc}") from exc
+            except (OSError, ValueError) as exc:
+                raise FileFormatError(
+                    f"{str(p)!r} is corrupt or truncated ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+                ) from exc
+    except FileFormatError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - h5py can raise odd errors on damaged files
+        raise FileFormatError(f"{str(p)!r} could not be read: {type(exc).__name__}: {exc}") from exc
+    try:
+        return Measurement(y=y, operator_spec=spec, noise_std=noise, volume_shape=shape, affine=affine,
+                           units=units, provenance=prov, reference_meta=ref)
+    except InputError as exc:
+        raise FileFormatError(f"{str(p)!r} holds invalid measurement data: {exc}") from exc
