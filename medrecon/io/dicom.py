@@ -199,8 +199,9 @@ def scan_series(path: str | os.PathLike) -> list[SeriesInfo]:
             continue
         uid = str(getattr(ds, "SeriesInstanceUID", "") or "")
         nframes = int(getattr(ds, "NumberOfFrames", 1) or 1)
+        enhanced = nframes > 1 or "PerFrameFunctionalGroupsSequence" in ds
         key = (uid, _orientation(ds), int(ds.Rows), int(ds.Columns),
-               f"multiframe:{f}" if nframes > 1 else "")
+               f"multiframe:{f}" if enhanced else "")
         groups.setdefault(key, []).append((f, ds))
     if not groups:
         where = "file" if root.is_file() else f"folder ({n_files} file(s) looked at)"
@@ -337,19 +338,23 @@ def _geometry(iop: np.ndarray, spacing: np.ndarray, ipps: np.ndarray, names: lis
 
 def _decode_error(path: Path, ds, exc: Exception) -> FileFormatError:
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    hint = ""
+    name = getattr(ts, "name", str(ts))
+    detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     try:
         from pydicom.pixels import get_decoder
 
         dec = get_decoder(ts)
-        if not dec.is_available:
-            hint = "; install one of: " + ", ".join(dec.missing_dependencies)
     except Exception:  # noqa: BLE001 - no decoder at all for this syntax
-        hint = "; pydicom has no decoder for it"
-    name = getattr(ts, "name", str(ts))
+        return FileFormatError(
+            f"cannot decode the pixels of {path.name}: transfer syntax {name} ({ts}) is not supported "
+            "(pydicom has no decoder for it)")
+    if not dec.is_available:
+        return FileFormatError(
+            f"cannot decode the pixels of {path.name}: transfer syntax {name} ({ts}) is not supported "
+            f"here; install one of: {', '.join(dec.missing_dependencies)}")
     return FileFormatError(
-        f"cannot decode the pixels of {path.name}: transfer syntax {name} ({ts}) is not supported "
-        f"here{hint} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
+        f"the pixel data of {path.name} ({name}) could not be decoded; the file may be truncated "
+        f"or corrupt ({detail})")
 
 
 def _pixels(path: Path, frames: bool = False) -> tuple[np.ndarray, Any]:
@@ -425,18 +430,32 @@ def read_dicom(path: str | os.PathLike, series: str | int | None = None) -> Volu
     iop = None
     spacing = None
     ipps = []
+    single = len(info.files) == 1
     for f, ds in zip(info.files, headers):
         if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
-            raise FileFormatError(
-                f"{f.name} has no ImagePositionPatient / ImageOrientationPatient; "
-                "cannot place it in space (is it a secondary capture or a scout?)")
-        ipps.append(_floats(ds.ImagePositionPatient, 3, "ImagePositionPatient", f))
-        o = _floats(ds.ImageOrientationPatient, 6, "ImageOrientationPatient", f)
+            if not single:
+                raise FileFormatError(
+                    f"{f.name} has no ImagePositionPatient / ImageOrientationPatient; cannot place "
+                    "the slices in space (is it a secondary capture or a scout?)")
+            warnings.warn(
+                f"{f.name} has no ImagePositionPatient / ImageOrientationPatient: it is placed at the "
+                "origin with identity orientation (the affine is not a patient position)",
+                GeometryWarning, stacklevel=3)
+            ipps.append(np.zeros(3))
+            o = np.array([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
+        else:
+            ipps.append(_floats(ds.ImagePositionPatient, 3, "ImagePositionPatient", f))
+            o = _floats(ds.ImageOrientationPatient, 6, "ImageOrientationPatient", f)
+        if iop is not None and np.max(np.abs(o - iop)) > 1e-4:
+            raise FileFormatError(f"mixed orientations: {f.name} has ImageOrientationPatient {list(o)}")
         iop = o if iop is None else iop
         ps = getattr(ds, "PixelSpacing", None) or getattr(ds, "ImagerPixelSpacing", None)
         ps = _floats(ps, 2, "PixelSpacing", f) if ps is not None else None
         if ps is None:
-            raise FileFormatError(f"{f.name} has no PixelSpacing")
+            if not single:
+                raise FileFormatError(f"{f.name} has no PixelSpacing")
+            warnings.warn(f"{f.name} has no PixelSpacing: 1 mm pixels assumed", GeometryWarning, stacklevel=3)
+            ps = np.ones(2)
         if spacing is None:
             spacing = ps
         elif np.max(np.abs(ps - spacing)) > 1e-4:
@@ -493,6 +512,8 @@ def _read_multiframe(info: SeriesInfo, root: Path) -> Volume:
         raise FileFormatError(f"{f.name}: {arr.shape[0]} frames decoded but NumberOfFrames is {nf}")
     shared = ds.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in ds else None
     per = ds.PerFrameFunctionalGroupsSequence if "PerFrameFunctionalGroupsSequence" in ds else None
+    if (per is None or len(per) != nf) and "GridFrameOffsetVector" in ds:
+        return _read_grid_offsets(info, root, arr, ds)
     if per is None or len(per) != nf:
         raise FileFormatError(f"{f.name}: multi-frame file without a per-frame functional group for every frame")
 
@@ -527,6 +548,30 @@ def _read_multiframe(info: SeriesInfo, root: Path) -> Volume:
     geo = _geometry(iops_a[0], pss[0], np.array(ipps), [f"frame {k + 1}" for k in range(nf)], fallback)
     data = np.stack([(arr[k].astype(np.float64) * slopes[k] + inters[k]).astype(np.float32) for k in geo.order])
     meta = _meta(ds, info, [f], root, geo, pss[0], slopes)
+    meta["source_sop_instance_uids"] = [str(getattr(ds, "SOPInstanceUID", ""))]
+    meta["multiframe"] = True
+    return Volume(data, geo.affine, meta)
+
+
+def _read_grid_offsets(info: SeriesInfo, root: Path, arr: np.ndarray, ds) -> Volume:
+    """A multi-frame image placed by GridFrameOffsetVector (RT Dose, some NM / PET)."""
+    f = info.files[0]
+    ipp = _floats(ds.ImagePositionPatient, 3, "ImagePositionPatient", f)
+    iop = _floats(ds.ImageOrientationPatient, 6, "ImageOrientationPatient", f)
+    ps = _floats(ds.PixelSpacing, 2, "PixelSpacing", f)
+    off = np.array([float(v) for v in ds.GridFrameOffsetVector])
+    if off.shape[0] != arr.shape[0]:
+        raise FileFormatError(f"{f.name}: GridFrameOffsetVector has {off.shape[0]} entries for {arr.shape[0]} frames")
+    normal = np.cross(iop[:3], iop[3:])
+    ipps = ipp[None] + off[:, None] * normal[None]
+    geo = _geometry(iop, ps, ipps, [f"frame {k + 1}" for k in range(len(off))], None)
+    scale = float(getattr(ds, "DoseGridScaling", 1.0) or 1.0)
+    slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0) * scale
+    inter = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
+    data = np.stack([(arr[k].astype(np.float64) * slope + inter).astype(np.float32) for k in geo.order])
+    meta = _meta(ds, info, [f], root, geo, ps, [slope])
+    if "DoseUnits" in ds:
+        meta["units"] = str(ds.DoseUnits)
     meta["source_sop_instance_uids"] = [str(getattr(ds, "SOPInstanceUID", ""))]
     meta["multiframe"] = True
     return Volume(data, geo.affine, meta)
