@@ -35,6 +35,8 @@ _LAZY = {
     "load_measurement": "medrecon.measurement",
     "save_measurement": "medrecon.measurement",
     "simulate": "medrecon.simulate",
+    "reconstruct": "medrecon.engine",
+    "evaluate": "medrecon.metrics",
 }
 
 

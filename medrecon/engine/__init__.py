@@ -1,0 +1,19 @@
+"""The reconstruction engine: slice batches on one or more devices, seeding, checkpoints, resume.
+
+``medrecon.reconstruct`` is :func:`medrecon.engine.core.reconstruct`; see ``docs/engine.md``.
+"""
+
+from __future__ import annotations
+
+from medrecon.engine.checkpoint import partial_path
+from medrecon.engine.core import (
+    PriorMismatchWarning,
+    RunStopped,
+    check_prior_fit,
+    load_input,
+    reconstruct,
+    run_settings,
+)
+
+__all__ = ["reconstruct", "load_input", "partial_path", "check_prior_fit", "run_settings", "RunStopped",
+           "PriorMismatchWarning"]

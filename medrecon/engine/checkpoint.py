@@ -1,0 +1,141 @@
+"""Checkpoints of a running reconstruction: ``OUT.partial/``, one ``.npy`` per finished slice.
+
+Layout of the folder next to the output ``OUT`` (``OUT.nii.gz.partial`` or ``OUT_DIR.partial``)::
+
+    state.json          {"format": "medrecon-partial", "version": 1, "settings_hash": ...,
+                         "settings": {...}, "n_slices": Z, "slice_shape": [Y, X]}
+    slice_00000.npy     float32 (Y, X), physical units, written atomically (temp + rename)
+    slice_00003.npy     ...
+
+A slice file exists only once the slice is finished, so the set of files is the
+set of done slices whatever moment the run was killed at.  ``settings_hash`` is the
+SHA-256 of the settings that determine the result (measurement content, operator,
+sampler and its parameters, prior, steps, seed, amp) -- *not* the batch size or the
+devices, which do not change the result -- so a resumed run may use other devices
+or another batch size but not another sampler, prior or seed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medrecon.errors import InputError
+
+FORMAT = "medrecon-partial"
+VERSION = 1
+STATE = "state.json"
+_SLICE_RE = re.compile(r"^slice_(\d{5,})\.npy$")
+
+
+def partial_path(output: str | os.PathLike) -> Path:
+    """``OUT.partial`` next to the output (a trailing slash of a DICOM folder name is ignored)."""
+    p = Path(os.fspath(output).rstrip("/\\") or ".")
+    return p.parent / (p.name + ".partial")
+
+
+def _atomic_write_bytes(path: Path, write) -> None:
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+class Checkpoint:
+    """The ``.partial`` folder of one run (see module docstring)."""
+
+    def __init__(self, folder: Path, settings: dict[str, Any], settings_hash: str, n_slices: int,
+                 slice_shape: tuple[int, ...]):
+        self.folder = Path(folder)
+        self.settings = settings
+        self.settings_hash = settings_hash
+        self.n_slices = int(n_slices)
+        self.slice_shape = tuple(int(s) for s in slice_shape)
+
+    # ------------------------------------------------------------------ open / create
+    @classmethod
+    def open(cls, folder: Path, settings: dict[str, Any], settings_hash: str, n_slices: int,
+             slice_shape: tuple[int, ...], *, resume: bool, discard: bool) -> "Checkpoint":
+        """Create the folder, or reopen it for ``resume``.
+
+        An existing folder is refused unless ``resume`` (same settings) or ``discard``
+        (start afresh).  Different settings on resume raise :class:`InputError` naming them.
+        """
+        ck = cls(folder, settings, settings_hash, n_slices, slice_shape)
+        if ck.folder.exists():
+            if resume:
+                ck._check_state()
+                return ck
+            if not discard:
+                raise InputError(
+                    f"{str(ck.folder)!r} holds an unfinished run for this output; pass resume=True (--resume) "
+                    "to continue it, or overwrite=True (--overwrite) to start again")
+            shutil.rmtree(ck.folder)
+        ck.folder.mkdir(parents=True)
+        ck._write_state()
+        return ck
+
+    def _write_state(self) -> None:
+        state = {"format": FORMAT, "version": VERSION, "settings_hash": self.settings_hash,
+                 "settings": self.settings, "n_slices": self.n_slices, "slice_shape": list(self.slice_shape)}
+        data = (json.dumps(state, indent=2, sort_keys=True) + "\n").encode()
+        _atomic_write_bytes(self.folder / STATE, lambda f: f.write(data))
+
+    def _check_state(self) -> None:
+        path = self.folder / STATE
+        try:
+            state = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            raise InputError(
+                f"{str(self.folder)!r} is not a medrecon partial run (no readable {STATE}); delete it to start again"
+            ) from None
+        if state.get("format") != FORMAT:
+            raise InputError(f"{str(self.folder)!r} is not a medrecon partial run; delete it to start again")
+        if state.get("settings_hash") != self.settings_hash:
+            old = state.get("settings") or {}
+            diff = sorted(k for k in set(old) | set(self.settings) if old.get(k) != self.settings.get(k))
+            what = ", ".join(diff) if diff else "settings"
+            raise InputError(
+                f"cannot resume: the partial run in {str(self.folder)!r} was started with different settings "
+                f"({what}); rerun with the same settings or delete the folder to start again")
+
+    # ------------------------------------------------------------------ slices
+    def slice_path(self, k: int) -> Path:
+        return self.folder / f"slice_{int(k):05d}.npy"
+
+    def done(self) -> list[int]:
+        """Indices of the finished slices (sorted)."""
+        out = []
+        for name in os.listdir(self.folder):
+            m = _SLICE_RE.match(name)
+            if m and int(m.group(1)) < self.n_slices:
+                out.append(int(m.group(1)))
+        return sorted(out)
+
+    def load(self, k: int) -> np.ndarray:
+        arr = np.load(self.slice_path(k), allow_pickle=False)
+        if arr.shape != self.slice_shape:
+            raise InputError(f"checkpoint {str(self.slice_path(k))!r} has shape {arr.shape}, expected "
+                             f"{self.slice_shape}; delete {str(self.folder)!r} to start again")
+        return arr
+
+    def save(self, k: int, arr: np.ndarray) -> None:
+        """Write slice ``k`` atomically (temp file + rename)."""
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
+        _atomic_write_bytes(self.slice_path(k), lambda f: np.save(f, arr, allow_pickle=False))
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)

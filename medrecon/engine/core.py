@@ -1,0 +1,732 @@
+"""The reconstruction engine: batching, devices, seeding, checkpoints, progress.
+
+``reconstruct(measurement, sampler, prior, ...)`` is the public entry point (also
+``medrecon.reconstruct``).  See ``docs/engine.md`` for the full story; in short:
+
+* **Batching.**  For a 2D (per-slice) sampler and operator, the slices of ``y``
+  (axis 0) that are not done yet are cut into batches of ``batch_size`` slices;
+  each batch is one ``sampler.sample`` call.  Only one batch per worker is on a
+  device at a time, so peak device memory is set by the batch size, not by the
+  number of slices.  A volume sampler (``sampler.per_slice`` false, e.g. ``tv`` with
+  ``dims=3``) or a 3D operator gets the whole volume in one call.
+* **Seeding.**  Slice ``k`` gets its own CPU generator seeded from ``(seed, k)``
+  (:func:`medrecon.samplers.slice_generators`, numpy ``SeedSequence([seed, k])``), and
+  samplers draw every random number of a slice from its generator.  A slice's result
+  therefore does not depend on the batch size, on the batch it lands in, on the
+  number of devices, or on being resumed.
+* **Devices.**  ``devices=[...]`` starts one worker thread per entry (each with its
+  own copy of the operator and prior on its device); workers take batches from a
+  shared queue.  Several ``"cpu"`` entries give several CPU workers.
+* **Checkpoints.**  With ``output`` given, every finished slice is written to
+  ``OUT.partial/slice_NNNNN.npy`` (atomically) next to a ``state.json`` holding a hash
+  of the settings that determine the result.  ``resume=True`` reloads the finished
+  slices and computes only the rest; different settings are refused.  The folder
+  is removed once the output is written.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import queue
+import threading
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medrecon.errors import FileFormatError, InputError, MedreconError
+
+__all__ = ["reconstruct", "load_input", "RunStopped", "PriorMismatchWarning", "run_settings"]
+
+ENGINE_VERSION = 1
+
+
+class RunStopped(MedreconError):
+    """The run stopped early as asked (``_stop_after``); its checkpoints are kept for ``resume``."""
+
+
+class PriorMismatchWarning(UserWarning):
+    """The measurement's grid or pixel size is far from what the prior was trained on."""
+
+
+# ============================================================================ inputs
+def load_input(path: str | os.PathLike, **options: Any):
+    """Read a measurement file, or a raw file that an installed importer recognises.
+
+    Importers are entry points of the group ``medrecon.importers``: a class (or object)
+    with ``can_read(path) -> bool`` and ``read(path, **options) -> Measurement``.
+    ``options`` go to the importer (ignored for measurement files).
+    """
+    from medrecon.measurement import is_measurement_file, load_measurement
+
+    p = Path(path)
+    if not p.exists():
+        raise FileFormatError(f"no such file or folder: {str(p)!r}")
+    if p.is_file() and is_measurement_file(p):
+        return load_measurement(p)
+    tried = []
+    for imp_name, imp in _importers():
+        tried.append(imp_name)
+        try:
+            ok = bool(imp.can_read(p))
+        except Exception:  # noqa: BLE001 - a third-party probe must not break the others
+            ok = False
+        if ok:
+            m = imp.read(p, **options)
+            from medrecon.measurement import Measurement
+
+            if not isinstance(m, Measurement):
+                raise MedreconError(f"importer {imp_name!r} returned {type(m).__name__}, not a Measurement")
+            return m
+    if p.suffix.lower() in (".h5", ".hdf5") or _is_hdf5(p):
+        known = f" (installed importers: {', '.join(tried)})" if tried else " (no importers are installed)"
+        raise FileFormatError(
+            f"{str(p)!r} is an HDF5 file but neither a medrecon measurement nor a raw format an importer reads{known}")
+    raise FileFormatError(
+        f"{str(p)!r} is not a medrecon measurement file and no installed importer reads it"
+        + (f" (installed importers: {', '.join(tried)})" if tried else ""))
+
+
+def _is_hdf5(p: Path) -> bool:
+    try:
+        with open(p, "rb") as f:
+            return f.read(8) == b"\x89HDF\r\n\x1a\n"
+    except OSError:
+        return False
+
+
+def _importers():
+    from medrecon import registry
+    from medrecon.errors import PluginError
+
+    for info in registry.discover("medrecon.importers"):
+        try:
+            obj = info.load()
+            inst = obj() if isinstance(obj, type) else obj
+        except (PluginError, Exception) as exc:  # noqa: BLE001
+            warnings.warn(f"importer {info.name!r} is broken and was skipped ({exc})", stacklevel=3)
+            continue
+        yield info.name, inst
+
+
+def _as_measurement(measurement):
+    from medrecon.measurement import Measurement
+
+    if isinstance(measurement, Measurement):
+        return measurement
+    if isinstance(measurement, (str, os.PathLike)):
+        return load_input(measurement)
+    raise InputError(f"reconstruct needs a Measurement or a path to a measurement file, got "
+                     f"{type(measurement).__name__}")
+
+
+def _as_sampler(sampler, params: dict[str, Any] | None, m):
+    from medrecon.samplers import Sampler, get_sampler, sampler_class
+
+    if isinstance(sampler, Sampler):
+        if params:
+            raise InputError("params= applies to a sampler given by name; build the Sampler with them instead")
+        return sampler
+    if not isinstance(sampler, str):
+        raise InputError(f"sampler must be a name or a Sampler, got {type(sampler).__name__}")
+    params = dict(params or {})
+    cls = sampler_class(sampler)
+    # samplers that model the noise take its level from the measurement unless told otherwise
+    if "noise_std" in getattr(cls, "params", {}) and "noise_std" not in params:
+        params["noise_std"] = float(m.noise_std)
+    return get_sampler(sampler, **params)
+
+
+def _as_prior(prior, sampler):
+    if prior is None:
+        if sampler.needs_prior:
+            raise InputError(
+                f"sampler {sampler.name!r} needs a diffusion prior; pass prior= (--prior NAME|PATH), "
+                "e.g. ct-default or mr-default")
+        return None, None
+    if isinstance(prior, (str, os.PathLike)):
+        from medrecon.priors.model import load_prior
+
+        return load_prior(prior), str(prior)
+    return prior, getattr(prior, "name", None) or type(prior).__name__
+
+
+# ============================================================================ settings hash
+def _hash_array(h, arr: np.ndarray) -> None:
+    arr = np.asarray(arr)
+    h.update(str(arr.dtype).encode() + str(arr.shape).encode())
+    if arr.ndim == 0 or arr.shape[0] == 0:
+        h.update(np.ascontiguousarray(arr).tobytes())
+        return
+    for k in range(arr.shape[0]):  # slice by slice: no full copy of a large y
+        h.update(np.ascontiguousarray(arr[k]).tobytes())
+
+
+def _measurement_hash(m) -> str:
+    h = hashlib.sha256()
+    _hash_array(h, m.y)
+    h.update(json.dumps([float(m.noise_std), list(m.volume_shape), np.asarray(m.affine).tolist(), m.units],
+                        sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def _tensor_bytes(t) -> bytes:
+    import torch
+
+    t = t.detach().cpu()
+    if t.is_complex():
+        t = torch.view_as_real(t)
+    return t.to(torch.float64).contiguous().numpy().tobytes()
+
+
+def _prior_fingerprint(prior) -> str | None:
+    """SHA-256 (16 hex digits) of what determines a prior's output: config / weights / tensors."""
+    import torch
+
+    if prior is None:
+        return None
+    h = hashlib.sha256(type(prior).__qualname__.encode())
+    cfg = getattr(prior, "config", None)
+    if isinstance(cfg, dict):
+        h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
+    sha = cfg.get("weights", {}).get("sha256") if isinstance(cfg, dict) else None
+    if isinstance(prior, torch.nn.Module):
+        if not sha:
+            for k, v in sorted(prior.state_dict().items()):
+                h.update(k.encode())
+                h.update(_tensor_bytes(v))
+    else:
+        for k, v in sorted(vars(prior).items()):
+            if isinstance(v, torch.Tensor):
+                h.update(k.encode())
+                h.update(_tensor_bytes(v))
+            elif isinstance(v, (int, float, str, bool, tuple, list, type(None))):
+                h.update(f"{k}={v!r}".encode())
+    for attr in ("_lo", "_hi"):
+        v = getattr(prior, attr, None)
+        if v is not None:
+            h.update(f"{attr}={v.tolist() if hasattr(v, 'tolist') else v!r}".encode())
+    return h.hexdigest()[:16]
+
+
+def run_settings(m, sampler, prior, steps, seed, amp) -> dict[str, Any]:
+    """The settings that determine a reconstruction's result (hashed for checkpoints)."""
+    return {
+        "engine_version": ENGINE_VERSION,
+        "measurement_sha256": _measurement_hash(m),
+        "operator": m.operator_spec,
+        "sampler": sampler.spec(),
+        "prior": _prior_fingerprint(prior),
+        "steps": steps,
+        "seed": int(seed),
+        "amp": bool(amp),
+    }
+
+
+def _settings_hash(settings: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+
+
+# ============================================================================ checks
+def _check_measurement(m, op, volume_mode_3d: bool) -> None:
+    y = m.y
+    if y.dtype.kind == "c":
+        finite = np.all(np.isfinite(y.real)) and np.all(np.isfinite(y.imag))
+    else:
+        finite = np.all(np.isfinite(y))
+    if not finite:
+        raise InputError("the measurement y holds NaN or infinite values; fix or re-import the data")
+    rshape, dshape = tuple(op.range_shape), tuple(op.domain_shape)
+    vshape = tuple(m.volume_shape)
+    if volume_mode_3d:
+        if tuple(y.shape) not in (rshape, (1, *rshape)):
+            raise InputError(f"the measurement y is shaped {tuple(y.shape)} but operator "
+                             f"{op.name!r} measures {rshape}")
+        if vshape and dshape != vshape:
+            raise InputError(f"operator {op.name!r} reconstructs {dshape}, but the measurement's volume is {vshape}")
+        return
+    if tuple(y.shape[1:]) != rshape:
+        raise InputError(f"the measurement y is shaped {tuple(y.shape)}, but operator {op.name!r} measures "
+                         f"slices shaped {rshape}")
+    if len(vshape) == 3:
+        if vshape[0] != y.shape[0]:
+            raise InputError(f"the measurement has {y.shape[0]} slices of y but its volume has {vshape[0]} slices")
+        if tuple(vshape[1:]) != dshape:
+            raise InputError(f"operator {op.name!r} reconstructs slices shaped {dshape}, but the measurement's "
+                             f"volume slices are {tuple(vshape[1:])}")
+
+
+def check_prior_fit(prior, m, op) -> list[str]:
+    """Warn (:class:`PriorMismatchWarning`) when the grid or pixel size is far from the prior's training.
+
+    Pixel size: more than 25% off the config's ``pixel_size_mm``.  Grid: the slice is more
+    than 2x larger or smaller than the config's ``image_size`` (skipped for priors trained on
+    patches, ``training.patch_size``, which apply to any larger grid by design).
+    Returns the warning sentences.
+    """
+    cfg = getattr(prior, "config", None)
+    if not isinstance(cfg, dict):
+        return []
+    msgs = []
+    dshape = tuple(op.domain_shape)[-2:]
+    aff = np.asarray(m.affine, dtype=np.float64)
+    dx, dy = float(np.linalg.norm(aff[:3, 0])), float(np.linalg.norm(aff[:3, 1]))
+    px = math.sqrt(dx * dy) if dx > 0 and dy > 0 else None
+    train_px = cfg.get("pixel_size_mm")
+    if px and train_px and abs(math.log(px / float(train_px))) > math.log1p(0.25):
+        msgs.append(f"pixel size {px:.3g} mm is far from the prior's training pixel size {float(train_px):.3g} mm; "
+                    "resample the data or expect a weaker prior")
+    size = cfg.get("image_size")
+    training = cfg.get("training") or {}
+    patch = training.get("patch_size") if isinstance(training, dict) else None
+    if size and not patch and len(dshape) == 2:
+        big, small = max(dshape), min(dshape)
+        if big > 2 * int(size) or small < int(size) / 2:
+            msgs.append(f"the image grid {dshape[0]}x{dshape[1]} is far from the {size}x{size} slices the prior "
+                        "was trained on; a convolutional prior still applies, but check the pixel size")
+    for msg in msgs:
+        warnings.warn(msg, PriorMismatchWarning, stacklevel=3)
+    return msgs
+
+
+def _guess_modality(m) -> str | None:
+    ref = m.reference_meta or {}
+    if ref.get("modality"):
+        return ref["modality"]
+    name = str(m.operator_spec.get("name", ""))
+    prefix = name.split(".", 1)[0].lower()
+    return {"ct": "CT", "mri": "MR", "mr": "MR", "us": "US", "ultrasound": "US"}.get(prefix)
+
+
+# ============================================================================ devices and workers
+def _resolve_devices(device, devices) -> list:
+    from medrecon.devices import resolve_device
+
+    if devices is None:
+        names = [device]
+    elif isinstance(devices, str):
+        names = [d.strip() for d in devices.split(",") if d.strip()]
+    else:
+        names = list(devices)
+    if not names:
+        raise InputError("devices= is empty; name at least one device (cpu, cuda, cuda:N)")
+    return [resolve_device(str(n)) for n in names]
+
+
+def _prior_copy(prior, dev, amp: bool, share: bool):
+    """The prior for one worker: its own copy on ``dev`` (the original is never modified)."""
+    import torch
+
+    if prior is None:
+        return None
+    if isinstance(prior, torch.nn.Module):
+        p = copy.copy(prior) if share else copy.deepcopy(prior)
+        if not share:
+            p = p.to(dev)
+    else:
+        p = copy.copy(prior) if share else copy.deepcopy(prior)
+    if hasattr(p, "autocast"):
+        p.autocast = bool(amp)
+    return p
+
+
+def _same_device(obj, dev) -> bool:
+    d = getattr(obj, "device", None)
+    if d is None:
+        import torch
+
+        if isinstance(obj, torch.nn.Module):
+            t = next(iter(list(obj.parameters()) + list(obj.buffers())), None)
+            d = t.device if t is not None else None
+    if d is None:
+        return dev.type == "cpu"
+    return str(d) == str(dev) or (d.type == dev.type == "cpu")
+
+
+class _Worker:
+    def __init__(self, index: int, dev, op, prior):
+        self.index, self.dev, self.op, self.prior = index, dev, op, prior
+
+
+def _make_workers(devs, op, prior, amp: bool) -> list[_Worker]:
+    workers = []
+    for i, dev in enumerate(devs):
+        if i == 0:
+            w_op = op.to(dev)
+            share = _same_device(prior, dev) if prior is not None else True
+        else:
+            w_op = copy.deepcopy(op).to(dev)
+            share = False
+        workers.append(_Worker(i, dev, w_op, _prior_copy(prior, dev, amp, share)))
+    return workers
+
+
+# ============================================================================ progress
+class _Progress:
+    """Rich progress bars on stderr (slices overall, steps per worker), or a user callback."""
+
+    def __init__(self, mode, total_slices: int, done: int, n_workers: int, label: str):
+        self.cb: Callable[[int, int], None] | None = mode if callable(mode) else None
+        self.total = total_slices
+        self.done = done
+        self.lock = threading.Lock()
+        self.rich = None
+        if mode is True:
+            from rich.console import Console
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                       TimeElapsedColumn, TimeRemainingColumn)
+
+            self.rich = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TimeRemainingColumn(),
+                                 console=Console(stderr=True), transient=False)
+            self.slice_task = self.rich.add_task(f"{label} slices", total=total_slices, completed=done)
+            self.step_tasks = [self.rich.add_task(f"  worker {i} steps" if n_workers > 1 else "  steps",
+                                                  total=1, completed=0) for i in range(n_workers)]
+
+    def __enter__(self):
+        if self.rich is not None:
+            self.rich.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.rich is not None:
+            self.rich.stop()
+
+    def step_callback(self, worker: int):
+        if self.rich is None:
+            return None
+        task = self.step_tasks[worker]
+
+        def cb(done: int, total: int) -> None:
+            self.rich.update(task, completed=int(done), total=max(int(total), 1))
+
+        return cb
+
+    def slices_done(self, n: int) -> None:
+        with self.lock:
+            self.done += n
+            done = self.done
+        if self.rich is not None:
+            self.rich.update(self.slice_task, completed=done)
+        if self.cb is not None:
+            self.cb(done, self.total)
+
+
+# ============================================================================ the engine
+def _to_image(x, what: str) -> np.ndarray:
+    import torch
+
+    if not isinstance(x, torch.Tensor):
+        raise MedreconError(f"the sampler returned {type(x).__name__}, not a torch.Tensor")
+    x = x.detach()
+    if x.is_complex():
+        x = x.abs()
+    out = x.to("cpu", torch.float32).numpy()
+    if not np.all(np.isfinite(out)):
+        raise MedreconError(f"the sampler produced NaN or infinite values for {what}; lower its step size or "
+                            "check the measurement's scale")
+    return out
+
+
+def _run_batch(w: _Worker, sampler, m, idx: list[int], steps, seed: int, cb) -> np.ndarray:
+    import torch
+
+    from medrecon.samplers import slice_generators
+
+    y = torch.from_numpy(np.ascontiguousarray(m.y[idx])).to(w.dev)
+    gens = slice_generators(seed, idx)
+    x = sampler.sample(y, w.op, w.prior, steps=steps, generators=gens, progress=cb)
+    what = f"slices {idx[0]}..{idx[-1]}" if len(idx) > 1 else f"slice {idx[0]}"
+    out = _to_image(x, what)
+    expect = (len(idx), *tuple(w.op.domain_shape))
+    if out.shape != expect:
+        raise MedreconError(f"sampler {sampler.name!r} returned shape {out.shape}, expected {expect}")
+    return out
+
+
+def reconstruct(
+    measurement,
+    sampler: Any = "dds",
+    prior: Any = None,
+    *,
+    steps: int | None = None,
+    params: dict[str, Any] | None = None,
+    device: str = "cpu",
+    devices: Sequence[str] | str | None = None,
+    batch_size: int = 8,
+    seed: int = 0,
+    amp: bool = False,
+    output: str | os.PathLike | None = None,
+    resume: bool = False,
+    progress: bool | Callable[[int, int], None] = True,
+    overwrite: bool = False,
+    like: Any = None,
+    _stop_after: int | None = None,
+):
+    """Reconstruct a volume from a measurement with a sampler (and a diffusion prior).
+
+    Parameters
+    ----------
+    measurement : Measurement or path
+        A :class:`medrecon.Measurement`, a measurement file (``.h5``), or a raw file an
+        installed importer reads.  ``y`` holds one measured slice per row of axis 0.
+    sampler : str or Sampler
+        ``"dds"`` (default), ``"dps"``, ``"reddiff"``, ``"tv"``, ``"classical"`` or any
+        registered sampler; ``params`` are its keyword parameters.
+    prior : DiffusionPrior, name or folder, optional
+        Needed by the diffusion samplers (``ct-default``, ``mr-default``, a folder, or
+        any object meeting :class:`~medrecon.priors.protocol.PriorProtocol`).  An MR
+        prior whose intensity map uses the volume's percentiles is bound to the
+        percentiles of the whole volume's classical reconstruction (not per batch).
+    steps : int, optional
+        Sampler steps (default: the sampler's own).
+    device, devices : str, list of str
+        One device (``cpu``, ``cuda``, ``cuda:N``) or several: one worker per entry
+        sharing the batches (``["cuda:0", "cuda:1"]``, or ``["cpu", "cpu"]``).
+    batch_size : int
+        Slices per sampler call; sets the peak memory.  The result does not depend on it.
+    seed : int
+        Slice ``k`` is sampled with a generator seeded from ``(seed, k)``.
+    amp : bool
+        bf16 autocast of the prior network on CUDA (the prior's ``autocast``); operators and
+        data consistency stay in float32.  No effect on the CPU.
+    output : path, optional
+        Write the result atomically: ``.nii`` / ``.nii.gz`` or a DICOM folder (a derived
+        series of the source series recorded in the measurement, or of ``like``).  Finished
+        slices are checkpointed in ``OUT.partial/`` meanwhile.
+    resume : bool
+        Continue a killed run from ``OUT.partial/`` (same settings required).
+    progress : bool or callable
+        Rich progress bars on stderr, or ``progress(slices_done, total_slices)``.
+    overwrite : bool
+        Replace an existing output (and discard a stale ``.partial`` folder when not resuming).
+    like : DICOM folder / file, Volume or meta dict, optional
+        Source of patient / study tags for DICOM output (default: the measurement's reference_meta).
+
+    Returns
+    -------
+    Volume
+        float32 (Z, Y, X) in physical units (``meta["units"]``) with the measurement's affine.
+
+    Example::
+
+        m = medrecon.load_measurement("sparse8.h5")
+        vol = medrecon.reconstruct(m, "dds", "ct-default", steps=50, output="recon.nii.gz")
+    """
+    from medrecon.volume import Volume
+
+    m = _as_measurement(measurement)
+    try:
+        batch_size = int(batch_size)
+    except (TypeError, ValueError):
+        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}") from None
+    if batch_size < 1:
+        raise InputError(f"batch_size must be a positive integer, got {batch_size}")
+    if steps is not None and (not isinstance(steps, (int, np.integer)) or int(steps) < 1):
+        raise InputError(f"steps must be a positive integer, got {steps!r}")
+    if resume and output is None:
+        raise InputError("resume needs output= (the checkpoints live next to the output)")
+    smp = _as_sampler(sampler, params, m)
+    prior_obj, prior_name = _as_prior(prior, smp)
+    if not smp.needs_prior:
+        prior_obj, prior_name = None, None
+    devs = _resolve_devices(device, devices)
+    if output is not None:
+        from medrecon.io.atomic import check_target
+
+        out_path = Path(os.fspath(output).rstrip("/\\"))
+        check_target(out_path, overwrite)
+
+    op = m.operator()
+    volume_mode_3d = not getattr(op, "per_slice", True)
+    volume_mode = volume_mode_3d or not getattr(smp, "per_slice", True)
+    _check_measurement(m, op, volume_mode_3d)
+    if prior_obj is not None:
+        check_prior_fit(prior_obj, m, op)
+        prior_obj = _bind_intensity(prior_obj, m, op, devs[0], batch_size)
+
+    eff_steps = int(steps) if steps is not None else getattr(smp, "default_steps", None)
+    z = int(m.volume_shape[0]) if len(m.volume_shape) == 3 else int(m.y.shape[0])
+    slice_shape = tuple(m.volume_shape[1:]) if len(m.volume_shape) == 3 else tuple(op.domain_shape)[-2:]
+    settings = run_settings(m, smp, prior_obj, eff_steps, seed, amp)
+    shash = _settings_hash(settings)
+
+    ck = None
+    if output is not None:
+        from medrecon.engine.checkpoint import Checkpoint, partial_path
+
+        ck = Checkpoint.open(partial_path(out_path), settings, shash, z, slice_shape,
+                             resume=resume, discard=overwrite)
+    result = np.zeros((z, *slice_shape), dtype=np.float32)
+    done = set(ck.done()) if ck is not None else set()
+    for k in done:
+        result[k] = ck.load(k)
+    todo = [k for k in range(z) if k not in done]
+
+    t0 = time.perf_counter()
+    if todo:
+        label = f"{smp.name}" + (f" ({len(done)} resumed)" if done else "")
+        with _Progress(progress, z, len(done), 1 if volume_mode else len(devs), label) as prog:
+            workers = _make_workers(devs[:1] if volume_mode else devs, op, prior_obj, amp)
+            if volume_mode:
+                if len(devs) > 1:
+                    warnings.warn(f"sampler {smp.name!r} couples all slices; it runs on {devs[0]} only",
+                                  stacklevel=2)
+                _run_volume(workers[0], smp, m, eff_steps, seed, result, ck, prog, volume_mode_3d, z)
+            else:
+                _run_slices(workers, smp, m, todo, batch_size, eff_steps, seed, result, ck, prog, _stop_after)
+    elapsed = time.perf_counter() - t0
+
+    meta = dict(copy.deepcopy(m.reference_meta) if m.reference_meta else {})
+    meta["units"] = m.units
+    meta.setdefault("modality", _guess_modality(m))
+    import medrecon
+
+    meta["reconstruction"] = {
+        "sampler": smp.spec(),
+        "prior": prior_name,
+        "prior_fingerprint": settings["prior"],
+        "steps": eff_steps,
+        "seed": int(seed),
+        "amp": bool(amp),
+        "operator": m.operator_spec,
+        "measurement_sha256": settings["measurement_sha256"],
+        "measurement_source": (m.provenance or {}).get("source"),
+        "resumed_slices": len(done),
+        "seconds": round(elapsed, 3),
+        "medrecon_version": medrecon.__version__,
+    }
+    vol = Volume(result, np.asarray(m.affine, dtype=np.float64), meta)
+    if output is not None:
+        _write_output(vol, out_path, overwrite, like, smp.name)
+        ck.remove()
+    return vol
+
+
+def _bind_intensity(prior, m, op, dev, batch_size: int):
+    """MR priors map intensities with the volume's percentiles: bind them once for the whole
+    volume (from its classical reconstruction), so that batches do not see different maps."""
+    cfg = getattr(prior, "config", None)
+    if not (isinstance(cfg, dict) and (cfg.get("intensity") or {}).get("kind") == "percentile"):
+        return prior
+    if getattr(prior, "_lo", None) is not None and getattr(prior, "_hi", None) is not None:
+        return prior
+    import torch
+
+    cop = op if _same_device(op, dev) else copy.deepcopy(op).to(dev)
+    parts = []
+    with torch.no_grad():
+        y = m.y if m.y.shape[1:] == tuple(op.range_shape) else m.y[None]
+        for s in range(0, y.shape[0], batch_size):
+            x = cop.classical(torch.from_numpy(np.ascontiguousarray(y[s:s + batch_size])).to(dev))
+            parts.append((x.abs() if x.is_complex() else x).float().cpu().numpy())
+    return prior.for_volume(np.concatenate(parts))
+
+
+def _run_volume(w, smp, m, steps, seed, result, ck, prog, volume_mode_3d: bool, z: int) -> None:
+    import torch
+
+    from medrecon.samplers import slice_generators
+
+    y = np.ascontiguousarray(m.y)
+    if volume_mode_3d:
+        if y.shape == tuple(w.op.range_shape):
+            y = y[None]
+        gens = slice_generators(seed, [0])
+    else:
+        gens = slice_generators(seed, range(z))
+    x = smp.sample(torch.from_numpy(y).to(w.dev), w.op, w.prior, steps=steps, generators=gens,
+                   progress=prog.step_callback(0))
+    out = _to_image(x, "the volume")
+    if volume_mode_3d:
+        out = out.reshape(out.shape[1:]) if out.shape[0] == 1 else out
+    if out.shape != result.shape:
+        raise MedreconError(f"sampler {smp.name!r} returned shape {out.shape}, expected {result.shape}")
+    result[:] = out
+    if ck is not None:
+        for k in range(z):
+            ck.save(k, result[k])
+    prog.slices_done(z)
+
+
+def _run_slices(workers, smp, m, todo, batch_size, steps, seed, result, ck, prog, stop_after) -> None:
+    batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
+    stop = threading.Event()
+    counter = {"n": 0}
+    lock = threading.Lock()
+
+    def finish(idx, out):
+        for j, k in enumerate(idx):
+            result[k] = out[j]
+            if ck is not None:
+                ck.save(k, out[j])
+        prog.slices_done(len(idx))
+        with lock:
+            counter["n"] += len(idx)
+            if stop_after is not None and counter["n"] >= stop_after:
+                stop.set()
+
+    if len(workers) == 1:
+        w = workers[0]
+        for idx in batches:
+            if stop.is_set():
+                break
+            finish(idx, _run_batch(w, smp, m, idx, steps, seed, prog.step_callback(0)))
+    else:
+        q: queue.Queue = queue.Queue()
+        for b in batches:
+            q.put(b)
+        errors: list[BaseException] = []
+
+        def loop(w):
+            import torch
+
+            if w.dev.type == "cuda":
+                torch.cuda.set_device(w.dev)
+            cb = prog.step_callback(w.index)
+            while not stop.is_set():
+                try:
+                    idx = q.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    finish(idx, _run_batch(w, smp, m, idx, steps, seed, cb))
+                except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+                    errors.append(exc)
+                    stop.set()
+                    return
+
+        threads = [threading.Thread(target=loop, args=(w,), name=f"medrecon-worker-{w.index}", daemon=True)
+                   for w in workers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            while t.is_alive():
+                t.join(0.2)
+        if errors:
+            raise errors[0]
+    if stop.is_set() and stop_after is not None and counter["n"] < len(todo):
+        raise RunStopped(f"run stopped after {counter['n']} slice(s) as asked; continue it with resume=True (--resume)")
+
+
+def _write_output(vol, out_path: Path, overwrite: bool, like, sampler_name: str) -> None:
+    from medrecon.volume import save_volume, volume_format
+
+    if volume_format(out_path) == "nifti":
+        save_volume(vol, out_path, overwrite=overwrite)
+        return
+    if out_path.suffix.lower() not in ("", ".dcm", ".dicom") and not out_path.is_dir():
+        save_volume(vol, out_path, overwrite=overwrite, like=like)  # raises the format error
+        return
+    from medrecon.io.dicom import write_dicom_series
+
+    src = vol.meta.get("series_description") or ""
+    desc = f"{src} medrecon {sampler_name}".strip()[:64]
+    write_dicom_series(vol, out_path, overwrite=overwrite, like=like, description=desc)
