@@ -1,0 +1,160 @@
+"""``medrecon info``, ``medrecon convert`` and ``medrecon simulate``.
+
+Imports of numpy-heavy and torch-using modules happen inside the commands so
+that ``medrecon --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shlex
+import sys
+import warnings
+from pathlib import Path
+
+import typer
+
+
+@contextlib.contextmanager
+def _warnings_as_lines():
+    """Show warnings raised inside (geometry notes) as one line each on stderr."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            seen = set()
+            for w in caught:
+                if issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning)):
+                    continue
+                msg = str(w.message).splitlines()[0]
+                if msg not in seen:
+                    seen.add(msg)
+                    typer.echo(f"medrecon: warning: {msg}", err=True)
+
+
+def _fmt(v, nd=4) -> str:
+    return ", ".join(f"{float(x):.{nd}g}" for x in v)
+
+
+def _volume_lines(vol) -> list[str]:
+    import numpy as np
+
+    m = vol.meta
+    z, y, x = vol.shape
+    dz, dy, dx = vol.spacing
+    lines = [
+        f"volume: {z} slices x {y} rows x {x} columns (Z, Y, X)",
+        f"voxel size: dz={dz:.4g} dy={dy:.4g} dx={dx:.4g} mm",
+        f"modality: {m.get('modality') or '?'}   units: {m.get('units') or '?'}",
+        f"values: min {float(vol.data.min()):.6g}, max {float(vol.data.max()):.6g}, "
+        f"mean {float(vol.data.mean(dtype=np.float64)):.6g}",
+        "affine (voxel i=column, j=row, k=slice -> RAS+ mm):",
+    ]
+    lines += ["  [" + "  ".join(f"{v:10.4f}" for v in row) + "]" for row in vol.affine]
+    for key, label in (("series_uid", "series UID"), ("series_description", "series description"),
+                       ("transfer_syntax", "transfer syntax"), ("gantry_tilt_deg", "gantry tilt (deg)"),
+                       ("source_format", "format")):
+        if m.get(key) not in (None, "", 0.0):
+            lines.append(f"{label}: {m[key]}")
+    return lines
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("info")
+    def info(
+        path: Path = typer.Argument(..., help="A DICOM folder or file, a NIfTI file, or a measurement .h5 file."),
+        series: str = typer.Option(None, "--series", "-s", help="Series index, UID or description."),
+    ) -> None:
+        """Describe a volume, the series in a DICOM folder, or a measurement file."""
+        from medrecon.errors import FileFormatError
+        from medrecon.volume import load_volume, volume_format
+
+        if not path.exists():
+            raise FileFormatError(f"no such file or folder: {str(path)!r}")
+        fmt = volume_format(path)
+        if fmt == "measurement":
+            from medrecon.measurement import load_measurement
+
+            m = load_measurement(path)
+            typer.echo(f"measurement: {path}")
+            typer.echo(f"y: shape {tuple(m.y.shape)}, dtype {m.y.dtype}")
+            typer.echo(f"operator: {m.operator_spec.get('name')} {m.operator_spec.get('params', {})}")
+            typer.echo(f"noise std: {m.noise_std:.6g} (absolute)")
+            typer.echo(f"volume shape (Z, Y, X): {m.volume_shape}   units: {m.units or '?'}")
+            for k, v in m.provenance.items():
+                typer.echo(f"provenance.{k}: {v}")
+            return
+        with _warnings_as_lines():
+            if fmt == "dicom":
+                from medrecon.io.dicom import scan_series
+
+                found = scan_series(path)
+                if len(found) > 1 and series is None:
+                    typer.echo(f"{path}: {len(found)} series (choose one with --series INDEX|UID|DESCRIPTION)")
+                    typer.echo(f"{'#':>3}  {'modality':8}  {'slices':>6}  {'matrix':>9}  description / UID")
+                    for i, s in enumerate(found):
+                        typer.echo(f"{i:>3}  {s.modality or '?':8}  {s.n_slices:>6}  "
+                                   f"{s.rows}x{s.columns:<5}  {s.description or '(none)'} / {s.key}")
+                    return
+            vol = load_volume(path, series=series)
+        typer.echo(f"{path}")
+        for line in _volume_lines(vol):
+            typer.echo(line)
+
+    @app.command("convert")
+    def convert(
+        input: Path = typer.Argument(..., help="DICOM folder / file or NIfTI file to read."),
+        output: Path = typer.Argument(..., help="*.nii / *.nii.gz, or a folder name for a derived DICOM series."),
+        series: str = typer.Option(None, "--series", "-s", help="Series index, UID or description."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
+        like: Path = typer.Option(None, "--like",
+                                  help="DICOM folder whose patient / study tags a DICOM output keeps."),
+    ) -> None:
+        """Convert between DICOM series and NIfTI (geometry and values preserved)."""
+        from medrecon.volume import load_volume, save_volume
+
+        with _warnings_as_lines():
+            vol = load_volume(input, series=series)
+            out = save_volume(vol, output, overwrite=overwrite, like=like)
+        z, y, x = vol.shape
+        typer.echo(f"wrote {out} ({z} x {y} x {x}, {vol.meta.get('units') or 'no units'})")
+
+    @app.command("simulate")
+    def simulate(
+        operator: str = typer.Argument(..., help="Operator name, e.g. ct.parallel or mri.cartesian."),
+        input: Path = typer.Option(..., "--input", "-i", help="Volume: DICOM folder or NIfTI file."),
+        output: Path = typer.Option(..., "--output", "-o", help="Measurement file to write (.h5)."),
+        param: list[str] = typer.Option(None, "--param", "-p",
+                                        help="Operator parameter key=value (repeatable); the image "
+                                             "shape is taken from the volume."),
+        noise: float = typer.Option(0.0, "--noise", help="Gaussian noise std (absolute, units of y)."),
+        relative: bool = typer.Option(False, "--relative-noise",
+                                      help="Read --noise as a fraction of the RMS of A x."),
+        seed: int = typer.Option(0, "--seed", help="Noise seed (slice k uses (seed, k))."),
+        slices: str = typer.Option(None, "--slices", help="Slice range a:b (k axis, end excluded)."),
+        series: str = typer.Option(None, "--series", "-s", help="Series index, UID or description."),
+        device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
+        batch_size: int = typer.Option(16, "--batch-size", help="Slices per operator call."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
+    ) -> None:
+        """Simulate y = A x (+ noise) for each slice of a volume and write a measurement file."""
+        from medrecon.cli.params import parse_params
+        from medrecon.errors import InputError
+        from medrecon.io.atomic import check_target
+        from medrecon.measurement import save_measurement
+        from medrecon.simulate import simulate as _simulate
+        from medrecon.volume import load_volume
+
+        if output.suffix.lower() not in (".h5", ".hdf5"):
+            raise InputError(f"the measurement output must end in .h5, got {str(output)!r}")
+        check_target(output, overwrite)
+        params = parse_params(param)
+        with _warnings_as_lines():
+            vol = load_volume(input, series=series)
+        command = "medrecon " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        m = _simulate(vol, operator, params, noise_std=noise, seed=seed, relative=relative,
+                      slices=slices, batch_size=batch_size, device=device, command=command)
+        save_measurement(m, output, overwrite=overwrite)
+        typer.echo(f"wrote {output}: y {tuple(m.y.shape)} {m.y.dtype}, operator {operator}, "
+                   f"noise std {m.noise_std:.4g}")
