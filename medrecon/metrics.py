@@ -85,10 +85,12 @@ def _window(window, ref: np.ndarray) -> tuple[float, float]:
     return lo, hi
 
 
-def default_window(reference) -> tuple[float, float]:
+def default_window(reference, meta: dict | None = None) -> tuple[float, float]:
     """The window metrics use when none is given: ``CT_WINDOW`` for CT / HU data, else the
-    reference's ``[min, max]``.  ``reference`` is a Volume (its meta is read) or an array."""
-    meta = getattr(reference, "meta", None) or {}
+    reference's ``[min, max]``.  ``reference`` is a Volume (its meta is read unless ``meta``
+    is given) or an array."""
+    if meta is None:
+        meta = getattr(reference, "meta", None) or {}
     modality = str(meta.get("modality") or "").upper()
     units = str(meta.get("units") or "").upper()
     if modality == "CT" or units == "HU":
@@ -227,7 +229,11 @@ def evaluate(recon, reference, *, window=None, classical=None, json_path=None, p
     if rec_v.shape != ref_v.shape:
         raise InputError(f"reconstruction shape {rec_v.shape} differs from reference shape {ref_v.shape}")
     if window is None:
-        lo, hi = default_window(ref_v)
+        # the reference's modality / units decide; a bare NIfTI reference borrows the reconstruction's
+        meta = ref_v.meta or {}
+        if not (meta.get("modality") or meta.get("units")):
+            meta = rec_v.meta or {}
+        lo, hi = default_window(ref_v, meta=meta)
         source = "default"
     else:
         lo, hi = _window(window, ref_v.data)

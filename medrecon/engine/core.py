@@ -586,7 +586,8 @@ def reconstruct(
 
     meta = dict(copy.deepcopy(m.reference_meta) if m.reference_meta else {})
     meta["units"] = m.units
-    meta.setdefault("modality", _guess_modality(m))
+    if not meta.get("modality"):
+        meta["modality"] = _guess_modality(m)
     import medrecon
 
     meta["reconstruction"] = {

@@ -1,0 +1,148 @@
+"""``medrecon reconstruct`` and ``medrecon evaluate``.
+
+::
+
+    medrecon reconstruct MEAS.h5 --sampler dds --prior ct-default --steps 50 --output recon.nii.gz
+    medrecon evaluate recon.nii.gz --reference truth.nii.gz --json metrics.json --png figure.png
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import typer
+
+
+def _warning_printer(message, category, filename, lineno, file=None, line=None):  # noqa: ARG001
+    typer.echo(f"medrecon: warning: {message}", err=True)
+
+
+def _parse_window(text: str | None):
+    from medrecon.errors import InputError
+
+    if text is None:
+        return None
+    parts = [p for p in text.replace(" ", "").split(",") if p]
+    try:
+        lo, hi = (float(p) for p in parts)
+    except ValueError:
+        raise InputError(f"--window expects two numbers lo,hi (e.g. -1000,1000), got {text!r}") from None
+    if not hi > lo:
+        raise InputError(f"--window needs lo < hi, got {text!r}")
+    return lo, hi
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("reconstruct")
+    def reconstruct_cmd(
+        measurement: Path = typer.Argument(..., help="Measurement file (.h5), or a raw file an installed importer reads."),
+        output: Path = typer.Option(..., "--output", "-o",
+                                    help="OUT.nii.gz (NIfTI) or OUT_DIR/ (a derived DICOM series)."),
+        prior: str = typer.Option(None, "--prior", help="Prior name (ct-default, mr-default) or folder; "
+                                  "needed by dds, dps, reddiff."),
+        sampler: str = typer.Option("dds", "--sampler", "-s", help="classical, tv, dds, dps, reddiff, ..."),
+        steps: int = typer.Option(None, "--steps", min=1, help="Sampler steps (default: the sampler's own)."),
+        param: list[str] = typer.Option(None, "--param", "-p", help="Sampler parameter key=value (repeatable)."),
+        device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto (cuda when available)."),
+        devices: str = typer.Option(None, "--devices",
+                                    help="Several devices sharing the slice batches, e.g. cuda:0,cuda:1."),
+        batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="Slices per sampler call (memory)."),
+        seed: int = typer.Option(0, "--seed", help="Seed; slice k is seeded from (seed, k)."),
+        amp: bool = typer.Option(False, "--amp", help="bf16 autocast of the prior network on CUDA."),
+        resume: bool = typer.Option(False, "--resume", help="Continue a killed run from OUT.partial/."),
+        like: Path = typer.Option(None, "--like", help="DICOM folder whose patient/study tags a DICOM output keeps."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
+        import_option: list[str] = typer.Option(None, "--import-option",
+                                                help="Option key=value for a raw-data importer (repeatable)."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+        stop_after: int = typer.Option(None, "--stop-after", hidden=True,
+                                       help="Testing: stop after N slices, keeping the checkpoints."),
+    ) -> None:
+        """Reconstruct a volume from a measurement with a sampler and (for dds, dps, reddiff) a diffusion prior."""
+        from medrecon.cli.params import parse_params
+        from medrecon.errors import InputError
+        from medrecon.samplers import sampler_class
+
+        params = parse_params(param)
+        cls = sampler_class(sampler)  # unknown names fail here, with a suggestion
+        if getattr(cls, "needs_prior", False) and prior is None:
+            raise InputError(f"sampler {sampler!r} needs a diffusion prior: pass --prior NAME|PATH "
+                             "(e.g. --prior ct-default), or use --sampler classical or tv")
+        if not measurement.exists():
+            raise InputError(f"no such measurement file: {str(measurement)!r}")
+        if like is not None and not like.exists():
+            raise InputError(f"--like {str(like)!r} does not exist")
+        from medrecon.engine import load_input, partial_path, reconstruct
+
+        old = warnings.showwarning
+        warnings.showwarning = _warning_printer
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        try:
+            m = load_input(measurement, **parse_params(import_option))
+            try:
+                vol = reconstruct(
+                    m, sampler, prior, steps=steps, params=params, device=device, devices=devices,
+                    batch_size=batch_size, seed=seed, amp=amp, output=output, resume=resume,
+                    progress=not quiet and sys.stderr.isatty(), overwrite=overwrite,
+                    like=str(like) if like is not None else None, _stop_after=stop_after,
+                )
+            except KeyboardInterrupt:
+                typer.echo(f"medrecon: interrupted; finished slices are kept in {partial_path(output)}; "
+                           "continue with --resume", err=True)
+                raise SystemExit(130) from None
+        finally:
+            warnings.showwarning = old
+        info = vol.meta.get("reconstruction", {})
+        resumed = info.get("resumed_slices", 0)
+        extra = f", {resumed} resumed" if resumed else ""
+        typer.echo(f"wrote {os.fspath(output)}: {vol.shape[0]} slice(s) {vol.shape[1]}x{vol.shape[2]}, "
+                   f"sampler {sampler}, {info.get('seconds', 0):.1f} s{extra}")
+
+    @app.command("evaluate")
+    def evaluate_cmd(
+        recon: Path = typer.Argument(..., help="Reconstruction (NIfTI or DICOM folder)."),
+        reference: Path = typer.Option(..., "--reference", "-r", help="Reference volume (ground truth)."),
+        window: str = typer.Option(None, "--window",
+                                   help="lo,hi in physical units (default: -1000,1000 HU for CT, "
+                                        "else the reference's min,max); values are clipped to it and "
+                                        "the data range is its width."),
+        json_out: Path = typer.Option(None, "--json", help="Write the metrics as JSON."),
+        png: Path = typer.Option(None, "--png", help="Write a comparison figure (PNG)."),
+        classical: Path = typer.Option(None, "--classical",
+                                       help="A classical reconstruction (volume, or a measurement .h5 to run "
+                                            "the classical sampler on) to score and show alongside."),
+    ) -> None:
+        """PSNR and SSIM of a reconstruction against a reference, per slice and overall, and a figure."""
+        from medrecon.errors import InputError
+        from medrecon.metrics import evaluate
+
+        win = _parse_window(window)
+        for p, what in ((recon, "reconstruction"), (reference, "reference"), (classical, "classical")):
+            if p is not None and not p.exists():
+                raise InputError(f"no such {what} file or folder: {str(p)!r}")
+        old = warnings.showwarning
+        warnings.showwarning = _warning_printer
+        try:
+            res = evaluate(recon, reference, window=win, classical=classical, json_path=json_out, png=png)
+        finally:
+            warnings.showwarning = old
+        lo, hi = res["window"]
+
+        def fmt(v):
+            return "inf" if v is None else f"{v:.2f}"
+
+        typer.echo(f"window [{lo:g}, {hi:g}] (data range {hi - lo:g}); {res['shape'][0]} slice(s)")
+        typer.echo(f"reconstruction: PSNR {fmt(res['psnr'])} dB, SSIM {res['ssim']:.4f}")
+        if "classical" in res:
+            c = res["classical"]
+            typer.echo(f"classical:      PSNR {fmt(c['psnr'])} dB, SSIM {c['ssim']:.4f}")
+        n = len(res["psnr_per_slice"])
+        if 1 < n <= 16:
+            for k, (p, s) in enumerate(zip(res["psnr_per_slice"], res["ssim_per_slice"], strict=True)):
+                typer.echo(f"  slice {k:3d}: PSNR {fmt(p)} dB, SSIM {s:.4f}")
+        for what, p in (("metrics", json_out), ("figure", png)):
+            if p is not None:
+                typer.echo(f"wrote {what} {p}")
