@@ -142,3 +142,34 @@ def test_shipped_sample_loads():
     v = medrecon.load_volume(Path(str(ref)))
     assert v.shape == (8, 128, 128) and v.meta["units"] == "HU" and v.meta["modality"] == "CT"
     assert -1100 <= v.data.min() and v.data.max() <= 3100
+
+
+def test_sample_matches_manifest(repo_root):
+    import hashlib
+    import json
+
+    manifest = json.loads((repo_root / "data_manifests" / "ct-pancreas-tcia.json").read_text())
+    sample = repo_root / manifest["sample"]["path"]
+    assert hashlib.sha256(sample.read_bytes()).hexdigest() == manifest["sample"]["sha256"]
+    assert manifest["licence"] == "CC BY 4.0"
+    assert max(manifest["sample"]["slices_z_order"]) <= 31  # inside the held-out block
+    assert (repo_root / "medrecon" / "data" / "ct_sample.LICENSE.txt").is_file()
+    from medrecon.data import load_ct_sample
+
+    v = load_ct_sample()
+    assert v.spacing == pytest.approx((3.0, 4.296875, 4.296875))
+
+
+@pytest.mark.shared_data
+def test_sample_is_reproducible_from_shared_data(shared_data, repo_root, tmp_path):
+    import hashlib
+    import json
+    import runpy
+
+    mod = runpy.run_path(str(repo_root / "data_manifests" / "make_ct_sample.py"))
+    manifest = tmp_path / "m.json"
+    rc = mod["main"](["--source", str(shared_data / "ct-pancreas-tcia"), "--output", str(tmp_path / "s.nii.gz"),
+                      "--manifest", str(manifest)])
+    assert rc == 0
+    expect = json.loads((repo_root / "data_manifests" / "ct-pancreas-tcia.json").read_text())["sample"]["sha256"]
+    assert hashlib.sha256((tmp_path / "s.nii.gz").read_bytes()).hexdigest() == expect
