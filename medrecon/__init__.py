@@ -34,7 +34,7 @@ _LAZY = {
     "Measurement": "medrecon.measurement",
     "load_measurement": "medrecon.measurement",
     "save_measurement": "medrecon.measurement",
-    "simulate": "medrecon.simulate",
+    "simulate": "medrecon.simulation",
     "reconstruct": "medrecon.engine",
     "evaluate": "medrecon.metrics",
 }

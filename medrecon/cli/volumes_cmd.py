@@ -143,7 +143,7 @@ def register(app: typer.Typer) -> None:
         from medrecon.errors import InputError
         from medrecon.io.atomic import check_target
         from medrecon.measurement import save_measurement
-        from medrecon.simulate import simulate as _simulate
+        from medrecon.simulation import simulate as _simulate
         from medrecon.volume import load_volume
 
         if output.suffix.lower() not in (".h5", ".hdf5"):

@@ -431,7 +431,7 @@ def read_dicom(path: str | os.PathLike, series: str | int | None = None) -> Volu
     spacing = None
     ipps = []
     single = len(info.files) == 1
-    for f, ds in zip(info.files, headers):
+    for f, ds in zip(info.files, headers, strict=True):
         if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
             if not single:
                 raise FileFormatError(

@@ -1,5 +1,9 @@
 """Simulate a measurement of a volume: ``y = A x + n`` slice by slice.
 
+Public entry point: :func:`medrecon.simulate` (this module is ``medrecon.simulation``;
+it is not called ``medrecon.simulate`` so that importing it cannot shadow the function
+on the package).
+
 For a per-slice operator each slice ``x_k = volume.data[k]`` (rows x columns)
 is measured independently; slices go through the operator in batches
 ``(B, ny, nx)``.  Noise ``n`` is Gaussian, drawn per slice from a generator
@@ -203,7 +207,7 @@ def simulate(volume: Volume, operator_name: str, params: dict[str, Any] | None =
         "command": command if command is not None else (
             f"medrecon.simulate(volume, {operator_name!r}, {params!r}, noise_std={noise_std!r}, "
             f"seed={int(seed)}, relative={bool(relative)}, slices={slices!r})"),
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "medrecon_version": medrecon.__version__,
         "simulated": True,
         "operator": operator_name,
