@@ -156,3 +156,13 @@ def test_simulate_ct_parallel_if_installed():
     m = medrecon.simulate(vol, "ct.parallel", {"n_views": 8})
     assert m.y.shape[0] == 3 and m.operator_spec["name"] == "ct.parallel"
     assert medrecon.operator_from_spec(m.operator_spec).domain_shape == (16, 16)
+
+
+def test_importing_the_module_does_not_shadow_the_function():
+    import importlib
+
+    importlib.import_module("medrecon.simulation")
+    importlib.import_module("medrecon.measurement")
+    importlib.import_module("medrecon.volume")
+    assert callable(medrecon.simulate) and callable(medrecon.load_volume)
+    assert isinstance(medrecon.Measurement, type) and isinstance(medrecon.Volume, type)
