@@ -373,3 +373,52 @@ def test_shared_mr_series(shared_data):
     assert vol.shape == (120, 512, 512)
     assert vol.spacing == pytest.approx((1.5, 0.41015625, 0.41015625), rel=1e-4)
     assert vol.meta["modality"] == "MR" and np.isfinite(vol.data).all()
+
+
+def test_rtdose_grid_frame_offsets():
+    vol = medrecon.load_volume(get_testdata_file("rtdose.dcm"))
+    ds = pydicom.dcmread(get_testdata_file("rtdose.dcm"))
+    assert vol.shape == (int(ds.NumberOfFrames), ds.Rows, ds.Columns)
+    assert vol.meta["units"] == str(ds.DoseUnits)
+    off = np.array([float(v) for v in ds.GridFrameOffsetVector])
+    assert vol.spacing[0] == pytest.approx(abs(off[1] - off[0]))
+
+
+def test_enhanced_multiframe(tmp_path):
+    from pydicom.sequence import Sequence
+
+    n, ny, nx = 3, 4, 5
+    frames = np.arange(n * ny * nx, dtype=np.int16).reshape(n, ny, nx)
+    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    for kw in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness"):
+        if kw in ds:
+            delattr(ds, kw)
+    ds.Rows, ds.Columns, ds.NumberOfFrames = ny, nx, n
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    shared = Dataset()
+    pm = Dataset()
+    pm.PixelSpacing, pm.SliceThickness = [0.9, 0.8], 2.0
+    po = Dataset()
+    po.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    shared.PixelMeasuresSequence, shared.PlaneOrientationSequence = Sequence([pm]), Sequence([po])
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    per = []
+    for k in (2, 0, 1):  # frames stored out of order
+        it, pp = Dataset(), Dataset()
+        pp.ImagePositionPatient = [0.0, 0.0, 4.0 * k]
+        it.PlanePositionSequence = Sequence([pp])
+        per.append(it)
+    ds.PerFrameFunctionalGroupsSequence = Sequence(per)
+    ds.PixelData = frames.tobytes()
+    ds.save_as(tmp_path / "enh.dcm", enforce_file_format=True)
+    vol = medrecon.load_volume(tmp_path / "enh.dcm")
+    np.testing.assert_array_equal(vol.data, frames[[1, 2, 0]].astype(np.float32))
+    assert vol.spacing == pytest.approx((4.0, 0.9, 0.8))
+
+
+def test_derived_mr_series_has_required_mr_attributes(tmp_path):
+    vol = medrecon.Volume(np.random.default_rng(0).random((2, 4, 4)) * 1000, np.eye(4), {"modality": "MR"})
+    out = medrecon.save_volume(vol, tmp_path / "mr")
+    d0 = pydicom.dcmread(sorted(out.iterdir())[0])
+    assert d0.SOPClassUID == "1.2.840.10008.5.1.4.1.1.4" and d0.ScanningSequence == "RM"
+    assert np.abs(medrecon.load_volume(out).data - vol.data).max() <= float(d0.RescaleSlope) / 2 + 1e-4

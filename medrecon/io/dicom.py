@@ -52,13 +52,16 @@ KEEP_TAGS = (
     "FrameOfReferenceUID", "PositionReferenceIndicator",
     "Manufacturer", "ManufacturerModelName", "InstitutionName", "BodyPartExamined",
     "PatientPosition", "KVP", "ConvolutionKernel", "MagneticFieldStrength",
+    # acquisition attributes the CT / MR image modules require (type 1 / 2)
+    "ScanningSequence", "SequenceVariant", "ScanOptions", "MRAcquisitionType", "RepetitionTime",
+    "EchoTime", "EchoTrainLength", "InversionTime", "ImagingFrequency", "ImagedNucleus",
     "SpecificCharacterSet",
 )
 # informative tags stored in meta["dicom"] but not blindly copied
 INFO_TAGS = (
     "Modality", "SOPClassUID", "SeriesInstanceUID", "SeriesDescription", "SeriesNumber",
     "SliceThickness", "SpacingBetweenSlices", "WindowCenter", "WindowWidth", "RescaleType",
-    "GantryDetectorTilt", "ImageType", "RepetitionTime", "EchoTime", "FlipAngle",
+    "GantryDetectorTilt", "ImageType", "FlipAngle",
     "SeriesDate", "SeriesTime", "AcquisitionNumber",
 )
 
@@ -725,6 +728,20 @@ def write_dicom_series(volume: Volume, path: str | os.PathLike, overwrite: bool 
                     setattr(ds, kw, "")
             if "Manufacturer" not in ds:
                 ds.Manufacturer = ""
+            if sop_class == CT_IMAGE_STORAGE:
+                for kw in ("KVP", "AcquisitionNumber"):  # type 2 in the CT Image module
+                    if kw not in ds:
+                        setattr(ds, kw, None)
+            elif sop_class == MR_IMAGE_STORAGE:
+                if "ScanningSequence" not in ds:
+                    ds.ScanningSequence = "RM"  # research mode: not known for a derived image
+                if "SequenceVariant" not in ds:
+                    ds.SequenceVariant = "NONE"
+                for kw in ("ScanOptions", "MRAcquisitionType", "EchoTime", "EchoTrainLength"):
+                    if kw not in ds:
+                        setattr(ds, kw, None)
+            else:
+                ds.ConversionType = "WSD"  # secondary capture: workstation
             ds.SeriesDescription = desc
             ds.SeriesNumber = series_number
             ds.InstanceNumber = k + 1
