@@ -1,0 +1,235 @@
+"""The engine: results independent of batch size and workers, batching, volume samplers,
+checkpoints and resume, outputs, and one-sentence errors."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import medrecon
+from medrecon.engine import PriorMismatchWarning, RunStopped, check_prior_fit, load_input, partial_path, reconstruct
+from medrecon.errors import FileFormatError, InputError
+from medrecon.measurement import Measurement
+from medrecon.samplers.base import Sampler
+
+Z, N = 4, 16
+
+pytestmark = pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
+
+
+@pytest.fixture(scope="module")
+def volume():
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:N, :N]
+    disk = ((yy - N / 2) ** 2 + (xx - N / 2) ** 2 < (N / 3) ** 2).astype(np.float32)
+    data = np.stack([disk * (40.0 + 10 * k) - 1000 * (1 - disk) for k in range(Z)])
+    data += rng.normal(0, 5, data.shape).astype(np.float32)
+    meta = {"modality": "CT", "units": "HU", "series_description": "source",
+            "dicom": {"PatientID": "P42", "PatientName": "Test^Patient", "StudyInstanceUID": "1.2.826.0.1.3680043.8.498.1"}}
+    return medrecon.Volume(data, np.diag([0.8, 0.8, 2.0, 1.0]), meta)
+
+
+@pytest.fixture(scope="module")
+def meas(volume):
+    return medrecon.simulate(volume, "ct.parallel", {"n_views": 8, "pixel_size": 0.8}, noise_std=0.5, seed=3)
+
+
+@pytest.fixture(scope="module")
+def gauss_prior():
+    from medrecon.priors.gaussian import GaussianPrior, smooth_covariance
+
+    return GaussianPrior(torch.full((N, N), -500.0), smooth_covariance(N, N, std=500.0))
+
+
+@pytest.fixture(scope="module")
+def tiny_prior():
+    from medrecon.priors.model import DiffusionPrior, default_config
+
+    torch.manual_seed(0)
+    cfg = default_config("ct", image_size=N, pixel_size_mm=0.8, preset="tiny")
+    return DiffusionPrior(cfg).eval().requires_grad_(False)
+
+
+def run(m, *args, **kw):
+    kw.setdefault("progress", False)
+    return reconstruct(m, *args, **kw).data
+
+
+# ------------------------------------------------------------------ independence of batching and workers
+@pytest.mark.parametrize("sampler,kw", [("classical", {}), ("tv", {"steps": 20})])
+def test_classical_and_tv_same_for_batch_sizes_and_workers(meas, sampler, kw):
+    a = run(meas, sampler, batch_size=1, **kw)
+    b = run(meas, sampler, batch_size=8, **kw)
+    c = run(meas, sampler, batch_size=2, devices=["cpu", "cpu"], **kw)
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-3)
+    np.testing.assert_allclose(a, c, rtol=0, atol=1e-3)
+
+
+def test_dds_gaussian_prior_same_for_batch_sizes_and_workers(meas, gauss_prior):
+    a = run(meas, "dds", gauss_prior, steps=8, batch_size=1)
+    b = run(meas, "dds", gauss_prior, steps=8, batch_size=8)
+    c = run(meas, "dds", gauss_prior, steps=8, batch_size=2, devices="cpu,cpu")
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-2)
+    np.testing.assert_allclose(a, c, rtol=0, atol=1e-2)
+    d = run(meas, "dds", gauss_prior, steps=8, batch_size=8, seed=1)
+    assert np.abs(d - b).max() > 1.0  # stochastic: another seed gives another sample
+    assert np.abs(b[1] - b[2]).max() > 0  # and slices are not seeded alike
+
+
+def test_dds_network_prior_same_for_batch_sizes(meas, tiny_prior):
+    a = run(meas, "dds", tiny_prior, steps=3, batch_size=1)
+    b = run(meas, "dds", tiny_prior, steps=3, batch_size=8)
+    c = run(meas, "dds", tiny_prior, steps=3, batch_size=2, devices=["cpu", "cpu"])
+    scale = float(np.abs(a).max())
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-4 * scale)
+    np.testing.assert_allclose(a, c, rtol=0, atol=1e-4 * scale)
+    assert tiny_prior.autocast is True  # the engine's amp choice does not touch the caller's prior
+
+
+# ------------------------------------------------------------------ batching and volume samplers
+class Spy(Sampler):
+    name = "spy"
+    needs_prior = False
+    per_slice = True
+    default_steps = 3
+    params = {}
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.calls = []
+
+    def _sample(self, y, operator, prior, steps, generators, progress, x_init):
+        self.calls.append(y.shape[0])
+        for s in range(steps):
+            if progress is not None:
+                progress(s + 1, steps)
+        noise = torch.stack([torch.randn(operator.domain_shape, generator=g) for g in generators])
+        return operator.classical(y) + noise
+
+
+class VolumeSpy(Spy):
+    per_slice = False
+
+
+def test_batches_bound_the_work_per_call_and_progress_reports_slices(meas):
+    spy = Spy()
+    seen = []
+    out = reconstruct(meas, spy, batch_size=2, progress=lambda d, t: seen.append((d, t)))
+    assert spy.calls == [2, 2]
+    assert seen[-1] == (Z, Z)
+    spy1 = Spy()
+    np.testing.assert_allclose(reconstruct(meas, spy1, batch_size=1, progress=False).data, out.data, atol=1e-3)
+
+
+def test_volume_sampler_gets_the_whole_volume(meas):
+    spy = VolumeSpy()
+    reconstruct(meas, spy, batch_size=2, progress=False)
+    assert spy.calls == [Z]
+    v = reconstruct(meas, "tv", steps=10, params={"dims": 3}, batch_size=2, progress=False)
+    assert v.shape == (Z, N, N) and np.all(np.isfinite(v.data))
+
+
+# ------------------------------------------------------------------ checkpoints and resume
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, meas, gauss_prior):
+    full = run(meas, "dds", gauss_prior, steps=6, batch_size=3)
+    out = tmp_path / "recon.nii.gz"
+    with pytest.raises(RunStopped, match="resume"):
+        reconstruct(meas, "dds", gauss_prior, steps=6, batch_size=1, output=out, progress=False, _stop_after=2)
+    part = partial_path(out)
+    assert sorted(p.name for p in part.iterdir()) == ["slice_00000.npy", "slice_00001.npy", "state.json"]
+    assert not out.exists()
+    state = json.loads((part / "state.json").read_text())
+    assert state["settings"]["seed"] == 0 and len(state["settings_hash"]) == 64
+    calls = []
+    vol = reconstruct(meas, "dds", gauss_prior, steps=6, batch_size=4, output=out, resume=True,
+                      progress=lambda d, t: calls.append(d))
+    assert calls == [Z]  # the two slices left run as one batch (+ 2 resumed)
+    np.testing.assert_allclose(vol.data, full, rtol=0, atol=1e-2)
+    assert vol.meta["reconstruction"]["resumed_slices"] == 2
+    assert out.exists() and not part.exists()
+    np.testing.assert_allclose(medrecon.load_volume(out).data, full, rtol=0, atol=1e-2)
+
+
+def test_resume_refuses_other_settings_and_stale_partials(tmp_path, meas):
+    out = tmp_path / "r.nii.gz"
+    with pytest.raises(RunStopped):
+        reconstruct(meas, Spy(), batch_size=1, output=out, progress=False, _stop_after=1)
+    with pytest.raises(InputError, match=r"different settings \(seed\)"):
+        reconstruct(meas, Spy(), seed=5, output=out, resume=True, progress=False)
+    with pytest.raises(InputError, match="unfinished run"):
+        reconstruct(meas, Spy(), output=out, progress=False)
+    reconstruct(meas, Spy(), seed=5, output=out, overwrite=True, progress=False)  # discards the stale run
+    assert out.exists() and not partial_path(out).exists()
+    with pytest.raises(InputError, match="already exists"):
+        reconstruct(meas, Spy(), output=out, progress=False)
+
+
+# ------------------------------------------------------------------ outputs
+def test_result_volume_and_derived_dicom_series(tmp_path, meas, volume):
+    import pydicom
+
+    out = tmp_path / "dicom_out"
+    v = reconstruct(meas, "classical", output=out, progress=False)
+    assert v.shape == volume.shape and v.data.dtype == np.float32
+    np.testing.assert_allclose(v.affine, meas.affine)
+    assert v.meta["units"] == "HU" and v.meta["reconstruction"]["sampler"]["name"] == "classical"
+    back = medrecon.load_volume(out)
+    np.testing.assert_allclose(back.affine, meas.affine, atol=1e-4)
+    np.testing.assert_allclose(back.data, v.data, atol=1.0)
+    ds = pydicom.dcmread(sorted(out.iterdir())[0])
+    assert ds.PatientID == "P42" and "DERIVED" in list(ds.ImageType)
+    assert "medrecon classical" in ds.SeriesDescription
+
+
+# ------------------------------------------------------------------ errors and warnings
+def test_user_errors_are_one_sentence(meas, tmp_path):
+    bad = Measurement(y=meas.y.copy(), operator_spec=meas.operator_spec, volume_shape=meas.volume_shape,
+                      affine=meas.affine)
+    bad.y[1, 0, 0] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        reconstruct(bad, "classical", progress=False)
+    with pytest.raises(InputError, match="needs a diffusion prior"):
+        reconstruct(meas, "dds", progress=False)
+    with pytest.raises(InputError, match="batch_size"):
+        reconstruct(meas, "classical", batch_size=0, progress=False)
+    with pytest.raises(FileFormatError, match="no such"):
+        reconstruct(str(tmp_path / "missing.h5"), "classical")
+    import h5py
+
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f["x"] = np.zeros(3)
+    with pytest.raises(FileFormatError, match="neither a medrecon measurement"):
+        load_input(tmp_path / "other.h5")
+
+
+def test_importer_is_used_for_raw_files(monkeypatch, tmp_path, meas):
+    from medrecon.engine import core
+
+    class FakeImporter:
+        def can_read(self, path):
+            return str(path).endswith(".raw")
+
+        def read(self, path, **options):
+            return meas
+
+    monkeypatch.setattr(core, "_importers", lambda: iter([("fake.raw", FakeImporter())]))
+    raw = tmp_path / "scan.raw"
+    raw.write_bytes(b"raw")
+    assert load_input(raw) is meas
+    v = reconstruct(str(raw), "classical", progress=False)
+    assert v.shape == (Z, N, N)
+
+
+def test_prior_mismatch_warns(meas, tiny_prior):
+    far = Measurement(y=meas.y, operator_spec=meas.operator_spec, volume_shape=meas.volume_shape,
+                      affine=np.diag([2.0, 2.0, 2.0, 1.0]))
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        msgs = check_prior_fit(tiny_prior, far, far.operator())
+    assert len(msgs) == 1 and "pixel size 2 mm" in msgs[0]
+    assert any(issubclass(w.category, PriorMismatchWarning) for w in rec)
+    assert check_prior_fit(tiny_prior, meas, meas.operator()) == []
