@@ -422,3 +422,20 @@ def test_derived_mr_series_has_required_mr_attributes(tmp_path):
     d0 = pydicom.dcmread(sorted(out.iterdir())[0])
     assert d0.SOPClassUID == "1.2.840.10008.5.1.4.1.1.4" and d0.ScanningSequence == "RM"
     assert np.abs(medrecon.load_volume(out).data - vol.data).max() <= float(d0.RescaleSlope) / 2 + 1e-4
+
+
+def test_file_without_preamble_is_read(tmp_path):
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.preamble = None
+    del ds.file_meta
+    folder = tmp_path / "old"
+    folder.mkdir()
+    ds.save_as(folder / "IMG", implicit_vr=False, little_endian=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GeometryWarning)
+        vol = medrecon.load_volume(folder)
+        ref = medrecon.load_volume(get_testdata_file("CT_small.dcm"))
+    np.testing.assert_array_equal(vol.data, ref.data)
+    # missing parent folders of an output are created
+    out = medrecon.save_volume(vol, tmp_path / "a" / "b" / "v.nii.gz")
+    assert out.is_file()

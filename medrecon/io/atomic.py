@@ -20,12 +20,19 @@ __all__ = ["check_target", "atomic_file", "atomic_dir"]
 
 def check_target(path: Path, overwrite: bool) -> None:
     """Raise :class:`InputError` if ``path`` exists and ``overwrite`` is false, or
-    if its parent folder does not exist."""
+    if its parent is not a folder.  (Missing parent folders are created on write.)"""
     path = Path(path)
     if (path.exists() or path.is_symlink()) and not overwrite:
         raise InputError(f"output {str(path)!r} already exists; pass overwrite=True (--overwrite) to replace it")
-    if not path.parent.is_dir():
-        raise InputError(f"output folder {str(path.parent)!r} does not exist")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise InputError(f"cannot write {str(path)!r}: {str(path.parent)!r} is not a folder")
+
+
+def _make_parent(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the output folder {str(path.parent)!r}: {exc.strerror}") from exc
 
 
 def _tmp_sibling(path: Path, suffix: str = "") -> Path:
@@ -50,6 +57,7 @@ def atomic_file(path: Path, overwrite: bool = False, suffix: str = "") -> Iterat
     """
     path = Path(path)
     check_target(path, overwrite)
+    _make_parent(path)
     tmp = _tmp_sibling(path, suffix)
     try:
         yield tmp
@@ -74,6 +82,7 @@ def atomic_dir(path: Path, overwrite: bool = False) -> Iterator[Path]:
     """
     path = Path(path)
     check_target(path, overwrite)
+    _make_parent(path)
     tmp = _tmp_sibling(path)
     tmp.mkdir()
     try:

@@ -193,8 +193,18 @@ def scan_series(path: str | os.PathLike) -> list[SeriesInfo]:
     for f in _iter_files(root):
         n_files += 1
         try:
-            ds = pydicom.dcmread(f, stop_before_pixels=True, force=root.is_file())
-        except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, AttributeError, TypeError):
+            ds = pydicom.dcmread(f, stop_before_pixels=True)
+        except InvalidDicomError:
+            # no 128-byte preamble + "DICM": old ACR-NEMA style files; try without it
+            try:
+                ds = pydicom.dcmread(f, stop_before_pixels=True, force=True)
+                if not _is_image(ds) or "SOPInstanceUID" not in ds:
+                    raise InvalidDicomError("not an image")
+            except Exception:  # noqa: BLE001 - anything unreadable is simply not DICOM
+                if root.is_file():
+                    raise FileFormatError(f"{str(f)!r} is not a readable DICOM file") from None
+                continue
+        except (OSError, EOFError, ValueError, KeyError, AttributeError, TypeError):
             if root.is_file():
                 raise FileFormatError(f"{str(f)!r} is not a readable DICOM file") from None
             continue
@@ -362,8 +372,19 @@ def _decode_error(path: Path, ds, exc: Exception) -> FileFormatError:
 
 def _pixels(path: Path, frames: bool = False) -> tuple[np.ndarray, Any]:
     pydicom = _dicom()
+    from pydicom.errors import InvalidDicomError
+
     try:
-        ds = pydicom.dcmread(path)
+        try:
+            ds = pydicom.dcmread(path)
+        except InvalidDicomError:  # no preamble (accepted by scan_series): read it anyway
+            ds = pydicom.dcmread(path, force=True)
+            if "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
+                from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+                ds.file_meta = getattr(ds, "file_meta", None) or pydicom.dataset.FileMetaDataset()
+                ds.file_meta.TransferSyntaxUID = (
+                    ImplicitVRLittleEndian if ds.original_encoding[0] else ExplicitVRLittleEndian)
     except Exception as exc:  # noqa: BLE001
         raise FileFormatError(f"{str(path)!r} could not be read as DICOM: {exc}") from exc
     if int(getattr(ds, "SamplesPerPixel", 1) or 1) != 1:
