@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 
@@ -49,92 +50,65 @@ def clear_cache() -> None:
     """Drop every cached system matrix from memory."""
     with _LOCK:
         _CPU.clear()
+        _CPU_T.clear()
         _TORCH.clear()
 
 
-def _joseph_chunk(px, py, dx, dy, shape, ps, ray0):
-    """Joseph weights for one chunk of rays: returns (counts per ray, cols, vals)."""
+def _joseph_run(px, py, dx, dy, vert: bool, shape, ps):
+    """Joseph weights for consecutive rays that all step along rows (``vert``) or
+    all along columns: returns ``(non-zeros per ray, columns int32, values float32)``
+    in ray-major order."""
     ny, nx = shape
-    nr = px.size
-    vertical = np.abs(dy) >= np.abs(dx)
-    counts = np.zeros(nr, np.int64)
-    cols_out, vals_out, ray_out = [], [], []
-    for vert in (True, False):
-        sel = np.nonzero(vertical == vert)[0]
-        if sel.size == 0:
-            continue
-        if vert:
-            # step through rows: Y_i = ((ny-1)/2 - i) ps
-            n_step, n_other = ny, nx
-            a_pos = ((ny - 1) / 2.0 - np.arange(ny)) * ps  # Y of each row
-            o_main, o_other = py[sel], px[sel]
-            d_main, d_other = dy[sel], dx[sel]
-        else:
-            n_step, n_other = nx, ny
-            a_pos = (np.arange(nx) - (nx - 1) / 2.0) * ps  # X of each column
-            o_main, o_other = px[sel], py[sel]
-            d_main, d_other = dx[sel], dy[sel]
-        t = (a_pos[None, :] - o_main[:, None]) / d_main[:, None]  # (r, n_step)
-        other = o_other[:, None] + t * d_other[:, None]  # mm along the other axis
-        if vert:
-            f = other / ps + (nx - 1) / 2.0  # fractional column
-        else:
-            f = (ny - 1) / 2.0 - other / ps  # fractional row
-        f0 = np.floor(f)
-        w1 = f - f0
-        f0 = f0.astype(np.int64)
-        length = ps / np.abs(d_main)  # (r,)
-        step = np.arange(n_step)[None, :]
-        # two taps per step: (f0, 1 - w1) and (f0 + 1, w1)
-        idx = np.stack([f0, f0 + 1], -1)  # (r, n_step, 2)
-        w = np.stack([1.0 - w1, w1], -1) * length[:, None, None]
-        ok = (idx >= 0) & (idx < n_other) & (w != 0)
-        if vert:
-            pix = step[..., None] * nx + idx
-        else:
-            pix = idx * nx + step[..., None]
-        rr = np.broadcast_to(sel[:, None, None], idx.shape)
-        # keep ray-major order; within a ray sort by pixel index
-        m = ok.reshape(-1)
-        rr_m = rr.reshape(-1)[m]
-        pix_m = pix.reshape(-1)[m]
-        w_m = w.reshape(-1)[m]
-        ray_out.append(rr_m)
-        cols_out.append(pix_m)
-        vals_out.append(w_m)
-    rays = np.concatenate(ray_out) if ray_out else np.zeros(0, np.int64)
-    cols = np.concatenate(cols_out) if cols_out else np.zeros(0, np.int64)
-    vals = np.concatenate(vals_out) if vals_out else np.zeros(0)
-    # ray-major order (entries are already grouped per ray inside each of the two
-    # runs, so a stable sort is a cheap merge); vertical rays come out with sorted
-    # pixel indices, horizontal ones in step order (CSR does not need sorted columns)
-    order = np.argsort(rays, kind="stable")
-    cols, vals = cols[order], vals[order]
-    counts = np.bincount(rays, minlength=nr)
-    return counts, cols, vals
+    if vert:  # step through rows: Y_i = ((ny-1)/2 - i) ps
+        n_step, n_other = ny, nx
+        a_pos = ((ny - 1) / 2.0 - np.arange(ny)) * ps
+        o_main, o_other, d_main, d_other = py, px, dy, dx
+    else:  # step through columns: X_j = (j - (nx-1)/2) ps
+        n_step, n_other = nx, ny
+        a_pos = (np.arange(nx) - (nx - 1) / 2.0) * ps
+        o_main, o_other, d_main, d_other = px, py, dx, dy
+    t = (a_pos[None, :] - o_main[:, None]) / d_main[:, None]  # (r, n_step) mm along the ray
+    other = o_other[:, None] + t * d_other[:, None]  # mm along the other axis
+    f = other / ps + (nx - 1) / 2.0 if vert else (ny - 1) / 2.0 - other / ps  # fractional index
+    f0 = np.floor(f)
+    w1 = (f - f0).astype(np.float32)
+    f0 = f0.astype(np.int32)
+    length = (ps / np.abs(d_main)).astype(np.float32)[:, None, None]
+    # two taps per step: (f0, 1 - w1) and (f0 + 1, w1)
+    idx = np.stack([f0, f0 + 1], -1)  # (r, n_step, 2)
+    w = np.stack([1.0 - w1, w1], -1) * length
+    ok = (idx >= 0) & (idx < n_other) & (w != 0)
+    step = np.arange(n_step, dtype=np.int32)[None, :, None]
+    pix = step * nx + idx if vert else idx * nx + step
+    return ok.sum(axis=(1, 2)), pix[ok], w[ok]
 
 
-def build_joseph_csr(geom: _Geometry, chunk_elems: int = 1 << 22):
+def build_joseph_csr(geom: _Geometry, chunk_elems: int = 1 << 21):
     """Build ``A`` in CSR form as numpy arrays ``(indptr int32, indices int32, data float32, shape)``.
 
-    Rays are processed in chunks of about ``chunk_elems`` ray-steps so memory
-    stays bounded; the arrays are filled in place.
+    Rays are processed in runs of equal stepping direction, in chunks of about
+    ``chunk_elems`` ray-steps, so entries come out in ray order and memory stays
+    bounded.  Vertical rays have sorted column indices, horizontal ones are in
+    step order (CSR products do not need sorted columns).
     """
     pts, dirs = geom.rays()
     ny, nx = geom.shape
     ps = float(geom.pixel_size)
     n_rays = pts.shape[0]
     per = max(1, chunk_elems // max(ny, nx))
+    vertical = np.abs(dirs[:, 1]) >= np.abs(dirs[:, 0])
+    bounds = [0, *(np.flatnonzero(np.diff(vertical)) + 1).tolist(), n_rays]
     counts_all = np.zeros(n_rays, np.int64)
     cols_chunks, vals_chunks = [], []
-    for r0 in range(0, n_rays, per):
-        r1 = min(n_rays, r0 + per)
-        c, cols, vals = _joseph_chunk(
-            pts[r0:r1, 0], pts[r0:r1, 1], dirs[r0:r1, 0], dirs[r0:r1, 1], (ny, nx), ps, r0
-        )
-        counts_all[r0:r1] = c
-        cols_chunks.append(cols.astype(np.int32))
-        vals_chunks.append(vals.astype(np.float32))
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        vert = bool(vertical[a])
+        for r0 in range(a, b, per):
+            r1 = min(b, r0 + per)
+            c, cols, vals = _joseph_run(pts[r0:r1, 0], pts[r0:r1, 1], dirs[r0:r1, 0], dirs[r0:r1, 1],
+                                        vert, (ny, nx), ps)
+            counts_all[r0:r1] = c
+            cols_chunks.append(cols)
+            vals_chunks.append(vals)
     nnz = int(counts_all.sum())
     if nnz >= 2**31 - 1:
         raise MemoryError(f"the system matrix would hold {nnz} non-zeros; use a smaller geometry")
@@ -186,13 +160,31 @@ def _load_or_build_cpu(geom: _Geometry):
                 os.replace(tmp, d / f"{key}.npz")
             except OSError:
                 pass
-    arrs = (arrs, _transpose_csr(*arrs))
     _BUILD_SECONDS[key] = time.perf_counter() - t0
     with _LOCK:
         _CPU[key] = arrs
         while len(_CPU) > 3:
             _CPU.popitem(last=False)
     return arrs
+
+
+_CPU_T: "OrderedDict[str, tuple]" = OrderedDict()
+
+
+def _transpose_cached(geom: _Geometry):
+    key = geom.key()
+    with _LOCK:
+        if key in _CPU_T:
+            _CPU_T.move_to_end(key)
+            return _CPU_T[key]
+    t0 = time.perf_counter()
+    out = _transpose_csr(*_load_or_build_cpu(geom))
+    _BUILD_SECONDS[key] = _BUILD_SECONDS.get(key, 0.0) + time.perf_counter() - t0
+    with _LOCK:
+        _CPU_T[key] = out
+        while len(_CPU_T) > 3:
+            _CPU_T.popitem(last=False)
+    return out
 
 
 class SystemMatrix:
@@ -203,20 +195,33 @@ class SystemMatrix:
     """
 
     def __init__(self, geom: _Geometry, device: torch.device, dtype: torch.dtype):
-        (indptr, indices, data, shape), (tptr, tind, tdat, tshape) = _load_or_build_cpu(geom)
+        indptr, indices, data, shape = _load_or_build_cpu(geom)
         self.geom = geom
         self.shape = shape
 
         def csr(p, i, v, s):
             # int32 indices: about 3x faster than int64 in torch's CPU kernel
-            return torch.sparse_csr_tensor(
-                torch.from_numpy(p), torch.from_numpy(i), torch.from_numpy(v).to(dtype),
-                size=s, check_invariants=False,
-            ).to(device)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*[Ss]parse.*")
+                return torch.sparse_csr_tensor(
+                    torch.from_numpy(p), torch.from_numpy(i), torch.from_numpy(v).to(dtype),
+                    size=s, check_invariants=False,
+                ).to(device)
 
+        self._csr = csr
+        self._device, self._dtype = device, dtype
         self.A = csr(indptr, indices, data, shape)
-        self.AT = csr(tptr, tind, tdat, tshape)
+        self._AT: torch.Tensor | None = None
         self.nbytes = 2 * data.size * (torch.finfo(dtype).bits // 8 + 4) + 4 * (shape[0] + shape[1])
+
+    @property
+    def AT(self) -> torch.Tensor:
+        """``A^T`` as CSR (the transpose is computed on first use and cached)."""
+        if self._AT is None:
+            with _LOCK:
+                if self._AT is None:
+                    self._AT = self._csr(*_transpose_cached(self.geom))
+        return self._AT
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
