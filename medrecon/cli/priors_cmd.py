@@ -1,0 +1,107 @@
+"""``medrecon train-prior``, ``medrecon sample-prior``, ``medrecon prepare-slices``, ``medrecon prior-info``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("train-prior")
+    def train_prior_cmd(
+        data: list[str] = typer.Option(None, "--data", help="Training data: .npy slice stack (with .json sidecar), "
+                                       "DICOM folder or NIfTI file (repeatable)."),
+        manifest: Path = typer.Option(None, "--manifest", help="File listing training data paths."),
+        val_data: list[str] = typer.Option(None, "--val-data", help="Held-out data for the validation loss "
+                                           "(default: 10% of the training slices held back)."),
+        modality: str = typer.Option(None, "--modality", help="ct or mr (default: from the data)."),
+        size: int = typer.Option(None, "--size", help="Slice size S (needed for volumes; stacks are resampled)."),
+        output: Path = typer.Option(..., "--output", "-o", help="Prior folder to write."),
+        steps: int = typer.Option(10000, "--steps", help="Total training steps."),
+        batch_size: int = typer.Option(32, "--batch-size"),
+        lr: float = typer.Option(2e-4, "--lr"),
+        device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto."),
+        resume: bool = typer.Option(False, "--resume", help="Continue from OUTPUT/checkpoint."),
+        seed: int = typer.Option(0, "--seed"),
+        max_minutes: float = typer.Option(None, "--max-minutes", help="Wall-clock cap: stop cleanly and save."),
+        patch: int = typer.Option(None, "--patch", help="Train on random NxN patches (the CPU path)."),
+        channels: str = typer.Option("small", "--channels", help="Network preset: tiny, xs, small, medium."),
+        schedule: str = typer.Option("linear", "--schedule", help="linear or cosine."),
+        prediction: str = typer.Option("epsilon", "--prediction", help="epsilon or v."),
+        val_every: int = typer.Option(500, "--val-every"),
+        ckpt_every: int = typer.Option(1000, "--ckpt-every"),
+        log_every: int = typer.Option(50, "--log-every"),
+        immiscible: bool = typer.Option(False, "--immiscible", help="Immiscible noise assignment (needs scipy)."),
+        n_samples: int = typer.Option(16, "--samples", help="Unconditional samples in samples.png (0: none)."),
+    ) -> None:
+        """Train a diffusion prior on 2D slices and write it as a prior folder."""
+        from medrecon.errors import InputError
+        from medrecon.priors.data import read_manifest
+        from medrecon.priors.train import train_prior
+
+        paths = list(data or [])
+        if manifest is not None:
+            paths += read_manifest(manifest)
+        if not paths:
+            raise InputError("give training data with --data PATH (repeatable) or --manifest FILE")
+        if modality is not None and modality not in ("ct", "mr"):
+            raise InputError(f"--modality must be ct or mr, got {modality!r}")
+        report = train_prior(
+            paths, output, modality=modality, size=size, val_data=list(val_data or []) or None, steps=steps,
+            batch_size=batch_size, lr=lr, device=device, resume=resume, seed=seed, max_minutes=max_minutes,
+            patch=patch, channels=channels, schedule=schedule, prediction=prediction, val_every=val_every,
+            ckpt_every=ckpt_every, log_every=log_every, immiscible=immiscible, n_samples=n_samples,
+        )
+        typer.echo(f"prior written to {output} ({report['steps']} steps, {report['stopped_by']}, "
+                   f"val loss {report['val_losses'][-1]['mean']:.4f}, {report['train_seconds']:.0f} s)")
+
+    @app.command("sample-prior")
+    def sample_prior_cmd(
+        prior: str = typer.Argument(..., help="Prior name (ct-default) or folder."),
+        n: int = typer.Option(16, "--n", help="Number of samples."),
+        steps: int = typer.Option(50, "--steps", help="Sampler steps."),
+        sampler: str = typer.Option("ddim", "--sampler", help="ddim or dpmpp2m."),
+        eta: float = typer.Option(0.0, "--eta", help="DDIM eta (0: deterministic)."),
+        size: int = typer.Option(None, "--size", help="Image size (default: the prior's)."),
+        seed: int = typer.Option(0, "--seed"),
+        device: str = typer.Option("auto", "--device"),
+        output: Path = typer.Option(Path("samples.png"), "--output", "-o", help="PNG grid to write."),
+        npy: Path = typer.Option(None, "--npy", help="Also save the samples (physical units) as .npy."),
+    ) -> None:
+        """Draw unconditional samples from a prior into a PNG grid."""
+        from medrecon.priors.model import load_prior
+        from medrecon.priors.sample import sample_prior, save_grid
+
+        p = load_prior(prior, device=device)
+        imgs = sample_prior(p, n=n, steps=steps, sampler=sampler, seed=seed, size=size, eta=eta)
+        save_grid(imgs, output, title=f"{prior} {sampler} {steps} steps")
+        if npy is not None:
+            import numpy as np
+
+            phys = imgs if p.config["intensity"]["kind"] == "percentile" else p.from_net(imgs)
+            np.save(npy, phys[:, 0].numpy().astype(np.float32))
+        typer.echo(f"wrote {output}")
+
+    @app.command("prepare-slices")
+    def prepare_cmd(
+        source: str = typer.Argument(..., help="DICOM folder or NIfTI file."),
+        output: Path = typer.Option(..., "--output", "-o"),
+        size: int = typer.Option(256, "--size"),
+        holdout: str = typer.Option(None, "--holdout", help="Contiguous z block a:b held out."),
+        modality: str = typer.Option(None, "--modality"),
+        pixel_size: float = typer.Option(None, "--pixel-size"),
+    ) -> None:
+        """Write train/holdout slice stacks (.npy float16 + .json) from one volume."""
+        from medrecon.priors.prepare import prepare_slices
+
+        typer.echo(json.dumps(prepare_slices(source, output, size, holdout, modality, pixel_size), indent=1))
+
+    @app.command("prior-info")
+    def info_cmd(prior: str = typer.Argument(..., help="Prior name or folder.")) -> None:
+        """Print a prior's config.json."""
+        from medrecon.priors.model import load_prior
+
+        p = load_prior(prior)
+        typer.echo(json.dumps(p.config, indent=1))
