@@ -37,6 +37,8 @@ _LAZY = {
     "simulate": "medrecon.simulation",
     "reconstruct": "medrecon.engine",
     "evaluate": "medrecon.metrics",
+    "load_prior": "medrecon.priors.model",
+    "DiffusionPrior": "medrecon.priors.model",
 }
 
 
