@@ -11,20 +11,26 @@ Root attributes:
 
 * ``medrecon_schema`` = ``"measurement/1"`` (files with another ``measurement/N``
   are refused with a message naming the version; foreign HDF5 files are refused)
-* ``operator_spec`` -- JSON text of the operator spec
 * ``noise_std`` -- float, standard deviation of the noise in ``y`` (absolute,
   in the units of ``y``; for complex ``y`` the std of the complex noise,
   ``E|n|^2 = noise_std^2``)
-* ``units`` -- units of the image the operator acts on (``"HU"``, ...)
-* ``provenance`` -- JSON text (source, series_uid, command, date, medrecon_version, ...)
-* ``reference_meta`` -- JSON text (optional): the source volume's ``meta`` so that a
-  reconstruction can be written as a derived DICOM series of the source
+* ``units`` -- units of the image the operator acts on (``"HU"``, ...; ``""`` if unknown)
 * ``medrecon_version`` -- version of the writer
 
-Datasets: ``y`` (float32 / complex64 / float64 / complex128, shaped
-``(B, *range_shape)``; B = slices for per-slice operators), ``volume_shape``
-(int64, ``(Z, Y, X)``), ``affine`` (float64 4x4, RAS+ mm, same convention as
-:class:`medrecon.Volume`).
+Datasets:
+
+* ``y`` -- float32 / complex64 (or 64-bit), shaped ``(B, *range_shape)``; B =
+  slices for per-slice operators
+* ``volume_shape`` -- int64 ``(Z, Y, X)``
+* ``affine`` -- float64 4x4, RAS+ mm, same convention as :class:`medrecon.Volume`
+* ``operator_spec`` -- scalar UTF-8 string: JSON of the operator spec
+* ``provenance`` -- scalar string: JSON (source, series_uid, command, date,
+  medrecon_version, ...)
+* ``reference_meta`` -- scalar string, optional: JSON of the source volume's
+  ``meta``, so that a reconstruction can be written as a derived DICOM series
+
+(The JSON texts are datasets, not attributes, because HDF5 attributes are limited to
+64 kB and a spec can hold long angle lists or sampling masks.)
 
 Example::
 
@@ -177,12 +183,13 @@ def save_measurement(m: Measurement, path: str | os.PathLike, overwrite: bool = 
         with h5py.File(tmp, "w") as f:
             f.attrs["medrecon_schema"] = SCHEMA
             f.attrs["medrecon_version"] = _version()
-            f.attrs["operator_spec"] = spec
             f.attrs["noise_std"] = float(m.noise_std)
             f.attrs["units"] = m.units if m.units is not None else ""
-            f.attrs["provenance"] = prov_s
+            text = h5py.string_dtype("utf-8")
+            f.create_dataset("operator_spec", data=spec, dtype=text)
+            f.create_dataset("provenance", data=prov_s, dtype=text)
             if ref_s is not None:
-                f.attrs["reference_meta"] = ref_s
+                f.create_dataset("reference_meta", data=ref_s, dtype=text)
             f.create_dataset("y", data=m.y, compression="gzip", compression_opts=1, shuffle=True)
             f.create_dataset("volume_shape", data=np.asarray(m.volume_shape, dtype=np.int64))
             f.create_dataset("affine", data=m.affine)
@@ -204,6 +211,20 @@ def _attr_str(v: Any) -> str:
     if isinstance(v, bytes):
         return v.decode("utf-8")
     return str(v)
+
+
+_MISSING = object()
+
+
+def _text(f, name: str, default: Any = _MISSING) -> Any:
+    """A JSON text stored as a scalar string dataset (or, leniently, an attribute)."""
+    if name in f:
+        return _attr_str(f[name][()])
+    if name in f.attrs:
+        return _attr_str(f.attrs[name])
+    if default is _MISSING:
+        raise KeyError(name)
+    return default
 
 
 def load_measurement(path: str | os.PathLike) -> Measurement:
@@ -239,10 +260,10 @@ def load_measurement(path: str | os.PathLike) -> Measurement:
                     f"{str(p)!r} uses schema {schema}, newer than the {SCHEMA} this medrecon "
                     f"{_version()} reads; upgrade medrecon")
             try:
-                spec = json.loads(_attr_str(f.attrs["operator_spec"]))
-                prov = json.loads(_attr_str(f.attrs.get("provenance", "{}")))
-                ref = f.attrs.get("reference_meta")
-                ref = json.loads(_attr_str(ref)) if ref is not None else None
+                spec = json.loads(_text(f, "operator_spec"))
+                prov = json.loads(_text(f, "provenance", "{}"))
+                ref = _text(f, "reference_meta", None)
+                ref = json.loads(ref) if ref is not None else None
                 units = _attr_str(f.attrs.get("units", "")) or None
                 noise = float(f.attrs.get("noise_std", 0.0))
                 y = f["y"][()]
@@ -250,7 +271,7 @@ def load_measurement(path: str | os.PathLike) -> Measurement:
                 affine = np.asarray(f["affine"][()], dtype=np.float64)
             except KeyError as exc:
                 raise FileFormatError(f"{str(p)!r} lacks a required entry of {SCHEMA}: {exc}") from exc
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, TypeError) as exc:
                 raise FileFormatError(
                     f"{str(p)!r} is corrupt or truncated ({type(exc).__name__}: {str(exc).splitlines()[0]})"
                 ) from exc

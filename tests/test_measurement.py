@@ -166,3 +166,13 @@ def test_importing_the_module_does_not_shadow_the_function():
     importlib.import_module("medrecon.volume")
     assert callable(medrecon.simulate) and callable(medrecon.load_volume)
     assert isinstance(medrecon.Measurement, type) and isinstance(medrecon.Volume, type)
+
+
+def test_large_spec_and_meta_round_trip(tmp_path):
+    # HDF5 attributes hold at most 64 kB; a long angle list or a mask in the spec must still fit
+    spec = {"name": "template.scale", "params": {"shape": [4, 5], "factor": 2.0,
+                                                 "angles": [float(a) for a in np.linspace(0, 180, 20000)]}}
+    ref = {"source_sop_instance_uids": [f"1.2.3.{k}" for k in range(5000)]}
+    m = _m(operator_spec=spec, reference_meta=ref)
+    back = medrecon.load_measurement(medrecon.save_measurement(m, tmp_path / "big.h5"))
+    assert back.operator_spec == spec and back.reference_meta == ref
