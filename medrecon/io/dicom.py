@@ -262,9 +262,9 @@ def select_series(series: list[SeriesInfo], choice: str | int | None, where: str
         if len(uids) == 1:
             raise FileFormatError(
                 f"series {series[0].uid} in {where} mixes orientations or matrix sizes "
-                f"({len(series)} groups); choose one group with series=: {_listing(series)}")
+                f"({len(series)} groups); choose one group with series= or --series: {_listing(series)}")
         raise InputError(
-            f"{where} holds {len(series)} series; choose one with series= (index, UID or "
+            f"{where} holds {len(series)} series; choose one with series= or --series (index, UID or "
             f"description): {_listing(series)}")
     if isinstance(choice, (int, np.integer)) or (isinstance(choice, str) and choice.strip().isdigit()
                                                   and len(choice.strip()) < 6):
@@ -280,7 +280,7 @@ def select_series(series: list[SeriesInfo], choice: str | int | None, where: str
     if len(same_uid) > 1:
         raise FileFormatError(
             f"series {c} mixes orientations or matrix sizes ({len(same_uid)} groups); "
-            f"choose one group with series=: {_listing(same_uid)}")
+            f"choose one group with series= or --series: {_listing(same_uid)}")
     desc = [s for s in series if s.description.lower() == c.lower()]
     if len(desc) == 1:
         return desc[0]
