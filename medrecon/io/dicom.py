@@ -449,6 +449,12 @@ def read_dicom(path: str | os.PathLike, series: str | int | None = None) -> Volu
     info = select_series(all_series, series, repr(str(root)))
     if info.multiframe:
         return _read_multiframe(info, root)
+    if any("MOSAIC" in [str(t).upper() for t in (getattr(h, "ImageType", None) or [])] for h in info.headers):
+        if len(info.files) != 1:
+            raise FileFormatError(
+                f"series {info.key} holds {len(info.files)} Siemens mosaic files, i.e. {len(info.files)} volumes "
+                "(a time or diffusion series); load one file at a time")
+        return _read_mosaic(info, root)
     headers = info.headers
     names = [f.name for f in info.files]
     iop = None
@@ -575,6 +581,30 @@ def _read_multiframe(info: SeriesInfo, root: Path) -> Volume:
     meta["source_sop_instance_uids"] = [str(getattr(ds, "SOPInstanceUID", ""))]
     meta["multiframe"] = True
     return Volume(data, geo.affine, meta)
+
+
+def _read_mosaic(info: SeriesInfo, root: Path) -> Volume:
+    """A Siemens mosaic (slices tiled in one image), unpacked by nibabel's MosaicWrapper."""
+    f = info.files[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # nibabel: "DICOM readers are highly experimental"
+        from nibabel.nicom import dicomwrappers
+    arr, ds = _pixels(f)  # decodes (any transfer syntax) and checks greyscale
+    try:
+        w = dicomwrappers.wrapper_from_data(ds)
+        data = np.asarray(w.get_data(), dtype=np.float64)  # (rows, columns, slices), rescaled
+        nib_aff = np.asarray(w.affine, dtype=np.float64)  # LPS, voxel (row, column, slice)
+    except Exception as exc:  # noqa: BLE001 - nibabel raises several kinds on odd CSA headers
+        raise FileFormatError(f"{f.name}: Siemens mosaic could not be unpacked ({exc})") from exc
+    if data.ndim == 2:
+        data = data[..., None]
+    lps = nib_aff[:, [1, 0, 2, 3]]  # to voxel (column, row, slice)
+    geo = _Geometry(order=[0], affine=LPS_TO_RAS @ lps, step=lps[:3, 2], tilt_deg=0.0,
+                    positions=lps[:3, 3][None])
+    meta = _meta(ds, info, [f], root, geo, np.linalg.norm(nib_aff[:3, :2], axis=0), [1.0])
+    meta["mosaic"] = True
+    meta["source_sop_instance_uids"] = [str(getattr(ds, "SOPInstanceUID", ""))]
+    return Volume(data.transpose(2, 0, 1).astype(np.float32), geo.affine, meta)
 
 
 def _read_grid_offsets(info: SeriesInfo, root: Path, arr: np.ndarray, ds) -> Volume:
