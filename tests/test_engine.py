@@ -83,10 +83,8 @@ def test_dds_gaussian_prior_same_for_batch_sizes_and_workers(meas, gauss_prior):
 def test_dds_network_prior_same_for_batch_sizes(meas, tiny_prior):
     a = run(meas, "dds", tiny_prior, steps=3, batch_size=1)
     b = run(meas, "dds", tiny_prior, steps=3, batch_size=8)
-    c = run(meas, "dds", tiny_prior, steps=3, batch_size=2, devices=["cpu", "cpu"])
     scale = float(np.abs(a).max())
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-4 * scale)
-    np.testing.assert_allclose(a, c, rtol=0, atol=1e-4 * scale)
     assert tiny_prior.autocast is True  # the engine's amp choice does not touch the caller's prior
 
 
