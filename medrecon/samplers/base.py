@@ -1,0 +1,453 @@
+"""The sampler contract, and the numerical helpers every sampler shares.
+
+A :class:`Sampler` turns measurements ``y`` of an :class:`~medrecon.operators.Operator`
+into images, optionally with a diffusion prior (:class:`~medrecon.priors.protocol.PriorProtocol`)::
+
+    x = sampler.sample(y, operator, prior, steps=50, generators=gens, progress=cb)
+
+* ``y`` is shaped ``(B, *operator.range_shape)``; ``x`` comes back shaped
+  ``(B, *operator.domain_shape)`` in **physical units** (HU for CT), on ``y``'s device.
+* ``generators`` is a list of ``B`` CPU :class:`torch.Generator`, one per slice.  Every
+  random number of slice ``b`` is drawn from ``generators[b]`` on the CPU and then moved to
+  the device (:func:`randn_per_slice`).  Together with per-slice inner products and norms
+  (never batch-global ones), this makes the result of a slice independent of the batch it
+  was sampled in and of the device: the engine seeds each slice from (seed, slice index)
+  with :func:`slice_generators`.
+* ``progress(step_done, total)`` is called after every step.
+* ``x_init`` (physical units) replaces the default starting point where a sampler has one
+  (RED-Diff, TV); DPS and DDS noise it to their first timestep.
+
+Network calls: the prior's ``eps`` takes ``(B, 1, H, W)``; operators of 2D slices take
+``(B, H, W)``.  Samplers keep images as ``(B, H, W)`` and add the channel axis only around
+``prior.eps`` (:func:`prior_eps`).  Data consistency is done in physical units:
+``x_phys = prior.from_net(x_net)``.
+
+Complex-domain operators (MRI) with a real prior: the prior-based samplers keep the image
+real and measure it as a complex image with zero imaginary part; the gradient and the normal
+operator then act on the real part (the operator base class handles this).  The baselines
+(``classical``, ``tv``) work on complex images directly.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+import torch
+
+from medrecon.errors import InputError
+
+__all__ = [
+    "Param",
+    "Sampler",
+    "cg",
+    "estimate_norm",
+    "net_scale",
+    "prior_eps",
+    "psnr",
+    "randn_per_slice",
+    "slice_generators",
+    "vdot_per_slice",
+]
+
+
+# --------------------------------------------------------------------------- parameters
+class Param:
+    """Declaration of one sampler parameter: its type, default, range and meaning.
+
+    ``kind`` is ``int``, ``float``, ``bool`` or ``str``; ``lo``/``hi`` bound numbers
+    (``lo_open``/``hi_open`` make the bound strict); ``choices`` lists allowed strings;
+    ``none_ok`` allows ``None``.  ``doc`` is one line for ``docs/samplers.md`` and the CLI.
+    """
+
+    def __init__(self, kind: type, default: Any, doc: str = "", *, lo=None, hi=None, lo_open=False,
+                 hi_open=False, choices: Sequence[Any] | None = None, none_ok: bool = False):
+        self.kind, self.default, self.doc = kind, default, doc
+        self.lo, self.hi, self.lo_open, self.hi_open = lo, hi, lo_open, hi_open
+        self.choices = tuple(choices) if choices is not None else None
+        self.none_ok = none_ok
+
+    def validate(self, sampler: str, name: str, value: Any) -> Any:
+        if value is None:
+            if self.none_ok:
+                return None
+            raise InputError(f"sampler {sampler!r} parameter {name!r} must not be None")
+        if self.kind is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+                return value.lower() in ("true", "1", "yes")
+            raise InputError(f"sampler {sampler!r} parameter {name!r} must be true or false, got {value!r}")
+        if self.kind in (int, float):
+            try:
+                if isinstance(value, bool):
+                    raise TypeError
+                v = float(value)
+                if self.kind is int:
+                    if v != int(v):
+                        raise ValueError
+                    v = int(v)
+            except (TypeError, ValueError):
+                raise InputError(
+                    f"sampler {sampler!r} parameter {name!r} must be a{'n integer' if self.kind is int else ' number'}, "
+                    f"got {value!r}"
+                ) from None
+            if not math.isfinite(v):
+                raise InputError(f"sampler {sampler!r} parameter {name!r} must be finite, got {value!r}")
+            if self.lo is not None and (v < self.lo or (self.lo_open and v == self.lo)):
+                raise InputError(
+                    f"sampler {sampler!r} parameter {name!r} must be {'>' if self.lo_open else '>='} {self.lo}, got {v}"
+                )
+            if self.hi is not None and (v > self.hi or (self.hi_open and v == self.hi)):
+                raise InputError(
+                    f"sampler {sampler!r} parameter {name!r} must be {'<' if self.hi_open else '<='} {self.hi}, got {v}"
+                )
+            return v
+        if self.kind is str:
+            v = str(value)
+            if self.choices is not None and v not in self.choices:
+                raise InputError(
+                    f"sampler {sampler!r} parameter {name!r} must be one of {', '.join(map(str, self.choices))}, "
+                    f"got {value!r}"
+                )
+            return v
+        raise InputError(f"sampler {sampler!r} parameter {name!r} has an unsupported type")  # pragma: no cover
+
+
+# --------------------------------------------------------------------------- the contract
+class Sampler:
+    """Base class of all samplers (see the module docstring for the contract).
+
+    Subclasses set the class attributes ``name``, ``needs_prior``, ``per_slice``,
+    ``default_steps`` and ``params`` (a dict name -> :class:`Param`), and implement
+    ``_sample(y, operator, prior, steps, generators, progress, x_init)`` on validated
+    input.  ``__init__(**params)`` validates keyword parameters against ``params`` and
+    stores them JSON-able; ``spec()`` returns ``{"name", "params"}`` and
+    :meth:`from_spec` rebuilds the sampler.
+    """
+
+    name: ClassVar[str] = "sampler"
+    needs_prior: ClassVar[bool] = True
+    per_slice: bool = True  # instances may override (TV with dims=3)
+    default_steps: ClassVar[int | None] = None
+    params: ClassVar[dict[str, Param]] = {}
+
+    def __init__(self, **params: Any) -> None:
+        unknown = sorted(set(params) - set(self.params))
+        if unknown:
+            known = ", ".join(sorted(self.params)) or "none"
+            raise InputError(f"sampler {self.name!r} has no parameter {unknown[0]!r} (known: {known})")
+        values = {}
+        for key, p in self.params.items():
+            values[key] = p.validate(self.name, key, params.get(key, p.default))
+        self._params = values
+        self._validate_params()
+
+    def _validate_params(self) -> None:
+        """Cross-parameter checks; raise :class:`InputError` with one sentence."""
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def param_values(self) -> dict[str, Any]:
+        """The validated parameters (a copy)."""
+        return dict(self._params)
+
+    def __getattr__(self, key: str) -> Any:
+        params = self.__dict__.get("_params")
+        if params is not None and key in params:
+            return params[key]
+        raise AttributeError(f"{type(self).__name__!s} has no attribute {key!r}")
+
+    def spec(self) -> dict[str, Any]:
+        """A JSON-able dict ``{"name": ..., "params": {...}}`` that :meth:`from_spec` rebuilds."""
+        return {"name": self.name, "params": dict(self._params)}
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> "Sampler":
+        return cls(**spec.get("params", {}))
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{k}={v!r}" for k, v in self._params.items())
+        return f"{type(self).__name__}({inner})"
+
+    def sample(
+        self,
+        y: torch.Tensor,
+        operator,
+        prior=None,
+        *,
+        steps: int | None = None,
+        generators: Sequence[torch.Generator] | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        x_init: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Reconstruct ``(B, *domain_shape)`` images (physical units) from ``y`` ``(B, *range_shape)``."""
+        if not isinstance(y, torch.Tensor):
+            raise InputError(f"sampler {self.name!r} expects a torch.Tensor y, got {type(y).__name__}")
+        rshape = tuple(operator.range_shape)
+        if y.ndim != len(rshape) + 1 or tuple(y.shape[1:]) != rshape:
+            raise InputError(
+                f"sampler {self.name!r} expects measurements shaped (B, {', '.join(map(str, rshape))}), "
+                f"got {tuple(y.shape)}"
+            )
+        if y.shape[0] < 1:
+            raise InputError(f"sampler {self.name!r} got an empty batch of measurements")
+        if not bool(torch.isfinite(torch.view_as_real(y) if y.is_complex() else y).all()):
+            raise InputError(f"sampler {self.name!r} got measurements containing NaN or infinity")
+        if self.needs_prior:
+            if prior is None:
+                raise InputError(f"sampler {self.name!r} needs a diffusion prior")
+            if len(operator.domain_shape) != 2:
+                raise InputError(
+                    f"sampler {self.name!r} uses a 2D slice prior and needs an operator on 2D images, "
+                    f"got domain shape {tuple(operator.domain_shape)}"
+                )
+        B = y.shape[0]
+        if generators is None:
+            generators = [torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,)).item()))
+                          for _ in range(B)]
+        generators = list(generators)
+        if len(generators) != B:
+            raise InputError(f"sampler {self.name!r} needs one generator per slice: got {len(generators)} for {B}")
+        if steps is not None:
+            steps = int(steps)
+            if steps < 1:
+                raise InputError(f"sampler {self.name!r} needs steps >= 1, got {steps}")
+        if x_init is not None:
+            dshape = tuple(operator.domain_shape)
+            if tuple(x_init.shape) != (B, *dshape):
+                raise InputError(
+                    f"sampler {self.name!r} expects x_init shaped {(B, *dshape)}, got {tuple(x_init.shape)}"
+                )
+            x_init = x_init.to(y.device)
+        return self._sample(y, operator, prior, steps, generators, progress, x_init)
+
+    def _sample(self, y, operator, prior, steps, generators, progress, x_init):  # pragma: no cover
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------- randomness
+def slice_generators(seed: int, indices: Sequence[int] | int) -> list[torch.Generator]:
+    """CPU generators seeded from ``(seed, slice index)``; ``indices`` an int means ``range(indices)``.
+
+    The seed of slice ``i`` depends only on ``seed`` and ``i`` (through numpy's
+    ``SeedSequence``), so a slice gets the same random numbers whatever batch it is in.
+
+    >>> g = slice_generators(0, [5])[0]; h = slice_generators(0, range(3, 6))[2]
+    >>> bool(torch.equal(torch.randn(3, generator=g), torch.randn(3, generator=h)))
+    True
+    """
+    import numpy as np
+
+    if isinstance(indices, int):
+        indices = range(indices)
+    out = []
+    for i in indices:
+        s = int(np.random.SeedSequence([int(seed) & (2**63 - 1), int(i)]).generate_state(1, np.uint64)[0])
+        out.append(torch.Generator().manual_seed(s & (2**63 - 1)))
+    return out
+
+
+def randn_per_slice(generators: Sequence[torch.Generator], shape: Sequence[int], *,
+                    device=None, dtype=torch.float32) -> torch.Tensor:
+    """A ``(B, *shape)`` standard normal tensor, slice ``b`` drawn from ``generators[b]`` on the CPU.
+
+    Drawn on the CPU (so a slice's numbers do not depend on the device) and then moved to
+    ``device``.  Complex dtypes get independent real and imaginary parts of variance 1/2 each.
+    """
+    shape = tuple(int(s) for s in shape)
+    real = dtype.to_real() if dtype.is_complex else dtype
+    parts = []
+    for g in generators:
+        if dtype.is_complex:
+            z = torch.randn((*shape, 2), generator=g, dtype=real) * math.sqrt(0.5)
+            parts.append(torch.view_as_complex(z))
+        else:
+            parts.append(torch.randn(shape, generator=g, dtype=real))
+    return torch.stack(parts).to(device=device)
+
+
+# --------------------------------------------------------------------------- linear algebra
+def vdot_per_slice(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Hermitian inner products ``<a_b, b_b> = sum(conj(a_b) * b_b)``, one per slice: shape (B,)."""
+    prod = a.conj() * b if a.is_complex() else a * b
+    return prod.reshape(prod.shape[0], -1).sum(dim=1)
+
+
+def norm_per_slice(a: torch.Tensor) -> torch.Tensor:
+    """Euclidean norm of each slice (real output, shape (B,))."""
+    return torch.linalg.vector_norm(a.reshape(a.shape[0], -1), dim=1)
+
+
+def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return v.view(-1, *([1] * (like.ndim - 1)))
+
+
+def cg(apply: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, x0: torch.Tensor,
+       iters: int, tol: float = 0.0) -> torch.Tensor:
+    """Conjugate gradients for ``M x = b`` with ``M`` Hermitian positive (semi-)definite.
+
+    Each slice of the batch is an independent system: step lengths use per-slice Hermitian
+    inner products (:func:`vdot_per_slice`), so results do not depend on the batch and the
+    method is correct for complex images.  Starts at ``x0`` (not modified) and runs ``iters``
+    iterations; a slice whose residual norm falls below ``tol * ||b||`` stops moving.
+    """
+    x = x0.clone()
+    # stop a slice at a residual near rounding level: past it, p^H M p can underflow to
+    # rounding noise (singular M, e.g. A^H A with fewer measurements than unknowns)
+    tol = max(float(tol), 100 * torch.finfo(x.real.dtype).eps)
+    r = b - apply(x)
+    p = r.clone()
+    rs = vdot_per_slice(r, r).real
+    bn = norm_per_slice(b)
+    for _ in range(int(iters)):
+        if bool((rs.sqrt() <= tol * bn).all()):
+            break
+        ap = apply(p)
+        pap = vdot_per_slice(p, ap).real
+        active = (pap > 0) & (rs > (tol * bn) ** 2)
+        alpha = torch.where(active, rs / torch.where(pap > 0, pap, torch.ones_like(pap)), torch.zeros_like(rs))
+        x = x + _bcast(alpha, x).to(x.dtype) * p
+        r = r - _bcast(alpha, r).to(r.dtype) * ap
+        rs_new = vdot_per_slice(r, r).real
+        beta = torch.where(active & (rs > 0), rs_new / torch.where(rs > 0, rs, torch.ones_like(rs)),
+                           torch.zeros_like(rs))
+        p = r + _bcast(beta, p).to(p.dtype) * p
+        rs = torch.where(active, rs_new, rs)
+    return x
+
+
+_NORM_CACHE: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
+
+
+def estimate_norm(operator, iters: int = 50, *, device=None, real_domain: bool | None = None) -> float:
+    """Operator norm ``||A||`` (largest singular value) by power iteration on ``A^H A``.
+
+    Runs on a batch of ONE image from a fixed seed, so the estimate is the same whatever the
+    batch size (per-slice operators share one geometry).  ``real_domain`` restricts to real
+    images for a complex-domain operator (what a real prior meets).  The estimate slightly
+    under-estimates the norm (it converges from below); callers use it for step sizes and
+    scale-aware defaults with a safety margin.  Results are cached per operator object.
+    """
+    if device is None:
+        device = next((t.device for t in list(operator.buffers()) + list(operator.parameters())),
+                      torch.device("cpu"))
+    complex_dom = bool(operator.domain_is_complex) and not real_domain
+    key = (int(iters), complex_dom, str(device))
+    cache = _NORM_CACHE.setdefault(operator, {}) if _weakrefable(operator) else {}
+    if key in cache:
+        return cache[key]
+    gen = torch.Generator().manual_seed(12345)
+    shape = (1, *operator.domain_shape)
+    dtype = torch.float64 if _is_double(operator) else torch.float32
+    x = randn_per_slice([gen], operator.domain_shape, dtype=torch.complex128 if complex_dom else torch.float64)
+    x = x.to(device=device, dtype=(dtype.to_complex() if complex_dom else dtype))
+    x = x.reshape(shape)
+    lam = 0.0
+    with torch.no_grad():
+        for _ in range(int(iters)):
+            n = torch.linalg.vector_norm(x)
+            if float(n) == 0:
+                break
+            x = x / n
+            z = _normal(operator, x)
+            lam = float(vdot_per_slice(x, z).real.sum())
+            x = z
+    val = math.sqrt(max(lam, 0.0))
+    cache[key] = val
+    return val
+
+
+def _weakrefable(obj) -> bool:
+    try:
+        weakref.ref(obj)
+        return True
+    except TypeError:
+        return False
+
+
+def _is_double(operator) -> bool:
+    for t in list(operator.buffers()) + list(operator.parameters()):
+        if t.dtype in (torch.float64, torch.complex128):
+            return True
+        if t.is_floating_point() or t.is_complex():
+            return False
+    return False
+
+
+def _normal(operator, x: torch.Tensor) -> torch.Tensor:
+    """``A^H A x`` keeping ``x``'s real/complex kind (real part for a real image)."""
+    xin = x
+    if operator.domain_is_complex and not x.is_complex():
+        xin = x.to(x.dtype.to_complex())
+    out = operator.adjoint(operator.forward(xin))
+    if not x.is_complex() and out.is_complex():
+        out = out.real
+    return out
+
+
+def apply_forward(operator, x: torch.Tensor) -> torch.Tensor:
+    """``A x`` for a real image ``x`` and a complex-domain operator too (cast to complex)."""
+    if operator.domain_is_complex and not x.is_complex():
+        x = x.to(x.dtype.to_complex())
+    return operator.forward(x)
+
+
+def apply_adjoint_real(operator, r: torch.Tensor, real: bool) -> torch.Tensor:
+    """``A^H r``, its real part when ``real`` (a real image measured by a complex operator)."""
+    out = operator.adjoint(r)
+    if real and out.is_complex():
+        out = out.real
+    return out
+
+
+# --------------------------------------------------------------------------- prior helpers
+def prior_eps(prior, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``prior.eps`` on ``(B, H, W)`` images: adds and removes the channel axis."""
+    return prior.eps(x.unsqueeze(1), t)[:, 0]
+
+
+def net_scale(prior, like: torch.Tensor) -> torch.Tensor:
+    """Per-slice slope ``a`` of ``from_net`` (physical units per network unit), shape (B,).
+
+    ``from_net`` is affine per element (``x_phys = a x_net + b``), possibly with a per-slice
+    ``a`` (MR priors bound to a volume's percentiles).
+    """
+    with torch.no_grad():
+        one = prior.from_net(torch.ones_like(like))
+        zero = prior.from_net(torch.zeros_like(like))
+        d = (one - zero).reshape(like.shape[0], -1).mean(dim=1)
+    if bool((d.abs() == 0).any()):
+        raise InputError("the prior's from_net map is constant; it must be an invertible affine map")
+    return d.abs()
+
+
+def sample_dtype(y: torch.Tensor) -> torch.dtype:
+    """Real working precision: float64 when ``y`` is double, else float32."""
+    return torch.float64 if y.dtype in (torch.float64, torch.complex128) else torch.float32
+
+
+def to_net_real(prior, x_phys: torch.Tensor) -> torch.Tensor:
+    """``prior.to_net`` of an image, taking the real part of a complex image first."""
+    if x_phys.is_complex():
+        x_phys = x_phys.real
+    return prior.to_net(x_phys)
+
+
+# --------------------------------------------------------------------------- metrics
+def psnr(x: torch.Tensor, reference: torch.Tensor, data_range: float | None = None) -> float:
+    """Peak signal-to-noise ratio in dB of ``x`` against ``reference`` (magnitudes if complex).
+
+    ``data_range`` defaults to ``max(reference) - min(reference)``.
+    """
+    x = x.abs() if x.is_complex() else x
+    r = reference.abs() if reference.is_complex() else reference
+    x, r = x.to(torch.float64), r.to(torch.float64).to(x.device)
+    if data_range is None:
+        data_range = float(r.max() - r.min())
+    mse = float(torch.mean((x - r) ** 2))
+    if mse == 0:
+        return float("inf")
+    return 10 * math.log10(data_range**2 / mse)

@@ -1,0 +1,190 @@
+"""``tv``: total-variation regularised reconstruction by PDHG (Chambolle-Pock), any operator.
+
+Solves, per slice (``dims=2``) or for the whole batch as a volume (``dims=3``)::
+
+    min_x  1/(2 L^2) ||A x - y||^2  +  lam TV(x)   [+ indicator(x >= lower)]
+
+with ``L = ||A||`` (power iteration) and isotropic TV(x) = sum_pixels |grad x| (forward
+differences, Neumann boundary; complex images use |.| of complex differences).  Dividing
+the data term by ``L^2`` makes ``lam`` independent of the operator's scale (more views or
+a differently scaled projector do not change it); ``lam`` is then in image units (HU or
+1/mm for CT).  With ``lam=None`` (default) it is set per slice (per batch for ``dims=3``)
+to ``lam_rel`` times the robust range (99th - 1st percentile) of the classical
+reconstruction.
+
+PDHG on K = [A/L; grad] (||K||^2 <= 1 + 4 dims), tau = sigma = 0.99 / ||K||::
+
+    p <- (p + sigma (A xbar / L - y / L)) / (1 + sigma)        (data dual)
+    q <- clip_lam(q + sigma grad xbar)                          (TV dual, |q_pixel| <= lam)
+    x' <- max(x - tau (A^H p / L - div q), lower)
+    xbar <- 2 x' - x
+
+``tune_tv(y, operator, reference, lams)`` picks ``lam`` by PSNR against a known reference
+image: it needs the ground truth, so it is for benchmarks only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from medrecon.errors import InputError
+from medrecon.samplers.base import Param, Sampler, apply_forward, estimate_norm, psnr
+
+__all__ = ["TV", "tune_tv", "grad_nd", "div_nd"]
+
+
+def grad_nd(x: torch.Tensor, axes: Sequence[int]) -> torch.Tensor:
+    """Forward differences of ``x`` along ``axes`` (zero at the far edge), stacked on a new axis 0."""
+    out = []
+    for ax in axes:
+        d = torch.zeros_like(x)
+        n = x.shape[ax]
+        if n > 1:
+            hi = x.narrow(ax, 1, n - 1)
+            lo = x.narrow(ax, 0, n - 1)
+            d.narrow(ax, 0, n - 1).copy_(hi - lo)
+        out.append(d)
+    return torch.stack(out)
+
+
+def div_nd(q: torch.Tensor, axes: Sequence[int]) -> torch.Tensor:
+    """Negative adjoint of :func:`grad_nd`: ``<grad x, q> = -<x, div q>``."""
+    out = torch.zeros_like(q[0])
+    for k, ax in enumerate(axes):
+        qk = q[k]
+        n = qk.shape[ax]
+        if n == 1:
+            continue
+        d = torch.zeros_like(qk)
+        # div = q_i - q_{i-1}, with q_{-1} = 0 and q_{n-1} treated as 0
+        d.narrow(ax, 0, 1).copy_(qk.narrow(ax, 0, 1))
+        if n > 2:
+            d.narrow(ax, 1, n - 2).copy_(qk.narrow(ax, 1, n - 2) - qk.narrow(ax, 0, n - 2))
+        d.narrow(ax, n - 1, 1).copy_(-qk.narrow(ax, n - 2, 1))
+        out = out + d
+    return out
+
+
+class TV(Sampler):
+    """Isotropic-TV regularised least squares by PDHG (see the module docstring).
+
+    Parameters: ``lam`` (TV weight in image units, None: automatic), ``lam_rel`` (the
+    automatic weight relative to the image range), ``dims`` (2: each slice alone; 3:
+    slices coupled along the batch axis, then ``per_slice`` is False), ``nonneg``
+    (x >= 0), ``lower`` (x >= lower; overrides ``nonneg``), ``iters`` (PDHG iterations,
+    overridden by ``steps``).  Real or complex images (bounds need a real domain).
+    """
+
+    name = "tv"
+    needs_prior = False
+    per_slice = True
+    default_steps = 300
+    params = {
+        "lam": Param(float, None, "TV weight in image units (None: lam_rel x robust image range)", lo=0,
+                     none_ok=True),
+        "lam_rel": Param(float, 3e-4, "automatic lam as a fraction of the classical recon's p99-p1 range",
+                         lo=0),
+        "dims": Param(int, 2, "2: TV within each slice; 3: also along the batch (slice) axis", choices=None,
+                      lo=2, hi=3),
+        "nonneg": Param(bool, False, "constrain x >= 0"),
+        "lower": Param(float, None, "constrain x >= lower (physical units); overrides nonneg", none_ok=True),
+        "iters": Param(int, 300, "PDHG iterations (the steps argument overrides)", lo=1),
+    }
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        self.per_slice = self._params["dims"] == 2
+
+    def _bound(self):
+        if self._params["lower"] is not None:
+            return self._params["lower"]
+        return 0.0 if self._params["nonneg"] else None
+
+    def _sample(self, y, operator, prior, steps, generators, progress, x_init):
+        iters = int(steps) if steps is not None else int(self._params["iters"])
+        lower = self._bound()
+        if lower is not None and operator.domain_is_complex:
+            raise InputError("sampler 'tv' cannot bound a complex image; use nonneg=false and lower=null")
+        dshape = tuple(operator.domain_shape)
+        dims = self._params["dims"]
+        nd = len(dshape)
+        if dims == 3 and nd >= 3:
+            axes = [-3, -2, -1]
+        elif dims == 3:
+            axes = [0] + list(range(-nd, 0))[-2:]
+        else:
+            axes = list(range(-nd, 0))[-2:]
+        with torch.no_grad():
+            L = estimate_norm(operator, device=y.device) * 1.02  # power iteration converges from below
+            if L == 0:
+                raise InputError("sampler 'tv' got an operator whose norm is zero")
+            x_cl = operator.classical(y)
+            if not operator.domain_is_complex and x_cl.is_complex():
+                x_cl = x_cl.real
+            lam = self._lam(x_cl, dims)
+            x = (x_init if x_init is not None else x_cl).clone()
+            if lower is not None:
+                x = x.clamp(min=lower)
+            ys = y / L
+            knorm = math.sqrt(1.0 + 4.0 * len(axes))
+            tau = sigma = 0.99 / knorm
+            p = torch.zeros_like(y)
+            q = torch.zeros((len(axes), *x.shape), dtype=x.dtype, device=x.device)
+            xbar = x
+            lam_b = lam.view(1, -1, *([1] * nd)) if lam.ndim == 1 else lam
+            for i in range(iters):
+                p = (p + sigma * (apply_forward(operator, xbar) / L - ys)) / (1 + sigma)
+                q = q + sigma * grad_nd(xbar, axes)
+                mag = torch.sqrt((q.abs() ** 2).sum(0, keepdim=True)) if q.is_complex() else \
+                    torch.sqrt((q**2).sum(0, keepdim=True))
+                q = q / torch.clamp(mag / lam_b.clamp(min=1e-30), min=1.0)
+                back = operator.adjoint(p) / L
+                if not x.is_complex() and back.is_complex():
+                    back = back.real
+                x_new = x - tau * (back - div_nd(q, axes))
+                if lower is not None:
+                    x_new = x_new.clamp(min=lower)
+                xbar = 2 * x_new - x
+                x = x_new
+                if progress is not None:
+                    progress(i + 1, iters)
+        return x
+
+    def _lam(self, x_cl: torch.Tensor, dims: int) -> torch.Tensor:
+        """Per-slice (B,) weight, or a scalar tensor for dims=3."""
+        lam = self._params["lam"]
+        B = x_cl.shape[0]
+        if lam is not None:
+            return torch.full((B,), float(lam), dtype=x_cl.real.dtype, device=x_cl.device)
+        mag = x_cl.abs() if x_cl.is_complex() else x_cl
+        flat = mag.reshape(B, -1).to(torch.float64)
+        if dims == 3:
+            flat = flat.reshape(1, -1).expand(B, -1)
+        lo = torch.quantile(flat, 0.01, dim=1) if flat.shape[1] <= 16_000_000 else flat.min(1).values
+        hi = torch.quantile(flat, 0.99, dim=1) if flat.shape[1] <= 16_000_000 else flat.max(1).values
+        rng = (hi - lo).clamp(min=0)
+        return (self._params["lam_rel"] * rng).to(x_cl.real.dtype)
+
+
+def tune_tv(y: torch.Tensor, operator, reference: torch.Tensor, lams: Sequence[float], **params):
+    """Pick the TV weight with the best PSNR against ``reference`` (benchmarks only).
+
+    Runs :class:`TV` with each ``lam`` in ``lams`` (other keyword ``params`` passed on) and
+    returns ``(best_lam, best_x, table)`` with ``table`` a list of ``(lam, psnr_db)``.  It
+    needs the ground truth ``reference`` (B, *domain_shape), so it is a tool for comparing
+    methods fairly on simulated data, not for reconstructing real scans.
+    """
+    if len(lams) == 0:
+        raise InputError("tune_tv needs at least one lam to try")
+    params.pop("lam", None)
+    table, best = [], None
+    for lam in lams:
+        x = TV(lam=float(lam), **params).sample(y, operator)
+        v = psnr(x, reference)
+        table.append((float(lam), v))
+        if best is None or v > best[1]:
+            best = (float(lam), v, x)
+    return best[0], best[2], table
