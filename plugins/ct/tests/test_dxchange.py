@@ -6,10 +6,10 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from medrecon_ct.dxchange import DataExchangeImporter
 
 import medrecon
 from medrecon.errors import FileFormatError, InputError
-from medrecon_ct.dxchange import DataExchangeImporter
 
 OUT = Path(__file__).parent / "_out"
 

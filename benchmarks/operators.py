@@ -1,0 +1,297 @@
+"""Throughput of the ct.parallel projector against ODL + ASTRA (CPU) and ODL's skimage backend.
+
+For each geometry (256x256 with 180 views, 512x512 with 720 views; pixel-sized
+detector bins, ``ceil(sqrt(2) N)`` of them) and batch size (1, 16) it times the
+forward projection and the adjoint (backprojection) of
+
+* ``ct.parallel`` (medrecon-ct: sparse Joseph matrix, one CSR product per batch),
+* ODL ``RayTransform(impl="astra_cpu")`` (ASTRA's CPU ``linear`` = Joseph
+  projector; one call per slice),
+* ODL ``RayTransform(impl="skimage")`` where it works (one call per slice),
+* with ``--device cuda`` also ``ct.parallel`` on the GPU and a plain
+  ``grid_sample`` rotate-and-sum projector of the same geometry (its adjoint is
+  taken through autograd, which is exact; a hand-written backprojection of a
+  rotate-and-sum projector would not be).
+
+It prints a table (slices/s and the ratio to ASTRA CPU of the same geometry and
+batch) and writes JSON (``--json``, default ``out/bench_operators.json``).  The
+system matrix build time (first use of a geometry; cached afterwards) is
+reported separately, not included in the throughput.
+
+Usage::
+
+    python benchmarks/operators.py                  # full run (a few minutes on 2 cores)
+    python benchmarks/operators.py --quick          # small sizes, seconds
+    python benchmarks/operators.py --device cuda    # adds GPU rows
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+warnings.filterwarnings("ignore")
+
+
+# ----------------------------------------------------------------------------- timing
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timeit(fn, device: str = "cpu", min_time: float = 1.0, max_reps: int = 20) -> float:
+    """Median seconds per call (after one warm-up call; one call only when it is slow)."""
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    first = time.perf_counter() - t0
+    if first > 3.0:
+        return first
+    times = []
+    total = 0.0
+    while total < min_time and len(times) < max_reps:
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        dt = time.perf_counter() - t0
+        times.append(dt)
+        total += dt
+    return statistics.median(times)
+
+
+# ----------------------------------------------------------------------------- peers
+def odl_ray_transform(n: int, angles_deg: np.ndarray, n_det: int, impl: str):
+    """ODL RayTransform in ct.parallel's geometry (pixel size 1 mm, centred detector).
+
+    ODL arrays are indexed [x, y]; ct.parallel images [row (down), column]:
+    ``odl_array = flipud(image).T`` (see plugins/ct/README.md).
+    """
+    import odl
+    from odl.applications import tomo
+
+    space = odl.uniform_discr([-n / 2, -n / 2], [n / 2, n / 2], (n, n), dtype="float32")
+    apart = odl.nonuniform_partition(np.deg2rad(angles_deg))
+    dpart = odl.uniform_partition(-n_det / 2, n_det / 2, n_det)
+    return tomo.RayTransform(space, tomo.Parallel2dGeometry(apart, dpart), impl=impl)
+
+
+class GridSampleProjector(torch.nn.Module):
+    """Rotate-and-sum parallel-beam projector with ``grid_sample`` (the usual GPU peer).
+
+    The image is zero-padded to about ``n_det x n_det``; for each angle it is rotated
+    by bilinear ``grid_sample`` and summed along the ray direction (rows).  The
+    adjoint is taken through autograd (``torch.autograd.grad``), which is exact.
+    """
+
+    def __init__(self, n: int, angles_deg: np.ndarray, n_det: int, chunk: int = 32):
+        super().__init__()
+        # pad symmetrically so the rotation centre is the image centre; when n_det - n is
+        # odd this gives n_det + 1 bins, offset by half a bin from ct.parallel's
+        self.pad = (n_det - n + 1) // 2
+        self.n, self.chunk = n, chunk
+        self.n_det = n + 2 * self.pad
+        th = torch.as_tensor(np.deg2rad(angles_deg), dtype=torch.float32)
+        c, s = torch.cos(th), torch.sin(th)
+        # sampling grid for angle theta: output (row, col) samples the input at R(theta)^T
+        mats = torch.stack([torch.stack([c, s, torch.zeros_like(c)], -1),
+                            torch.stack([-s, c, torch.zeros_like(c)], -1)], 1)  # (A, 2, 3)
+        self.register_buffer("mats", mats)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        h = self.pad
+        xp = torch.nn.functional.pad(x, (h, h, h, h))[:, None]
+        outs = []
+        for a0 in range(0, self.mats.shape[0], self.chunk):
+            m = self.mats[a0 : a0 + self.chunk]
+            na = m.shape[0]
+            grid = torch.nn.functional.affine_grid(m, (na, 1, self.n_det, self.n_det), align_corners=False)
+            # (b * na) rotations, batched
+            xs = xp.expand(b, na, self.n_det, self.n_det).reshape(b * na, 1, self.n_det, self.n_det)
+            g = grid.repeat(b, 1, 1, 1)
+            rot = torch.nn.functional.grid_sample(xs, g, mode="bilinear", padding_mode="zeros",
+                                                  align_corners=False)
+            outs.append(rot.sum(2).reshape(b, na, self.n_det))
+        return torch.cat(outs, 1)
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        x = torch.zeros(y.shape[0], self.n, self.n, device=y.device, requires_grad=True)
+        with torch.enable_grad():
+            out = self.forward(x)
+            (g,) = torch.autograd.grad(out, x, grad_outputs=y)
+        return g
+
+
+# ----------------------------------------------------------------------------- main
+def run(args) -> dict:
+    import medrecon
+
+    configs = [(128, 90), (256, 180)] if args.quick else [(256, 180), (512, 720)]
+    batches = [1, 4] if args.quick else [1, 16]
+    min_time = 0.3 if args.quick else 1.0
+    records, builds = [], []
+    devices = ["cpu"] + (["cuda"] if args.device.startswith("cuda") else [])
+    rng = np.random.default_rng(0)
+
+    for n, n_views in configs:
+        angles = np.linspace(0, 180, n_views, endpoint=False)
+        n_det = int(math.ceil(math.sqrt(2) * n))
+        geo = f"{n}x{n}, {n_views} views, {n_det} bins"
+        print(f"\n== {geo}", flush=True)
+        op = medrecon.get_operator("ct.parallel", shape=n, n_views=n_views)
+        t0 = time.perf_counter()
+        sm = op.system_matrix()
+        _ = sm.AT
+        build = time.perf_counter() - t0
+        nnz = int(sm.A.values().numel())
+        mem_mb = 2 * nnz * 8 / 2**20
+        builds.append({"geometry": geo, "n": n, "n_views": n_views, "n_det": n_det, "build_s": build,
+                       "nnz": nnz, "memory_mb_A_and_AT_float32": mem_mb})
+        print(f"   ct.parallel system matrix: build {build:.2f} s (A and A^T), {nnz / 1e6:.1f} M non-zeros, "
+              f"{mem_mb:.0f} MB", flush=True)
+
+        peers = {}
+        for impl in ("astra_cpu", "skimage"):
+            try:
+                peers[f"odl-{impl}"] = odl_ray_transform(n, angles, n_det, impl)
+            except Exception as exc:  # noqa: BLE001 - a backend that is missing or broken is reported
+                print(f"   odl-{impl}: unavailable ({type(exc).__name__}: {str(exc)[:80]})")
+        # sanity: agreement with ASTRA on one random-ish image
+        img = rng.random((n, n), dtype=np.float32)
+        if "odl-astra_cpu" in peers:
+            ya = np.asarray(peers["odl-astra_cpu"](np.ascontiguousarray(np.flipud(img).T)).data)
+            yo = op(torch.from_numpy(img)[None])[0].numpy()
+            agree = float(np.linalg.norm(yo - ya) / np.linalg.norm(ya))
+            print(f"   ct.parallel vs ASTRA CPU forward: relative L2 difference {agree:.1e}")
+            builds[-1]["rel_diff_vs_astra"] = agree
+
+        for B in batches:
+            x = torch.from_numpy(rng.random((B, n, n), dtype=np.float32))
+            y = torch.from_numpy(rng.random((B, n_views, n_det), dtype=np.float32))
+            rows = []
+            for dev in devices:
+                A = op.to(dev)
+                xd, yd = x.to(dev), y.to(dev)
+                with torch.no_grad():
+                    if dev == "cuda":
+                        A.system_matrix()
+                        _ = A.system_matrix().AT
+                    tf = timeit(lambda A=A, xd=xd: A(xd), dev, min_time)
+                    ta = timeit(lambda A=A, yd=yd: A.adjoint(yd), dev, min_time)
+                rows.append(("ct.parallel", dev, tf, ta))
+                if dev == "cuda":
+                    G = GridSampleProjector(n, angles, n_det).to(dev)
+                    with torch.no_grad():
+                        tf = timeit(lambda G=G, xd=xd: G(xd), dev, min_time)
+                    ta = timeit(lambda G=G, yd=yd: G.adjoint(yd), dev, min_time)
+                    rows.append(("grid_sample rotate-sum", dev, tf, ta))
+            op.to("cpu")
+            xs = [np.ascontiguousarray(np.flipud(x[i].numpy()).T) for i in range(B)]
+            ys = [y[i].numpy() for i in range(B)]
+            for name, R in peers.items():
+                space_y = R.range
+                yel = [space_y.element(v) for v in ys]
+                try:
+                    tf = timeit(lambda R=R, xs=xs: [R(v) for v in xs], "cpu", min_time, max_reps=5)
+                    ta = timeit(lambda R=R, yel=yel: [R.adjoint(v) for v in yel], "cpu", min_time, max_reps=5)
+                except Exception as exc:  # noqa: BLE001
+                    print(f"   {name}: failed ({type(exc).__name__}: {str(exc)[:80]})")
+                    continue
+                rows.append((name, "cpu", tf, ta))
+            ref = next((r for r in rows if r[0] == "odl-astra_cpu"), None)
+            for impl, dev, tf, ta in rows:
+                rec = {
+                    "geometry": geo, "n": n, "n_views": n_views, "n_det": n_det, "batch": B,
+                    "impl": impl, "device": dev, "forward_s": tf, "adjoint_s": ta,
+                    "forward_slices_per_s": B / tf, "adjoint_slices_per_s": B / ta,
+                    "fwd_adj_slices_per_s": B / (tf + ta),
+                }
+                if ref is not None:
+                    rec["ratio_vs_astra_cpu"] = (ref[2] + ref[3]) / (tf + ta)
+                    rec["forward_ratio_vs_astra_cpu"] = ref[2] / tf
+                    rec["adjoint_ratio_vs_astra_cpu"] = ref[3] / ta
+                records.append(rec)
+                print(f"   batch {B:>2}  {impl:<24} {dev:<5} fwd {B / tf:9.1f}/s  adj {B / ta:9.1f}/s  "
+                      f"fwd+adj {B / (tf + ta):9.1f}/s  x ASTRA {rec.get('ratio_vs_astra_cpu', float('nan')):7.2f}",
+                      flush=True)
+    return {"records": records, "builds": builds}
+
+
+def table(result: dict) -> str:
+    hdr = (f"{'geometry':<32} {'B':>3} {'implementation':<24} {'dev':<5} {'fwd/s':>9} {'adj/s':>9} "
+           f"{'fwd+adj/s':>10} {'vs ASTRA':>9}")
+    lines = [hdr, "-" * len(hdr)]
+    for r in result["records"]:
+        ratio = r.get("ratio_vs_astra_cpu")
+        lines.append(
+            f"{r['geometry']:<32} {r['batch']:>3} {r['impl']:<24} {r['device']:<5} "
+            f"{r['forward_slices_per_s']:9.1f} {r['adjoint_slices_per_s']:9.1f} {r['fwd_adj_slices_per_s']:10.1f} "
+            f"{(f'{ratio:8.2f}x' if ratio is not None else '      n/a'):>9}"
+        )
+    lines.append("")
+    lines.append("system matrix build (once per geometry, cached in memory; not in the numbers above):")
+    for b in result["builds"]:
+        lines.append(f"  {b['geometry']:<32} {b['build_s']:7.2f} s  {b['nnz'] / 1e6:7.1f} M nnz  "
+                     f"{b['memory_mb_A_and_AT_float32']:7.0f} MB")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda: adds GPU rows")
+    p.add_argument("--quick", action="store_true", help="small sizes and batches, short timings")
+    p.add_argument("--json", default="out/bench_operators.json", help="where to write the JSON results")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("--device cuda given but CUDA is not available", file=sys.stderr)
+        return 2
+    t0 = time.time()
+    load_before = os.getloadavg()
+    result = run(args)
+    result["meta"] = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "wall_s": time.time() - t0,
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cuda_device": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else None,
+        "quick": args.quick,
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+    }
+    try:
+        import astra
+
+        result["meta"]["astra"] = astra.__version__
+    except ImportError:
+        pass
+    print()
+    print(table(result))
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    os.replace(tmp, out)
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
