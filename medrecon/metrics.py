@@ -17,10 +17,10 @@ intensity **window** ``[lo, hi]`` in physical units:
 * the volume PSNR is computed from the MSE of the whole volume (not the mean of
   slice PSNRs).
 
-Default windows (:func:`default_window`): CT (modality ``CT`` or units ``HU``)
-``[-1000, 1000]`` HU, air to dense bone, the soft tissue and lung range the
-priors are trained for; anything else (MR, arbitrary units) the reference's own
-``[min, max]``.
+Default windows (:func:`default_window`): CT in HU (units ``HU``, or modality
+``CT`` with no units and air at about -1000) ``[-1000, 1000]`` HU, air to dense
+bone; anything else (MR, arbitrary units, CT in attenuation per mm) the
+reference's own ``[min, max]``.
 
 Example::
 
@@ -93,9 +93,12 @@ def default_window(reference, meta: dict | None = None) -> tuple[float, float]:
         meta = getattr(reference, "meta", None) or {}
     modality = str(meta.get("modality") or "").upper()
     units = str(meta.get("units") or "").upper()
-    if modality == "CT" or units == "HU":
-        return CT_WINDOW
     data = np.asarray(getattr(reference, "data", reference), dtype=np.float64)
+    if units == "HU":
+        return CT_WINDOW
+    # CT without stated units: HU if it looks like HU (air at about -1000), else e.g. attenuation / mm
+    if modality == "CT" and not units and data.size and float(data.min()) < -500:
+        return CT_WINDOW
     return _window(None, data)
 
 

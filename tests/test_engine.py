@@ -231,3 +231,16 @@ def test_prior_mismatch_warns(meas, tiny_prior):
     assert len(msgs) == 1 and "pixel size 2 mm" in msgs[0]
     assert any(issubclass(w.category, PriorMismatchWarning) for w in rec)
     assert check_prior_fit(tiny_prior, meas, meas.operator()) == []
+
+
+@pytest.mark.shared_data
+def test_real_projections_through_the_importer(shared_data):
+    """Data Exchange projections (the tomopy tooth) are read by the ct.dxchange importer."""
+    path = shared_data / "ct-projections-tooth" / "tooth.h5"
+    if not path.is_file():
+        pytest.skip("tooth.h5 is not present")
+    m = load_input(path, row=0)
+    assert m.y.shape[0] == 1 and m.provenance["importer"] == "ct.dxchange"
+    v = reconstruct(m, "classical", progress=False)
+    assert v.shape[0] == 1 and np.all(np.isfinite(v.data))
+    assert float(v.data.max()) > 5 * float(np.abs(np.median(v.data)))  # the tooth stands out of the background

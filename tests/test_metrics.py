@@ -83,6 +83,7 @@ def test_default_window_and_evaluate_writes_json_and_png(tmp_path):
     cl = Volume(ref.data + 100.0, np.eye(4), {})
     assert default_window(ref) == CT_WINDOW
     assert default_window(np.array([[1.0, 3.0]])) == (1.0, 3.0)
+    assert default_window(Volume(np.full((1, 4, 4), 0.02), np.eye(4), {"modality": "CT"})) == pytest.approx((0.02, 1.02))
     res = evaluate(rec, ref, classical=cl, json_path=tmp_path / "m.json", png=tmp_path / "f.png")
     assert res["window"] == [-1000.0, 1000.0] and res["data_range"] == 2000.0
     assert res["psnr"] > res["classical"]["psnr"]

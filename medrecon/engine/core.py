@@ -79,12 +79,7 @@ def load_input(path: str | os.PathLike, **options: Any):
         except Exception:  # noqa: BLE001 - a third-party probe must not break the others
             ok = False
         if ok:
-            m = imp.read(p, **options)
-            from medrecon.measurement import Measurement
-
-            if not isinstance(m, Measurement):
-                raise MedreconError(f"importer {imp_name!r} returned {type(m).__name__}, not a Measurement")
-            return m
+            return _measurement_from_import(imp_name, imp.read(p, **options), p)
     if p.suffix.lower() in (".h5", ".hdf5") or _is_hdf5(p):
         known = f" (installed importers: {', '.join(tried)})" if tried else " (no importers are installed)"
         raise FileFormatError(
@@ -92,6 +87,33 @@ def load_input(path: str | os.PathLike, **options: Any):
     raise FileFormatError(
         f"{str(p)!r} is not a medrecon measurement file and no installed importer reads it"
         + (f" (installed importers: {', '.join(tried)})" if tried else ""))
+
+
+def _measurement_from_import(name: str, got, path: Path):
+    """An importer returns a Measurement, or ``(y, operator, meta)`` which is wrapped into one.
+
+    For the tuple form, the volume is ``(B, *operator.domain_shape)`` with B = ``y.shape[0]``,
+    the affine is diagonal with the operator's ``pixel_size`` (or ``meta["pixel_size_mm"]``,
+    default 1 mm) in-plane and between slices, and ``meta`` becomes the provenance.
+    """
+    from medrecon.measurement import Measurement
+
+    if isinstance(got, Measurement):
+        return got
+    if not (isinstance(got, tuple) and len(got) == 3):
+        raise MedreconError(f"importer {name!r} returned {type(got).__name__}, not a Measurement "
+                            "or (y, operator, meta)")
+    y, op, meta = got
+    meta = dict(meta or {})
+    y = y.detach().cpu().numpy() if hasattr(y, "detach") else np.asarray(y)
+    if y.ndim == len(op.range_shape):
+        y = y[None]
+    ps = meta.get("pixel_size_mm") or op.params.get("pixel_size") or 1.0
+    ps = float(ps)
+    prov = {"source": str(path), "importer": name, **meta}
+    return Measurement(y=y, operator_spec=op.spec(), noise_std=float(meta.get("noise_std", 0.0) or 0.0),
+                       volume_shape=(int(y.shape[0]), *tuple(op.domain_shape)), affine=np.diag([ps, ps, ps, 1.0]),
+                       units=meta.get("image_units"), provenance=prov, reference_meta=None)
 
 
 def _is_hdf5(p: Path) -> bool:
