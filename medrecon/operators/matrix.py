@@ -120,4 +120,7 @@ def _to_tensorable(v):
         import numpy as np
 
         return torch.from_numpy(np.asarray(v).copy())
-    return v
+    try:  # nested lists (a spec read back from JSON): keep double precision
+        return torch.tensor(v, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        return torch.tensor(v, dtype=torch.complex128)

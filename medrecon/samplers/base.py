@@ -169,7 +169,7 @@ class Sampler:
         return cls(**spec.get("params", {}))
 
     def __repr__(self) -> str:
-        inner = ", ".join(f"{k}={v!r}" for k, v in self._params.items())
+        inner = ", ".join(f"{k}={v!r}" for k, v in self.__dict__.get("_params", {}).items())
         return f"{type(self).__name__}({inner})"
 
     def sample(
