@@ -135,3 +135,18 @@ def test_sigkilled_run_resumes(study, tmp_path):
                  "--resume", check=True)
     assert f"{len(done)} resumed" in p.stdout and not part.exists()
     assert _load(out).shape == (Z, N, N)
+
+
+def test_dds_with_a_prior_folder_warns_about_pixel_size(study, tmp_path):
+    import torch
+
+    from medrecon.priors.model import DiffusionPrior, default_config
+
+    torch.manual_seed(0)
+    DiffusionPrior(default_config("ct", image_size=N, pixel_size_mm=0.3, preset="tiny")).save(tmp_path / "prior")
+    out = tmp_path / "dds.nii.gz"
+    p = medrecon("reconstruct", study / "m.h5", "--sampler", "dds", "--prior", tmp_path / "prior", "--steps", 2,
+                 "--param", "eta=0.5", "--device", "cpu", "-o", out, check=True)
+    warn = [ln for ln in p.stderr.splitlines() if ln.startswith("medrecon: warning:")]
+    assert len(warn) == 1 and "pixel size 1 mm" in warn[0] and "0.3 mm" in warn[0], p.stderr
+    assert "Traceback" not in p.stderr and out.exists()

@@ -244,3 +244,18 @@ def test_real_projections_through_the_importer(shared_data):
     v = reconstruct(m, "classical", progress=False)
     assert v.shape[0] == 1 and np.all(np.isfinite(v.data))
     assert float(v.data.max()) > 5 * float(np.abs(np.median(v.data)))  # the tooth stands out of the background
+
+
+def test_mr_prior_is_bound_to_the_whole_volume_percentiles():
+    """An MR prior maps intensities with the volume's percentiles: bound once, so batches agree."""
+    from medrecon.priors.model import DiffusionPrior, default_config
+
+    torch.manual_seed(1)
+    prior = DiffusionPrior(default_config("mr", image_size=N, preset="tiny")).eval().requires_grad_(False)
+    rng = np.random.default_rng(2)
+    x = np.stack([rng.uniform(0, 100 * (k + 1), (N, N)) for k in range(Z)]).astype(np.float32)
+    m = medrecon.simulate(medrecon.Volume(x, np.eye(4), {"modality": "MR"}), "template.scale", {"factor": 2.0})
+    a = run(m, "dds", prior, steps=2, batch_size=1)
+    b = run(m, "dds", prior, steps=2, batch_size=Z)
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-4 * float(np.abs(a).max()))
+    assert prior._lo is None  # the caller's prior is not bound in place

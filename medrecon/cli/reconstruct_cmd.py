@@ -64,17 +64,18 @@ def register(app: typer.Typer) -> None:
         """Reconstruct a volume from a measurement with a sampler and (for dds, dps, reddiff) a diffusion prior."""
         from medrecon.cli.params import parse_params
         from medrecon.errors import InputError
-        from medrecon.samplers import sampler_class
 
         params = parse_params(param)
+        if not measurement.exists():  # cheap checks first: no torch import yet
+            raise InputError(f"no such measurement file: {str(measurement)!r}")
+        if like is not None and not like.exists():
+            raise InputError(f"--like {str(like)!r} does not exist")
+        from medrecon.samplers import sampler_class
+
         cls = sampler_class(sampler)  # unknown names fail here, with a suggestion
         if getattr(cls, "needs_prior", False) and prior is None:
             raise InputError(f"sampler {sampler!r} needs a diffusion prior: pass --prior NAME|PATH "
                              "(e.g. --prior ct-default), or use --sampler classical or tv")
-        if not measurement.exists():
-            raise InputError(f"no such measurement file: {str(measurement)!r}")
-        if like is not None and not like.exists():
-            raise InputError(f"--like {str(like)!r} does not exist")
         from medrecon.engine import load_input, partial_path, reconstruct
 
         old = warnings.showwarning
