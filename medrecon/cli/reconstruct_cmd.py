@@ -20,6 +20,22 @@ def _warning_printer(message, category, filename, lineno, file=None, line=None):
     typer.echo(f"medrecon: warning: {message}", err=True)
 
 
+def _line_progress(every_s: float = 10.0):
+    """Progress for logs (stderr not a terminal): one line at most every ``every_s`` seconds and at the end."""
+    import time
+
+    t0 = time.monotonic()
+    state = {"t0": t0, "last": t0}
+
+    def cb(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done >= total or now - state["last"] >= every_s:
+            state["last"] = now
+            typer.echo(f"medrecon: {done}/{total} slices done ({now - state['t0']:.0f} s)", err=True)
+
+    return cb
+
+
 def _parse_window(text: str | None):
     from medrecon.errors import InputError
 
@@ -87,7 +103,8 @@ def register(app: typer.Typer) -> None:
                 vol = reconstruct(
                     m, sampler, prior, steps=steps, params=params, device=device, devices=devices,
                     batch_size=batch_size, seed=seed, amp=amp, output=output, resume=resume,
-                    progress=not quiet and sys.stderr.isatty(), overwrite=overwrite,
+                    progress=False if quiet else (True if sys.stderr.isatty() else _line_progress()),
+                    overwrite=overwrite,
                     like=str(like) if like is not None else None, _stop_after=stop_after,
                 )
             except KeyboardInterrupt:
