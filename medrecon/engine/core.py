@@ -556,9 +556,10 @@ def reconstruct(
     if resume and output is None:
         raise InputError("resume needs output= (the checkpoints live next to the output)")
     smp = _as_sampler(sampler, params, m)
-    prior_obj, prior_name = _as_prior(prior, smp)
-    if not smp.needs_prior:
-        prior_obj, prior_name = None, None
+    if smp.needs_prior:
+        prior_obj, prior_name = _as_prior(prior, smp)
+    else:
+        prior_obj, prior_name = None, None  # classical, tv: a prior given is not used (nor loaded)
     devs = _resolve_devices(device, devices)
     if output is not None:
         from medrecon.io.atomic import check_target
@@ -711,7 +712,7 @@ def _run_slices(workers, smp, m, todo, batch_size, steps, seed, result, ck, prog
         def loop(w):
             import torch
 
-            if w.dev.type == "cuda":
+            if w.dev.type == "cuda" and w.dev.index is not None:
                 torch.cuda.set_device(w.dev)
             cb = prog.step_callback(w.index)
             while not stop.is_set():
