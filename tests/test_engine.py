@@ -11,7 +11,14 @@ import pytest
 import torch
 
 import medrecon
-from medrecon.engine import PriorMismatchWarning, RunStopped, check_prior_fit, load_input, partial_path, reconstruct
+from medrecon.engine import (
+    PriorMismatchWarning,
+    RunStopped,
+    check_prior_fit,
+    load_input,
+    partial_path,
+    reconstruct,
+)
 from medrecon.errors import FileFormatError, InputError
 from medrecon.measurement import Measurement
 from medrecon.samplers.base import Sampler

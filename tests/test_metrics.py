@@ -9,7 +9,17 @@ import numpy as np
 import pytest
 
 from medrecon.errors import InputError
-from medrecon.metrics import CT_WINDOW, compare, default_window, evaluate, gcnr, psnr, psnr_slices, ssim, ssim_slices
+from medrecon.metrics import (
+    CT_WINDOW,
+    compare,
+    default_window,
+    evaluate,
+    gcnr,
+    psnr,
+    psnr_slices,
+    ssim,
+    ssim_slices,
+)
 
 
 def test_psnr_of_a_known_mse():
