@@ -57,9 +57,15 @@ def comparison_figure(reference, recon, *, classical=None, window=(-1000.0, 1000
     views = ["axial"] + (["coronal"] if reference.shape[0] > 1 else [])
     ncol = len(cols) + 1
     dz, dy, dx = reference.spacing
-    fig, axes = plt.subplots(len(views), ncol, figsize=(3.2 * ncol, 3.4 * len(views)), squeeze=False)
+    z, ny, nx = reference.shape
+    # a thin slab would give an unreadable coronal strip: stretch z to >= 30% of the axial height
+    stretch = max(1.0, 0.3 * ny * dy / (z * dz)) if z > 1 else 1.0
+    heights = [ny * dy] + ([z * dz * stretch] if z > 1 else [])
+    rel = [h / heights[0] for h in heights]
+    fig, axes = plt.subplots(len(views), ncol, figsize=(3.2 * ncol, 3.4 * sum(rel) + 0.6), squeeze=False,
+                             gridspec_kw={"height_ratios": rel})
     for r, view in enumerate(views):
-        aspect = (dy / dx) if view == "axial" else (dz / dx)
+        aspect = (dy / dx) if view == "axial" else (dz * stretch / dx)
         ref_img = _panels(reference, view)
         for c, (name, vol, m) in enumerate(cols):
             ax = axes[r, c]
@@ -70,7 +76,8 @@ def comparison_figure(reference, recon, *, classical=None, window=(-1000.0, 1000
                 label += f"\n{m['psnr']:.2f} dB, SSIM {m['ssim']:.3f}"
             elif m and r == 0 and "ssim" in m:
                 label += f"\nPSNR inf, SSIM {m['ssim']:.3f}"
-            ax.set_title(label if r == 0 else f"{name} ({view})", fontsize=9)
+            zlabel = f", z x{stretch:.1f}" if (r > 0 and stretch > 1) else ""
+            ax.set_title(label if r == 0 else f"{name} ({view}{zlabel})", fontsize=9)
             ax.axis("off")
         err = np.abs(np.clip(_panels(recon, view), lo, hi) - np.clip(ref_img, lo, hi))
         ax = axes[r, ncol - 1]
@@ -78,7 +85,6 @@ def comparison_figure(reference, recon, *, classical=None, window=(-1000.0, 1000
         ax.set_title("|reconstruction - reference|" if r == 0 else f"error ({view})", fontsize=9)
         ax.axis("off")
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    z = reference.shape[0]
     sup = title or f"window [{lo:g}, {hi:g}]; axial slice {z // 2} of {z}"
     fig.suptitle(sup, fontsize=10)
     fig.tight_layout()
