@@ -35,6 +35,9 @@ def register(app: typer.Typer) -> None:
         log_every: int = typer.Option(50, "--log-every"),
         immiscible: bool = typer.Option(False, "--immiscible", help="Immiscible noise assignment (needs scipy)."),
         n_samples: int = typer.Option(16, "--samples", help="Unconditional samples in samples.png (0: none)."),
+        ema_decay: float = typer.Option(0.999, "--ema-decay", help="EMA decay of the saved weights."),
+        warmup: int = typer.Option(200, "--warmup", help="Linear learning-rate warm-up steps."),
+        no_bf16: bool = typer.Option(False, "--no-bf16", help="Disable bf16 autocast on CUDA."),
     ) -> None:
         """Train a diffusion prior on 2D slices and write it as a prior folder."""
         from medrecon.errors import InputError
@@ -53,6 +56,7 @@ def register(app: typer.Typer) -> None:
             batch_size=batch_size, lr=lr, device=device, resume=resume, seed=seed, max_minutes=max_minutes,
             patch=patch, channels=channels, schedule=schedule, prediction=prediction, val_every=val_every,
             ckpt_every=ckpt_every, log_every=log_every, immiscible=immiscible, n_samples=n_samples,
+            ema_decay=ema_decay, warmup=warmup, bf16=not no_bf16,
         )
         typer.echo(f"prior written to {output} ({report['steps']} steps, {report['stopped_by']}, "
                    f"val loss {report['val_losses'][-1]['mean']:.4f}, {report['train_seconds']:.0f} s)")

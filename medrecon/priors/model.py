@@ -345,6 +345,7 @@ class DiffusionPrior(torch.nn.Module):
         sd = {k: v.detach().to("cpu", tdt).contiguous() for k, v in self.net.state_dict().items()}
         wpath = folder / WEIGHTS_NAME
         save_file(sd, str(wpath), metadata={"format": FORMAT, "dtype": dtype})
+        wpath.chmod(0o644)
         cfg = copy.deepcopy(self.config)
         cfg["weights"] = {"file": WEIGHTS_NAME, "dtype": dtype, "ema": cfg.get("weights", {}).get("ema", True),
                           "sha256": _sha256(wpath), "parameters": count_parameters(self.net)}

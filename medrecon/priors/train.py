@@ -109,6 +109,7 @@ def _save_checkpoint(folder: Path, net, ema, opt, step: int, gen: torch.Generato
     tensors["rng.torch_cpu"] = torch.get_rng_state()
     tmp = folder / "state.safetensors.tmp"
     save_file(tensors, str(tmp))
+    os.chmod(tmp, 0o644)
     os.replace(tmp, folder / "state.safetensors")
     meta = dict(state)
     meta["step"] = step
@@ -402,6 +403,7 @@ def train_prior(
         bar.log("interrupted: saving a checkpoint")
     finally:
         bar.close()
+    loop_seconds = time.time() - run_t0
     if acc_n:
         losses.append([step, float(acc) / acc_n])
     checkpoint()
@@ -439,7 +441,8 @@ def train_prior(
         "val_slices": int(x_val.shape[0]), "val_timesteps": list(VAL_TIMESTEPS), "val_seed": VAL_SEED,
         "train_slices": int(x_train.shape[0]), "losses": losses, "val_losses": val_losses,
         "train_seconds": round(train_seconds, 1), "wall_seconds_this_run": round(time.time() - t_start, 1),
-        "steps_per_second_this_run": round((step - first_step) / max(1e-9, time.time() - run_t0), 3),
+        "steps_per_second_this_run": round((step - first_step) / max(1e-9, loop_seconds), 3),
+        "loop_seconds_this_run": round(loop_seconds, 1),
         "device": str(dev), "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor(),
         "torch": torch.__version__, "python": platform.python_version(), "bf16_autocast": use_ac,
         "resumed": bool(resume), "samples_png": samples_png, "prior": str(out),
@@ -453,3 +456,26 @@ def train_prior(
     _atomic_write_text(out / "train_report.json", json.dumps(report, indent=1) + "\n")
     return report
 
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m medrecon.priors.train ...``: the train-prior command alone (same options), which
+    imports none of the other command modules (for a bare GPU machine running from source)."""
+    import typer
+
+    from medrecon.cli import priors_cmd
+    from medrecon.errors import MedreconError
+
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    priors_cmd.register(app)
+    try:
+        app(args=["train-prior", *(sys.argv[1:] if argv is None else argv)], standalone_mode=True)
+    except MedreconError as exc:
+        if os.environ.get("MEDRECON_DEBUG"):
+            raise
+        print(f"medrecon: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()
