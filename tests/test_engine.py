@@ -266,3 +266,26 @@ def test_mr_prior_is_bound_to_the_whole_volume_percentiles():
     b = run(m, "dds", prior, steps=2, batch_size=Z)
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-4 * float(np.abs(a).max()))
     assert prior._lo is None  # the caller's prior is not bound in place
+
+
+def test_a_live_run_locks_its_partial_folder(tmp_path, meas):
+    import subprocess
+    import sys
+
+    out = tmp_path / "l.nii.gz"
+    with pytest.raises(RunStopped):
+        reconstruct(meas, Spy(), batch_size=1, output=out, progress=False, _stop_after=1)
+    lock = partial_path(out) / "lock"
+    assert not lock.exists()  # released when the run ends, even early
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        import socket
+
+        lock.write_text(json.dumps({"host": socket.gethostname(), "pid": sleeper.pid}))
+        with pytest.raises(InputError, match=f"another run \\(pid {sleeper.pid}\\)"):
+            reconstruct(meas, Spy(), output=out, resume=True, progress=False)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    reconstruct(meas, Spy(), output=out, resume=True, progress=False)  # a dead run's lock is taken over
+    assert out.exists()

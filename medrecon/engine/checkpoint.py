@@ -4,6 +4,7 @@ Layout of the folder next to the output ``OUT`` (``OUT.nii.gz.partial`` or ``OUT
 
     state.json          {"format": "medrecon-partial", "version": 1, "settings_hash": ...,
                          "settings": {...}, "n_slices": Z, "slice_shape": [Y, X]}
+    lock                {"host": ..., "pid": ...} while a run is writing (see Checkpoint.acquire)
     slice_00000.npy     float32 (Y, X), physical units, written atomically (temp + rename)
     slice_00003.npy     ...
 
@@ -39,6 +40,18 @@ def partial_path(output: str | os.PathLike) -> Path:
     """``OUT.partial`` next to the output (a trailing slash of a DICOM folder name is ignored)."""
     p = Path(os.fspath(output).rstrip("/\\") or ".")
     return p.parent / (p.name + ".partial")
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _atomic_write_bytes(path: Path, write) -> None:
@@ -111,6 +124,39 @@ class Checkpoint:
             raise InputError(
                 f"cannot resume: the partial run in {str(self.folder)!r} was started with different settings "
                 f"({what}); rerun with the same settings or delete the folder to start again")
+
+    # ------------------------------------------------------------------ lock
+    def acquire(self) -> None:
+        """Mark the folder as in use by this process (``lock``: host and pid).
+
+        A lock left by a live process on this host is refused (two runs writing one
+        output); a lock of a dead process (a killed run) is taken over.  A lock from
+        another host cannot be checked and is taken over with a warning.
+        """
+        import socket
+        import warnings
+
+        lock = self.folder / "lock"
+        host = socket.gethostname()
+        try:
+            other = json.loads(lock.read_text())
+        except (OSError, json.JSONDecodeError):
+            other = None
+        if isinstance(other, dict) and other.get("pid") != os.getpid():
+            if other.get("host") == host and _alive(int(other.get("pid", -1))):
+                raise InputError(f"another run (pid {other.get('pid')}) is writing {str(self.folder)!r}; "
+                                 "wait for it or stop it first")
+            if other.get("host") != host:
+                warnings.warn(f"taking over {str(self.folder)!r} from a run on host {other.get('host')!r}",
+                              stacklevel=3)
+        data = json.dumps({"host": host, "pid": os.getpid()}).encode()
+        _atomic_write_bytes(lock, lambda f: f.write(data))
+
+    def release(self) -> None:
+        try:
+            (self.folder / "lock").unlink()
+        except OSError:
+            pass
 
     # ------------------------------------------------------------------ slices
     def slice_path(self, k: int) -> Path:

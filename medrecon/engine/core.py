@@ -548,8 +548,6 @@ def reconstruct(
         m = medrecon.load_measurement("sparse8.h5")
         vol = medrecon.reconstruct(m, "dds", "ct-default", steps=50, output="recon.nii.gz")
     """
-    from medrecon.volume import Volume
-
     m = _as_measurement(measurement)
     try:
         batch_size = int(batch_size)
@@ -593,6 +591,20 @@ def reconstruct(
 
         ck = Checkpoint.open(partial_path(out_path), settings, shash, z, slice_shape,
                              resume=resume, discard=overwrite)
+        ck.acquire()
+    try:
+        return _run(m, op, smp, prior_obj, prior_name, devs, batch_size, eff_steps, seed, amp, progress,
+                    settings, ck, z, slice_shape, volume_mode, volume_mode_3d, _stop_after,
+                    out_path if output is not None else None, overwrite, like)
+    finally:
+        if ck is not None:
+            ck.release()
+
+
+def _run(m, op, smp, prior_obj, prior_name, devs, batch_size, eff_steps, seed, amp, progress, settings, ck, z,
+         slice_shape, volume_mode, volume_mode_3d, _stop_after, out_path, overwrite, like):
+    from medrecon.volume import Volume
+
     result = np.zeros((z, *slice_shape), dtype=np.float32)
     done = set(ck.done()) if ck is not None else set()
     for k in done:
@@ -634,7 +646,7 @@ def reconstruct(
         "medrecon_version": medrecon.__version__,
     }
     vol = Volume(result, np.asarray(m.affine, dtype=np.float64), meta)
-    if output is not None:
+    if out_path is not None:
         _write_output(vol, out_path, overwrite, like, smp.name)
         ck.remove()
     return vol
