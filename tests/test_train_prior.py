@@ -125,3 +125,16 @@ def test_cli_train_and_sample(tmp_path, capsys):
         main(["train-prior", "--output", str(out)])
     assert e.value.code == 2
     assert "medrecon: error:" in capsys.readouterr().err
+
+
+def test_evaluate_prior_tiny(tmp_path):
+    from medrecon.priors.evaluate import evaluate_prior, gaussian_filter
+    from medrecon.priors.model import DiffusionPrior, default_config
+
+    x = torch.ones(1, 1, 12, 12)
+    assert torch.allclose(gaussian_filter(x, 1.5), x, atol=1e-6)
+    tr, ho = _stack(tmp_path, "train", n=3, s=16), _stack(tmp_path, "hold", n=2, s=16)
+    prior = DiffusionPrior(default_config("ct", 16, 2.0, preset="tiny")).eval()
+    res = evaluate_prior(prior, ho, tr, tmp_path / "q")
+    assert set(res["denoising"]) == {"100", "300", "500"}
+    assert res["evidence"]["gaussian_sigma_px"] > 0 and (tmp_path / "q" / "prior_quality.png").is_file()
