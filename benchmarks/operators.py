@@ -23,6 +23,7 @@ Usage::
     python benchmarks/operators.py                  # full run (a few minutes on 2 cores)
     python benchmarks/operators.py --quick          # small sizes, seconds
     python benchmarks/operators.py --device cuda    # adds GPU rows
+    python benchmarks/operators.py --device cuda --peers astra   # skip the slow skimage rows
 """
 
 from __future__ import annotations
@@ -112,19 +113,19 @@ class GridSampleProjector(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
         h = self.pad
-        xp = torch.nn.functional.pad(x, (h, h, h, h))[:, None]
+        P = self.n_det
+        # the batch rides in the channel axis, so one grid per angle serves every slice
+        xp = torch.nn.functional.pad(x, (h, h, h, h))[None]  # (1, b, P, P)
+        na_max = max(1, min(self.chunk, (1 << 28) // max(1, b * P * P)))
         outs = []
-        for a0 in range(0, self.mats.shape[0], self.chunk):
-            m = self.mats[a0 : a0 + self.chunk]
+        for a0 in range(0, self.mats.shape[0], na_max):
+            m = self.mats[a0 : a0 + na_max]
             na = m.shape[0]
-            grid = torch.nn.functional.affine_grid(m, (na, 1, self.n_det, self.n_det), align_corners=False)
-            # (b * na) rotations, batched
-            xs = xp.expand(b, na, self.n_det, self.n_det).reshape(b * na, 1, self.n_det, self.n_det)
-            g = grid.repeat(b, 1, 1, 1)
-            rot = torch.nn.functional.grid_sample(xs, g, mode="bilinear", padding_mode="zeros",
-                                                  align_corners=False)
-            outs.append(rot.sum(2).reshape(b, na, self.n_det))
-        return torch.cat(outs, 1)
+            grid = torch.nn.functional.affine_grid(m, (na, 1, P, P), align_corners=False)
+            rot = torch.nn.functional.grid_sample(xp.expand(na, b, P, P), grid, mode="bilinear",
+                                                  padding_mode="zeros", align_corners=False)
+            outs.append(rot.sum(2))  # (na, b, P): sum along the ray (rows)
+        return torch.cat(outs, 0).permute(1, 0, 2)
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
         x = torch.zeros(y.shape[0], self.n, self.n, device=y.device, requires_grad=True)
@@ -163,7 +164,7 @@ def run(args) -> dict:
               f"{mem_mb:.0f} MB", flush=True)
 
         peers = {}
-        for impl in ("astra_cpu", "skimage"):
+        for impl in args.peers:
             try:
                 peers[f"odl-{impl}"] = odl_ray_transform(n, angles, n_det, impl)
             except Exception as exc:  # noqa: BLE001 - a backend that is missing or broken is reported
@@ -254,7 +255,15 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="small sizes and batches, short timings")
     p.add_argument("--json", default="out/bench_operators.json", help="where to write the JSON results")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--peers", default="astra,skimage",
+                   help="comma-separated ODL backends to compare with: astra, skimage, or none")
     args = p.parse_args(argv)
+    names = {"astra": "astra_cpu", "astra_cpu": "astra_cpu", "skimage": "skimage"}
+    peers = [v.strip() for v in args.peers.split(",") if v.strip() and v.strip() != "none"]
+    bad = [v for v in peers if v not in names]
+    if bad:
+        p.error(f"unknown peer {bad[0]!r}; choose from astra, skimage, none")
+    args.peers = [names[v] for v in peers]
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device.startswith("cuda") and not torch.cuda.is_available():

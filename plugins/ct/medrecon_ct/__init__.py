@@ -1,1 +1,24 @@
-"""medrecon-ct: the CT plugin."""
+"""medrecon-ct: the CT plugin.
+
+Registered through entry points (see ``pyproject.toml``): operators ``ct.parallel``
+(:class:`~medrecon_ct.parallel.ParallelBeam2D`) and ``ct.fan``
+(:class:`~medrecon_ct.fan.FanBeam2D`), importer ``ct.dxchange``
+(:class:`~medrecon_ct.dxchange.DataExchangeImporter`).  Importing this package
+does not import torch; the classes load on first access.
+"""
+
+__all__ = ["DataExchangeImporter", "FanBeam2D", "ParallelBeam2D"]
+
+_WHERE = {
+    "ParallelBeam2D": "medrecon_ct.parallel",
+    "FanBeam2D": "medrecon_ct.fan",
+    "DataExchangeImporter": "medrecon_ct.dxchange",
+}
+
+
+def __getattr__(name):
+    if name in _WHERE:
+        import importlib
+
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'medrecon_ct' has no attribute {name!r}")
