@@ -174,9 +174,11 @@ class TV(Sampler):
         mag = x_cl.abs() if x_cl.is_complex() else x_cl
         flat = mag.reshape(B, -1).to(torch.float64)
         if dims == 3:
-            flat = flat.reshape(1, -1).expand(B, -1)
-        lo = torch.quantile(flat, 0.01, dim=1) if flat.shape[1] <= 16_000_000 else flat.min(1).values
-        hi = torch.quantile(flat, 0.99, dim=1) if flat.shape[1] <= 16_000_000 else flat.max(1).values
+            flat = flat.reshape(1, -1)
+        if flat.shape[1] > 4_000_000:  # torch.quantile's size limit: a regular subsample
+            flat = flat[:, :: -(-flat.shape[1] // 4_000_000)]
+        lo = torch.quantile(flat, 0.01, dim=1).expand(B)
+        hi = torch.quantile(flat, 0.99, dim=1).expand(B)
         rng = (hi - lo).clamp(min=0).to(x_cl.real.dtype)
         if lam is not None:
             return torch.full((B,), float(lam), dtype=x_cl.real.dtype, device=x_cl.device), rng
