@@ -10,8 +10,9 @@ Tweedie estimate (the "clean" manifold); no backpropagation through the network.
            = CG_k[A^H A x = A^H y]                 started at x0          (noiseless=True)
     x_s    = sqrt(abar_s) to_net(x0~) + sqrt(1 - abar_s) (eta z + sqrt(1 - eta^2) e),  z ~ N(0, I)
 
-(noiseless=True, or noise_std = 0 as filled in by the engine from a noise-free measurement,
-selects the second system, as the official code does for sigma_y = 0.)
+(noiseless=True selects the second system, as the official code does for sigma_y = 0.  It is
+not switched on from a measurement's recorded noise level: imported raw data records 0 when
+the level is unknown.)
 
 and the last step returns x0~.  ``eta`` here is DDS's, not DDIM's: eta = 1 re-noises with
 fresh noise only, eta = 0 reuses the predicted noise (deterministic DDIM).
@@ -64,8 +65,6 @@ class DDS(Sampler):
         "gamma": Param(float, 100.0, "data weight relative to ||A||^2 in (I + g A^H A) (noisy data)", lo=0,
                        lo_open=True),
         "noiseless": Param(bool, False, "CG on the normal equations A^H A x = A^H y instead"),
-        "noise_std": Param(float, None, "measurement noise std (y units); 0 selects noiseless (as the official "
-                           "sigma_y = 0); the engine fills it from the measurement", lo=0, none_ok=True),
         "spacing": Param(str, "leading", "timestep spacing over the training grid (leading = official DDS)",
                          choices=("leading", "trailing", "linspace")),
         "clip": Param(float, None, "clamp the Tweedie estimate to [-clip, clip] in network units (None: no)",
@@ -108,7 +107,7 @@ class DDS(Sampler):
                     x0 = x0.clamp(-p["clip"], p["clip"])
                 x0_phys = prior.from_net(x0)
                 if p["cg_iters"] > 0:
-                    if p["noiseless"] or p["noise_std"] == 0:
+                    if p["noiseless"]:
                         x0_dc_phys = cg(normal, aty, x0_phys, p["cg_iters"])
                     else:
                         x0_dc_phys = cg(lambda v: v + g * normal(v), x0_phys + g * aty, x0_phys, p["cg_iters"])
