@@ -226,13 +226,15 @@ class SystemMatrix:
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
         X = x.reshape(b, -1).t().contiguous()
-        Y = self.A @ X
+        with torch.autocast(device_type=X.device.type, enabled=False):  # sparse products stay in fp32/64
+            Y = self.A @ X
         return Y.t().reshape(b, self.geom.n_views, self.geom.n_det)
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
         b = y.shape[0]
         Y = y.reshape(b, -1).t().contiguous()
-        X = self.AT @ Y
+        with torch.autocast(device_type=Y.device.type, enabled=False):
+            X = self.AT @ Y
         return X.t().reshape(b, *self.geom.shape)
 
 

@@ -99,3 +99,14 @@ def test_cuda_matches_cpu():
     torch.testing.assert_close(yg.cpu(), A.to("cpu")(x), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(G.to("cuda").classical(yg).cpu(), A.to("cpu").classical(yg.cpu()),
                                rtol=1e-3, atol=1e-3)
+
+
+def test_under_autocast():
+    A = medrecon.get_operator("ct.parallel", shape=16, n_views=6)
+    x = torch.randn(2, 16, 16)
+    ref = A(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = A(x)
+        g = A.adjoint(y)
+    assert y.dtype == torch.float32 and g.dtype == torch.float32
+    torch.testing.assert_close(y, ref)
