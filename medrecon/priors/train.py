@@ -352,6 +352,15 @@ def train_prior(
                   train_seconds=prev_seconds + time.time() - run_t0)
         _save_checkpoint(ckpt_dir, net, ema, opt, step, gen, st)
 
+    import signal
+    import threading
+
+    old_term = None
+    if threading.current_thread() is threading.main_thread():
+        def _on_term(signum, frame):  # a killed job (SIGTERM) saves like Ctrl-C
+            raise KeyboardInterrupt
+
+        old_term = signal.signal(signal.SIGTERM, _on_term)
     try:
         while step < steps:
             if deadline is not None and time.time() >= deadline:
@@ -403,6 +412,8 @@ def train_prior(
         bar.log("interrupted: saving a checkpoint")
     finally:
         bar.close()
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
     loop_seconds = time.time() - run_t0
     if acc_n:
         losses.append([step, float(acc) / acc_n])
