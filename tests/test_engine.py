@@ -289,3 +289,21 @@ def test_a_live_run_locks_its_partial_folder(tmp_path, meas):
         sleeper.wait()
     reconstruct(meas, Spy(), output=out, resume=True, progress=False)  # a dead run's lock is taken over
     assert out.exists()
+
+
+class Failing(Spy):
+    def _sample(self, y, operator, prior, steps, generators, progress, x_init):
+        if len(self.calls) >= 1:
+            raise InputError("boom on the second batch")
+        return super()._sample(y, operator, prior, steps, generators, progress, x_init)
+
+
+def test_a_worker_error_stops_the_run_and_keeps_finished_slices(tmp_path, meas):
+    out = tmp_path / "f.nii.gz"
+    with pytest.raises(InputError, match="boom"):
+        reconstruct(meas, Failing(), batch_size=1, devices=["cpu", "cpu"], output=out, progress=False)
+    part = partial_path(out)
+    assert 1 <= len(list(part.glob("slice_*.npy"))) < Z and not out.exists()
+    assert not (part / "lock").exists()
+    v = reconstruct(meas, Spy(), batch_size=2, output=out, resume=True, progress=False)
+    assert v.meta["reconstruction"]["resumed_slices"] >= 1
