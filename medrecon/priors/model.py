@@ -226,7 +226,13 @@ class DiffusionPrior(torch.nn.Module):
         return other
 
     def for_volume(self, volume) -> DiffusionPrior:
-        """Bind the intensity map to a volume (array or Volume): MR uses its p_lo/p_hi percentiles."""
+        """Bind the intensity map to a volume (array or Volume): MR uses its p_lo/p_hi percentiles.
+
+        A Volume's in-plane spacing is checked against the training pixel size (a warning when far).
+        """
+        spacing = getattr(volume, "spacing", None)
+        if spacing is not None and len(spacing) == 3:
+            self.check_pixel_size(float(min(spacing[1], spacing[2])))
         if self.config["intensity"]["kind"] == "window":
             return self
         import numpy as np
