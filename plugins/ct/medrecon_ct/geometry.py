@@ -35,6 +35,7 @@ list: ``n_views`` alone gives ``linspace(0, full, n_views, endpoint=False)``
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import json
 import math
@@ -169,6 +170,10 @@ class _Geometry:
 
     def key(self) -> str:
         """A hash of everything the system matrix depends on (for caches)."""
+        return self._key
+
+    @functools.cached_property
+    def _key(self) -> str:
         s = json.dumps(self._key_fields(), sort_keys=True)
         return hashlib.sha1(s.encode()).hexdigest()[:20]
 
