@@ -56,9 +56,17 @@ def gauss_prior():
 def tiny_prior():
     from medrecon.priors.model import DiffusionPrior, default_config
 
-    torch.manual_seed(0)
     cfg = default_config("ct", image_size=N, pixel_size_mm=0.8, preset="tiny")
-    return DiffusionPrior(cfg).eval().requires_grad_(False)
+    return _randomised(DiffusionPrior(cfg))
+
+
+def _randomised(prior):
+    """MONAI zero-initialises the UNet's output layer (eps = 0): give every weight a value."""
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in prior.parameters():
+            p.copy_(0.05 * torch.randn(p.shape, generator=gen))
+    return prior.eval().requires_grad_(False)
 
 
 def run(m, *args, **kw):
@@ -92,6 +100,8 @@ def test_dds_network_prior_same_for_batch_sizes(meas, tiny_prior):
     b = run(meas, "dds", tiny_prior, steps=3, batch_size=8)
     scale = float(np.abs(a).max())
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-4 * scale)
+    e = tiny_prior.eps(torch.randn(2, 1, N, N), torch.tensor([10, 500]))
+    assert float(e.abs().mean()) > 1e-3  # the network really contributes
     assert tiny_prior.autocast is True  # the engine's amp choice does not touch the caller's prior
 
 
@@ -257,8 +267,7 @@ def test_mr_prior_is_bound_to_the_whole_volume_percentiles():
     """An MR prior maps intensities with the volume's percentiles: bound once, so batches agree."""
     from medrecon.priors.model import DiffusionPrior, default_config
 
-    torch.manual_seed(1)
-    prior = DiffusionPrior(default_config("mr", image_size=N, preset="tiny")).eval().requires_grad_(False)
+    prior = _randomised(DiffusionPrior(default_config("mr", image_size=N, preset="tiny")))
     rng = np.random.default_rng(2)
     x = np.stack([rng.uniform(0, 100 * (k + 1), (N, N)) for k in range(Z)]).astype(np.float32)
     m = medrecon.simulate(medrecon.Volume(x, np.eye(4), {"modality": "MR"}), "template.scale", {"factor": 2.0})
