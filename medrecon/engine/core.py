@@ -290,7 +290,7 @@ def check_prior_fit(prior, m, op) -> list[str]:
 
     Pixel size: more than 25% off the config's ``pixel_size_mm``.  Grid: the slice is more
     than 2x larger or smaller than the config's ``image_size`` (skipped for priors trained on
-    patches, ``training.patch_size``, which apply to any larger grid by design).
+    patches, ``training.patch``, which apply to any larger grid by design).
     Returns the warning sentences.
     """
     cfg = getattr(prior, "config", None)
@@ -307,7 +307,7 @@ def check_prior_fit(prior, m, op) -> list[str]:
                     "resample the data or expect a weaker prior")
     size = cfg.get("image_size")
     training = cfg.get("training") or {}
-    patch = training.get("patch_size") if isinstance(training, dict) else None
+    patch = (training.get("patch") or training.get("patch_size")) if isinstance(training, dict) else None
     if size and not patch and len(dshape) == 2:
         big, small = max(dshape), min(dshape)
         if big > 2 * int(size) or small < int(size) / 2:
