@@ -47,7 +47,7 @@ done
 tar -cf "$OUT/evidence.tar" -C .gpu/out --exclude='checkpoint' --exclude='weights.safetensors' . 2>/dev/null
 
 echo "== timings (GPU otherwise idle)"
-timeout 75 python3 benchmarks/priors.py --device cuda --output "$OUT/bench_priors.json" || echo "priors bench exit $?"
+timeout 100 python3 benchmarks/priors.py --device cuda --reps 10 --output "$OUT/bench_priors.json" || echo "priors bench exit $?"
 timeout 130 python3 benchmarks/operators.py --device cuda --peers none --json "$OUT/bench_operators.json" \
   || echo "operators bench exit $?"
 

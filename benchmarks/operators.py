@@ -128,6 +128,8 @@ class GridSampleProjector(torch.nn.Module):
         return torch.cat(outs, 0).permute(1, 0, 2)
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        if y.shape[-1] < self.n_det:  # ct.parallel-sized sinogram: the extra bin gets zero
+            y = torch.nn.functional.pad(y, (0, self.n_det - y.shape[-1]))
         x = torch.zeros(y.shape[0], self.n, self.n, device=y.device, requires_grad=True)
         with torch.enable_grad():
             out = self.forward(x)
