@@ -140,7 +140,7 @@ def test_shipped_sample_loads():
     if not ref.is_file():
         pytest.skip("sample not generated yet")
     v = medrecon.load_volume(Path(str(ref)))
-    assert v.shape == (8, 128, 128) and v.meta["units"] == "HU" and v.meta["modality"] == "CT"
+    assert v.shape == (8, 256, 256) and v.meta["units"] == "HU" and v.meta["modality"] == "CT"
     assert -1100 <= v.data.min() and v.data.max() <= 3100
 
 
@@ -157,7 +157,7 @@ def test_sample_matches_manifest(repo_root):
     from medrecon.data import load_ct_sample
 
     v = load_ct_sample()
-    assert v.spacing == pytest.approx((3.0, 4.296875, 4.296875))
+    assert v.spacing == pytest.approx((3.0, 2.1484375, 2.1484375))
 
 
 @pytest.mark.shared_data

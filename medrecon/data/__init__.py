@@ -1,6 +1,6 @@
 """Small data shipped with medrecon (works without ../shared/data).
 
-* ``ct_sample.nii.gz`` -- 8 axial slices of an abdomen CT, 128 x 128, 4.297 mm
+* ``ct_sample.nii.gz`` -- 8 axial slices of an abdomen CT, 256 x 256, 2.148 mm
   pixels, 3 mm slices, int16 HU; derived from TCIA Pancreatic-CT-CBCT-SEG
   (CC BY 4.0; attribution in ``ct_sample.LICENSE.txt``, provenance in
   ``data_manifests/ct-pancreas-tcia.json``).
