@@ -28,6 +28,11 @@ Datasets:
   medrecon_version, ...)
 * ``reference_meta`` -- scalar string, optional: JSON of the source volume's
   ``meta``, so that a reconstruction can be written as a derived DICOM series
+* ``arrays/NAME`` -- optional group of datasets: large operator inputs (MRI coil
+  maps) that the operator spec references as ``{"array": NAME, ...}`` instead of
+  holding them as JSON.  :meth:`Measurement.operator` makes them visible to the
+  operator's constructor (:func:`operator_arrays`, :func:`operator_array`).  Readers
+  that do not know the group ignore it (an additive change within ``measurement/1``).
 
 (The JSON texts are datasets, not attributes, because HDF5 attributes are limited to
 64 kB and a spec can hold long angle lists or sampling masks.)
@@ -46,6 +51,8 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import os
 from dataclasses import dataclass, field
@@ -56,10 +63,43 @@ import numpy as np
 
 from medrecon.errors import FileFormatError, InputError
 
-__all__ = ["Measurement", "SCHEMA", "save_measurement", "load_measurement", "is_measurement_file"]
+__all__ = ["Measurement", "SCHEMA", "save_measurement", "load_measurement", "is_measurement_file",
+           "operator_arrays", "operator_array"]
 
 SCHEMA = "measurement/1"
 _SCHEMA_NAME, _SCHEMA_VERSION = SCHEMA.split("/")
+
+
+_ARRAYS: contextvars.ContextVar[dict[str, np.ndarray] | None] = contextvars.ContextVar(
+    "medrecon_operator_arrays", default=None)
+
+
+@contextlib.contextmanager
+def operator_arrays(arrays: dict[str, np.ndarray] | None):
+    """Within this context, operators built from a spec can read ``arrays`` by name.
+
+    ``Measurement.operator()`` uses it so that a spec entry ``{"array": "coil_maps"}``
+    resolves to the measurement file's ``arrays/coil_maps`` dataset.
+    """
+    token = _ARRAYS.set(dict(arrays or {}))
+    try:
+        yield
+    finally:
+        _ARRAYS.reset(token)
+
+
+def operator_array(name: str) -> np.ndarray:
+    """The array ``name`` of the measurement whose operator is being built (see :func:`operator_arrays`).
+
+    Raises :class:`InputError` when no measurement's arrays are in scope or it has no such array.
+    """
+    arrays = _ARRAYS.get()
+    if arrays is None:
+        raise InputError(f"the operator references the measurement array {name!r}; build it with "
+                         "Measurement.operator() (or inside medrecon.measurement.operator_arrays(...))")
+    if name not in arrays:
+        raise InputError(f"the measurement has no array {name!r} (it has: {', '.join(sorted(arrays)) or 'none'})")
+    return arrays[name]
 
 
 def _version() -> str:
@@ -94,6 +134,9 @@ class Measurement:
     reference_meta : dict or None
         The source volume's ``meta``, to write a reconstruction as a derived DICOM
         series (``save_volume(vol, folder, like=m.reference_meta)``).
+    arrays : dict of str -> numpy.ndarray
+        Large operator inputs referenced by name from ``operator_spec`` (MRI coil maps:
+        ``{"array": "coil_maps"}``); stored as the ``arrays/`` group.  Usually empty.
     """
 
     y: np.ndarray
@@ -104,6 +147,7 @@ class Measurement:
     units: str | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
     reference_meta: dict[str, Any] | None = None
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         y = np.asarray(self.y)
@@ -128,13 +172,21 @@ class Measurement:
         self.provenance = dict(self.provenance or {})
         if self.reference_meta is not None and not isinstance(self.reference_meta, dict):
             raise InputError("Measurement.reference_meta must be a dict or None")
+        arrays = {}
+        for k, v in dict(self.arrays or {}).items():
+            a = np.asarray(v)
+            if not isinstance(k, str) or not k or "/" in k or a.dtype.kind not in "fcbiu":
+                raise InputError(f"Measurement.arrays entry {k!r} must be a numeric array under a plain name")
+            arrays[k] = a
+        self.arrays = arrays
 
     def operator(self, device=None):
         """Rebuild the operator from ``operator_spec`` (via :func:`medrecon.operator_from_spec`),
         optionally moved to ``device``."""
         from medrecon.operators import operator_from_spec
 
-        op = operator_from_spec(self.operator_spec)
+        with operator_arrays(self.arrays):
+            op = operator_from_spec(self.operator_spec)
         return op.to(device) if device is not None else op
 
     @property
@@ -193,6 +245,10 @@ def save_measurement(m: Measurement, path: str | os.PathLike, overwrite: bool = 
             f.create_dataset("y", data=m.y, compression="gzip", compression_opts=1, shuffle=True)
             f.create_dataset("volume_shape", data=np.asarray(m.volume_shape, dtype=np.int64))
             f.create_dataset("affine", data=m.affine)
+            if m.arrays:
+                g = f.create_group("arrays")
+                for k, v in m.arrays.items():
+                    g.create_dataset(k, data=v, compression="gzip", compression_opts=1, shuffle=True)
     return p
 
 
@@ -269,6 +325,7 @@ def load_measurement(path: str | os.PathLike) -> Measurement:
                 y = f["y"][()]
                 shape = tuple(int(s) for s in f["volume_shape"][()])
                 affine = np.asarray(f["affine"][()], dtype=np.float64)
+                arrays = {k: f["arrays"][k][()] for k in f["arrays"]} if "arrays" in f else {}
             except KeyError as exc:
                 raise FileFormatError(f"{str(p)!r} lacks a required entry of {SCHEMA}: {exc}") from exc
             except (OSError, ValueError, TypeError) as exc:
@@ -281,6 +338,6 @@ def load_measurement(path: str | os.PathLike) -> Measurement:
         raise FileFormatError(f"{str(p)!r} could not be read: {type(exc).__name__}: {exc}") from exc
     try:
         return Measurement(y=y, operator_spec=spec, noise_std=noise, volume_shape=shape, affine=affine,
-                           units=units, provenance=prov, reference_meta=ref)
+                           units=units, provenance=prov, reference_meta=ref, arrays=arrays)
     except InputError as exc:
         raise FileFormatError(f"{str(p)!r} holds invalid measurement data: {exc}") from exc
