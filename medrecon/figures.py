@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["comparison_figure"]
+__all__ = ["comparison_figure", "methods_figure"]
 
 
 def _panels(vol, view: str) -> np.ndarray:
@@ -89,9 +89,58 @@ def comparison_figure(reference, recon, *, classical=None, window=(-1000.0, 1000
     fig.suptitle(sup, fontsize=10)
     fig.tight_layout()
     if path is not None:
-        from medrecon.io.atomic import atomic_file
+        _save(fig, Path(path), dpi)
+        plt.close(fig)
+    return fig
 
-        with atomic_file(Path(path), overwrite=True, suffix=".png") as tmp:
-            fig.savefig(tmp, dpi=dpi, format="png")
+
+def _save(fig, path: Path, dpi: int) -> None:
+    """Write ``fig`` as a PNG atomically (temp file, then rename)."""
+    from medrecon.io.atomic import atomic_file
+
+    with atomic_file(path, overwrite=True, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+
+
+def methods_figure(reference: np.ndarray, images: dict[str, np.ndarray], window=(-1000.0, 1000.0), path=None,
+                   *, metrics: dict[str, dict[str, float]] | None = None, title: str | None = None,
+                   dpi: int = 110):
+    """One slice, several methods: top row the images, bottom row ``|method - reference|``.
+
+    ``reference`` and every entry of ``images`` are 2D arrays (Y, X) in physical units;
+    ``metrics[name]`` may hold ``psnr`` (dB) and ``ssim`` for the panel titles.  The error
+    maps share the scale ``[0, (hi - lo) / 4]``.  Returns the Figure (closed when saved).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    lo, hi = float(window[0]), float(window[1])
+    names = list(images)
+    ncol = len(names) + 1
+    fig, axes = plt.subplots(2, ncol, figsize=(2.8 * ncol, 6.0), squeeze=False)
+    ref = np.clip(np.asarray(reference, dtype=np.float64), lo, hi)
+    axes[0, 0].imshow(ref, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
+    axes[0, 0].set_title("reference", fontsize=9)
+    axes[1, 0].axis("off")
+    im = None
+    for c, name in enumerate(names, start=1):
+        img = np.clip(np.asarray(images[name], dtype=np.float64), lo, hi)
+        axes[0, c].imshow(img, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
+        m = (metrics or {}).get(name) or {}
+        label = name + (f"\n{m['psnr']:.2f} dB, SSIM {m['ssim']:.3f}" if "psnr" in m and "ssim" in m else "")
+        axes[0, c].set_title(label, fontsize=9)
+        im = axes[1, c].imshow(np.abs(img - ref), cmap="magma", vmin=0, vmax=(hi - lo) / 4,
+                               interpolation="nearest")
+        axes[1, c].set_title(f"|{name} - reference|", fontsize=8)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if im is not None:
+        fig.colorbar(im, ax=axes[1, 1:].tolist(), fraction=0.02, pad=0.01)
+    fig.suptitle(title or f"window [{lo:g}, {hi:g}]", fontsize=10)
+    if path is not None:
+        _save(fig, Path(path), dpi)
         plt.close(fig)
     return fig

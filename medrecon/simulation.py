@@ -44,7 +44,7 @@ from medrecon.errors import InputError
 from medrecon.measurement import Measurement
 from medrecon.volume import Volume
 
-__all__ = ["simulate", "fill_image_shape"]
+__all__ = ["simulate", "fill_image_shape", "fill_pixel_size"]
 
 # constructor parameter names through which operators take their image shape
 _SHAPE_PARAMS = ("shape", "image_shape", "img_shape")
@@ -73,6 +73,21 @@ def fill_image_shape(cls: type, params: dict[str, Any], ny: int, nx: int) -> dic
                     f"but the volume's slices are {ny}x{nx}")
             out[p] = int(ny)
             return out
+    return out
+
+
+def fill_pixel_size(cls: type, params: dict[str, Any], spacing_yx: tuple[float, float]) -> dict[str, Any]:
+    """Return ``params`` with ``pixel_size`` (mm) set from the volume's in-plane spacing
+    when the operator takes one, the caller did not give it and the pixels are square,
+    so that simulated line integrals are in physical units (value x mm)."""
+    out = dict(params)
+    try:
+        names = set(inspect.signature(cls.__init__).parameters)
+    except (TypeError, ValueError):
+        return out
+    dy, dx = (float(v) for v in spacing_yx)
+    if "pixel_size" in names and "pixel_size" not in out and abs(dy - dx) <= 1e-6 * max(dy, dx):
+        out["pixel_size"] = dx
     return out
 
 
@@ -117,7 +132,8 @@ def simulate(volume: Volume, operator_name: str, params: dict[str, Any] | None =
     params : dict
         Operator parameters.  The image shape is filled in from the volume's
         ``(Y, X)`` when the operator takes ``shape`` / ``image_shape`` (or a square
-        ``n`` / ``size``) and it is not given; a given shape must match.
+        ``n`` / ``size``) and it is not given; a given shape must match.  A
+        ``pixel_size`` parameter (mm) is filled in from the volume's square pixels.
     noise_std : float
         Noise level: absolute std in units of ``y`` or, with ``relative=True``, a
         fraction of the RMS of ``A x`` (see module docstring).
@@ -166,6 +182,7 @@ def simulate(volume: Volume, operator_name: str, params: dict[str, Any] | None =
     if not getattr(cls, "per_slice", True):
         raise InputError(f"operator {operator_name!r} is not a per-slice operator; simulate measures 2D slices")
     params = fill_image_shape(cls, params, ny, nx)
+    params = fill_pixel_size(cls, params, tuple(volume.spacing[1:]))
     op = get_operator(operator_name, **params)
     if tuple(op.domain_shape) != (ny, nx):
         raise InputError(
