@@ -1,0 +1,101 @@
+"""Array-valued operator parameters (coil maps, phase maps) that keep ``spec()`` JSON-able.
+
+An array parameter is given in one of these forms; the operator stores the form (not the
+array) in its spec, so the spec stays small and rebuilds the same operator:
+
+* a nested list of numbers (real), or ``{"real": nested, "imag": nested}`` (complex) --
+  small cases; a numpy array or tensor passed in is converted to this form;
+* ``{"file": "maps.npy"}`` or ``{"file": "maps.h5", "dataset": "coil_maps"}`` -- a file
+  next to the data (``sha256`` optional: checked when present);
+* ``{"array": "coil_maps", "sha256": ...}`` -- an array stored inside the measurement file
+  (``arrays/coil_maps``), resolved by :meth:`medrecon.Measurement.operator`;
+* ``{"synthetic": "birdcage", ...}`` -- generated (coil maps only, :mod:`medrecon_mri.coils`).
+
+``sha256`` is :func:`array_sha256` of the complex64 array: it puts the array's content into
+the spec, so run settings (checkpoint hashes) change when the array does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medrecon.errors import FileFormatError, InputError
+
+__all__ = ["array_sha256", "as_param", "load_array"]
+
+
+def array_sha256(a: np.ndarray) -> str:
+    """SHA-256 (hex) of ``a`` as contiguous complex64, with its shape."""
+    a = np.ascontiguousarray(np.asarray(a, dtype=np.complex64))
+    h = hashlib.sha256(str(a.shape).encode())
+    h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def as_param(value: Any) -> Any:
+    """A JSON form of an array parameter: arrays and tensors become ``{"real", "imag"}`` lists."""
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        a = value.astype(np.complex64) if np.iscomplexobj(value) else value.astype(np.float32)
+        if np.iscomplexobj(a):
+            return {"real": a.real.tolist(), "imag": a.imag.tolist()}
+        return a.tolist()
+    return value
+
+
+def load_array(value: Any, what: str) -> np.ndarray:
+    """The array a parameter value describes (complex128 or float64 numpy)."""
+    if isinstance(value, dict):
+        if "real" in value:
+            try:
+                re = np.asarray(value["real"], dtype=np.float64)
+                im = np.asarray(value.get("imag", np.zeros_like(re)), dtype=np.float64)
+            except (TypeError, ValueError):
+                raise InputError(f"{what}: 'real' and 'imag' must be nested lists of numbers") from None
+            if re.shape != im.shape:
+                raise InputError(f"{what}: 'real' {re.shape} and 'imag' {im.shape} differ in shape")
+            return re + 1j * im
+        if "array" in value:
+            from medrecon.measurement import operator_array
+
+            a = np.asarray(operator_array(str(value["array"])))
+        elif "file" in value:
+            a = _read_file(Path(value["file"]), value.get("dataset"), what)
+        else:
+            raise InputError(f"{what}: a dict must hold 'real'/'imag', 'file', 'array' or 'synthetic'")
+        sha = value.get("sha256")
+        if sha and array_sha256(a) != sha:
+            raise InputError(f"{what}: the array's content does not match the sha256 recorded in the spec")
+        return a
+    try:
+        return np.asarray(value, dtype=np.complex128 if np.iscomplexobj(value) else np.float64)
+    except (TypeError, ValueError):
+        raise InputError(f"{what} must be a nested list of numbers or a reference dict") from None
+
+
+def _read_file(p: Path, dataset, what: str) -> np.ndarray:
+    if not p.is_file():
+        raise InputError(f"{what}: no such file {str(p)!r}")
+    if p.suffix.lower() == ".npy":
+        return np.load(p, allow_pickle=False)
+    if p.suffix.lower() == ".npz":
+        with np.load(p, allow_pickle=False) as z:
+            key = dataset or (z.files[0] if len(z.files) == 1 else None)
+            if key not in z.files:
+                raise InputError(f"{what}: name the array in {str(p)!r} with 'dataset' (it has {z.files})")
+            return z[key]
+    import h5py
+
+    try:
+        with h5py.File(p, "r") as f:
+            key = dataset or "coil_maps"
+            if key not in f:
+                raise InputError(f"{what}: {str(p)!r} has no dataset {key!r}")
+            return f[key][()]
+    except OSError as exc:
+        raise FileFormatError(f"{what}: {str(p)!r} is not a readable .npy, .npz or HDF5 file") from exc

@@ -1,0 +1,271 @@
+"""``mri.kspace``: import raw Cartesian k-space (fastMRI-style HDF5, numpy ``.npy``) as a measurement.
+
+Readable inputs
+---------------
+* **fastMRI HDF5**: a ``kspace`` dataset shaped ``(slices, coils, readout, phase_encode)``
+  (multi-coil) or ``(slices, readout, phase_encode)`` (single coil); optional ``mask``
+  dataset (one 0/1 flag per phase-encode line) and ``ismrmrd_header`` (XML; the field of
+  view and matrix sizes give the pixel size and the readout oversampling).
+* **numpy** ``.npy`` complex k-space whose axes are named in the file name or the
+  ``layout`` option with Siemens' names: ``lin`` (phase-encode lines), ``cha`` (coils),
+  ``col`` (readout samples), ``slc`` (slices), e.g. ``gre_kspace_lin_cha_col.npy``;
+  without a name the fastMRI order is assumed.
+
+What :meth:`KSpaceImporter.read` does
+-------------------------------------
+1. Puts k-space in the plugin's layout ``(slices, coils, readout, phase_encode)``.
+2. The sampling mask: the file's ``mask`` dataset when present, else the phase-encode
+   lines that are not all zero (over slices, coils and readout).
+3. Readout oversampling (``oversampling``, default from the header, else 2 for ``.npy``
+   Siemens data and 1 otherwise): inverse FFT along the readout, keep the central
+   ``1/oversampling`` of the image, FFT back.  Exact, because every measured line is
+   fully sampled along the readout.  The image grid is the data's own (160 x 160 for the
+   shared GRE phantom), whatever the prior's size.
+4. ``undersample`` (a mask spec, :mod:`medrecon_mri.masks`): retrospective undersampling
+   on top of the acquired mask.
+5. Coil maps from the calibration region (:func:`medrecon_mri.coils.estimate_coil_maps`,
+   ``coil_method`` default ``lowres``) for multi-coil data, stored in the measurement file
+   (``arrays/coil_maps``) and referenced from the ``mri.sense`` spec; single-coil data gets
+   a low-resolution phase estimate (``arrays/phase``) for ``mri.cartesian``.
+6. ``real_image`` (default True): the maps (or the phase) carry the low-resolution image
+   phase, so the image to reconstruct is real, as a magnitude prior expects.
+   ``real_image=false`` keeps a complex image.
+
+Coil maps and phase differ from slice to slice, but an operator applies one map set to
+every slice of a batch: multi-coil (or ``real_image``) files with several slices need
+``slice=K``.  Intensities stay in the scanner's arbitrary units (``units`` ``"a.u."``).
+"""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from medrecon.errors import FileFormatError, InputError
+
+__all__ = ["KSpaceImporter", "crop_readout", "infer_mask"]
+
+_AXES = ("slc", "cha", "col", "lin")
+
+
+def crop_readout(k: np.ndarray, factor: int, axis: int = -2) -> np.ndarray:
+    """Remove ``factor``-times readout oversampling: keep the central ``n / factor`` image samples."""
+    from medrecon_mri.fft import fft1c_np, ifft1c_np
+
+    factor = int(factor)
+    if factor <= 1:
+        return k
+    n = k.shape[axis]
+    keep = n // factor
+    img = ifft1c_np(k, axis)
+    start = (n - keep + 1) // 2 if n % 2 else n // 2 - keep // 2
+    img = np.take(img, np.arange(start, start + keep), axis=axis)
+    return fft1c_np(img, axis)
+
+
+def infer_mask(k: np.ndarray) -> np.ndarray:
+    """Phase-encode lines (last axis) that hold any non-zero sample, as a boolean vector."""
+    return np.abs(k).reshape(-1, k.shape[-1]).max(axis=0) > 0
+
+
+def _layout_from_name(name: str) -> str | None:
+    m = re.search(r"((?:slc|cha|col|lin)(?:_(?:slc|cha|col|lin))+)", name.lower())
+    return m.group(1) if m else None
+
+
+def _header_info(text: str) -> dict[str, Any]:
+    """Pixel size (mm) and readout oversampling from an ISMRMRD XML header (best effort)."""
+    try:
+        root = ET.fromstring(text)
+    except ET.ParseError:
+        return {}
+    ns = {"i": root.tag[1:].split("}")[0]} if root.tag.startswith("{") else {}
+    p = "i:" if ns else ""
+
+    def num(path):
+        e = root.find(path.replace("/", "/" + p).replace("//", "/"), ns) if ns else root.find(path)
+        try:
+            return float(e.text) if e is not None else None
+        except (TypeError, ValueError):
+            return None
+
+    out = {}
+    ex, rx = num(f"./{p}encoding/{p}encodedSpace/{p}matrixSize/{p}x"), num(f"./{p}encoding/{p}reconSpace/{p}matrixSize/{p}x")
+    fx = num(f"./{p}encoding/{p}encodedSpace/{p}fieldOfView_mm/{p}x")
+    fy = num(f"./{p}encoding/{p}encodedSpace/{p}fieldOfView_mm/{p}y")
+    fz = num(f"./{p}encoding/{p}encodedSpace/{p}fieldOfView_mm/{p}z")
+    ey = num(f"./{p}encoding/{p}encodedSpace/{p}matrixSize/{p}y")
+    if ex and rx and ex > rx:
+        out["oversampling"] = int(round(ex / rx))
+    if fx and ex:
+        out["pixel_size_readout"] = fx / ex
+    if fy and ey:
+        out["pixel_size_pe"] = fy / ey
+    if fz:
+        out["slice_thickness"] = fz
+    return out
+
+
+class KSpaceImporter:
+    """Importer of raw Cartesian k-space (registered as ``mri.kspace``; see the module docstring)."""
+
+    name: ClassVar[str] = "mri.kspace"
+
+    @classmethod
+    def can_read(cls, path) -> bool:
+        """True for an HDF5 file with a 3D/4D ``kspace`` dataset, or a complex 2D-4D ``.npy`` (cheap)."""
+        p = Path(path)
+        if not p.is_file():
+            return False
+        try:
+            if p.suffix.lower() == ".npy":
+                a = np.load(p, mmap_mode="r", allow_pickle=False)
+                return np.iscomplexobj(a) and 2 <= a.ndim <= 4
+            import h5py
+
+            with h5py.File(p, "r") as f:
+                d = f.get("kspace")
+                return d is not None and hasattr(d, "shape") and len(d.shape) in (3, 4)
+        except Exception:  # noqa: BLE001 - not ours
+            return False
+
+    def read(self, path, *, layout: str | None = None, oversampling: int | None = None, slice: int | None = None,
+             real_image: bool = True, coil_method: str = "lowres", calib=None, undersample=None,
+             pixel_size: float | None = None, threshold: float = 0.05):
+        """Read raw k-space; returns a :class:`medrecon.Measurement` (coil maps in its ``arrays``).
+
+        Options (``--import-option key=value`` on the command line): ``layout`` (axis names
+        for ``.npy``, e.g. ``lin_cha_col``), ``oversampling`` (readout oversampling factor),
+        ``slice`` (keep one slice), ``real_image``, ``coil_method`` (lowres, walsh, espirit),
+        ``calib`` (ACS size ``[rows, cols]``), ``undersample`` (mask spec for retrospective
+        undersampling), ``pixel_size`` (mm, overrides the header), ``threshold`` (coil-map
+        background fade, relative).
+        """
+        p = Path(path)
+        if not p.is_file():
+            raise FileFormatError(f"no such file: {str(p)!r}")
+        if not isinstance(real_image, bool):
+            raise InputError(f"real_image must be true or false, got {real_image!r}")
+        info: dict[str, Any] = {}
+        file_mask = None
+        if p.suffix.lower() == ".npy":
+            k = np.load(p, allow_pickle=False)
+            lay = layout or _layout_from_name(p.name)
+            k, multicoil = self._to_layout(k, lay, p)
+            os_default = 2 if lay else 1
+        else:
+            k, file_mask, info, multicoil = self._read_h5(p)
+            os_default = 1
+        if not np.iscomplexobj(k):
+            raise FileFormatError(f"{str(p)!r}: k-space must be complex, got {k.dtype}")
+        os_factor = int(oversampling if oversampling is not None else info.get("oversampling", os_default))
+        if os_factor < 1:
+            raise InputError(f"oversampling must be a positive integer, got {oversampling!r}")
+        Z = k.shape[0]
+        if slice is not None:
+            if isinstance(slice, bool) or not float(slice).is_integer() or not -Z <= int(slice) < Z:
+                raise InputError(f"slice must be an integer in [0, {Z}), got {slice!r}")
+            k = k[[int(slice) % Z]]
+            Z = 1
+        mask_cols = infer_mask(k) if file_mask is None else np.asarray(file_mask).reshape(-1).astype(bool)
+        if mask_cols.shape[0] != k.shape[-1]:
+            raise FileFormatError(f"{str(p)!r}: the mask has {mask_cols.shape[0]} entries for "
+                                  f"{k.shape[-1]} phase-encode lines")
+        k = crop_readout(k, os_factor, axis=-2).astype(np.complex64)
+        ny, nx = k.shape[-2:]
+        mask2d = np.broadcast_to(mask_cols[None, :], (ny, nx)).copy()
+        if undersample is not None:
+            from medrecon_mri.masks import make_mask
+
+            mask2d &= make_mask((ny, nx), undersample if isinstance(undersample, dict)
+                                else {"kind": "random", "acceleration": float(undersample), "seed": 0})
+        k = k * mask2d  # zero-filled full grid
+        if Z > 1 and (multicoil or real_image):
+            raise InputError(f"{str(p)!r} holds {Z} slices; coil maps and phase differ per slice, so import one "
+                             "at a time with slice=K (--import-option slice=K)")
+        from medrecon.measurement import Measurement, operator_arrays
+        from medrecon_mri.arrays import array_sha256
+        from medrecon_mri.coils import estimate_coil_maps
+
+        col_mask = bool(np.all(mask2d == mask2d[:1]))
+        mask_param = mask2d[0].astype(int).tolist() if col_mask else mask2d.astype(int).tolist()
+        arrays: dict[str, np.ndarray] = {}
+        if multicoil:
+            maps = estimate_coil_maps(k[0], mask2d, method=coil_method, calib=calib, threshold=threshold)
+            arrays["coil_maps"] = maps
+            spec_params = dict(shape=[ny, nx], coil_maps={"array": "coil_maps", "sha256": array_sha256(maps)},
+                               mask=mask_param, real_image=real_image)
+            name = "mri.sense"
+        else:
+            spec_params = dict(shape=[ny, nx], mask=mask_param, real_image=real_image)
+            if real_image:
+                from medrecon_mri.coils import lowres_coil_images
+
+                ph = np.angle(lowres_coil_images(k[0][None], mask2d, calib)[0]).astype(np.float32)
+                arrays["phase"] = ph
+                spec_params["phase"] = {"array": "phase", "sha256": array_sha256(ph)}
+            name = "mri.cartesian"
+        import medrecon
+
+        with operator_arrays(arrays):
+            op = medrecon.get_operator(name, **spec_params)  # validates the spec now, not at reconstruction
+        ps_ro = float(pixel_size or info.get("pixel_size_readout") or 1.0)
+        ps_pe = float(pixel_size or info.get("pixel_size_pe") or ps_ro)
+        dz = float(info.get("slice_thickness") or ps_ro)
+        # voxel (i=column=phase encode, j=row=readout, k=slice) -> mm
+        affine = np.diag([ps_pe, ps_ro, dz, 1.0])
+        prov = {"source": str(p), "importer": self.name, "oversampling_removed": os_factor,
+                "slice": None if slice is None else int(slice), "coil_method": coil_method if multicoil else None,
+                "acceleration": op.acceleration, "calibration": op.mask_info["calibration"],
+                "undersample": undersample, "layout": "slices, coils, readout (rows), phase encode (columns)"}
+        return Measurement(y=k if multicoil else k[:, 0], operator_spec=op.spec(), noise_std=0.0,
+                           volume_shape=(Z, ny, nx), affine=affine, units="a.u.", provenance=prov, arrays=arrays)
+
+    @staticmethod
+    def _to_layout(k: np.ndarray, lay: str | None, p: Path):
+        """``(slices, coils, readout, phase_encode)`` and whether there are several coils."""
+        if lay is None:  # fastMRI order: (slices,) (coils,) readout, phase encode
+            if k.ndim == 2:
+                return k[None, None], False
+            if k.ndim == 3:
+                raise InputError(f"{str(p)!r}: a 3D .npy is ambiguous (slices or coils first?); give "
+                                 "layout=, e.g. cha_col_lin or slc_col_lin")
+            return k, k.shape[1] > 1
+        names = lay.split("_")
+        if sorted(names) != sorted(set(names)) or any(n not in _AXES for n in names) or len(names) != k.ndim:
+            raise InputError(f"layout {lay!r} must name the {k.ndim} axes with distinct slc, cha, col, lin")
+        if "col" not in names or "lin" not in names:
+            raise InputError(f"layout {lay!r} must name the readout (col) and phase-encode (lin) axes")
+        for extra in ("slc", "cha"):
+            if extra not in names:
+                k = k[None]
+                names = [extra] + names
+        k = np.transpose(k, [names.index(a) for a in _AXES])
+        return k, k.shape[1] > 1
+
+    @staticmethod
+    def _read_h5(p: Path):
+        import h5py
+
+        try:
+            f = h5py.File(p, "r")
+        except OSError as exc:
+            raise FileFormatError(f"{str(p)!r} is not a readable HDF5 file") from exc
+        with f:
+            if "kspace" not in f:
+                raise FileFormatError(f"{str(p)!r} has no kspace dataset (not fastMRI-style k-space)")
+            k = f["kspace"][()]
+            mask = f["mask"][()] if "mask" in f else None
+            info = {}
+            if "ismrmrd_header" in f:
+                h = f["ismrmrd_header"][()]
+                info = _header_info(h.decode() if isinstance(h, bytes) else str(h))
+        if k.ndim == 3:
+            return k[:, None], mask, info, False
+        if k.ndim == 4:
+            return k, mask, info, k.shape[1] > 1
+        raise FileFormatError(f"{str(p)!r}: kspace must be (slices, [coils,] readout, phase encode), got {k.shape}")

@@ -1,0 +1,325 @@
+"""k-space sampling masks: random 1D, equispaced, equispaced-fraction, Gaussian 1D, Poisson disc 2D.
+
+Layout
+------
+k-space slices are ``(ny, nx)`` = ``(readout, phase encode)``: the readout runs down the
+rows (axis -2) and the phase-encode lines are the **columns** (axis -1), as in fastMRI's
+``kspace[..., readout, phase_encode]``.  A 1D mask selects phase-encode columns (a vector
+of length ``nx``, every readout sample of a chosen column is measured); a 2D mask selects
+single points (``(ny, nx)``, both axes phase-encoded as in 3D Cartesian imaging).  The
+k-space centre is index ``n // 2`` on each axis (:mod:`medrecon_mri.fft`).
+
+Mask specs
+----------
+Every generator is deterministic given its ``seed`` (numpy ``default_rng(seed)``), so a
+spec such as ``{"kind": "random", "acceleration": 4, "center_fraction": 0.08, "seed": 0}``
+stored in a measurement file rebuilds the very same mask.  Kinds:
+
+``random``
+    fastMRI ``RandomMaskFunc`` semantics: ``n_low = round(n * center_fraction)`` central
+    columns fully sampled, every other column sampled with probability
+    ``(n / R - n_low) / (n - n_low)``, so that the expected total is ``n / R``.
+``equispaced``
+    fastMRI ``EquiSpacedMaskFunc``: the central columns plus every R-th column from an
+    ``offset`` (given, or drawn from ``[0, R)`` with the seed); the achieved acceleration is
+    below R because the centre adds columns.
+``equispaced_fraction``
+    fastMRI ``EquispacedMaskFractionFunc``: the spacing is adjusted to
+    ``R (n_low - n) / (n_low R - n)`` (rounded positions) so that centre + equispaced lines
+    total about ``n / R``.
+``gaussian``
+    Variable density 1D: the central columns, plus ``round(n / R) - n_low`` distinct
+    columns drawn without replacement with probability proportional to
+    ``exp(-k^2 / (2 (sigma n)^2))`` (``sigma`` default 0.3; ``k`` the distance to the centre).
+    Hits R exactly.
+``poisson``
+    2D variable-density Poisson disc: dart throwing in a seeded random order, a point is
+    accepted when no accepted point lies closer than ``r(p) = r0 (1 + vd rho(p))``
+    (``rho`` the normalised distance to the centre, ``vd`` default 1), ``r0`` found by
+    bisection so that the total, including a fully sampled ``calib`` rectangle (default
+    ``round(center_fraction * n)`` on each axis), is ``ny nx / R`` within 2%.
+
+:func:`mask_info` reports the achieved acceleration ``ny nx / n_sampled``.
+
+>>> m = make_mask([16, 64], {"kind": "random", "acceleration": 4, "center_fraction": 0.08, "seed": 1})
+>>> m.shape, bool(m[:, 32].all())
+((16, 64), True)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from medrecon.errors import InputError
+
+__all__ = [
+    "KINDS",
+    "calibration_region",
+    "equispaced_fraction_mask",
+    "equispaced_mask",
+    "gaussian_mask",
+    "make_mask",
+    "mask_info",
+    "poisson_disc_mask",
+    "random_mask",
+    "resolve_mask",
+]
+
+KINDS = ("random", "equispaced", "equispaced_fraction", "gaussian", "poisson")
+
+
+def _n_low(n: int, center_fraction: float) -> int:
+    return int(round(n * float(center_fraction)))
+
+
+def _center(n: int, n_low: int) -> np.ndarray:
+    m = np.zeros(n, dtype=bool)
+    pad = (n - n_low + 1) // 2
+    m[pad:pad + n_low] = True
+    return m
+
+
+def _check(acceleration, center_fraction) -> tuple[float, float]:
+    try:
+        r, cf = float(acceleration), float(center_fraction)
+    except (TypeError, ValueError):
+        raise InputError(f"mask acceleration and center_fraction must be numbers, got {acceleration!r}, "
+                         f"{center_fraction!r}") from None
+    if not (math.isfinite(r) and r >= 1):
+        raise InputError(f"mask acceleration must be >= 1, got {acceleration!r}")
+    if not (0 <= cf < 1):
+        raise InputError(f"mask center_fraction must be in [0, 1), got {center_fraction!r}")
+    if cf * r > 1 + 1e-9:
+        raise InputError(f"a centre fraction of {cf} already samples more than 1/{r:g} of k-space; "
+                         "lower center_fraction or acceleration")
+    return r, cf
+
+
+def random_mask(n: int, acceleration: float, center_fraction: float = 0.08, seed: int = 0) -> np.ndarray:
+    """1D random mask (fastMRI RandomMaskFunc semantics), boolean ``(n,)``."""
+    r, cf = _check(acceleration, center_fraction)
+    rng = np.random.default_rng(seed)
+    n_low = _n_low(n, cf)
+    prob = (n / r - n_low) / max(n - n_low, 1)
+    m = rng.uniform(size=n) < prob
+    return m | _center(n, n_low)
+
+
+def equispaced_mask(n: int, acceleration: int, center_fraction: float = 0.08, seed: int = 0,
+                    offset: int | None = None) -> np.ndarray:
+    """1D equispaced mask: centre plus columns ``offset::R`` (fastMRI EquiSpacedMaskFunc)."""
+    r, cf = _check(acceleration, center_fraction)
+    if r != int(r):
+        raise InputError(f"an equispaced mask needs an integer acceleration, got {acceleration!r}")
+    r = int(r)
+    if offset is None:
+        offset = int(np.random.default_rng(seed).integers(0, r))
+    m = np.zeros(n, dtype=bool)
+    m[int(offset) % r::r] = True
+    return m | _center(n, _n_low(n, cf))
+
+
+def equispaced_fraction_mask(n: int, acceleration: float, center_fraction: float = 0.08,
+                             seed: int = 0) -> np.ndarray:
+    """1D equispaced mask with the spacing adjusted to hit R (fastMRI EquispacedMaskFractionFunc)."""
+    r, cf = _check(acceleration, center_fraction)
+    n_low = _n_low(n, cf)
+    if n_low * r >= n:  # the centre alone reaches the target
+        return _center(n, n_low)
+    adjusted = r * (n_low - n) / (n_low * r - n)
+    offset = int(np.random.default_rng(seed).integers(0, max(int(round(adjusted)), 1)))
+    m = np.zeros(n, dtype=bool)
+    idx = np.around(np.arange(offset, n - 1, adjusted)).astype(int)
+    m[idx[idx < n]] = True
+    return m | _center(n, n_low)
+
+
+def gaussian_mask(n: int, acceleration: float, center_fraction: float = 0.08, seed: int = 0,
+                  sigma: float = 0.3) -> np.ndarray:
+    """1D variable-density mask: centre plus columns drawn from a Gaussian density (exact count)."""
+    r, cf = _check(acceleration, center_fraction)
+    if not (float(sigma) > 0):
+        raise InputError(f"gaussian mask sigma must be > 0, got {sigma!r}")
+    rng = np.random.default_rng(seed)
+    m = _center(n, _n_low(n, cf))
+    extra = int(round(n / r)) - int(m.sum())
+    cand = np.flatnonzero(~m)
+    if extra > 0 and cand.size:
+        k = cand - n // 2
+        p = np.exp(-0.5 * (k / (float(sigma) * n)) ** 2)
+        pick = rng.choice(cand, size=min(extra, cand.size), replace=False, p=p / p.sum())
+        m[pick] = True
+    return m
+
+
+def _calib_size(shape, calib, center_fraction) -> tuple[int, int]:
+    ny, nx = shape
+    if calib is None:
+        return _n_low(ny, center_fraction), _n_low(nx, center_fraction)
+    c = [calib, calib] if np.isscalar(calib) else list(calib)
+    if len(c) != 2 or any(int(v) < 0 or int(v) > s for v, s in zip(c, shape)):
+        raise InputError(f"poisson mask calib must be a size or [rows, columns] within {list(shape)}, got {calib!r}")
+    return int(c[0]), int(c[1])
+
+
+def _dart_throw(shape, r0: float, vd: float, order: np.ndarray) -> np.ndarray:
+    ny, nx = shape
+    cy, cx = ny // 2, nx // 2
+    yy, xx = np.divmod(order, nx)
+    rho = np.sqrt(((yy - cy) / max(ny / 2, 1)) ** 2 + ((xx - cx) / max(nx / 2, 1)) ** 2)
+    radius = r0 * (1 + vd * rho)
+    acc = np.zeros(shape, dtype=bool)
+    for y, x, r in zip(yy.tolist(), xx.tolist(), radius.tolist()):
+        if r <= 1.0:
+            acc[y, x] = True
+            continue
+        w = int(math.ceil(r)) - 1
+        y0, y1, x0, x1 = max(y - w, 0), min(y + w + 1, ny), max(x - w, 0), min(x + w + 1, nx)
+        win = acc[y0:y1, x0:x1]
+        if win.any():
+            qy, qx = np.nonzero(win)
+            if np.any((qy + y0 - y) ** 2 + (qx + x0 - x) ** 2 < r * r):
+                continue
+        acc[y, x] = True
+    return acc
+
+
+def poisson_disc_mask(shape, acceleration: float, center_fraction: float = 0.08, seed: int = 0,
+                      calib=None, vd: float = 1.0, tol: float = 0.02) -> np.ndarray:
+    """2D variable-density Poisson-disc mask ``(ny, nx)`` with a fully sampled calibration rectangle."""
+    r, cf = _check(acceleration, center_fraction)
+    ny, nx = (int(s) for s in shape)
+    ch, cw = _calib_size((ny, nx), calib, cf)
+    cal = np.zeros((ny, nx), dtype=bool)
+    cal[np.ix_(_center(ny, ch), _center(nx, cw))] = True
+    target = ny * nx / r
+    if r == 1:
+        return np.ones((ny, nx), dtype=bool)
+    order = np.random.default_rng(seed).permutation(ny * nx)
+    lo, hi = 0.5, float(max(ny, nx))
+    best = None
+    for _ in range(40):
+        mid = 0.5 * (lo + hi)
+        m = _dart_throw((ny, nx), mid, float(vd), order) | cal
+        cnt = int(m.sum())
+        if best is None or abs(cnt - target) < abs(int(best.sum()) - target):
+            best = m
+        if abs(cnt - target) <= tol * target:
+            break
+        if cnt > target:
+            lo = mid
+        else:
+            hi = mid
+    return best
+
+
+def make_mask(shape, spec: dict[str, Any]) -> np.ndarray:
+    """Boolean ``(ny, nx)`` mask from a spec dict (see the module docstring); 1D kinds select columns."""
+    if not isinstance(spec, dict):
+        raise InputError(f"a mask spec must be a dict with a 'kind', got {type(spec).__name__}")
+    kind = spec.get("kind")
+    if kind not in KINDS:
+        raise InputError(f"unknown mask kind {kind!r}; use one of {', '.join(KINDS)}")
+    ny, nx = (int(s) for s in shape)
+    known = {"kind", "acceleration", "center_fraction", "seed"}
+    extra_keys = {"equispaced": {"offset"}, "gaussian": {"sigma"}, "poisson": {"calib", "vd", "tol"}}
+    bad = set(spec) - known - extra_keys.get(kind, set())
+    if bad:
+        raise InputError(f"mask kind {kind!r} has no option {sorted(bad)[0]!r}")
+    if "acceleration" not in spec:
+        raise InputError(f"mask kind {kind!r} needs an acceleration")
+    args = dict(acceleration=spec["acceleration"], center_fraction=spec.get("center_fraction", 0.08),
+                seed=int(spec.get("seed", 0)))
+    if kind == "poisson":
+        return poisson_disc_mask((ny, nx), calib=spec.get("calib"), vd=spec.get("vd", 1.0),
+                                 tol=spec.get("tol", 0.02), **args)
+    if kind == "random":
+        cols = random_mask(nx, **args)
+    elif kind == "equispaced":
+        cols = equispaced_mask(nx, offset=spec.get("offset"), **args)
+    elif kind == "equispaced_fraction":
+        cols = equispaced_fraction_mask(nx, **args)
+    else:
+        cols = gaussian_mask(nx, sigma=spec.get("sigma", 0.3), **args)
+    return np.broadcast_to(cols[None, :], (ny, nx)).copy()
+
+
+def resolve_mask(shape, mask) -> np.ndarray:
+    """The boolean ``(ny, nx)`` mask described by an operator's ``mask`` parameter.
+
+    ``None``: fully sampled; a flat list of ``nx`` 0/1 values: phase-encode columns;
+    a nested ``ny x nx`` list: points; a dict: a generator spec (:func:`make_mask`).
+    """
+    ny, nx = (int(s) for s in shape)
+    if mask is None:
+        return np.ones((ny, nx), dtype=bool)
+    if isinstance(mask, dict):
+        return make_mask((ny, nx), mask)
+    try:
+        a = np.asarray(mask, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError("mask must be None, a list of 0/1 values, or a generator spec dict") from None
+    if a.ndim == 1 and a.shape[0] == nx:
+        a = np.broadcast_to(a[None, :], (ny, nx))
+    elif a.shape != (ny, nx):
+        raise InputError(f"an explicit mask must have {nx} entries (phase-encode columns) or be {ny}x{nx}, "
+                         f"got shape {a.shape}")
+    if not np.all((a == 0) | (a == 1)):
+        raise InputError("an explicit mask must hold only 0 and 1")
+    return a.astype(bool).copy()
+
+
+def calibration_region(mask: np.ndarray) -> tuple[slice, slice]:
+    """The fully sampled centred rectangle of a ``(ny, nx)`` mask as ``(row slice, column slice)``.
+
+    For a column (1D) mask: all rows and the run of fully sampled columns around ``nx // 2``;
+    otherwise the largest fully sampled centred rectangle grown from the centre point.
+    Empty slices when the centre is not sampled.
+    """
+    m = np.asarray(mask, dtype=bool)
+    ny, nx = m.shape
+    cy, cx = ny // 2, nx // 2
+    if not m[cy, cx]:
+        return slice(cy, cy), slice(cx, cx)
+    full = m.all(axis=0)
+    if full[cx]:
+        lo, hi = cx, cx + 1
+        while lo > 0 and full[lo - 1]:
+            lo -= 1
+        while hi < nx and full[hi]:
+            hi += 1
+        return slice(0, ny), slice(lo, hi)
+    y0, y1, x0, x1 = cy, cy + 1, cx, cx + 1
+    grown = True
+    while grown:
+        grown = False
+        for d in ("up", "down", "left", "right"):
+            if d == "up" and y0 > 0 and m[y0 - 1, x0:x1].all():
+                y0 -= 1
+                grown = True
+            elif d == "down" and y1 < ny and m[y1, x0:x1].all():
+                y1 += 1
+                grown = True
+            elif d == "left" and x0 > 0 and m[y0:y1, x0 - 1].all():
+                x0 -= 1
+                grown = True
+            elif d == "right" and x1 < nx and m[y0:y1, x1].all():
+                x1 += 1
+                grown = True
+    return slice(y0, y1), slice(x0, x1)
+
+
+def mask_info(mask: np.ndarray) -> dict[str, Any]:
+    """Achieved acceleration and counts of a ``(ny, nx)`` mask.
+
+    Returns ``{"acceleration": ny nx / n_sampled, "sampled_fraction", "n_sampled", "n_total",
+    "calibration": [rows, columns]}`` (the fully sampled centred rectangle).
+    """
+    m = np.asarray(mask, dtype=bool)
+    n = int(m.sum())
+    rs, cs = calibration_region(m)
+    return {"acceleration": (m.size / n) if n else float("inf"), "sampled_fraction": n / m.size,
+            "n_sampled": n, "n_total": int(m.size), "calibration": [rs.stop - rs.start, cs.stop - cs.start]}

@@ -1,0 +1,214 @@
+"""``mri.cartesian`` (single coil) and ``mri.sense`` (multi-coil SENSE): Cartesian k-space sampling.
+
+Single coil::
+
+    A x = M F (P x)                 (B, ny, nx) -> (B, ny, nx)
+    A^H y = conj(P) F^H (M y)
+
+Multi-coil (SENSE)::
+
+    A x = [M F (S_c x)]_c           (B, ny, nx) -> (B, C, ny, nx)
+    A^H y = sum_c conj(S_c) F^H (M y_c)
+
+``F`` is the centred orthonormal 2D FFT (:mod:`medrecon_mri.fft`), ``M`` the 0/1 sampling
+mask on the full ``(ny, nx)`` grid (unsampled entries of ``y`` are zero; phase-encode lines
+are the columns, :mod:`medrecon_mri.masks`), ``S_c`` the coil maps and ``P`` an optional
+phase map ``exp(i phase)`` (single coil).
+
+Real or complex images (``real_image``): with ``real_image=False`` (default) the image is
+complex (``domain_is_complex`` True), the adjoint is the one above.  With ``real_image=True``
+the image is real -- a magnitude image measured as if its phase were 0 (simulation from
+magnitude DICOM), or a raw scan whose phase is carried by the coil maps (RSS-normalised
+ACS maps, :mod:`medrecon_mri.coils`) or by ``phase`` -- and the adjoint is ``Re(A^H y)``
+(the adjoint for the real inner product ``Re <., .>`` on the range).  docs/mri.md explains
+the choice.
+
+``classical(y)``: the zero-filled reconstruction.  Real image: the zero-filled magnitude
+``|conj(P) F^H M y|`` (single coil) or root-sum-of-squares ``sqrt(sum_c |F^H M y_c|^2)``.
+Complex image: the complex zero-filled image ``conj(P) F^H M y``, or the coil combination
+``sum_c conj(S_c) F^H M y_c / sum_c |S_c|^2`` whose magnitude is the RSS when the maps are
+RSS-normalised.  SENSE by conjugate gradients is :meth:`SenseMRI.sense` and the ``sense``
+sampler (:mod:`medrecon_mri.recon`).
+
+Example::
+
+    >>> import torch, medrecon
+    >>> A = medrecon.get_operator("mri.sense", shape=[32, 32],
+    ...     coil_maps={"synthetic": "birdcage", "n_coils": 4},
+    ...     mask={"kind": "random", "acceleration": 4, "center_fraction": 0.08, "seed": 0})
+    >>> y = A(torch.ones(2, 32, 32, dtype=torch.complex64))
+    >>> tuple(y.shape)
+    (2, 4, 32, 32)
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from medrecon.errors import InputError
+from medrecon.operators.base import Operator
+from medrecon_mri.arrays import as_param, load_array
+from medrecon_mri.coils import synthetic_coil_maps
+from medrecon_mri.fft import fft2c, ifft2c
+from medrecon_mri.masks import mask_info, resolve_mask
+
+__all__ = ["CartesianMRI", "SenseMRI", "resolve_shape"]
+
+
+def resolve_shape(shape) -> list[int]:
+    """``n`` or ``[ny, nx]`` -> ``[ny, nx]`` (positive integers)."""
+    s = [shape, shape] if isinstance(shape, (int, np.integer)) else list(shape) if shape is not None else []
+    if len(s) != 2 or any(isinstance(v, bool) or not float(v).is_integer() or int(v) < 1 for v in s):
+        raise InputError(f"shape must be a positive integer or [ny, nx], got {shape!r}")
+    return [int(v) for v in s]
+
+
+def _mask_param(mask: Any) -> Any:
+    if hasattr(mask, "detach") or isinstance(mask, np.ndarray):
+        m = mask.detach().cpu().numpy() if hasattr(mask, "detach") else mask
+        return np.asarray(m).astype(int).tolist()
+    return mask
+
+
+class _MRIBase(Operator):
+    per_slice: ClassVar[bool] = True
+    domain_is_complex: ClassVar[bool] = True
+    range_is_complex: ClassVar[bool] = True
+
+    def _setup(self, shape, mask, real_image) -> None:
+        ny, nx = resolve_shape(shape)
+        if not isinstance(real_image, (bool, np.bool_)):
+            raise InputError(f"real_image must be true or false, got {real_image!r}")
+        m = resolve_mask((ny, nx), mask)
+        if not m.any():
+            raise InputError("the sampling mask samples nothing")
+        self.register_buffer("mask", torch.from_numpy(m.astype(np.float32)))
+        self.domain_is_complex = not bool(real_image)  # instance attribute: real_image=True is a real domain
+        self.domain_shape = (ny, nx)
+        self.mask_info = mask_info(m)
+
+    @property
+    def acceleration(self) -> float:
+        """Achieved acceleration ``ny nx / n_sampled`` of the mask."""
+        return float(self.mask_info["acceleration"])
+
+    @staticmethod
+    def _cplx(x: torch.Tensor) -> torch.Tensor:
+        return x if x.is_complex() else x.to(torch.complex128 if x.dtype == torch.float64 else torch.complex64)
+
+    def _masked(self, y: torch.Tensor) -> torch.Tensor:
+        return y * self.mask.to(y.real.dtype)
+
+
+class CartesianMRI(_MRIBase):
+    """Single-coil Cartesian MRI ``A x = M F (P x)``: ``(B, ny, nx) -> (B, ny, nx)`` complex.
+
+    Parameters: ``shape`` (``n`` or ``[ny, nx]``), ``mask`` (None: fully sampled; a list of
+    ``nx`` 0/1 column flags; a ``ny x nx`` nested list; or a generator spec such as
+    ``{"kind": "random", "acceleration": 4, "center_fraction": 0.08, "seed": 0}``),
+    ``real_image`` (real domain, see the module docstring), ``phase`` (optional phase map in
+    radians, ``(ny, nx)``, in any array form of :mod:`medrecon_mri.arrays`).
+    """
+
+    name: ClassVar[str] = "mri.cartesian"
+
+    def __init__(self, shape, mask=None, real_image: bool = False, phase=None):
+        phase = as_param(phase)
+        super().__init__(shape=resolve_shape(shape), mask=_mask_param(mask), real_image=real_image, phase=phase)
+        self._setup(shape, self._params["mask"], real_image)
+        self.range_shape = tuple(self.domain_shape)
+        if phase is not None:
+            ph = load_array(phase, "phase")
+            if ph.shape != tuple(self.domain_shape):
+                raise InputError(f"phase must be shaped {tuple(self.domain_shape)}, got {ph.shape}")
+            fac = np.exp(1j * np.angle(ph)) if np.iscomplexobj(ph) else np.exp(1j * ph)
+            self.register_buffer("phase_factor", torch.from_numpy(fac.astype(np.complex64)))
+        else:
+            self.phase_factor = None
+
+    def _forward(self, x):
+        x = self._cplx(x)
+        if self.phase_factor is not None:
+            x = x * self.phase_factor
+        return self._masked(fft2c(x))
+
+    def _adjoint(self, y):
+        x = ifft2c(self._masked(self._cplx(y)))
+        if self.phase_factor is not None:
+            x = x * self.phase_factor.conj()
+        return x
+
+    def classical(self, y):
+        """Zero-filled: complex ``conj(P) F^H M y``, or its magnitude for a real image."""
+        x = self._adjoint(y)
+        return x.abs() if not self.domain_is_complex else x
+
+
+class SenseMRI(_MRIBase):
+    """Multi-coil SENSE ``A x = [M F (S_c x)]_c``: ``(B, ny, nx) -> (B, C, ny, nx)`` complex.
+
+    Parameters: ``shape``, ``mask``, ``real_image`` as :class:`CartesianMRI`; ``coil_maps``
+    ``(C, ny, nx)`` complex in any array form of :mod:`medrecon_mri.arrays` -- a nested list,
+    ``{"real", "imag"}``, a numpy array / tensor (stored as lists: small cases only),
+    ``{"file": ...}``, ``{"array": name}`` (inside the measurement file) or
+    ``{"synthetic": "birdcage", "n_coils": 8, "width": 1.0}``.
+    """
+
+    name: ClassVar[str] = "mri.sense"
+
+    def __init__(self, shape, coil_maps, mask=None, real_image: bool = False):
+        coil_maps = as_param(coil_maps)
+        super().__init__(shape=resolve_shape(shape), coil_maps=coil_maps, mask=_mask_param(mask),
+                         real_image=real_image)
+        self._setup(shape, self._params["mask"], real_image)
+        ny, nx = self.domain_shape
+        if isinstance(coil_maps, dict) and "synthetic" in coil_maps:
+            opts = {k: v for k, v in coil_maps.items() if k != "synthetic"}
+            if coil_maps["synthetic"] != "birdcage":
+                raise InputError(f"unknown synthetic coil maps {coil_maps['synthetic']!r}; use 'birdcage'")
+            try:
+                maps = synthetic_coil_maps((ny, nx), **opts)
+            except TypeError as exc:
+                raise InputError(f"bad synthetic coil map options: {exc}") from None
+        else:
+            maps = load_array(coil_maps, "coil_maps")
+        if maps.ndim == 2:
+            maps = maps[None]
+        if maps.ndim != 3 or tuple(maps.shape[1:]) != (ny, nx):
+            raise InputError(f"coil_maps must be shaped (coils, {ny}, {nx}), got {tuple(maps.shape)}")
+        if not np.all(np.isfinite(maps)):
+            raise InputError("coil_maps hold NaN or infinite values")
+        self.register_buffer("coil_maps", torch.from_numpy(np.ascontiguousarray(maps, dtype=np.complex64)))
+        self.n_coils = int(maps.shape[0])
+        self.range_shape = (self.n_coils, ny, nx)
+
+    def _forward(self, x):
+        x = self._cplx(x)
+        return self._masked(fft2c(x[:, None] * self.coil_maps[None]))
+
+    def _adjoint(self, y):
+        return (self.coil_maps.conj()[None] * ifft2c(self._masked(self._cplx(y)))).sum(dim=1)
+
+    def zero_filled_coils(self, y):
+        """Zero-filled coil images ``F^H M y_c``, ``(B, C, ny, nx)``."""
+        return ifft2c(self._masked(self._cplx(y)))
+
+    def classical(self, y):
+        """Zero-filled: RSS ``sqrt(sum_c |F^H M y_c|^2)`` for a real image; the complex coil
+        combination ``sum_c conj(S_c) F^H M y_c / sum_c |S_c|^2`` for a complex one."""
+        coils = self.zero_filled_coils(y)
+        if not self.domain_is_complex:
+            return (coils.abs() ** 2).sum(dim=1).sqrt()
+        w = (self.coil_maps.abs() ** 2).sum(dim=0)
+        comb = (self.coil_maps.conj()[None] * coils).sum(dim=1)
+        inv = torch.where(w > 1e-6 * w.max(), 1.0 / w.clamp(min=1e-30), torch.zeros_like(w))
+        return comb * inv.to(comb.real.dtype)
+
+    def sense(self, y, iters: int = 30, lam: float = 0.0):
+        """SENSE by conjugate gradients (:func:`medrecon_mri.recon.sense_cg`)."""
+        from medrecon_mri.recon import sense_cg
+
+        return sense_cg(self, y, iters=iters, lam=lam)
