@@ -83,22 +83,21 @@ def _header_info(text: str) -> dict[str, Any]:
         root = ET.fromstring(text)
     except ET.ParseError:
         return {}
-    ns = {"i": root.tag[1:].split("}")[0]} if root.tag.startswith("{") else {}
-    p = "i:" if ns else ""
+    pre = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
 
     def num(path):
-        e = root.find(path.replace("/", "/" + p).replace("//", "/"), ns) if ns else root.find(path)
+        e = root.find("./" + "/".join(pre + part for part in path.split("/")))
         try:
             return float(e.text) if e is not None else None
         except (TypeError, ValueError):
             return None
 
     out = {}
-    ex, rx = num(f"./{p}encoding/{p}encodedSpace/{p}matrixSize/{p}x"), num(f"./{p}encoding/{p}reconSpace/{p}matrixSize/{p}x")
-    fx = num(f"./{p}encoding/{p}encodedSpace/{p}fieldOfView_mm/{p}x")
-    fy = num(f"./{p}encoding/{p}encodedSpace/{p}fieldOfView_mm/{p}y")
-    fz = num(f"./{p}encoding/{p}encodedSpace/{p}fieldOfView_mm/{p}z")
-    ey = num(f"./{p}encoding/{p}encodedSpace/{p}matrixSize/{p}y")
+    ex, rx = num("encoding/encodedSpace/matrixSize/x"), num("encoding/reconSpace/matrixSize/x")
+    fx = num("encoding/encodedSpace/fieldOfView_mm/x")
+    fy = num("encoding/encodedSpace/fieldOfView_mm/y")
+    fz = num("encoding/encodedSpace/fieldOfView_mm/z")
+    ey = num("encoding/encodedSpace/matrixSize/y")
     if ex and rx and ex > rx:
         out["oversampling"] = int(round(ex / rx))
     if fx and ex:
@@ -205,7 +204,7 @@ class KSpaceImporter:
             if real_image:
                 from medrecon_mri.coils import lowres_coil_images
 
-                ph = np.angle(lowres_coil_images(k[0][None], mask2d, calib)[0]).astype(np.float32)
+                ph = np.angle(lowres_coil_images(k[0], mask2d, calib)[0]).astype(np.float32)
                 arrays["phase"] = ph
                 spec_params["phase"] = {"array": "phase", "sha256": array_sha256(ph)}
             name = "mri.cartesian"

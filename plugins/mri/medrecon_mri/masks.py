@@ -160,7 +160,7 @@ def _calib_size(shape, calib, center_fraction) -> tuple[int, int]:
     if calib is None:
         return _n_low(ny, center_fraction), _n_low(nx, center_fraction)
     c = [calib, calib] if np.isscalar(calib) else list(calib)
-    if len(c) != 2 or any(int(v) < 0 or int(v) > s for v, s in zip(c, shape)):
+    if len(c) != 2 or any(int(v) < 0 or int(v) > s for v, s in zip(c, shape, strict=False)):
         raise InputError(f"poisson mask calib must be a size or [rows, columns] within {list(shape)}, got {calib!r}")
     return int(c[0]), int(c[1])
 
@@ -172,7 +172,7 @@ def _dart_throw(shape, r0: float, vd: float, order: np.ndarray) -> np.ndarray:
     rho = np.sqrt(((yy - cy) / max(ny / 2, 1)) ** 2 + ((xx - cx) / max(nx / 2, 1)) ** 2)
     radius = r0 * (1 + vd * rho)
     acc = np.zeros(shape, dtype=bool)
-    for y, x, r in zip(yy.tolist(), xx.tolist(), radius.tolist()):
+    for y, x, r in zip(yy.tolist(), xx.tolist(), radius.tolist(), strict=False):
         if r <= 1.0:
             acc[y, x] = True
             continue
@@ -199,9 +199,9 @@ def poisson_disc_mask(shape, acceleration: float, center_fraction: float = 0.08,
     if r == 1:
         return np.ones((ny, nx), dtype=bool)
     order = np.random.default_rng(seed).permutation(ny * nx)
-    lo, hi = 0.5, float(max(ny, nx))
+    lo, hi = 0.5, 2.0 * math.sqrt(r) + 1.0  # a disc of radius r0 holds about r0^2 grid points
     best = None
-    for _ in range(40):
+    for _ in range(30):
         mid = 0.5 * (lo + hi)
         m = _dart_throw((ny, nx), mid, float(vd), order) | cal
         cnt = int(m.sum())
@@ -292,23 +292,23 @@ def calibration_region(mask: np.ndarray) -> tuple[slice, slice]:
         while hi < nx and full[hi]:
             hi += 1
         return slice(0, ny), slice(lo, hi)
-    y0, y1, x0, x1 = cy, cy + 1, cx, cx + 1
-    grown = True
-    while grown:
-        grown = False
-        for d in ("up", "down", "left", "right"):
-            if d == "up" and y0 > 0 and m[y0 - 1, x0:x1].all():
-                y0 -= 1
-                grown = True
-            elif d == "down" and y1 < ny and m[y1, x0:x1].all():
-                y1 += 1
-                grown = True
-            elif d == "left" and x0 > 0 and m[y0:y1, x0 - 1].all():
-                x0 -= 1
-                grown = True
-            elif d == "right" and x1 < nx and m[y0:y1, x1].all():
-                x1 += 1
-                grown = True
+    best = (0, cy, cy + 1, cx, cx + 1)
+    for hgt in range(1, ny + 1):  # the centred rectangle of largest area
+        y0 = cy - hgt // 2
+        y1 = y0 + hgt
+        if y0 < 0 or y1 > ny:
+            break
+        rows_ok = m[y0:y1].all(axis=0)
+        if not rows_ok[cx]:
+            break
+        x0, x1 = cx, cx + 1
+        while x0 > 0 and rows_ok[x0 - 1]:
+            x0 -= 1
+        while x1 < nx and rows_ok[x1]:
+            x1 += 1
+        if hgt * (x1 - x0) > best[0]:
+            best = (hgt * (x1 - x0), y0, y1, x0, x1)
+    _, y0, y1, x0, x1 = best
     return slice(y0, y1), slice(x0, x1)
 
 
