@@ -1,0 +1,32 @@
+"""Smoke test of benchmarks/quality.py --quick (2 slices at 64 x 64, 5 steps): runs, writes JSON + PNG."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path("/work/shared/data/ct-pancreas-tcia")
+
+
+@pytest.mark.skipif(not DATA.exists(), reason="needs /work/shared/data/ct-pancreas-tcia")
+def test_quality_quick(tmp_path):
+    js, png = tmp_path / "q.json", tmp_path / "q.png"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quality.py"), "--quick", "--views", "8",
+                        "--json", str(js), "--png", str(png)], capture_output=True, text=True, timeout=600,
+                       cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    out = json.loads(js.read_text())
+    res = out["results"]["8"]["methods"]
+    assert set(res) == {"fbp", "tv", "dds", "dps", "reddiff"}
+    for m, d in res.items():
+        assert len(d["psnr_w1000"]) == 2 and len(d["ssim_full"]) == 2, m
+        assert all(v == v and v > 0 for v in d["psnr_w1000"]), m  # finite, positive
+        assert d["sec_per_slice"] >= 0
+    assert res["tv"]["mean"]["psnr_w1000"] > res["fbp"]["mean"]["psnr_w1000"] - 1.0
+    assert out["git_commit"] is None or len(out["git_commit"]) == 40
+    assert png.stat().st_size > 1000
