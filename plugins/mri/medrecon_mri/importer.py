@@ -6,6 +6,10 @@ Readable inputs
   (multi-coil) or ``(slices, readout, phase_encode)`` (single coil); optional ``mask``
   dataset (one 0/1 flag per phase-encode line) and ``ismrmrd_header`` (XML; the field of
   view and matrix sizes give the pixel size and the readout oversampling).
+* **Siemens twix** ``.dat`` (VB/VD/VE) through twixtools (``pip install 'medrecon-mri[twix]'``):
+  the last measurement's image data, pixel size and slice thickness from the protocol
+  (``MeasYaps``); repetitions of other loop counters are averaged (``Ave``) or their first
+  index kept (others, noted in the provenance).
 * **numpy** ``.npy`` complex k-space whose axes are named in the file name or the
   ``layout`` option with Siemens' names: ``lin`` (phase-encode lines), ``cha`` (coils),
   ``col`` (readout samples), ``slc`` (slices), e.g. ``gre_kspace_lin_cha_col.npy``;
@@ -18,8 +22,8 @@ What :meth:`KSpaceImporter.read` does
    lines that are not all zero (over slices, coils and readout).
 3. Readout oversampling (``oversampling``, default from the header, else 2 for ``.npy``
    Siemens data and 1 otherwise): inverse FFT along the readout, keep the central
-   ``1/oversampling`` of the image, FFT back.  Exact, because every measured line is
-   fully sampled along the readout.  The image grid is the data's own (160 x 160 for the
+   ``1/oversampling`` of the image, FFT back (twix: always 2).  Exact, because every
+   measured line is fully sampled along the readout.  The image grid is the data's own (160 x 160 for the
    shared GRE phantom), whatever the prior's size.
 4. ``undersample`` (a mask spec, :mod:`medrecon_mri.masks`): retrospective undersampling
    on top of the acquired mask.
@@ -109,6 +113,17 @@ def _header_info(text: str) -> dict[str, Any]:
     return out
 
 
+def _looks_like_twix(p: Path) -> bool:
+    """Siemens twix: VD/VE start with two uint32 (0, number of measurements 1..64); VB with the
+    header length followed by the protocol text (``Config``)."""
+    with open(p, "rb") as f:
+        head = f.read(64)
+    if len(head) < 16:
+        return False
+    a, b = np.frombuffer(head[:8], "<u4")
+    return (a == 0 and 1 <= b <= 64) or b"Config" in head[4:40]
+
+
 class KSpaceImporter:
     """Importer of raw Cartesian k-space (registered as ``mri.kspace``; see the module docstring)."""
 
@@ -121,6 +136,8 @@ class KSpaceImporter:
         if not p.is_file():
             return False
         try:
+            if p.suffix.lower() == ".dat":
+                return _looks_like_twix(p)
             if p.suffix.lower() == ".npy":
                 a = np.load(p, mmap_mode="r", allow_pickle=False)
                 return np.iscomplexobj(a) and 2 <= a.ndim <= 4
@@ -151,7 +168,11 @@ class KSpaceImporter:
             raise InputError(f"real_image must be true or false, got {real_image!r}")
         info: dict[str, Any] = {}
         file_mask = None
-        if p.suffix.lower() == ".npy":
+        if p.suffix.lower() == ".dat":
+            k, info = self._read_twix(p)
+            multicoil = k.shape[1] > 1
+            os_default = 2
+        elif p.suffix.lower() == ".npy":
             k = np.load(p, allow_pickle=False)
             lay = layout or _layout_from_name(p.name)
             k, multicoil = self._to_layout(k, lay, p)
@@ -221,6 +242,8 @@ class KSpaceImporter:
                 "slice": None if slice is None else int(slice), "coil_method": coil_method if multicoil else None,
                 "acceleration": op.acceleration, "calibration": op.mask_info["calibration"],
                 "undersample": undersample, "layout": "slices, coils, readout (rows), phase encode (columns)"}
+        if info.get("twix_dropped"):
+            prov["twix_dropped"] = info["twix_dropped"]
         return Measurement(y=k if multicoil else k[:, 0], operator_spec=op.spec(), noise_std=0.0,
                            volume_shape=(Z, ny, nx), affine=affine, units="a.u.", provenance=prov, arrays=arrays)
 
@@ -245,6 +268,52 @@ class KSpaceImporter:
                 names = [extra] + names
         k = np.transpose(k, [names.index(a) for a in _AXES])
         return k, k.shape[1] > 1
+
+    @staticmethod
+    def _read_twix(p: Path):
+        """``(slices, coils, readout, phase_encode)`` k-space and geometry from a Siemens twix file."""
+        try:
+            import twixtools
+        except ImportError as exc:
+            raise InputError("reading Siemens twix (.dat) needs twixtools: pip install 'medrecon-mri[twix]'") from exc
+        import contextlib
+        import io
+
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                scans = twixtools.map_twix(str(p), verbose=False)
+        except Exception as exc:  # noqa: BLE001 - twixtools raises many kinds on foreign files
+            raise FileFormatError(f"{str(p)!r} is not a readable Siemens twix file ({type(exc).__name__})") from exc
+        scan = scans[-1] if isinstance(scans, list) and scans else None
+        if not isinstance(scan, dict) or "image" not in scan:
+            raise FileFormatError(f"{str(p)!r} holds no imaging data")
+        img = scan["image"]
+        img.flags["remove_os"] = False
+        img.flags["squeeze_singletons"] = False
+        dims = list(img.dims)
+        k = np.asarray(img[:])
+        dropped = {}
+        for d in list(dims):
+            if d in ("Sli", "Cha", "Col", "Lin"):
+                continue
+            ax = dims.index(d)
+            if k.shape[ax] > 1:
+                dropped[d] = int(k.shape[ax])
+            k = k.mean(axis=ax) if d == "Ave" else np.take(k, 0, axis=ax)
+            dims.pop(ax)
+        k = np.transpose(k, [dims.index(a) for a in ("Sli", "Cha", "Col", "Lin")])
+        info: dict[str, Any] = {"oversampling": 2}
+        try:
+            yaps = scan["hdr"]["MeasYaps"]
+            sl = yaps["sSliceArray"]["asSlice"][0]
+            info["pixel_size_readout"] = float(sl["dReadoutFOV"]) / float(yaps["sKSpace"]["lBaseResolution"])
+            info["pixel_size_pe"] = float(sl["dPhaseFOV"]) / float(yaps["sKSpace"]["lPhaseEncodingLines"])
+            info["slice_thickness"] = float(sl["dThickness"])
+        except (KeyError, TypeError, ValueError, IndexError, ZeroDivisionError):
+            pass
+        if dropped:
+            info["twix_dropped"] = dropped
+        return k, info
 
     @staticmethod
     def _read_h5(p: Path):
