@@ -1,0 +1,325 @@
+"""3D sparse-view CT quality: FBP, TV-3D, slice-wise DDS, mbir3d and dds3d on held-out slices.
+
+    PYTHONPATH=. python benchmarks/quality3d.py --data .gpu/ct/holdout.npy --device cuda \\
+        --mbir-steps 500 --output out/quality3d            # GPU: 32 slices, 256^2
+    PYTHONPATH=. python benchmarks/quality3d.py --quick     # CPU smoke test (4 slices, 64^2 crop, 3 steps)
+
+Data: a contiguous block of axial slices the prior did not see.  ``--data X.npy`` reads a
+preprocessed float16 stack (N, S, S) in HU (``python -m medrecon.priors.prepare``; the
+ct-default prior held out z 0..31 of /work/shared/data/ct-pancreas-tcia, which is
+``.gpu/ct/holdout.npy``); without ``--data`` the DICOM series is read and preprocessed the
+same way (256 x 256, whole FOV, 2.1484375 mm; needs pydicom).  ``--crop C`` keeps the centre
+C x C (same pixel size).
+
+Measurements: ``ct.parallel`` with 8 views over 180 degrees (pixel_size 2.1484375 mm) on the
+image in HU (a linear operator on HU is attenuation up to a known affine map), Gaussian
+noise of 0.5 % of the RMS of the noiseless sinogram (seed 0).
+
+Methods: FBP (the operator's classical recon); TV-3D (``tv`` with ``dims=3``, isotropic TV
+in x, y, z; its ``lam`` is picked from ``--tv-lams`` by axial PSNR against the truth on THIS
+block, an oracle choice that favours TV); slice-wise ``dds`` (defaults); ``mbir3d``
+(``--mbir-steps``); ``dds3d`` (defaults; ``--dds3d`` key=value overrides).
+
+Metrics: window [-1000, 1000] HU; PSNR and SSIM per 2D slice in the axial (Z), coronal (Y)
+and sagittal (X) planes, averaged over the slices of that plane (slices whose reference is
+constant inside the window, e.g. rows of air, are left out).  Writes quality3d.json and
+quality3d.png (coronal and sagittal views through the centre) to ``--output``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import numpy as np  # noqa: E402
+
+PIXEL_MM = 2.1484375
+WINDOW = (-1000.0, 1000.0)
+DEFAULT_DICOM = "/work/shared/data/ct-pancreas-tcia"
+
+
+# ------------------------------------------------------------------ data and measurements
+def load_block(data: str | None, start: int, n: int, crop: int | None) -> np.ndarray:
+    """(n, S, S) float32 HU: slices start..start+n of a stack (.npy) or of the DICOM series."""
+    if data and data.endswith(".npy"):
+        arr = np.load(data, mmap_mode="r")
+        if arr.ndim != 3:
+            raise SystemExit(f"quality3d: {data} must hold an (N, S, S) stack, got shape {arr.shape}")
+        block = np.asarray(arr[start:start + n], dtype=np.float32)
+    else:
+        from medrecon.priors.data import stack_from_volume
+
+        st = stack_from_volume(data or DEFAULT_DICOM, 256, "ct", None, z=slice(start, start + n))
+        block = np.asarray(st.data, dtype=np.float32)
+    if block.shape[0] != n:
+        raise SystemExit(f"quality3d: asked for {n} slices from {start}, the data have {block.shape[0]}")
+    if crop:
+        s = block.shape[1]
+        o = (s - crop) // 2
+        block = block[:, o:o + crop, o:o + crop]
+    return np.ascontiguousarray(block)
+
+
+def make_problem(x_hu: np.ndarray, device: str, views: int = 8, noise_rel: float = 0.005, seed: int = 0):
+    """Operator, truth tensor, noisy measurements (noise std = noise_rel x RMS of the clean sinogram)."""
+    import torch
+
+    import medrecon
+
+    A = medrecon.get_operator("ct.parallel", shape=int(x_hu.shape[1]), n_views=views, pixel_size=PIXEL_MM)
+    A = A.to(device)
+    x = torch.from_numpy(x_hu).to(device)
+    with torch.no_grad():
+        y0 = A(x)
+    sd = noise_rel * float(y0.pow(2).mean().sqrt())
+    g = torch.Generator().manual_seed(seed)
+    y = y0 + sd * torch.randn(y0.shape, generator=g).to(device)
+    return A, x, y, sd
+
+
+# ------------------------------------------------------------------ metrics
+def plane_scores(x: np.ndarray, ref: np.ndarray, window=WINDOW) -> dict:
+    """Mean per-slice PSNR / SSIM in the axial, coronal and sagittal planes."""
+    from medrecon.metrics import psnr_slices, ssim_slices
+
+    out = {}
+    for plane, perm in (("axial", (0, 1, 2)), ("coronal", (1, 0, 2)), ("sagittal", (2, 0, 1))):
+        xp, rp = np.transpose(x, perm), np.transpose(ref, perm)
+        rc = np.clip(rp, *window)
+        keep = rc.reshape(rc.shape[0], -1).std(axis=1) > 0
+        ps = psnr_slices(xp[keep], rp[keep], window)
+        ss = ssim_slices(xp[keep], rp[keep], window) if min(xp.shape[1:]) >= 3 else np.array([np.nan])
+        ps = ps[np.isfinite(ps)]
+        out[plane] = {"psnr": float(np.mean(ps)), "ssim": float(np.mean(ss)), "slices": int(keep.sum())}
+    return out
+
+
+# ------------------------------------------------------------------ methods
+def run_fbp(A, y, **_):
+    import torch
+
+    with torch.no_grad():
+        return A.classical(y)
+
+
+def run_tv3d(A, y, x_ref, lams, iters, **_):
+    from medrecon.samplers.tv import tune_tv
+
+    best, xb, table = tune_tv(y, A, x_ref, lams, dims=3, iters=iters)
+    return xb, {"lam_hu": best, "sweep_psnr_volume": table, "iters": iters}
+
+
+def run_dds(A, y, prior, steps, seed, net_batch, params=None, progress=None, **_):
+    """Slice-wise DDS in batches of net_batch slices (as the engine would run it)."""
+    import torch
+
+    from medrecon.samplers import get_sampler, slice_generators
+
+    s = get_sampler("dds", **(params or {}))
+    parts = []
+    Z = y.shape[0]
+    for a in range(0, Z, net_batch):
+        idx = list(range(a, min(Z, a + net_batch)))
+        parts.append(s.sample(y[a:a + len(idx)], A, prior, steps=steps, generators=slice_generators(seed, idx),
+                              progress=progress))
+    return torch.cat(parts)
+
+
+def run_volume(name, A, y, prior, steps, seed, net_batch, params=None, progress=None, **_):
+    from medrecon.samplers import get_sampler, slice_generators
+
+    s = get_sampler(name, net_batch=net_batch, **(params or {}))
+    return s.sample(y, A, prior, steps=steps, generators=slice_generators(seed, range(y.shape[0])),
+                    progress=progress)
+
+
+def _sync(device):
+    import torch
+
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def parse_kv(items) -> dict:
+    out = {}
+    for it in items or []:
+        k, _, v = it.partition("=")
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def tune_dds3d(a, prior, common) -> dict:
+    """Pick dds3d's (rho, lam) by mean coronal + sagittal PSNR on a block of other slices."""
+    xt = load_block(a.tune_data, a.tune_start, a.tune_slices, a.crop)
+    At, _, yt, _ = make_problem(xt, a.device, a.views, 0.005, a.seed + 1)
+    rows, best = [], None
+    for pair in a.tune_grid.split(","):
+        rho, lam = (float(v) for v in pair.split(":"))
+        params = {**parse_kv(a.dds3d), "rho": rho, "lam": lam}
+        t1 = time.perf_counter()
+        xr = run_volume("dds3d", At, yt, steps=a.steps, params=params, **common).float().cpu().numpy()
+        sc = plane_scores(xr, xt)
+        score = 0.5 * (sc["coronal"]["psnr"] + sc["sagittal"]["psnr"])
+        rows.append({"rho": rho, "lam": lam, "score_db": score, "axial_psnr": sc["axial"]["psnr"],
+                     "seconds": round(time.perf_counter() - t1, 2)})
+        print(f"tune dds3d rho {rho:g} lam {lam:g}: cor/sag {score:.2f} dB, axial {sc['axial']['psnr']:.2f} dB",
+              flush=True)
+        if best is None or score > best[0]:
+            best = (score, {"rho": rho, "lam": lam})
+    return {"data": a.tune_data, "slices": [a.tune_start, a.tune_start + a.tune_slices], "rows": rows,
+            "best": best[1]}
+
+
+# ------------------------------------------------------------------ figure
+def figure(path, ref, recons: dict, window=WINDOW):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = ["reference"] + list(recons)
+    vols = [ref] + [recons[k] for k in recons]
+    Z, Y, X = ref.shape
+    fig, axes = plt.subplots(2, len(names), figsize=(2.6 * len(names), 2 * 2.2 * max(0.35, Z / Y) + 1.2),
+                             squeeze=False)
+    for j, (n, v) in enumerate(zip(names, vols, strict=True)):
+        axes[0, j].imshow(v[:, Y // 2, :], cmap="gray", vmin=window[0], vmax=window[1], aspect="auto")
+        axes[1, j].imshow(v[:, :, X // 2], cmap="gray", vmin=window[0], vmax=window[1], aspect="auto")
+        axes[0, j].set_title(n, fontsize=9)
+        for i in range(2):
+            axes[i, j].set_xticks([])
+            axes[i, j].set_yticks([])
+    axes[0, 0].set_ylabel("coronal (z down)", fontsize=8)
+    axes[1, 0].set_ylabel("sagittal (z down)", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------ main
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", default=None, help="preprocessed (N, S, S) HU stack .npy, or a DICOM folder")
+    ap.add_argument("--start", type=int, default=0)
+    ap.add_argument("--slices", type=int, default=32)
+    ap.add_argument("--crop", type=int, default=None)
+    ap.add_argument("--views", type=int, default=8)
+    ap.add_argument("--prior", default="ct-default")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--steps", type=int, default=50, help="DDS and dds3d steps")
+    ap.add_argument("--mbir-steps", type=int, default=500)
+    ap.add_argument("--net-batch", type=int, default=32)
+    ap.add_argument("--tv-lams", default="2,5,10,20,40", help="TV-3D lam sweep (HU)")
+    ap.add_argument("--tv-iters", type=int, default=300)
+    ap.add_argument("--dds3d", nargs="*", default=[], help="dds3d parameter overrides key=value")
+    ap.add_argument("--mbir3d", nargs="*", default=[], help="mbir3d parameter overrides key=value")
+    ap.add_argument("--methods", default="fbp,tv3d,dds,mbir3d,dds3d")
+    ap.add_argument("--tune-data", default=None,
+                    help="stack .npy of OTHER slices (e.g. .gpu/ct/train.npy): pick dds3d's rho and lam there first")
+    ap.add_argument("--tune-start", type=int, default=0)
+    ap.add_argument("--tune-slices", type=int, default=16)
+    ap.add_argument("--tune-grid", default="0.01:0.001,0.03:0.003,0.03:0.01,0.1:0.01,0.1:0.03",
+                    help="dds3d rho:lam pairs to try on the tuning block")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--no-amp", action="store_true", help="fp32 network on CUDA (default: bf16 autocast)")
+    ap.add_argument("--quick", action="store_true", help="CPU smoke test: 4 slices, 64^2 crop, 3 steps")
+    ap.add_argument("--output", default="out/quality3d")
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.slices, a.crop = min(a.slices, 4), a.crop or 64
+        a.steps, a.mbir_steps, a.tv_iters, a.tv_lams = 3, 3, 20, "5,20"
+        if a.data is None and os.path.exists(".gpu/ct/holdout.npy"):
+            a.data = ".gpu/ct/holdout.npy"
+
+    import torch
+
+    from medrecon.priors import load_prior
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    os.makedirs(a.output, exist_ok=True)
+    t0 = time.perf_counter()
+    x_hu = load_block(a.data, a.start, a.slices, a.crop)
+    A, x, y, sd = make_problem(x_hu, a.device, a.views, 0.005, a.seed)
+    prior = load_prior(a.prior, device=a.device)
+    prior.autocast = not a.no_amp
+    methods = [m.strip() for m in a.methods.split(",") if m.strip()]
+    common = dict(prior=prior, seed=a.seed, net_batch=a.net_batch)
+    tuned = None
+    if a.tune_data:
+        tuned = tune_dds3d(a, prior, common)
+    res = {"setup": {"data": a.data or DEFAULT_DICOM, "slices": [a.start, a.start + a.slices],
+                     "shape": list(x_hu.shape), "views": a.views, "noise": "0.5% of sinogram RMS",
+                     "noise_std": sd, "pixel_size_mm": PIXEL_MM, "window_hu": list(WINDOW), "prior": a.prior,
+                     "steps": a.steps, "mbir_steps": a.mbir_steps, "device": a.device, "amp_bf16": bool(str(a.device).startswith("cuda") and not a.no_amp),
+                     "card": torch.cuda.get_device_name() if str(a.device).startswith("cuda") else "cpu",
+                     "torch": torch.__version__},
+           "methods": {}}
+    recons = {}
+    for m in methods:
+        _sync(a.device)
+        t1 = time.perf_counter()
+        extra = {}
+        if m == "fbp":
+            xr = run_fbp(A, y)
+        elif m == "tv3d":
+            xr, extra = run_tv3d(A, y, x, [float(v) for v in a.tv_lams.split(",")], a.tv_iters)
+        elif m == "dds":
+            xr = run_dds(A, y, steps=a.steps, **common)
+        elif m == "mbir3d":
+            pm = parse_kv(a.mbir3d)
+            xr = run_volume("mbir3d", A, y, steps=a.mbir_steps, params=pm, **common)
+            extra = {"params": pm, "steps": a.mbir_steps}
+        elif m == "dds3d":
+            pd = {**(tuned["best"] if tuned else {}), **parse_kv(a.dds3d)}
+            xr = run_volume("dds3d", A, y, steps=a.steps, params=pd, **common)
+            extra = {"params": pd, "steps": a.steps}
+        else:
+            raise SystemExit(f"quality3d: unknown method {m!r}")
+        _sync(a.device)
+        sec = time.perf_counter() - t1
+        xr = xr.detach().float().cpu().numpy()
+        recons[m] = xr
+        sc = plane_scores(xr, x_hu)
+        res["methods"][m] = {"seconds": round(sec, 3), **sc, **extra}
+        print(f"{m:8s} {sec:8.1f} s  " + "  ".join(f"{p} {sc[p]['psnr']:.2f} dB / {sc[p]['ssim']:.3f}"
+                                                   for p in ("axial", "coronal", "sagittal")), flush=True)
+    if tuned:
+        res["dds3d_tuning"] = tuned
+    res["seconds_total"] = round(time.perf_counter() - t0, 2)
+    print("\n| method | axial PSNR / SSIM | coronal PSNR / SSIM | sagittal PSNR / SSIM | s |")
+    print("|---|---|---|---|---|")
+    for m, r in res["methods"].items():
+        print(f"| {m} | " + " | ".join(f"{r[p]['psnr']:.2f} / {r[p]['ssim']:.3f}"
+                                     for p in ("axial", "coronal", "sagittal")) + f" | {r['seconds']:.1f} |")
+    if "dds" in res["methods"] and "dds3d" in res["methods"]:
+        d = {p: res["methods"]["dds3d"][p]["psnr"] - res["methods"]["dds"][p]["psnr"]
+             for p in ("axial", "coronal", "sagittal")}
+        res["dds3d_minus_dds_psnr"] = d
+        print("dds3d - dds PSNR (dB): " + ", ".join(f"{k} {v:+.2f}" for k, v in d.items()))
+    if "tv3d" in res["methods"] and "dds3d" in res["methods"]:
+        d = {p: res["methods"]["dds3d"][p]["psnr"] - res["methods"]["tv3d"][p]["psnr"]
+             for p in ("axial", "coronal", "sagittal")}
+        res["dds3d_minus_tv3d_psnr"] = d
+        print("dds3d - tv3d PSNR (dB): " + ", ".join(f"{k} {v:+.2f}" for k, v in d.items()))
+    with open(os.path.join(a.output, "quality3d.json"), "w") as f:
+        json.dump(res, f, indent=1)
+    try:
+        figure(os.path.join(a.output, "quality3d.png"), x_hu, recons)
+    except Exception as exc:  # the numbers matter more than the picture
+        print(f"quality3d: figure failed: {exc}", file=sys.stderr)
+    print(f"wrote {a.output}/quality3d.json and quality3d.png ({res['seconds_total']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
