@@ -18,6 +18,12 @@ Noise level
   measurement over the whole simulated range,
   ``sigma = noise_std * sqrt(mean(|A x|^2))``.
 
+The Python API's default is ``relative=False`` (an explicit absolute sigma, as in
+every other medrecon function taking a noise level); the ``medrecon simulate``
+command's default is relative (``--noise 0.01`` = 1 % of the RMS of ``A x``, the
+same meaning for CT sinograms, k-space and ultrasound), with ``--absolute-noise``
+for an absolute sigma.
+
 Either way the measurement file stores the absolute ``sigma``
 (``Measurement.noise_std``) and the provenance records the mode.  For complex
 ``y`` the noise is circular complex Gaussian with ``E|n|^2 = sigma^2`` (real and
@@ -44,7 +50,7 @@ from medrecon.errors import InputError
 from medrecon.measurement import Measurement
 from medrecon.volume import Volume
 
-__all__ = ["simulate", "fill_image_shape", "fill_pixel_size"]
+__all__ = ["simulate", "fill_image_shape", "fill_pixel_size", "resample_inplane", "parse_shape"]
 
 # constructor parameter names through which operators take their image shape
 _SHAPE_PARAMS = ("shape", "image_shape", "img_shape")
@@ -89,6 +95,119 @@ def fill_pixel_size(cls: type, params: dict[str, Any], spacing_yx: tuple[float, 
     if "pixel_size" in names and "pixel_size" not in out and abs(dy - dx) <= 1e-6 * max(dy, dx):
         out["pixel_size"] = dx
     return out
+
+
+def _axis_weights(n_in: int, n_out: int) -> np.ndarray:
+    """``(n_out, n_in)`` matrix taking a 1D signal on ``n_in`` pixels to ``n_out`` pixels
+    covering the same extent.
+
+    Shrinking (``n_out < n_in``): exact area averaging, each output pixel is the mean of
+    the input over its footprint (partial input pixels weighted by their overlap), so an
+    integer factor gives block means and no aliasing is added beyond the box filter.
+    Enlarging: linear interpolation between pixel centres (edges clamped).
+    Rows sum to 1, so constants are preserved.
+    """
+    s = n_in / n_out  # output pixel size in input pixels
+    w = np.zeros((n_out, n_in), dtype=np.float64)
+    if n_out <= n_in:
+        for o in range(n_out):
+            a, b = o * s, (o + 1) * s
+            i0, i1 = int(np.floor(a)), min(int(np.ceil(b)), n_in)
+            for i in range(i0, i1):
+                w[o, i] = max(0.0, min(b, i + 1) - max(a, i))
+        w /= s
+    else:
+        c = (np.arange(n_out) + 0.5) * s - 0.5  # output centres in input index units
+        c = np.clip(c, 0.0, n_in - 1)
+        i0 = np.minimum(np.floor(c).astype(int), n_in - 1)
+        i1 = np.minimum(i0 + 1, n_in - 1)
+        f = c - i0
+        w[np.arange(n_out), i0] += 1.0 - f
+        w[np.arange(n_out), i1] += f
+    return w
+
+
+def parse_shape(text: Any) -> tuple[int, int]:
+    """``"256x256"`` / ``"256"`` / ``(256, 192)`` -> ``(ny, nx)`` (rows, columns).
+
+    >>> parse_shape("256x192")
+    (256, 192)
+    """
+    if isinstance(text, str):
+        parts = text.lower().replace(",", "x").split("x")
+        if len(parts) == 1:
+            parts = parts * 2
+    else:
+        try:
+            parts = list(text)
+        except TypeError:
+            parts = [text, text]
+    try:
+        ny, nx = (int(p) for p in parts)
+    except (TypeError, ValueError):
+        raise InputError(f"an in-plane shape must look like NYxNX (e.g. 256x256), got {text!r}") from None
+    if ny < 1 or nx < 1:
+        raise InputError(f"an in-plane shape must be positive, got {ny}x{nx}")
+    return ny, nx
+
+
+def resample_inplane(volume: Volume, shape: Any = None, pixel_size: float | None = None,
+                     chunk: int = 16) -> Volume:
+    """Resample every slice in-plane to ``shape = (ny, nx)`` or to ``pixel_size`` (mm).
+
+    The field of view is kept: the new grid covers exactly the old one, so the new
+    pixel size is ``old_size * n_old / n_new`` per axis.  With ``pixel_size`` the grid
+    is ``round(n_old * old_size / pixel_size)`` pixels per axis (the achieved size can
+    differ from the one asked for by up to half a pixel over the field of view).
+    Shrinking is exact area averaging (2x2 block means for a factor of 2, as used for
+    the shipped priors' 256 x 256 training slices); enlarging is linear interpolation.
+    The slice axis is untouched.  The affine is updated so that every new voxel sits at
+    the centre of its footprint: ``A' = A @ [[sx, 0, 0, (sx-1)/2], [0, sy, 0, (sy-1)/2],
+    [0, 0, 1, 0], [0, 0, 0, 1]]`` with ``sx = nx_old / nx_new`` (same for y).
+    ``meta["pixel_spacing"]`` is updated and ``meta["resampled_inplane"]`` records the
+    old and new grids.  Returns a new Volume (``volume`` is not modified).
+
+    >>> import numpy as np, medrecon
+    >>> v = medrecon.Volume(np.arange(16.0).reshape(1, 4, 4), np.eye(4))
+    >>> r = resample_inplane(v, (2, 2))
+    >>> r.data[0].tolist(), r.spacing, r.affine[:3, 3].tolist()
+    ([[2.5, 4.5], [10.5, 12.5]], (1.0, 2.0, 2.0), [0.5, 0.5, 0.0])
+    """
+    import copy
+
+    if not isinstance(volume, Volume):
+        raise InputError(f"resample_inplane needs a Volume, got {type(volume).__name__}")
+    z, ny0, nx0 = volume.shape
+    _, dy0, dx0 = volume.spacing
+    if (shape is None) == (pixel_size is None):
+        raise InputError("give exactly one of an in-plane shape (NYxNX) and a pixel size (mm)")
+    if shape is not None:
+        ny, nx = parse_shape(shape)
+    else:
+        try:
+            ps = float(pixel_size)
+        except (TypeError, ValueError):
+            raise InputError(f"the pixel size must be a number of mm, got {pixel_size!r}") from None
+        if not np.isfinite(ps) or ps <= 0:
+            raise InputError(f"the pixel size must be a positive number of mm, got {pixel_size!r}")
+        ny, nx = max(1, int(round(ny0 * dy0 / ps))), max(1, int(round(nx0 * dx0 / ps)))
+    if (ny, nx) == (ny0, nx0):
+        return volume.copy()
+    wy = _axis_weights(ny0, ny)
+    wx = _axis_weights(nx0, nx).T.copy()
+    out = np.empty((z, ny, nx), dtype=np.float32)
+    for k0 in range(0, z, int(chunk)):
+        block = volume.data[k0:k0 + int(chunk)].astype(np.float64)
+        out[k0:k0 + int(chunk)] = np.matmul(np.matmul(wy, block), wx)
+    sy, sx = ny0 / ny, nx0 / nx
+    scale = np.array([[sx, 0, 0, (sx - 1) / 2], [0, sy, 0, (sy - 1) / 2], [0, 0, 1, 0], [0, 0, 0, 1.0]])
+    meta = copy.deepcopy(volume.meta)
+    ps_old = meta.get("pixel_spacing")
+    meta["pixel_spacing"] = [float(dy0 * sy), float(dx0 * sx)]
+    meta["resampled_inplane"] = {"from_shape": [ny0, nx0], "to_shape": [ny, nx],
+                                 "from_pixel_spacing": ps_old if ps_old else [float(dy0), float(dx0)],
+                                 "method": "area average" if ny <= ny0 and nx <= nx0 else "area average / linear"}
+    return Volume(out, volume.affine @ scale, meta)
 
 
 def _parse_slices(slices: Any, z: int) -> tuple[int, int]:

@@ -46,7 +46,7 @@ def test_convert_info_simulate(series, tmp_path):
     assert "6 slices x 12 rows x 10 columns" in r.stdout and "HU" in r.stdout
 
     r = run("simulate", "template.scale", "--input", tmp_path / "v.nii.gz", "--output", tmp_path / "m.h5",
-            "--param", "factor=3", "--noise", "0.5", "--seed", "2", "--slices", "1:4")
+            "--param", "factor=3", "--noise", "0.5", "--absolute-noise", "--seed", "2", "--slices", "1:4")
     assert r.returncode == 0, r.stderr
     m = medrecon.load_measurement(tmp_path / "m.h5")
     assert m.y.shape == (3, 12, 10) and m.noise_std == 0.5 and m.volume_shape == (3, 12, 10)
@@ -66,6 +66,12 @@ def test_convert_info_simulate(series, tmp_path):
     (("simulate", "template.scale", "--input", "{series}", "--output", "{tmp}/o.h5",
       "--param", "shape=[4,4]"), "shaped \\(4, 4\\)"),
     (("simulate", "no.such.op", "--input", "{series}", "--output", "{tmp}/o.h5"), "no.such.op"),
+    (("simulate", "template.scale", "--input", "{series}", "--output", "{tmp}/o.h5", "--resample", "6y5"),
+     "NYxNX"),
+    (("simulate", "template.scale", "--input", "{series}", "--output", "{tmp}/o.h5", "--resample", "6x5",
+      "--pixel-size", "2"), "not both"),
+    (("simulate", "template.scale", "--input", "{series}", "--output", "{tmp}/o.h5", "--pixel-size", "-1"),
+     "positive"),
 ])
 def test_user_errors_exit_2_with_one_line(series, tmp_path, args, pattern):
     import re
@@ -78,3 +84,58 @@ def test_user_errors_exit_2_with_one_line(series, tmp_path, args, pattern):
     err = r.stderr.strip()
     assert "Traceback" not in r.stderr and len(err.splitlines()) == 1, err
     assert err.startswith("medrecon: error:") and re.search(pattern, err), err
+
+
+def test_simulate_noise_is_relative_by_default_and_resamples(series, tmp_path):
+    folder, vol = series
+    r = run("simulate", "template.scale", "--input", folder, "--output", tmp_path / "rel.h5",
+            "--param", "factor=2", "--noise", "0.1", "--seed", "1")
+    assert r.returncode == 0, r.stderr
+    m = medrecon.load_measurement(tmp_path / "rel.h5")
+    rms = float(np.sqrt(np.mean((2.0 * vol.data.astype(np.float64)) ** 2)))
+    assert abs(m.noise_std - 0.1 * rms) < 1e-3 * rms and m.provenance["noise_mode"] == "relative"
+    # the old flag is still accepted and means the same
+    r = run("simulate", "template.scale", "--input", folder, "--output", tmp_path / "rel2.h5",
+            "--param", "factor=2", "--noise", "0.1", "--relative-noise", "--seed", "1")
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_array_equal(medrecon.load_measurement(tmp_path / "rel2.h5").y, m.y)
+
+    # in-plane resampling: 12x10 slices -> 6x5 by 2x2 block means, affine follows
+    r = run("simulate", "template.scale", "--input", folder, "--output", tmp_path / "rs.h5",
+            "--param", "factor=1", "--resample", "6x5")
+    assert r.returncode == 0, r.stderr
+    assert "12x10 -> 6x5" in r.stdout
+    m = medrecon.load_measurement(tmp_path / "rs.h5")
+    back = medrecon.load_volume(folder)
+    blocks = back.data.reshape(6, 6, 2, 5, 2).mean(axis=(2, 4))
+    np.testing.assert_allclose(m.y, blocks, atol=1e-4)
+    assert m.volume_shape == (6, 6, 5)
+    # voxel (0, 0) of the new grid is the centre of the old 2x2 block (0..1, 0..1)
+    np.testing.assert_allclose(m.affine[:3, 3], back.affine[:3, :3] @ [0.5, 0.5, 0] + back.affine[:3, 3],
+                               atol=1e-4)
+    np.testing.assert_allclose(np.linalg.norm(m.affine[:3, :3], axis=0), [1.6, 1.6, 2.0], atol=1e-4)
+
+    r = run("simulate", "template.scale", "--input", folder, "--output", tmp_path / "ps.h5",
+            "--pixel-size", "1.6")
+    assert r.returncode == 0, r.stderr
+    assert medrecon.load_measurement(tmp_path / "ps.h5").volume_shape == (6, 6, 5)
+
+
+def test_resample_inplane_api():
+    from medrecon.simulation import _axis_weights, resample_inplane
+
+    rng = np.random.default_rng(0)
+    v = medrecon.Volume(rng.normal(size=(3, 12, 9)), np.diag([0.7, 0.5, 3.0, 1.0]),
+                        {"pixel_spacing": [0.5, 0.7]})
+    for ny, nx in ((5, 4), (12, 9), (20, 13), (1, 1)):
+        r = resample_inplane(v, (ny, nx))
+        assert r.shape == (3, ny, nx)
+        # the field of view is kept and the mean is preserved when shrinking
+        np.testing.assert_allclose(np.array(r.spacing[1:]) * (ny, nx), (6.0, 6.3))
+        if ny <= 12 and nx <= 9:
+            np.testing.assert_allclose(r.data.mean(axis=(1, 2)), v.data.mean(axis=(1, 2)), atol=1e-5)
+    for n_in, n_out in ((7, 3), (5, 11), (4, 4)):
+        w = _axis_weights(n_in, n_out)
+        np.testing.assert_allclose(w.sum(axis=1), 1.0)
+    assert resample_inplane(v, pixel_size=1.0).shape == (3, 6, 6)
+    assert v.shape == (3, 12, 9)

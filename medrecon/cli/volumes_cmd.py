@@ -128,9 +128,19 @@ def register(app: typer.Typer) -> None:
         param: list[str] = typer.Option(None, "--param", "-p",
                                         help="Operator parameter key=value (repeatable); the image "
                                              "shape is taken from the volume."),
-        noise: float = typer.Option(0.0, "--noise", help="Gaussian noise std (absolute, units of y)."),
-        relative: bool = typer.Option(False, "--relative-noise",
-                                      help="Read --noise as a fraction of the RMS of A x."),
+        noise: float = typer.Option(0.0, "--noise",
+                                    help="White Gaussian noise (complex for complex y) with std = NOISE x "
+                                         "RMS of the clean measurement A x (e.g. 0.01 = 1 percent)."),
+        absolute: bool = typer.Option(False, "--absolute-noise",
+                                      help="Read --noise as an absolute std in the units of y instead."),
+        relative: bool = typer.Option(False, "--relative-noise", hidden=True,
+                                      help="Accepted for old scripts: relative is the default."),
+        resample: str = typer.Option(None, "--resample",
+                                     help="Resample each slice in-plane to NYxNX first (same field of "
+                                          "view; area averaging when shrinking)."),
+        pixel_size: float = typer.Option(None, "--pixel-size",
+                                         help="Resample each slice in-plane to about this pixel size (mm) "
+                                              "first (same field of view)."),
         seed: int = typer.Option(0, "--seed", help="Noise seed (slice k uses (seed, k))."),
         slices: str = typer.Option(None, "--slices", help="Slice range a:b (k axis, end excluded)."),
         series: str = typer.Option(None, "--series", "-s", help="Series index, UID or description."),
@@ -150,10 +160,22 @@ def register(app: typer.Typer) -> None:
             raise InputError(f"the measurement output must end in .h5, got {str(output)!r}")
         check_target(output, overwrite)
         params = parse_params(param)
+        if absolute and relative:
+            raise InputError("--absolute-noise and --relative-noise contradict each other; give one")
+        if resample is not None and pixel_size is not None:
+            raise InputError("give one of --resample NYxNX and --pixel-size MM, not both")
         with _warnings_as_lines():
             vol = load_volume(input, series=series)
+        if resample is not None or pixel_size is not None:
+            from medrecon.simulation import resample_inplane
+
+            old_shape = vol.shape
+            vol = resample_inplane(vol, shape=resample, pixel_size=pixel_size)
+            _, dy, dx = vol.spacing
+            typer.echo(f"resampled slices {old_shape[1]}x{old_shape[2]} -> {vol.shape[1]}x{vol.shape[2]} "
+                       f"({dy:.4g} x {dx:.4g} mm pixels)")
         command = "medrecon " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-        m = _simulate(vol, operator, params, noise_std=noise, seed=seed, relative=relative,
+        m = _simulate(vol, operator, params, noise_std=noise, seed=seed, relative=not absolute,
                       slices=slices, batch_size=batch_size, device=device, command=command)
         save_measurement(m, output, overwrite=overwrite)
         typer.echo(f"wrote {output}: y {tuple(m.y.shape)} {m.y.dtype}, operator {operator}, "

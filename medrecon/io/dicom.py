@@ -162,6 +162,25 @@ def _iter_files(root: Path):
             yield Path(dirpath) / name
 
 
+def _sniff_dicom(path: Path) -> bool:
+    """Whether a file without the ``DICM`` preamble may still be DICOM (old ACR-NEMA style).
+
+    Its first data element must be in group 0x0000, 0x0002 or 0x0008 (either byte
+    order).  Anything else (licence texts, reports, ...) is not parsed at all: pydicom's
+    ``force=True`` would read arbitrary bytes as element lengths and may try to
+    allocate gigabytes for them.
+    """
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError:
+        return False
+    if len(head) < 4:
+        return False
+    return int.from_bytes(head[:2], "little") in (0x0000, 0x0002, 0x0008) or \
+        int.from_bytes(head[:2], "big") in (0x0002, 0x0008)
+
+
 def _orientation(ds) -> tuple[float, ...] | None:
     iop = getattr(ds, "ImageOrientationPatient", None)
     if iop is None:
@@ -197,6 +216,8 @@ def scan_series(path: str | os.PathLike) -> list[SeriesInfo]:
         except InvalidDicomError:
             # no 128-byte preamble + "DICM": old ACR-NEMA style files; try without it
             try:
+                if not _sniff_dicom(f):
+                    raise InvalidDicomError("not DICOM")
                 ds = pydicom.dcmread(f, stop_before_pixels=True, force=True)
                 if not _is_image(ds) or "SOPInstanceUID" not in ds:
                     raise InvalidDicomError("not an image")
@@ -378,6 +399,8 @@ def _pixels(path: Path, frames: bool = False) -> tuple[np.ndarray, Any]:
         try:
             ds = pydicom.dcmread(path)
         except InvalidDicomError:  # no preamble (accepted by scan_series): read it anyway
+            if not _sniff_dicom(path):
+                raise
             ds = pydicom.dcmread(path, force=True)
             if "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
                 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -399,11 +422,15 @@ def _pixels(path: Path, frames: bool = False) -> tuple[np.ndarray, Any]:
     return np.asarray(arr), ds
 
 
-def _rescale(arr: np.ndarray, ds) -> tuple[np.ndarray, float, float]:
+def _rescale_into(arr: np.ndarray, ds, out: np.ndarray) -> tuple[float, float]:
+    """``out[...] = arr * slope + intercept`` (float64 arithmetic, stored as float32)."""
     slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0) if "RescaleSlope" in ds else 1.0
     inter = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0) if "RescaleIntercept" in ds else 0.0
-    out = arr.astype(np.float64) * slope + inter
-    return out.astype(np.float32), slope, inter
+    if slope == 1.0 and arr.dtype.kind in "iu" and arr.dtype.itemsize <= 2 and float(np.float32(inter)) == inter:
+        np.add(arr, np.float32(inter), out=out, casting="unsafe")  # exact: |int16 + intercept| << 2**24
+    else:
+        out[...] = arr.astype(np.float64) * slope + inter
+    return slope, inter
 
 
 def _meta(ds0, info: SeriesInfo, files: list[Path], root: Path, geo: _Geometry, spacing, slopes) -> dict:
@@ -513,19 +540,20 @@ def read_dicom(path: str | os.PathLike, series: str | int | None = None) -> Volu
             "position (NIfTI qform cannot hold the shear: tools that read only qform, or assume "
             "orthogonal axes, will misplace the slices)",
             GeometryWarning, stacklevel=3)
-    slices = []
+    # one preallocated float32 volume, filled slice by slice: peak memory is the volume
+    # plus one decoded slice (no list of slices + np.stack copy)
+    data = np.empty((len(geo.order), info.rows, info.columns), dtype=np.float32)
     slopes = []
     sop_uids = []
-    for idx in geo.order:
+    for k, idx in enumerate(geo.order):
         f = info.files[idx]
         arr, ds = _pixels(f)
         if arr.shape != (info.rows, info.columns):
             raise FileFormatError(f"{f.name}: pixel array shape {arr.shape} does not match Rows x Columns")
-        img, slope, _ = _rescale(arr, ds)
-        slices.append(img)
+        slope, _ = _rescale_into(arr, ds, data[k])
         slopes.append(slope)
         sop_uids.append(str(getattr(ds, "SOPInstanceUID", "")))
-    data = np.stack(slices)
+        del arr, ds
     meta = _meta(ds0, info, [info.files[i] for i in geo.order], root, geo, spacing, slopes)
     meta["source_sop_instance_uids"] = sop_uids
     return Volume(data, geo.affine, meta)
