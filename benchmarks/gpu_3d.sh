@@ -7,7 +7,7 @@
 #   bash benchmarks/gpu_3d.sh                         # writes at most 5 files under $OUT
 # CPU rehearsal of every code path at tiny size (nothing is installed into the venv):
 #   DEVICE=cpu TINY=1 PY=.venv/bin/python OUT=/tmp/gpu3d bash benchmarks/gpu_3d.sh
-# Environment: MBIR_STEPS (default 300), Q_TIMEOUT (80), S_TIMEOUT (55).
+# Environment: MBIR_STEPS (default 250), Q_TIMEOUT (85), S_TIMEOUT (60).
 set -u
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-out/gpu3d}
@@ -34,21 +34,21 @@ echo "setup done after $(( $(date +%s) - T0 )) s"
 if [ -n "${TINY:-}" ]; then
   # the same commands at tiny size: 4 slices of 64^2, 3 steps
   QARGS="--slices 4 --crop 64 --steps 3 --mbir-steps 3 --tv-iters 20 --tv-lams 5,20 --tune-slices 3 \
-         --tune-grid 0.03:0.003,0.1:0.01"
+         --tune-grid 0.03:0.003:0,0.03:0.003:0.002"
   SARGS="--size 32 --slices 4 --steps 3 --mbir-steps 2 --mbir-full-steps 1000 --net-batch 2"
 else
-  QARGS="--slices 32 --steps 50 --mbir-steps ${MBIR_STEPS:-300} --tv-iters 300 --tv-lams 5,10,20,40 \
+  QARGS="--slices 32 --steps 50 --mbir-steps ${MBIR_STEPS:-250} --tv-iters 300 --tv-lams 2.5,5,10,20 \
          --tune-slices 16 --tune-start 0"
   SARGS="--size 256 --slices 256 --steps 50 --mbir-steps 10 --mbir-full-steps 1000 --net-batch 64"
 fi
 
 echo "== quality3d: 32 held-out slices, 8 views, 0.5% noise (dds3d rho/lam picked on train slices 0..15 first)"
-timeout "${Q_TIMEOUT:-80}" $PY benchmarks/quality3d.py --data .gpu/ct/holdout.npy --tune-data .gpu/ct/train.npy \
+timeout "${Q_TIMEOUT:-85}" $PY benchmarks/quality3d.py --data .gpu/ct/holdout.npy --tune-data .gpu/ct/train.npy \
   --device "$DEVICE" --net-batch 32 $QARGS --output "$OUT" || echo "quality3d exit $?"
 echo "quality3d done after $(( $(date +%s) - T0 )) s"
 
 echo "== sampling: seconds per volume, dds vs dds3d vs mbir3d (held-out stack tiled along z)"
-timeout "${S_TIMEOUT:-55}" $PY benchmarks/sampling.py --device "$DEVICE" --data .gpu/ct/holdout.npy $SARGS \
+timeout "${S_TIMEOUT:-60}" $PY benchmarks/sampling.py --device "$DEVICE" --data .gpu/ct/holdout.npy $SARGS \
   --output "$OUT/sampling.json" || echo "sampling exit $?"
 
 echo "== done after $(( $(date +%s) - T0 )) s"; ls -la "$OUT"

@@ -16,7 +16,7 @@ image in HU (a linear operator on HU is attenuation up to a known affine map), G
 noise of 0.5 % of the RMS of the noiseless sinogram (seed 0).
 
 Methods: FBP (the operator's classical recon); TV-3D (``tv`` with ``dims=3``, isotropic TV
-in x, y, z; its ``lam`` is picked from ``--tv-lams`` by axial PSNR against the truth on THIS
+in x, y, z; its ``lam`` is picked from ``--tv-lams`` by whole-volume PSNR against the truth on THIS
 block, an oracle choice that favours TV); slice-wise ``dds`` (defaults); ``mbir3d``
 (``--mbir-steps``); ``dds3d`` (defaults; ``--dds3d`` key=value overrides).
 
@@ -145,6 +145,13 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
+def _write_json(path, obj) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
 def parse_kv(items) -> dict:
     out = {}
     for it in items or []:
@@ -161,19 +168,19 @@ def tune_dds3d(a, prior, common) -> dict:
     xt = load_block(a.tune_data, a.tune_start, a.tune_slices, a.crop)
     At, _, yt, _ = make_problem(xt, a.device, a.views, 0.005, a.seed + 1)
     rows, best = [], None
-    for pair in a.tune_grid.split(","):
-        rho, lam = (float(v) for v in pair.split(":"))
-        params = {**parse_kv(a.dds3d), "rho": rho, "lam": lam}
+    for triple in a.tune_grid.split(","):
+        rho, lam, lam_xy = ([float(v) for v in triple.split(":")] + [0.0])[:3]
+        params = {**parse_kv(a.dds3d), "rho": rho, "lam": lam, "lam_xy": lam_xy}
         t1 = time.perf_counter()
         xr = run_volume("dds3d", At, yt, steps=a.steps, params=params, **common).float().cpu().numpy()
         sc = plane_scores(xr, xt)
         score = 0.5 * (sc["coronal"]["psnr"] + sc["sagittal"]["psnr"])
-        rows.append({"rho": rho, "lam": lam, "score_db": score, "axial_psnr": sc["axial"]["psnr"],
+        rows.append({"rho": rho, "lam": lam, "lam_xy": lam_xy, "score_db": score, "axial_psnr": sc["axial"]["psnr"],
                      "seconds": round(time.perf_counter() - t1, 2)})
-        print(f"tune dds3d rho {rho:g} lam {lam:g}: cor/sag {score:.2f} dB, axial {sc['axial']['psnr']:.2f} dB",
+        print(f"tune dds3d rho {rho:g} lam {lam:g} lam_xy {lam_xy:g}: cor/sag {score:.2f} dB, axial {sc['axial']['psnr']:.2f} dB",
               flush=True)
         if best is None or score > best[0]:
-            best = (score, {"rho": rho, "lam": lam})
+            best = (score, {"rho": rho, "lam": lam, "lam_xy": lam_xy})
     return {"data": a.tune_data, "slices": [a.tune_start, a.tune_start + a.tune_slices], "rows": rows,
             "best": best[1]}
 
@@ -204,6 +211,13 @@ def figure(path, ref, recons: dict, window=WINDOW):
     plt.close(fig)
 
 
+def _figure_safe(path, ref, recons) -> None:
+    try:
+        figure(path, ref, recons)
+    except Exception as exc:  # the numbers matter more than the picture
+        print(f"quality3d: figure failed: {exc}", file=sys.stderr)
+
+
 # ------------------------------------------------------------------ main
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -221,13 +235,15 @@ def main(argv=None) -> int:
     ap.add_argument("--tv-iters", type=int, default=300)
     ap.add_argument("--dds3d", nargs="*", default=[], help="dds3d parameter overrides key=value")
     ap.add_argument("--mbir3d", nargs="*", default=[], help="mbir3d parameter overrides key=value")
-    ap.add_argument("--methods", default="fbp,tv3d,dds,mbir3d,dds3d")
+    ap.add_argument("--methods", default="fbp,dds,dds3d,dds3d_tuned,tv3d,mbir3d",
+                    help="dds3d: defaults (TV along z only); dds3d_tuned: rho, lam, lam_xy from --tune-data")
     ap.add_argument("--tune-data", default=None,
                     help="stack .npy of OTHER slices (e.g. .gpu/ct/train.npy): pick dds3d's rho and lam there first")
     ap.add_argument("--tune-start", type=int, default=0)
     ap.add_argument("--tune-slices", type=int, default=16)
-    ap.add_argument("--tune-grid", default="0.01:0.001,0.03:0.003,0.03:0.01,0.1:0.01,0.1:0.03",
-                    help="dds3d rho:lam pairs to try on the tuning block")
+    ap.add_argument("--tune-grid", default="0.03:0.003:0,0.03:0.001:0,0.01:0.001:0,0.03:0.003:0.001,"
+                    "0.03:0.003:0.002,0.03:0.003:0.004",
+                    help="dds3d rho:lam:lam_xy triples to try on the tuning block (dds3d_tuned uses the best)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-amp", action="store_true", help="fp32 network on CUDA (default: bf16 autocast)")
@@ -264,8 +280,12 @@ def main(argv=None) -> int:
                      "card": torch.cuda.get_device_name() if str(a.device).startswith("cuda") else "cpu",
                      "torch": torch.__version__},
            "methods": {}}
+    if tuned:
+        res["dds3d_tuning"] = tuned
     recons = {}
-    for m in methods:
+    for i, m in enumerate(methods):
+        if i == len(methods) - 1 and recons:  # the picture so far, in case the last (slowest) method times out
+            _figure_safe(os.path.join(a.output, "quality3d.png"), x_hu, recons)
         _sync(a.device)
         t1 = time.perf_counter()
         extra = {}
@@ -279,8 +299,10 @@ def main(argv=None) -> int:
             pm = parse_kv(a.mbir3d)
             xr = run_volume("mbir3d", A, y, steps=a.mbir_steps, params=pm, **common)
             extra = {"params": pm, "steps": a.mbir_steps}
-        elif m == "dds3d":
-            pd = {**(tuned["best"] if tuned else {}), **parse_kv(a.dds3d)}
+        elif m in ("dds3d", "dds3d_tuned"):
+            if m == "dds3d_tuned" and not tuned:
+                continue
+            pd = {**(tuned["best"] if m == "dds3d_tuned" else {}), **parse_kv(a.dds3d)}
             xr = run_volume("dds3d", A, y, steps=a.steps, params=pd, **common)
             extra = {"params": pd, "steps": a.steps}
         else:
@@ -291,32 +313,24 @@ def main(argv=None) -> int:
         recons[m] = xr
         sc = plane_scores(xr, x_hu)
         res["methods"][m] = {"seconds": round(sec, 3), **sc, **extra}
+        _write_json(os.path.join(a.output, "quality3d.json"), res)  # a timeout keeps what is done
         print(f"{m:8s} {sec:8.1f} s  " + "  ".join(f"{p} {sc[p]['psnr']:.2f} dB / {sc[p]['ssim']:.3f}"
                                                    for p in ("axial", "coronal", "sagittal")), flush=True)
-    if tuned:
-        res["dds3d_tuning"] = tuned
     res["seconds_total"] = round(time.perf_counter() - t0, 2)
     print("\n| method | axial PSNR / SSIM | coronal PSNR / SSIM | sagittal PSNR / SSIM | s |")
     print("|---|---|---|---|---|")
     for m, r in res["methods"].items():
         print(f"| {m} | " + " | ".join(f"{r[p]['psnr']:.2f} / {r[p]['ssim']:.3f}"
                                      for p in ("axial", "coronal", "sagittal")) + f" | {r['seconds']:.1f} |")
-    if "dds" in res["methods"] and "dds3d" in res["methods"]:
-        d = {p: res["methods"]["dds3d"][p]["psnr"] - res["methods"]["dds"][p]["psnr"]
-             for p in ("axial", "coronal", "sagittal")}
-        res["dds3d_minus_dds_psnr"] = d
-        print("dds3d - dds PSNR (dB): " + ", ".join(f"{k} {v:+.2f}" for k, v in d.items()))
-    if "tv3d" in res["methods"] and "dds3d" in res["methods"]:
-        d = {p: res["methods"]["dds3d"][p]["psnr"] - res["methods"]["tv3d"][p]["psnr"]
-             for p in ("axial", "coronal", "sagittal")}
-        res["dds3d_minus_tv3d_psnr"] = d
-        print("dds3d - tv3d PSNR (dB): " + ", ".join(f"{k} {v:+.2f}" for k, v in d.items()))
-    with open(os.path.join(a.output, "quality3d.json"), "w") as f:
-        json.dump(res, f, indent=1)
-    try:
-        figure(os.path.join(a.output, "quality3d.png"), x_hu, recons)
-    except Exception as exc:  # the numbers matter more than the picture
-        print(f"quality3d: figure failed: {exc}", file=sys.stderr)
+    for m3 in ("dds3d", "dds3d_tuned"):
+        for base in ("dds", "tv3d"):
+            if base in res["methods"] and m3 in res["methods"]:
+                d = {p: res["methods"][m3][p]["psnr"] - res["methods"][base][p]["psnr"]
+                     for p in ("axial", "coronal", "sagittal")}
+                res[f"{m3}_minus_{base}_psnr"] = d
+                print(f"{m3} - {base} PSNR (dB): " + ", ".join(f"{k} {v:+.2f}" for k, v in d.items()))
+    _write_json(os.path.join(a.output, "quality3d.json"), res)
+    _figure_safe(os.path.join(a.output, "quality3d.png"), x_hu, recons)
     print(f"wrote {a.output}/quality3d.json and quality3d.png ({res['seconds_total']} s)")
     return 0
 

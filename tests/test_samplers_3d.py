@@ -75,11 +75,17 @@ def test_slice_geometry_checks():
 
 
 # ------------------------------------------------------------------ the ADMM step alone
-def _pdhg_tvz(Md, y, L2, lam, Zs, n, iters=20000):
+def _pdhg_tvz(Md, y, L2, lam, Zs, n, lam_xy=0.0, iters=20000):
     """Reference: PDHG with an exact prox of the data term (dense, float64)."""
     d = Md.shape[1]
     Afull = np.kron(np.eye(Zs), Md)  # block diagonal: one block per slice
-    D = np.kron(np.diff(np.eye(Zs), axis=0), np.eye(d))  # forward difference along z
+    D = [np.kron(np.diff(np.eye(Zs), axis=0), np.eye(d))]  # forward difference along z
+    w = [np.full(D[0].shape[0], lam)]
+    if lam_xy > 0:
+        dn = np.diff(np.eye(n), axis=0)
+        D += [np.kron(np.eye(Zs), np.kron(dn, np.eye(n))), np.kron(np.eye(Zs), np.kron(np.eye(n), dn))]
+        w += [np.full(D[1].shape[0], lam_xy), np.full(D[2].shape[0], lam_xy)]
+    D, w = np.vstack(D), np.concatenate(w)
     yv = y.reshape(-1)
     K = np.linalg.norm(D, 2)
     tau = sig = 0.99 / K
@@ -88,18 +94,18 @@ def _pdhg_tvz(Md, y, L2, lam, Zs, n, iters=20000):
     q = np.zeros(D.shape[0])
     xb = x.copy()
     for _ in range(iters):
-        q = np.clip(q + sig * D @ xb, -lam, lam)
+        q = np.clip(q + sig * D @ xb, -w, w)
         xn = P @ (x - tau * D.T @ q + tau * Afull.T @ yv / L2)
         xb = 2 * xn - x
         x = xn
-    obj = 0.5 * np.sum((Afull @ x - yv) ** 2) / L2 + lam * np.abs(D @ x).sum()
+    obj = 0.5 * np.sum((Afull @ x - yv) ** 2) / L2 + np.sum(w * np.abs(D @ x))
     return x.reshape(Zs, n, n), obj
 
 
-@pytest.mark.parametrize("cg_iters", [1, 4])
-def test_admm_step_alone_converges_to_the_tvz_solution(cg_iters):
+@pytest.mark.parametrize("cg_iters,lam_xy", [(1, 0.0), (4, 0.0), (4, 0.03)])
+def test_admm_step_alone_converges_to_the_tvz_solution(cg_iters, lam_xy):
     """Repeated ADMM-TV_z steps with shared (w, u) (warm-started, 1 or 4 CG iterations) reach
-    argmin 1/(2 L^2) ||A x - y||^2 + lam ||D_z x||_1 computed by PDHG."""
+    argmin 1/(2 L^2) ||A x - y||^2 + lam ||D_z x||_1 [+ lam_xy (||D_y x||_1 + ||D_x x||_1)] (PDHG)."""
     n, Zs = 4, 4
     gen = torch.Generator().manual_seed(2)
     Md = torch.randn(10, n * n, generator=gen, dtype=torch.float64)
@@ -108,15 +114,15 @@ def test_admm_step_alone_converges_to_the_tvz_solution(cg_iters):
     x0[2:] += 0.7
     y = A(x0) + 0.05 * torch.randn(Zs, 10, generator=gen, dtype=torch.float64)
     lam = 0.05
-    admm = ADMMTVz(A, y, rho=0.5, lam=lam, cg_iters=cg_iters)
+    admm = ADMMTVz(A, y, rho=0.5, lam=lam, cg_iters=cg_iters, lam_xy=lam_xy)
     x = torch.zeros(Zs, n, n, dtype=torch.float64)
     for _ in range(3000 if cg_iters == 1 else 800):
         x = admm.step(x)
-    ref, obj_ref = _pdhg_tvz(Md.numpy(), y.numpy(), admm.L2, lam, Zs, n)
+    ref, obj_ref = _pdhg_tvz(Md.numpy(), y.numpy(), admm.L2, lam, Zs, n, lam_xy)
     assert admm.objective(x, y) == pytest.approx(obj_ref, rel=1e-5)
     np.testing.assert_allclose(x.numpy(), ref, atol=2e-3 * np.abs(ref).max())
-    assert float(dz(x).abs().sum()) < float(dz(torch.linalg.lstsq(
-        torch.kron(torch.eye(1, dtype=torch.float64), Md), y.T).solution.T.reshape(Zs, n, n)).abs().sum())
+    x_ls = torch.linalg.lstsq(Md, y.T).solution.T.reshape(Zs, n, n)  # min-norm least squares per slice
+    assert float(dz(x).abs().sum()) < float(dz(x_ls).abs().sum())
 
 
 def test_admm_step_on_a_3d_operator_matches_the_per_slice_form():
@@ -130,8 +136,9 @@ def test_admm_step_on_a_3d_operator_matches_the_per_slice_form():
     x_true = torch.randn(Zs, n, n, generator=gen, dtype=torch.float64)
     y2 = A2(x_true)
     y3 = A3(x_true[None])
-    s2 = ADMMTVz(A2, y2, rho=0.2, lam=0.05, cg_iters=2, gamma=50.0)
-    s3 = ADMMTVz(A3, y3, rho=0.2, lam=0.05, cg_iters=2, gamma=50.0, z_axis=1)
+    kw = dict(rho=0.2, lam=0.05, cg_iters=2, gamma=50.0, lam_xy=0.02)
+    s2 = ADMMTVz(A2, y2, **kw)
+    s3 = ADMMTVz(A3, y3, z_axis=1, **kw)
     assert s3.L2 == pytest.approx(s2.L2, rel=1e-6)
     a, b = torch.zeros(Zs, n, n, dtype=torch.float64), torch.zeros(1, Zs, n, n, dtype=torch.float64)
     for _ in range(5):
@@ -183,7 +190,7 @@ def test_progress_checkpoint_and_resume(problem):
     full = s.sample(y, A, prior, steps=8, generators=slice_generators(0, range(Z)),
                     progress=lambda d, t: calls.append((d, t)), checkpoint=keep)
     assert calls == [(i, 8) for i in range(1, 9)]
-    assert states["s"]["step"] == 4 and states["s"]["w"].shape == (Z - 1, N, N)
+    assert states["s"]["step"] == 4 and states["s"]["w"][0].shape == (Z - 1, N, N)
     resumed = s.sample(y, A, prior, steps=8, generators=slice_generators(0, range(Z)), resume_state=states["s"])
     torch.testing.assert_close(resumed, full, rtol=0, atol=1e-6)
     with pytest.raises(InputError, match="other settings"):

@@ -143,6 +143,9 @@ class ADMMTVz:
     y : measurements ``(B, *range_shape)``
     rho : ADMM penalty relative to ``||A||^2`` (> 0)
     lam : TV_z weight in physical image units (>= 0)
+    lam_xy : optional in-plane (anisotropic) TV weight in physical units (default 0: TV_z only,
+        the paper's model); with ``lam_xy > 0`` the regulariser adds
+        ``lam_xy (||D_y x||_1 + ||D_x x||_1)`` with its own split variables and duals
     cg_iters : CG iterations of the x-update (warm-started)
     gamma : optional proximal weight (dimensionless, relative to ``||A||^2``); None: off
     real : keep images real for a complex-domain operator (the prior-based samplers)
@@ -156,15 +159,21 @@ class ADMMTVz:
 
     def __init__(self, operator, y: torch.Tensor, *, rho: float, lam: float, cg_iters: int = 1,
                  gamma: float | None = None, real: bool = True, norm: float | None = None, z_axis: int = 0,
-                 dtype: torch.dtype | None = None):
+                 dtype: torch.dtype | None = None, lam_xy: float = 0.0):
         if not rho > 0:
             raise InputError(f"ADMM-TV_z needs rho > 0, got {rho}")
         if not lam >= 0:
             raise InputError(f"ADMM-TV_z needs lam >= 0, got {lam}")
         if gamma is not None and not gamma > 0:
             raise InputError(f"ADMM-TV_z needs gamma > 0 or None, got {gamma}")
-        self.op, self.rho, self.lam = operator, float(rho), float(lam)
+        if not lam_xy >= 0:
+            raise InputError(f"ADMM-TV_z needs lam_xy >= 0, got {lam_xy}")
+        self.op, self.rho, self.lam, self.lam_xy = operator, float(rho), float(lam), float(lam_xy)
         self.cg_iters, self.gamma, self.real, self.z_axis = int(cg_iters), gamma, bool(real), int(z_axis)
+        # (axis, weight) of every difference term: z first, then y and x (the last two axes)
+        self.terms = [(self.z_axis, self.lam)]
+        if self.lam_xy > 0:
+            self.terms += [(-2, self.lam_xy), (-1, self.lam_xy)]
         dtype = dtype or sample_dtype(y)
         L = float(norm) if norm is not None else estimate_norm(operator, device=y.device, real_domain=real)
         if not L > 0:
@@ -173,11 +182,13 @@ class ADMMTVz:
         with torch.no_grad():
             aty = apply_adjoint_real(operator, y, real) / self.L2
         self.aty = aty.to(dtype) if real else aty
-        self.w: torch.Tensor | None = None
-        self.u: torch.Tensor | None = None
+        self.w: list[torch.Tensor] | None = None  # one split variable per term
+        self.u: list[torch.Tensor] | None = None
 
     def _apply(self, v: torch.Tensor) -> torch.Tensor:
-        out = _normal(self.op, v) / self.L2 + self.rho * dzt(dz(v, self.z_axis), self.z_axis)
+        out = _normal(self.op, v) / self.L2
+        for ax, _ in self.terms:
+            out = out + self.rho * dzt(dz(v, ax), ax)
         if self.gamma is not None:
             out = out + v / self.gamma
         return out
@@ -187,31 +198,42 @@ class ADMMTVz:
         proximal centre when ``gamma`` is set."""
         with torch.no_grad():
             if self.w is None:
-                d = dz(x_start, self.z_axis)
-                self.w, self.u = torch.zeros_like(d), torch.zeros_like(d)
-            b = self.aty + self.rho * dzt(self.w - self.u, self.z_axis)
+                self.w = [torch.zeros_like(dz(x_start, ax)) for ax, _ in self.terms]
+                self.u = [torch.zeros_like(w) for w in self.w]
+            b = self.aty
+            for (ax, _), w, u in zip(self.terms, self.w, self.u, strict=True):
+                b = b + self.rho * dzt(w - u, ax)
             if self.gamma is not None:
                 b = b + (x_start if x_prox is None else x_prox) / self.gamma
             # one system for the whole volume: global inner products (a batch of one)
             x = cg(lambda v: self._apply(v[0])[None], b[None], x_start[None], self.cg_iters)[0]
-            d = dz(x, self.z_axis)
-            self.w = shrink(d + self.u, self.lam / self.rho)
-            self.u = self.u + d - self.w
+            ws, us = [], []
+            for (ax, lam), u in zip(self.terms, self.u, strict=True):
+                d = dz(x, ax)
+                w = shrink(d + u, lam / self.rho)
+                ws.append(w)
+                us.append(u + d - w)
+            self.w, self.u = ws, us
         return x
 
     def objective(self, x: torch.Tensor, y: torch.Tensor) -> float:
-        """``1/(2 L^2) ||A x - y||^2 + lam ||D_z x||_1`` (float64), for tests and diagnostics."""
+        """``1/(2 L^2) ||A x - y||^2 + lam ||D_z x||_1 [+ lam_xy (||D_y x||_1 + ||D_x x||_1)]`` (float64)."""
         from medrecon.samplers.base import apply_forward
 
         r = apply_forward(self.op, x) - y
-        return float(0.5 * (r.abs() ** 2).sum().double() / self.L2 + self.lam * dz(x, self.z_axis).abs().sum().double())
+        reg = sum(lam * float(dz(x, ax).abs().sum().double()) for ax, lam in self.terms)
+        return float(0.5 * (r.abs() ** 2).sum().double() / self.L2) + reg
 
     def state(self) -> dict[str, Any]:
         return {"w": self.w, "u": self.u}
 
     def load_state(self, state: dict[str, Any], device=None) -> None:
-        self.w = None if state.get("w") is None else state["w"].to(device=device or self.aty.device)
-        self.u = None if state.get("u") is None else state["u"].to(device=device or self.aty.device)
+        dev = device or self.aty.device
+        for key in ("w", "u"):
+            v = state.get(key)
+            if v is not None and len(v) != len(self.terms):
+                raise InputError(f"ADMM-TV_z state has {len(v)} split variables, expected {len(self.terms)}")
+            setattr(self, key, None if v is None else [t.to(device=dev) for t in v])
 
 
 # --------------------------------------------------------------------------- the shared loop
@@ -261,9 +283,9 @@ class VolumeDiffusionSampler(Sampler):
     def _renoise(self, x0_net, e, a_t: float, a_s: float, noise):  # pragma: no cover
         raise NotImplementedError
 
-    def _lam_phys(self, prior, like: torch.Tensor) -> float:
-        a = net_scale(prior, like[:1])
-        return float(self._params["lam"]) * float(a.mean())
+    def _lam_phys(self, prior, like: torch.Tensor) -> tuple[float, float]:
+        a = float(net_scale(prior, like[:1]).mean())
+        return float(self._params["lam"]) * a, float(self._params.get("lam_xy", 0.0)) * a
 
     def _sample(self, y, operator, prior, steps, generators, progress, x_init):
         p = self._params
@@ -278,9 +300,9 @@ class VolumeDiffusionSampler(Sampler):
         nb = int(p["net_batch"])
         with torch.no_grad():
             x = randn_per_slice(generators, shape, device=dev, dtype=dtype)
-            lam = self._lam_phys(prior, x)
+            lam, lam_xy = self._lam_phys(prior, x)
             admm = ADMMTVz(operator, y, rho=p["rho"], lam=lam, cg_iters=p["cg_iters"], gamma=p["gamma"],
-                           real=True, dtype=dtype)
+                           real=True, dtype=dtype, lam_xy=lam_xy)
             a0 = float(abar[ts[0]])
             if x_init is not None:
                 x = math.sqrt(a0) * to_net_real(prior, x_init.to(dtype)) + math.sqrt(1 - a0) * x

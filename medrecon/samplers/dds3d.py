@@ -36,6 +36,8 @@ class DDS3D(VolumeDiffusionSampler):
         "rho": Param(float, 0.03, "ADMM penalty relative to ||A||^2 (dimensionless)", lo=0, lo_open=True),
         "lam": Param(float, 0.003, "TV_z weight in the prior's network units (x its slope: physical units)",
                      lo=0),
+        "lam_xy": Param(float, 0.0, "in-plane (y, x) anisotropic TV weight in network units (0: TV along z "
+                        "only, the paper)", lo=0),
         "cg_iters": Param(int, 5, "CG iterations of the ADMM x-update per step", lo=1),
         "gamma": Param(float, 100.0, "proximal weight to the Tweedie estimate, relative to ||A||^2 "
                        "(None: none, as the official code)", lo=0, lo_open=True, none_ok=True),

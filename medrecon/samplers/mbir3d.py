@@ -49,6 +49,8 @@ class MBIR3D(VolumeDiffusionSampler):
         "rho": Param(float, 0.03, "ADMM penalty relative to ||A||^2 (dimensionless)", lo=0, lo_open=True),
         "lam": Param(float, 0.003, "TV_z weight in the prior's network units (x its slope: physical units)",
                      lo=0),
+        "lam_xy": Param(float, 0.0, "in-plane (y, x) anisotropic TV weight in network units (0: TV along z "
+                        "only, the paper)", lo=0),
         "cg_iters": Param(int, 1, "CG iterations of the ADMM x-update per step (paper: 1)", lo=1),
         "gamma": Param(float, None, "proximal weight to the diffusion sample, relative to ||A||^2 "
                        "(None: none, as the paper)", lo=0, lo_open=True, none_ok=True),
