@@ -38,11 +38,11 @@ if [ -n "${TINY:-}" ]; then
   SARGS="--size 32 --slices 4 --steps 3 --mbir-steps 2 --mbir-full-steps 1000 --net-batch 2"
 else
   QARGS="--slices 32 --steps 50 --mbir-steps ${MBIR_STEPS:-250} --tv-iters 300 --tv-lams 2.5,5,10,20 \
-         --tune-slices 16 --tune-start 0"
+         --tune-slices 16 --tune-start 40"
   SARGS="--size 256 --slices 256 --steps 50 --mbir-steps 10 --mbir-full-steps 1000 --net-batch 64"
 fi
 
-echo "== quality3d: 32 held-out slices, 8 views, 0.5% noise (dds3d rho/lam picked on train slices 0..15 first)"
+echo "== quality3d: 32 held-out slices, 8 views, 0.5% noise (dds3d rho/lam/lam_xy picked on train.npy slices 40..55 first)"
 timeout "${Q_TIMEOUT:-85}" $PY benchmarks/quality3d.py --data .gpu/ct/holdout.npy --tune-data .gpu/ct/train.npy \
   --device "$DEVICE" --net-batch 32 $QARGS --output "$OUT" || echo "quality3d exit $?"
 echo "quality3d done after $(( $(date +%s) - T0 )) s"
