@@ -273,7 +273,7 @@ class VolumeDiffusionSampler(Sampler):
                resume_state: dict | None = None, slice_positions: Sequence[float] | None = None, **kw):
         self._ckpt, self._resume = checkpoint, resume_state
         try:
-            if isinstance(y, torch.Tensor):
+            if isinstance(y, torch.Tensor) and slice_positions is not None:
                 check_slice_geometry(y.shape[0], positions=slice_positions, who=f"sampler {self.name!r}")
             return super().sample(y, operator, prior, **kw)
         finally:
