@@ -225,17 +225,30 @@ def scan_series(path: str | os.PathLike) -> list[SeriesInfo]:
                 if root.is_file():
                     raise FileFormatError(f"{str(f)!r} is not a readable DICOM file") from None
                 continue
-        except (OSError, EOFError, ValueError, KeyError, AttributeError, TypeError):
+        except OSError as exc:
             if root.is_file():
-                raise FileFormatError(f"{str(f)!r} is not a readable DICOM file") from None
+                raise FileFormatError(f"{str(f)!r} could not be read ({exc.strerror or exc})") from None
             continue
-        if not _is_image(ds):
-            continue
-        uid = str(getattr(ds, "SeriesInstanceUID", "") or "")
-        nframes = int(getattr(ds, "NumberOfFrames", 1) or 1)
-        enhanced = nframes > 1 or "PerFrameFunctionalGroupsSequence" in ds
-        key = (uid, _orientation(ds), int(ds.Rows), int(ds.Columns),
-               f"multiframe:{f}" if enhanced else "")
+        except Exception as exc:  # noqa: BLE001 - pydicom raises many kinds on corrupt headers
+            # it has the DICM preamble, so it is DICOM: a corrupt or truncated file in a
+            # series is an error (skipping it would silently drop a slice)
+            raise FileFormatError(
+                f"{str(f)!r} is a DICOM file whose header could not be read (truncated or corrupt: "
+                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+        try:
+            if not _is_image(ds):
+                continue
+            uid = str(getattr(ds, "SeriesInstanceUID", "") or "")
+            nframes = int(getattr(ds, "NumberOfFrames", 1) or 1)
+            enhanced = nframes > 1 or "PerFrameFunctionalGroupsSequence" in ds
+            rows, cols = int(ds.Rows), int(ds.Columns)
+            key = (uid, _orientation(ds), rows, cols, f"multiframe:{f}" if enhanced else "")
+        except Exception as exc:  # noqa: BLE001 - values pydicom cannot convert
+            raise FileFormatError(
+                f"{str(f)!r}: invalid image header ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+        if rows < 1 or cols < 1:
+            raise FileFormatError(f"{str(f)!r}: the image is {rows}x{cols} (Rows x Columns must be >= 1)")
         groups.setdefault(key, []).append((f, ds))
     if not groups:
         where = "file" if root.is_file() else f"folder ({n_files} file(s) looked at)"
@@ -422,10 +435,22 @@ def _pixels(path: Path, frames: bool = False) -> tuple[np.ndarray, Any]:
     return np.asarray(arr), ds
 
 
-def _rescale_into(arr: np.ndarray, ds, out: np.ndarray) -> tuple[float, float]:
+def _checked_rescale(slope: float, inter: float, arr: np.ndarray, where: str) -> tuple[float, float]:
+    """Refuse a non-finite slope / intercept, or one that overflows float32 on these pixels."""
+    if not (np.isfinite(slope) and np.isfinite(inter)):
+        raise FileFormatError(f"{where}: RescaleSlope / RescaleIntercept must be finite, got {slope} / {inter}")
+    if arr.size and (slope != 1.0 or inter != 0.0):
+        big = max(abs(float(np.min(arr))), abs(float(np.max(arr))))
+        if big * abs(slope) + abs(inter) > 1e38:
+            raise FileFormatError(f"{where}: RescaleSlope {slope} / RescaleIntercept {inter} overflow float32")
+    return slope, inter
+
+
+def _rescale_into(arr: np.ndarray, ds, out: np.ndarray, where: str = "") -> tuple[float, float]:
     """``out[...] = arr * slope + intercept`` (float64 arithmetic, stored as float32)."""
     slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0) if "RescaleSlope" in ds else 1.0
     inter = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0) if "RescaleIntercept" in ds else 0.0
+    slope, inter = _checked_rescale(slope, inter, arr, where)
     if slope == 1.0 and arr.dtype.kind in "iu" and arr.dtype.itemsize <= 2 and float(np.float32(inter)) == inter:
         np.add(arr, np.float32(inter), out=out, casting="unsafe")  # exact: |int16 + intercept| << 2**24
     else:
@@ -469,8 +494,28 @@ def _meta(ds0, info: SeriesInfo, files: list[Path], root: Path, geo: _Geometry, 
     }
 
 
+# what pydicom / numpy raise on header values they cannot convert or that contradict
+# each other (a wrong VR, a short list, a bad sequence); read_dicom turns them into
+# one-sentence FileFormatErrors
+_HEADER_ERRORS = (ValueError, TypeError, AttributeError, KeyError, IndexError, OverflowError,
+                  ZeroDivisionError, NotImplementedError, __import__("struct").error, EOFError)
+
+
 def read_dicom(path: str | os.PathLike, series: str | int | None = None) -> Volume:
     """Read one series of a DICOM folder (or one DICOM file); see the module docstring."""
+    from medrecon.errors import MedreconError
+
+    try:
+        return _read_dicom(path, series)
+    except MedreconError:
+        raise
+    except _HEADER_ERRORS as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else ""
+        raise FileFormatError(
+            f"{str(path)!r}: invalid or inconsistent DICOM header ({type(exc).__name__}: {detail[:200]})") from exc
+
+
+def _read_dicom(path: str | os.PathLike, series: str | int | None = None) -> Volume:
     root = Path(path)
     all_series = scan_series(root)
     info = select_series(all_series, series, repr(str(root)))
@@ -550,7 +595,7 @@ def read_dicom(path: str | os.PathLike, series: str | int | None = None) -> Volu
         arr, ds = _pixels(f)
         if arr.shape != (info.rows, info.columns):
             raise FileFormatError(f"{f.name}: pixel array shape {arr.shape} does not match Rows x Columns")
-        slope, _ = _rescale_into(arr, ds, data[k])
+        slope, _ = _rescale_into(arr, ds, data[k], f.name)
         slopes.append(slope)
         sop_uids.append(str(getattr(ds, "SOPInstanceUID", "")))
         del arr, ds
@@ -604,6 +649,8 @@ def _read_multiframe(info: SeriesInfo, root: Path) -> Volume:
     except (TypeError, ValueError):
         pass
     geo = _geometry(iops_a[0], pss[0], np.array(ipps), [f"frame {k + 1}" for k in range(nf)], fallback)
+    for k in range(nf):
+        _checked_rescale(slopes[k], inters[k], arr[k], f"{f.name} frame {k + 1}")
     data = np.stack([(arr[k].astype(np.float64) * slopes[k] + inters[k]).astype(np.float32) for k in geo.order])
     meta = _meta(ds, info, [f], root, geo, pss[0], slopes)
     meta["source_sop_instance_uids"] = [str(getattr(ds, "SOPInstanceUID", ""))]
@@ -650,6 +697,7 @@ def _read_grid_offsets(info: SeriesInfo, root: Path, arr: np.ndarray, ds) -> Vol
     scale = float(getattr(ds, "DoseGridScaling", 1.0) or 1.0)
     slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0) * scale
     inter = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
+    slope, inter = _checked_rescale(slope, inter, arr, f.name)
     data = np.stack([(arr[k].astype(np.float64) * slope + inter).astype(np.float32) for k in geo.order])
     meta = _meta(ds, info, [f], root, geo, ps, [slope])
     if "DoseUnits" in ds:
