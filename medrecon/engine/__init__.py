@@ -10,10 +10,11 @@ from medrecon.engine.core import (
     PriorMismatchWarning,
     RunStopped,
     check_prior_fit,
+    check_volume_geometry,
     load_input,
     reconstruct,
     run_settings,
 )
 
-__all__ = ["reconstruct", "load_input", "partial_path", "check_prior_fit", "run_settings", "RunStopped",
+__all__ = ["reconstruct", "load_input", "partial_path", "check_prior_fit", "check_volume_geometry", "run_settings", "RunStopped",
            "PriorMismatchWarning"]

@@ -7,6 +7,7 @@ Layout of the folder next to the output ``OUT`` (``OUT.nii.gz.partial`` or ``OUT
     lock                {"host": ..., "pid": ...} while a run is writing (see Checkpoint.acquire)
     slice_00000.npy     float32 (Y, X), physical units, written atomically (temp + rename)
     slice_00003.npy     ...
+    volume_state.safetensors   a volume sampler's state at a step boundary (see below)
 
 A slice file exists only once the slice is finished, so the set of files is the
 set of done slices whatever moment the run was killed at.  ``settings_hash`` is the
@@ -14,6 +15,13 @@ SHA-256 of the settings that determine the result (measurement content, operator
 sampler and its parameters, prior, steps, seed, amp) -- *not* the batch size or the
 devices, which do not change the result -- so a resumed run may use other devices
 or another batch size but not another sampler, prior or seed.
+
+Volume samplers (``mbir3d``, ``dds3d``: all slices in one call) are resumable at step
+boundaries: the state they hand over (``x_t``, the ADMM split variables and duals, the
+per-slice generator states, the step reached) is written to ``volume_state.safetensors``:
+the tensors as safetensors, everything else as JSON in the file's metadata (key
+``medrecon``), one file written atomically, so tensors and step always belong together.
+No pickle is involved in writing or reading it.
 """
 
 from __future__ import annotations
@@ -33,6 +41,8 @@ from medrecon.errors import InputError
 FORMAT = "medrecon-partial"
 VERSION = 1
 STATE = "state.json"
+VOLUME_STATE = "volume_state.safetensors"
+VOLUME_STATE_FORMAT = "medrecon-volume-state"
 _SLICE_RE = re.compile(r"^slice_(\d{5,})\.npy$")
 
 
@@ -182,6 +192,75 @@ class Checkpoint:
         """Write slice ``k`` atomically (temp file + rename)."""
         arr = np.ascontiguousarray(arr, dtype=np.float32)
         _atomic_write_bytes(self.slice_path(k), lambda f: np.save(f, arr, allow_pickle=False))
+
+    # ------------------------------------------------------------------ volume sampler state
+    def save_volume_state(self, state: dict[str, Any]) -> None:
+        """Write a volume sampler's step-boundary state atomically (tensors: safetensors;
+        the rest: JSON in the safetensors metadata)."""
+        import torch
+        from safetensors.torch import save
+
+        tensors: dict[str, torch.Tensor] = {}
+        complex_keys: list[str] = []
+
+        def put(key: str, t: torch.Tensor) -> None:
+            t = t.detach().to("cpu")
+            if t.is_complex():
+                complex_keys.append(key)
+                t = torch.view_as_real(t)
+            tensors[key] = t.contiguous().clone()
+
+        rest: dict[str, Any] = {}
+        lists: dict[str, int] = {}
+        for key, v in state.items():
+            if isinstance(v, torch.Tensor):
+                put(key, v)
+            elif isinstance(v, (list, tuple)) and v and all(isinstance(e, torch.Tensor) for e in v):
+                lists[key] = len(v)
+                for i, e in enumerate(v):
+                    put(f"{key}.{i}", e)
+            elif key == "generators":  # an empty list of generator states
+                lists[key] = 0
+            else:
+                rest[key] = v
+        meta = {"format": VOLUME_STATE_FORMAT, "settings_hash": self.settings_hash, "state": rest,
+                "lists": lists, "none": [k for k, v in rest.items() if v is None], "complex": complex_keys}
+        data = save(tensors, metadata={"medrecon": json.dumps(meta, sort_keys=True)})
+        _atomic_write_bytes(self.folder / VOLUME_STATE, lambda f: f.write(data))
+
+    def load_volume_state(self, device=None) -> dict[str, Any] | None:
+        """The saved volume sampler state (tensors on ``device``, generator states on the CPU),
+        or None when there is none."""
+        import torch
+        from safetensors import safe_open
+
+        path = self.folder / VOLUME_STATE
+        if not path.exists():
+            return None
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = json.loads((f.metadata() or {}).get("medrecon", "{}"))
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as exc:  # noqa: BLE001 - a corrupt file: one sentence
+            raise InputError(f"{str(path)!r} cannot be read ({exc}); delete it to restart the volume from step 0"
+                             ) from None
+        if meta.get("format") != VOLUME_STATE_FORMAT or meta.get("settings_hash") != self.settings_hash:
+            raise InputError(f"{str(path)!r} does not belong to this run; delete it to restart the volume from step 0")
+        for k in meta.get("complex", []):
+            tensors[k] = torch.view_as_complex(tensors[k])
+        out: dict[str, Any] = dict(meta.get("state", {}))
+        for key, n in meta.get("lists", {}).items():
+            items = [tensors.pop(f"{key}.{i}") for i in range(int(n))]
+            out[key] = items if key == "generators" else [t.to(device) if device is not None else t for t in items]
+        for key, t in tensors.items():
+            out[key] = t.to(device) if device is not None else t
+        return out
+
+    def clear_volume_state(self) -> None:
+        try:
+            (self.folder / VOLUME_STATE).unlink()
+        except OSError:
+            pass
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)

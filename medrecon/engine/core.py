@@ -43,7 +43,8 @@ import numpy as np
 
 from medrecon.errors import FileFormatError, InputError, MedreconError
 
-__all__ = ["reconstruct", "load_input", "RunStopped", "PriorMismatchWarning", "run_settings"]
+__all__ = ["reconstruct", "load_input", "RunStopped", "PriorMismatchWarning", "run_settings",
+           "check_volume_geometry"]
 
 ENGINE_VERSION = 1
 
@@ -496,7 +497,9 @@ def reconstruct(
     progress: bool | Callable[[int, int], None] = True,
     overwrite: bool = False,
     like: Any = None,
+    checkpoint_every_s: float = 60.0,
     _stop_after: int | None = None,
+    _stop_after_steps: int | None = None,
 ):
     """Reconstruct a volume from a measurement with a sampler (and a diffusion prior).
 
@@ -537,6 +540,10 @@ def reconstruct(
         Replace an existing output (and discard a stale ``.partial`` folder when not resuming).
     like : DICOM folder / file, Volume or meta dict, optional
         Source of patient / study tags for DICOM output (default: the measurement's reference_meta).
+    checkpoint_every_s : float
+        Volume samplers that hand over their state at step boundaries (``mbir3d``, ``dds3d``)
+        have it saved to ``OUT.partial/volume_state.safetensors`` at most this often (and
+        always when the run is stopped or interrupted); ``resume`` continues from it.
 
     Returns
     -------
@@ -559,6 +566,12 @@ def reconstruct(
         raise InputError(f"steps must be a positive integer, got {steps!r}")
     if resume and output is None:
         raise InputError("resume needs output= (the checkpoints live next to the output)")
+    try:
+        checkpoint_every_s = float(checkpoint_every_s)
+    except (TypeError, ValueError):
+        raise InputError(f"checkpoint_every_s must be a number of seconds, got {checkpoint_every_s!r}") from None
+    if not checkpoint_every_s >= 0:
+        raise InputError(f"checkpoint_every_s must be >= 0, got {checkpoint_every_s}")
     smp = _as_sampler(sampler, params, m)
     if smp.needs_prior:
         prior_obj, prior_name = _as_prior(prior, smp)
@@ -575,6 +588,8 @@ def reconstruct(
     volume_mode_3d = not getattr(op, "per_slice", True)
     volume_mode = volume_mode_3d or not getattr(smp, "per_slice", True)
     _check_measurement(m, op, volume_mode_3d)
+    if volume_mode and not volume_mode_3d:
+        check_volume_geometry(m, smp)
     if prior_obj is not None:
         check_prior_fit(prior_obj, m, op)
         prior_obj = _bind_intensity(prior_obj, m, op, devs[0], batch_size)
@@ -595,14 +610,15 @@ def reconstruct(
     try:
         return _run(m, op, smp, prior_obj, prior_name, devs, batch_size, eff_steps, seed, amp, progress,
                     settings, ck, z, slice_shape, volume_mode, volume_mode_3d, _stop_after,
-                    out_path if output is not None else None, overwrite, like)
+                    out_path if output is not None else None, overwrite, like,
+                    {"every_s": checkpoint_every_s, "resume": bool(resume), "stop_after_steps": _stop_after_steps})
     finally:
         if ck is not None:
             ck.release()
 
 
 def _run(m, op, smp, prior_obj, prior_name, devs, batch_size, eff_steps, seed, amp, progress, settings, ck, z,
-         slice_shape, volume_mode, volume_mode_3d, _stop_after, out_path, overwrite, like):
+         slice_shape, volume_mode, volume_mode_3d, _stop_after, out_path, overwrite, like, vopts):
     from medrecon.volume import Volume
 
     result = np.zeros((z, *slice_shape), dtype=np.float32)
@@ -620,7 +636,7 @@ def _run(m, op, smp, prior_obj, prior_name, devs, batch_size, eff_steps, seed, a
                 if len(devs) > 1:
                     warnings.warn(f"sampler {smp.name!r} couples all slices; it runs on {devs[0]} only",
                                   stacklevel=2)
-                _run_volume(workers[0], smp, m, eff_steps, seed, result, ck, prog, volume_mode_3d, z)
+                _run_volume(workers[0], smp, m, eff_steps, seed, result, ck, prog, volume_mode_3d, z, **vopts)
             else:
                 _run_slices(workers, smp, m, todo, batch_size, eff_steps, seed, result, ck, prog, _stop_after)
     elapsed = time.perf_counter() - t0
@@ -672,7 +688,75 @@ def _bind_intensity(prior, m, op, dev, batch_size: int):
     return prior.for_volume(np.concatenate(parts))
 
 
-def _run_volume(w, smp, m, steps, seed, result, ck, prog, volume_mode_3d: bool, z: int) -> None:
+def check_volume_geometry(m, smp) -> float | None:
+    """Before a volume sampler (``per_slice`` false) runs on a per-slice operator: at least 2
+    slices, a finite affine with a non-zero slice step, and, when the measurement records
+    slice positions (``provenance`` or ``reference_meta`` key ``slice_positions``, mm along
+    the slice normal), equal spacing.  One-sentence :class:`InputError` otherwise; returns
+    the slice spacing in mm."""
+    from medrecon.samplers.admm_tvz import check_slice_geometry
+
+    z = int(m.volume_shape[0]) if len(m.volume_shape) == 3 else int(m.y.shape[0])
+    positions = None
+    for src in (m.provenance, m.reference_meta):
+        if isinstance(src, dict) and src.get("slice_positions") is not None:
+            positions = src["slice_positions"]
+            break
+    return check_slice_geometry(z, affine=m.affine, positions=positions, who=f"sampler {smp.name!r}")
+
+
+def _takes(fn, *names: str) -> bool:
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return all(n in params for n in names)
+
+
+class _VolumeSaver:
+    """The ``checkpoint=`` callback of a volume sampler: keeps the latest step-boundary state
+    (a copy) and writes it to the checkpoint folder at most every ``every_s`` seconds, and
+    always on :meth:`flush` (a stop or an interrupt).  ``stop_after_steps`` (tests) stops the
+    run at that step with :class:`RunStopped` after saving."""
+
+    def __init__(self, ck, every_s: float, stop_after_steps: int | None):
+        self.ck, self.every_s, self.stop_after = ck, float(every_s), stop_after_steps
+        self.last_save = time.monotonic()
+        self.pending: dict | None = None
+        self.saved_step: int | None = None
+
+    def __call__(self, state: dict) -> None:
+        import torch
+
+        def keep(v):
+            if isinstance(v, torch.Tensor):
+                return v.detach().clone()
+            if isinstance(v, (list, tuple)):
+                return [keep(e) for e in v]
+            return copy.deepcopy(v)
+
+        self.pending = {k: keep(v) for k, v in state.items()}
+        step = int(state.get("step", 0))
+        stop = self.stop_after is not None and step >= int(self.stop_after)
+        if stop or time.monotonic() - self.last_save >= self.every_s:
+            self.flush()
+        if stop:
+            raise RunStopped(f"run stopped after step {step} of {state.get('total')} as asked; continue it with "
+                             "resume=True (--resume)")
+
+    def flush(self) -> None:
+        if self.pending is None:
+            return
+        self.ck.save_volume_state(self.pending)
+        self.saved_step = int(self.pending.get("step", 0))
+        self.pending = None
+        self.last_save = time.monotonic()
+
+
+def _run_volume(w, smp, m, steps, seed, result, ck, prog, volume_mode_3d: bool, z: int, *,
+                every_s: float = 60.0, resume: bool = False, stop_after_steps: int | None = None) -> None:
     import torch
 
     from medrecon.samplers import slice_generators
@@ -684,8 +768,24 @@ def _run_volume(w, smp, m, steps, seed, result, ck, prog, volume_mode_3d: bool, 
         gens = slice_generators(seed, [0])
     else:
         gens = slice_generators(seed, range(z))
-    x = smp.sample(torch.from_numpy(y).to(w.dev), w.op, w.prior, steps=steps, generators=gens,
-                   progress=prog.step_callback(0))
+    kw: dict[str, Any] = {}
+    saver = None
+    if ck is not None and _takes(smp.sample, "checkpoint", "resume_state"):
+        saver = _VolumeSaver(ck, every_s, stop_after_steps)
+        kw["checkpoint"] = saver
+        if resume:
+            state = ck.load_volume_state(w.dev)
+            if state is not None:
+                kw["resume_state"] = state
+        else:
+            ck.clear_volume_state()
+    try:
+        x = smp.sample(torch.from_numpy(y).to(w.dev), w.op, w.prior, steps=steps, generators=gens,
+                       progress=prog.step_callback(0), **kw)
+    except BaseException:
+        if saver is not None:
+            saver.flush()  # a stop, Ctrl-C or an error: keep the last finished step for --resume
+        raise
     out = _to_image(x, "the volume")
     if volume_mode_3d:
         out = out.reshape(out.shape[1:]) if out.shape[0] == 1 else out
@@ -695,6 +795,7 @@ def _run_volume(w, smp, m, steps, seed, result, ck, prog, volume_mode_3d: bool, 
     if ck is not None:
         for k in range(z):
             ck.save(k, result[k])
+        ck.clear_volume_state()
     prog.slices_done(z)
 
 

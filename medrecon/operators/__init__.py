@@ -42,13 +42,39 @@ def get_operator(name: str, **params: Any) -> Operator:
         raise InputError(f"bad parameters for operator {name!r}: {exc}") from exc
 
 
+def _missing_plugin_hint(spec: dict[str, Any]) -> str | None:
+    """One sentence naming the plugin to install (or upgrade) for a spec whose operator is unknown."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    plugin = spec.get("plugin")
+    if not isinstance(plugin, str) or not plugin.strip():
+        return None
+    name, plugin = spec["name"], plugin.strip()
+    try:
+        have = version(plugin)
+    except PackageNotFoundError:
+        return (f"this measurement needs operator {name!r} from the plugin {plugin}, which is not installed "
+                f"(pip install {plugin})")
+    return (f"this measurement needs operator {name!r} from the plugin {plugin}, but the installed {plugin} "
+            f"{have} does not provide it (pip install --upgrade {plugin})")
+
+
 def operator_from_spec(spec: dict[str, Any]) -> Operator:
     """Rebuild an operator from ``Operator.spec()`` output (as stored in measurement files)."""
     if not isinstance(spec, dict) or "name" not in spec:
         raise InputError("an operator spec must be a dict with a 'name' entry")
-    cls = operator_class(spec["name"])
     try:
-        return cls.from_spec(spec)
+        cls = operator_class(spec["name"])
+    except PluginError as exc:
+        hint = _missing_plugin_hint(spec)
+        if hint is None:
+            raise
+        raise PluginError(hint) from exc
+    try:
+        op = cls.from_spec(spec)
+        if "plugin" not in spec:  # an older spec: the rebuilt operator reports the same dict
+            op._spec_records_plugin = False
+        return op
     except MedreconError:
         raise
     except TypeError as exc:

@@ -30,6 +30,8 @@ Example (any registered operator)::
 
 from __future__ import annotations
 
+import functools
+
 import json
 from typing import Any, ClassVar
 
@@ -85,6 +87,26 @@ class _LinearFunction(torch.autograd.Function):
         if not ctx.x_is_complex and g.is_complex():
             g = g.real
         return g, None
+
+
+@functools.lru_cache(maxsize=1)
+def _module_distributions() -> dict[str, list[str]]:
+    from importlib.metadata import packages_distributions
+
+    try:
+        return dict(packages_distributions())
+    except Exception:  # noqa: BLE001 - broken metadata must not break spec()
+        return {}
+
+
+def providing_distribution(cls: type) -> str | None:
+    """The installed distribution whose files hold ``cls``'s top-level module, or None
+    (unknown, or several claim it)."""
+    top = (getattr(cls, "__module__", "") or "").split(".", 1)[0]
+    if not top or top in ("__main__", "builtins"):
+        return None
+    dists = sorted(set(_module_distributions().get(top, [])))
+    return dists[0] if len(dists) == 1 else None
 
 
 class Operator(torch.nn.Module):
@@ -147,8 +169,20 @@ class Operator(torch.nn.Module):
         raise NotImplementedError(f"{type(self).__name__} has no classical reconstruction")
 
     def spec(self) -> dict[str, Any]:
-        """A JSON-able dict from which :func:`medrecon.operator_from_spec` rebuilds this operator."""
-        return {"name": self.name, "params": dict(self._params)}
+        """A JSON-able dict from which :func:`medrecon.operator_from_spec` rebuilds this operator.
+
+        ``{"name": ..., "params": {...}, "plugin": DIST}``: ``plugin`` is the distribution that
+        provides the class (found from its top-level module), so that a measurement read where
+        that plugin is missing can say what to install; it is left out when unknown (a class
+        defined in a script or test), and for an operator that :func:`medrecon.operator_from_spec`
+        rebuilt from a spec without it (older files), so that such a spec round-trips unchanged.
+        :meth:`from_spec` ignores it.
+        """
+        out: dict[str, Any] = {"name": self.name, "params": dict(self._params)}
+        dist = providing_distribution(type(self)) if getattr(self, "_spec_records_plugin", True) else None
+        if dist:
+            out["plugin"] = dist
+        return out
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> "Operator":
