@@ -50,7 +50,8 @@ def test_convert_info_simulate(series, tmp_path):
     assert r.returncode == 0, r.stderr
     m = medrecon.load_measurement(tmp_path / "m.h5")
     assert m.y.shape == (3, 12, 10) and m.noise_std == 0.5 and m.volume_shape == (3, 12, 10)
-    assert m.operator_spec == {"name": "template.scale", "params": {"shape": [12, 10], "factor": 3.0}}
+    assert m.operator_spec["name"] == "template.scale"
+    assert m.operator_spec["params"] == {"shape": [12, 10], "factor": 3.0}
     assert "medrecon simulate template.scale" in m.provenance["command"]
     assert m.reference_meta["dicom"]["PatientID"] == "CLI1"
     assert 0.3 < float(np.std(m.y - 3 * vol.data[1:4])) < 0.7
