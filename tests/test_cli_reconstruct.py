@@ -151,3 +151,16 @@ def test_dds_with_a_prior_folder_warns_about_pixel_size(study, tmp_path):
     warn = [ln for ln in p.stderr.splitlines() if ln.startswith("medrecon: warning:")]
     assert len(warn) == 1 and "pixel size 1 mm" in warn[0] and "0.3 mm" in warn[0], p.stderr
     assert "Traceback" not in p.stderr and out.exists()
+
+
+def test_volume_sampler_on_one_slice_is_one_line_exit_2(study, tmp_path):
+    from dataclasses import replace
+
+    from medrecon.measurement import load_measurement, save_measurement
+
+    m = load_measurement(study / "m.h5")
+    one = replace(m, y=m.y[:1], volume_shape=(1, *m.volume_shape[1:]))
+    save_measurement(one, tmp_path / "one.h5")
+    proc = medrecon("reconstruct", tmp_path / "one.h5", "--sampler", "tv", "-p", "dims=3", "--steps", "5",
+                    "-o", tmp_path / "r.nii.gz", "--quiet")
+    one_line_error(proc, "at least 2 slices")
