@@ -31,7 +31,6 @@ Example (any registered operator)::
 from __future__ import annotations
 
 import functools
-
 import json
 from typing import Any, ClassVar
 
