@@ -17,6 +17,22 @@ split their network calls into chunks of ``--net-batch``.  mbir3d is timed for
 ``--mbir-steps`` steps and extrapolated linearly to ``--mbir-full-steps`` (default 1000,
 the step count of its default), because its cost per step is constant.  Prints seconds,
 per-slice-step milliseconds and the ratios to DDS; writes JSON with the card's name.
+
+``--per-slice-2d`` measures instead the 2D samplers on one batch of slices (the sampling
+issue's CPU numbers)::
+
+    PYTHONPATH=. python benchmarks/sampling.py --per-slice-2d --threads 2 \
+        --output benchmarks/results/sampling_cpu.json
+
+seconds per slice of ``classical``, ``tv``, ``dds``, ``dps`` and ``reddiff`` at their default
+steps on ``--size`` (256) x ``--size`` slices, ct.parallel with ``--views`` (16) views, the
+``--prior`` (ct-default), a batch of ``--batch`` (4) slices.  Samplers whose default is
+long (DPS: 1000 steps) are timed for ``--max-steps`` (20) steps and extrapolated linearly
+(the JSON says so: ``steps_timed`` vs ``steps_default``).  The share of time spent outside
+the network (operator, CG, bookkeeping) is ``1 - network / total``, the network time being
+the prior's ``eps`` calls (an instance wrapper) plus, for DPS, the backward pass through the
+network (autograd markers around each ``eps`` call: from the gradient reaching its output
+to it leaving its input).
 """
 
 from __future__ import annotations
@@ -79,7 +95,16 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--quick", action="store_true", help="CPU smoke test: 4 slices of 32^2, 3 steps")
     ap.add_argument("--output", default=None, help="JSON file")
+    ap.add_argument("--per-slice-2d", action="store_true",
+                    help="time the 2D samplers per slice and their share outside the network (see above)")
+    ap.add_argument("--views", type=int, default=16, help="--per-slice-2d: ct.parallel views")
+    ap.add_argument("--batch", type=int, default=4, help="--per-slice-2d: slices per sample call")
+    ap.add_argument("--max-steps", type=int, default=20,
+                    help="--per-slice-2d: steps timed when a sampler's default is longer (then extrapolated)")
+    ap.add_argument("--samplers", default="classical,tv,dds,dps,reddiff", help="--per-slice-2d: samplers")
     a = ap.parse_args(argv)
+    if a.per_slice_2d:
+        return main_2d(a, argv)
     if a.quick:
         a.size, a.slices, a.steps, a.mbir_steps = 32, 4, 3, 3
 
@@ -141,6 +166,127 @@ def main(argv=None) -> int:
                           f"per step {r['ratio_to_dds_per_step']:.2f}")
     if a.output:
         _write(a.output, res)
+        print(f"wrote {a.output}")
+    return 0
+
+
+class _NetTimer:
+    """Wraps ``prior.eps`` on the instance: forward seconds, and backward seconds through
+    autograd markers at the network's input and output (for samplers that differentiate it)."""
+
+    def __init__(self, prior):
+        import torch
+
+        self.prior, self.orig = prior, prior.eps
+        self.fwd = 0.0
+        self.bwd = 0.0
+        self.calls = 0
+        timer = self
+
+        class _Mark(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, x, tag):
+                ctx.tag = tag
+                return x.view_as(x)
+
+            @staticmethod
+            def backward(ctx, g):
+                now = time.perf_counter()
+                if ctx.tag == "out":
+                    timer._bstart = now
+                elif getattr(timer, "_bstart", None) is not None:
+                    timer.bwd += now - timer._bstart
+                    timer._bstart = None
+                return g, None
+
+        def eps(x_t, t):
+            timer.calls += 1
+            grad = torch.is_grad_enabled() and x_t.requires_grad
+            if grad:
+                x_t = _Mark.apply(x_t, "in")
+            t0 = time.perf_counter()
+            out = timer.orig(x_t, t)
+            timer.fwd += time.perf_counter() - t0
+            return _Mark.apply(out, "out") if grad else out
+
+        self.eps = eps
+
+    def __enter__(self):
+        self.fwd = self.bwd = 0.0
+        self.calls = 0
+        self.prior.eps = self.eps
+        return self
+
+    def __exit__(self, *exc):
+        del self.prior.eps  # back to the class's method
+
+
+def main_2d(a, argv) -> int:
+    import platform
+
+    import torch
+
+    import medrecon
+    from medrecon.priors import load_prior
+    from medrecon.samplers import get_sampler, sampler_class, slice_generators
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    size = a.size if "--size" in (argv if argv is not None else sys.argv) else 256
+    vol, what = load_volume(a.data, size, a.batch)
+    A = medrecon.get_operator("ct.parallel", shape=size, n_views=a.views, pixel_size=0.8)
+    A = A.to(a.device)
+    x = torch.from_numpy(vol).to(a.device)
+    with torch.no_grad():
+        y0 = A(x)
+    sd = 0.005 * float(y0.pow(2).mean().sqrt())
+    y = y0 + sd * torch.randn(y0.shape, generator=torch.Generator().manual_seed(0)).to(a.device)
+    prior = load_prior(a.prior, device=a.device)
+    prior.autocast = False
+    res = {"what": "seconds per slice of the 2D samplers and the share of time outside the network",
+           "volume": what, "slice": [size, size], "operator": f"ct.parallel, {a.views} views, 0.8 mm pixels",
+           "noise": "0.5% of the clean sinogram RMS", "prior": a.prior, "batch": a.batch,
+           "device": a.device, "cpu": platform.processor() or platform.machine(),
+           "threads": torch.get_num_threads(), "torch": torch.__version__,
+           "network_time": "prior.eps forward (+ backward through it for DPS, by autograd markers)",
+           "targets_outside_network": {"dds": 0.15, "dps": 0.10}, "samplers": {}}
+    print(f"{what}; batch {a.batch} of {size}x{size}, {a.views} views, {res['threads']} threads", flush=True)
+    names = [n.strip() for n in a.samplers.split(",") if n.strip()]
+    for name in names:  # warm-up: system matrix, norm estimate, first calls
+        kw = {"noise_std": sd} if "noise_std" in getattr(sampler_class(name), "params", {}) else {}
+        smp = get_sampler(name, **kw)
+        smp.sample(y[:1], A, prior if smp.needs_prior else None, steps=2, generators=slice_generators(0, [0]))
+    for name in names:
+        kw = {"noise_std": sd} if "noise_std" in getattr(sampler_class(name), "params", {}) else {}
+        smp = get_sampler(name, **kw)
+        default = getattr(smp, "default_steps", None)
+        steps = min(default, a.max_steps) if (default and smp.needs_prior) else default
+        with _NetTimer(prior) as nt:
+            t0 = time.perf_counter()
+            xr = smp.sample(y, A, prior if smp.needs_prior else None, steps=steps,
+                            generators=slice_generators(0, range(a.batch)))
+            sec = time.perf_counter() - t0
+        factor = (default / steps) if (default and steps) else 1.0
+        row = {"steps_default": default, "steps_timed": steps, "seconds_timed": round(sec, 3),
+               "seconds_per_slice": round(sec * factor / a.batch, 3),
+               "extrapolated": bool(factor != 1.0),
+               "finite": bool(torch.isfinite(xr).all())}
+        if smp.needs_prior:
+            net = nt.fwd + nt.bwd
+            row.update({"eps_calls": nt.calls, "network_forward_s": round(nt.fwd, 3),
+                        "network_backward_s": round(nt.bwd, 3),
+                        "share_outside_network": round(1 - net / sec, 4)})
+            tgt = res["targets_outside_network"].get(name)
+            if tgt is not None:
+                row["target_share_outside_network"] = tgt
+                row["meets_target"] = bool(row["share_outside_network"] <= tgt)
+        res["samplers"][name] = row
+        _write(a.output, res)
+        extra = (f", {100 * row['share_outside_network']:.1f}% outside the network" if smp.needs_prior else "")
+        print(f"{name:9s} {row['seconds_per_slice']:9.2f} s/slice at {default} steps"
+              + (f" (timed {steps} steps: {sec:.1f} s, extrapolated)" if row["extrapolated"] else f" ({sec:.1f} s)")
+              + extra, flush=True)
+    if a.output:
         print(f"wrote {a.output}")
     return 0
 
