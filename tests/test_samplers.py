@@ -20,12 +20,7 @@ NAMES = ["classical", "tv", "dds", "dps", "reddiff"]
 STEPS = {"classical": None, "tv": 30, "dds": 10, "dps": 12, "reddiff": 10}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -14,17 +14,11 @@ from medrecon.priors.gaussian import GaussianPrior, smooth_covariance
 from medrecon.samplers import get_sampler, slice_generators
 from medrecon.samplers.admm_tvz import ADMMTVz, check_slice_geometry, dz, dzt, shrink
 
-pytestmark = pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
-
 N, Z = 12, 6
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = [pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta"),
+              pytest.mark.usefixtures("one_torch_thread")]
 
 
 def _phantom():

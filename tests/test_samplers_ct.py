@@ -8,13 +8,7 @@ import torch
 from medrecon.samplers import get_sampler, slice_generators
 from medrecon.samplers.base import psnr
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _ct(n, views):
