@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-import math
 import os
 import subprocess
 import sys
@@ -366,7 +365,7 @@ def run_ct(args, log) -> int:
     def build(results):
         return {
             "benchmark": "quality", "modality": "ct", "command": " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
-            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "git_commit": git_commit(),
+            "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), "git_commit": git_commit(),
             "host": {"device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads()},
             "data": {"source": str(CT_SOURCE), "z_indices": z, "holdout_block": list(CT_HOLDOUT), "size": size,
                      "pixel_size_mm": px, "units": "HU"},
@@ -445,7 +444,7 @@ def tune_ct(args, log, prior, size, steps_override) -> int:
             log(f"  -> views {views} {m}: best {best['params']} ({best['psnr_w1000']:.2f} dB)")
     out = {"benchmark": "quality-tune", "modality": "ct", "training_z": z,
            "command": " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
-           "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "git_commit": git_commit(),
+           "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), "git_commit": git_commit(),
            "threads": torch.get_num_threads(), "results": {str(k): v for k, v in table.items()}}
     path = args.json or str(RESULTS / "quality_ct_tune.json")
     Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -110,7 +110,7 @@ def _load(info: PluginInfo) -> Any:
     return _load_cached(info)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_cached(info: PluginInfo) -> Any:
     ep = metadata.EntryPoint(info.name, info.value, info.group)
     try:
