@@ -153,6 +153,22 @@ def test_dds_with_a_prior_folder_warns_about_pixel_size(study, tmp_path):
     assert "Traceback" not in p.stderr and out.exists()
 
 
+@pytest.mark.parametrize("sampler", ["dds3d", "mbir3d"])
+def test_volume_samplers_through_the_cli(study, tmp_path, sampler):
+    import nibabel as nib
+    import torch
+
+    from medrecon.priors.model import DiffusionPrior, default_config
+
+    torch.manual_seed(0)
+    DiffusionPrior(default_config("ct", image_size=N, pixel_size_mm=1.0, preset="tiny")).save(tmp_path / "prior")
+    out = tmp_path / f"{sampler}.nii.gz"
+    medrecon("reconstruct", study / "m.h5", "--sampler", sampler, "--prior", tmp_path / "prior", "--steps", 3,
+             "--device", "cpu", "-o", out, "--quiet", check=True)
+    img = nib.load(out)
+    assert img.shape[2] == Z and np.isfinite(np.asarray(img.dataobj)).all()
+
+
 def test_volume_sampler_on_one_slice_is_one_line_exit_2(study, tmp_path):
     from dataclasses import replace
 
