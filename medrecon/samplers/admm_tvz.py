@@ -52,6 +52,7 @@ import torch
 from medrecon.errors import InputError
 from medrecon.priors.schedule import ddim_timesteps
 from medrecon.samplers.base import (
+    Param,
     Sampler,
     _normal,
     apply_adjoint_real,
@@ -243,6 +244,16 @@ def eps_chunked(prior, x: torch.Tensor, t: torch.Tensor, net_batch: int) -> torc
     for s in range(0, x.shape[0], net_batch):
         out.append(prior.eps(x[s:s + net_batch].unsqueeze(1), t[s:s + net_batch])[:, 0])
     return torch.cat(out)
+
+
+#: Parameters every ADMM-TV_z volume sampler takes (defaults tuned on training slices, 8 views).
+ADMM_TVZ_PARAMS = {
+    "rho": Param(float, 0.03, "ADMM penalty relative to ||A||^2 (dimensionless)", lo=0, lo_open=True),
+    "lam": Param(float, 0.003, "TV_z weight in the prior's network units (x its slope: physical units)", lo=0),
+    "lam_xy": Param(float, 0.0, "in-plane (y, x) anisotropic TV weight in network units (0: TV along z "
+                    "only, the paper)", lo=0),
+    "net_batch": Param(int, 16, "slices per network call (does not change the result)", lo=1),
+}
 
 
 class VolumeDiffusionSampler(Sampler):

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 
-from medrecon.samplers.admm_tvz import VolumeDiffusionSampler
+from medrecon.samplers.admm_tvz import ADMM_TVZ_PARAMS, VolumeDiffusionSampler
 from medrecon.samplers.base import Param
 
 __all__ = ["DDS3D"]
@@ -33,16 +33,11 @@ class DDS3D(VolumeDiffusionSampler):
     needs_prior = True
     default_steps = 50
     params = {
-        "rho": Param(float, 0.03, "ADMM penalty relative to ||A||^2 (dimensionless)", lo=0, lo_open=True),
-        "lam": Param(float, 0.003, "TV_z weight in the prior's network units (x its slope: physical units)",
-                     lo=0),
-        "lam_xy": Param(float, 0.0, "in-plane (y, x) anisotropic TV weight in network units (0: TV along z "
-                        "only, the paper)", lo=0),
+        **ADMM_TVZ_PARAMS,
         "cg_iters": Param(int, 5, "CG iterations of the ADMM x-update per step", lo=1),
         "gamma": Param(float, 100.0, "proximal weight to the Tweedie estimate, relative to ||A||^2 "
                        "(None: none, as the official code)", lo=0, lo_open=True, none_ok=True),
         "eta": Param(float, 0.85, "DDS stochasticity: weight of fresh noise (0: deterministic DDIM)", lo=0, hi=1),
-        "net_batch": Param(int, 16, "slices per network call (does not change the result)", lo=1),
         "spacing": Param(str, "leading", "timestep spacing over the training grid (leading = official DDS)",
                          choices=("leading", "trailing", "linspace")),
     }

@@ -33,7 +33,7 @@ Langevin corrector: it would double the network calls; use more steps instead.
 from __future__ import annotations
 
 from medrecon.priors.schedule import ddim_step
-from medrecon.samplers.admm_tvz import VolumeDiffusionSampler
+from medrecon.samplers.admm_tvz import ADMM_TVZ_PARAMS, VolumeDiffusionSampler
 from medrecon.samplers.base import Param
 
 __all__ = ["MBIR3D"]
@@ -46,16 +46,11 @@ class MBIR3D(VolumeDiffusionSampler):
     needs_prior = True
     default_steps = 1000
     params = {
-        "rho": Param(float, 0.03, "ADMM penalty relative to ||A||^2 (dimensionless)", lo=0, lo_open=True),
-        "lam": Param(float, 0.003, "TV_z weight in the prior's network units (x its slope: physical units)",
-                     lo=0),
-        "lam_xy": Param(float, 0.0, "in-plane (y, x) anisotropic TV weight in network units (0: TV along z "
-                        "only, the paper)", lo=0),
+        **ADMM_TVZ_PARAMS,
         "cg_iters": Param(int, 1, "CG iterations of the ADMM x-update per step (paper: 1)", lo=1),
         "gamma": Param(float, None, "proximal weight to the diffusion sample, relative to ||A||^2 "
                        "(None: none, as the paper)", lo=0, lo_open=True, none_ok=True),
         "eta": Param(float, 1.0, "DDIM eta of the re-noising (1: DDPM ancestral, 0: deterministic)", lo=0, hi=1),
-        "net_batch": Param(int, 16, "slices per network call (does not change the result)", lo=1),
         "spacing": Param(str, "leading", "timestep spacing over the training grid",
                          choices=("leading", "trailing", "linspace")),
     }
