@@ -451,3 +451,9 @@ def psnr(x: torch.Tensor, reference: torch.Tensor, data_range: float | None = No
     if mse == 0:
         return float("inf")
     return 10 * math.log10(data_range**2 / mse)
+
+
+def as_image(x_phys: torch.Tensor, operator, dtype: torch.dtype) -> torch.Tensor:
+    """A real physical-units result in the operator's image dtype: a complex image domain gets
+    the complex dtype with a zero imaginary part (our priors are real-valued)."""
+    return x_phys.to(operator.domain_dtype(dtype)) if operator.domain_is_complex else x_phys

@@ -35,6 +35,7 @@ from medrecon.samplers.base import (
     Param,
     Sampler,
     apply_forward,
+    as_image,
     estimate_norm,
     net_scale,
     norm_per_slice,
@@ -109,7 +110,4 @@ class DPS(Sampler):
             if progress is not None:
                 progress(i + 1, len(ts))
         with torch.no_grad():
-            out = prior.from_net(x.detach())
-        if operator.domain_is_complex:
-            out = out.to(operator.domain_dtype(dtype))
-        return out
+            return as_image(prior.from_net(x.detach()), operator, dtype)

@@ -36,6 +36,7 @@ from medrecon.samplers.base import (
     Param,
     Sampler,
     apply_forward,
+    as_image,
     estimate_norm,
     net_scale,
     prior_eps,
@@ -109,7 +110,4 @@ class REDDiff(Sampler):
             if progress is not None:
                 progress(i + 1, len(ts))
         with torch.no_grad():
-            out = prior.from_net(mu.detach())
-        if operator.domain_is_complex:
-            out = out.to(operator.domain_dtype(dtype))
-        return out
+            return as_image(prior.from_net(mu.detach()), operator, dtype)
