@@ -61,14 +61,8 @@ def atomic_file(path: Path, overwrite: bool = False, suffix: str = "") -> Iterat
     tmp = _tmp_sibling(path, suffix)
     try:
         yield tmp
-        if path.is_dir() and not path.is_symlink():
-            # os.replace cannot put a file over a folder
-            old = _tmp_sibling(path, ".old")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            _remove(old)
-        else:
-            os.replace(tmp, path)
+        # os.replace cannot put a file over a folder: a folder is moved aside first
+        _put_in_place(tmp, path, aside=path.is_dir() and not path.is_symlink())
     finally:
         _remove(tmp)
 
@@ -87,13 +81,19 @@ def atomic_dir(path: Path, overwrite: bool = False) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
-        if path.exists() or path.is_symlink():
-            old = _tmp_sibling(path, ".old")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            _remove(old)
-        else:
-            os.replace(tmp, path)
+        _put_in_place(tmp, path, aside=path.exists() or path.is_symlink())
     finally:
         if tmp.exists():
             _remove(tmp)
+
+
+def _put_in_place(tmp: Path, path: Path, aside: bool) -> None:
+    """Rename ``tmp`` to ``path``; with ``aside`` the old ``path`` is moved away first and
+    deleted only once the new one is in place."""
+    if aside:
+        old = _tmp_sibling(path, ".old")
+        os.replace(path, old)
+        os.replace(tmp, path)
+        _remove(old)
+    else:
+        os.replace(tmp, path)

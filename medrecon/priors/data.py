@@ -17,7 +17,6 @@ train on a machine that has neither.  Volumes (DICOM / NIfTI) are read through
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from medrecon.datasets import sha256_file
 from medrecon.errors import FileFormatError, InputError
 
 STACK_FORMAT = "medrecon-slices"
@@ -50,14 +50,6 @@ class SliceStack:
     @property
     def size(self) -> int:
         return int(self.data.shape[-1])
-
-
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def intensity_bounds(modality: str, data: np.ndarray, p_lo: float = 0.5, p_hi: float = 99.5):

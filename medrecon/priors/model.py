@@ -11,7 +11,6 @@ A prior is a folder::
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import warnings
@@ -21,6 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from medrecon.datasets import sha256_file
 from medrecon.errors import FileFormatError, InputError
 from medrecon.priors.schedule import SCHEDULES, make_schedule
 
@@ -354,7 +354,7 @@ class DiffusionPrior(torch.nn.Module):
         wpath.chmod(0o644)
         cfg = copy.deepcopy(self.config)
         cfg["weights"] = {"file": WEIGHTS_NAME, "dtype": dtype, "ema": cfg.get("weights", {}).get("ema", True),
-                          "sha256": _sha256(wpath), "parameters": count_parameters(self.net)}
+                          "sha256": sha256_file(wpath), "parameters": count_parameters(self.net)}
         if extra:
             cfg.update(extra)
         (folder / CONFIG_NAME).write_text(json.dumps(cfg, indent=2) + "\n")
@@ -405,13 +405,6 @@ class DiffusionPrior(torch.nn.Module):
             prior.to(device)
         return prior
 
-
-def _sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_prior(name_or_path, device=None, modality: str | None = None) -> DiffusionPrior:
