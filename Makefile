@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
-PLUGINS := plugins/ct plugins/template plugins/mri
+PLUGINS := plugins/ct plugins/template plugins/mri plugins/ultrasound
 
 .PHONY: venv demo test lint bench clean
 

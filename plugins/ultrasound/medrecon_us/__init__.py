@@ -1,0 +1,28 @@
+"""medrecon-ultrasound: the ultrasound plugin.
+
+Registered through entry points (see ``pyproject.toml``): operators ``us.planewave``
+(plane-wave RF forward model whose adjoint is delay-and-sum,
+:class:`~medrecon_us.planewave.PlaneWaveRF`) and ``us.haze`` (tissue + haze,
+:class:`~medrecon_us.haze.TissueHaze`), sampler ``dehaze``
+(:class:`~medrecon_us.dehaze.Dehaze`), importer ``us.rf``
+(:class:`~medrecon_us.importer.RFImporter`), priors ``us-tissue`` and ``us-haze``
+(:mod:`medrecon_us.priors`).  Importing this package does not import torch; the classes
+load on first access.
+"""
+
+__all__ = ["Dehaze", "PlaneWaveRF", "RFImporter", "TissueHaze"]
+
+_WHERE = {
+    "PlaneWaveRF": "medrecon_us.planewave",
+    "TissueHaze": "medrecon_us.haze",
+    "Dehaze": "medrecon_us.dehaze",
+    "RFImporter": "medrecon_us.importer",
+}
+
+
+def __getattr__(name):
+    if name in _WHERE:
+        import importlib
+
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'medrecon_us' has no attribute {name!r}")
