@@ -1,0 +1,309 @@
+"""``us.planewave``: reflectivity image -> plane-wave RF channel data; its adjoint is delay-and-sum.
+
+Domain: a real reflectivity image ``x`` shaped ``(nz, nx)`` (depth x lateral) on the pixel
+grid of :func:`medrecon_us.geometry.pixel_axes`.  Range: real RF channel data ``y`` shaped
+``(n_angles, n_elements, n_samples)``, sample ``t`` taken at time ``t0 + t / fs``.  The batch
+axis holds frames (``per_slice``: each frame is measured independently).
+
+Forward model (geometry and delays in :mod:`medrecon_us.geometry`, pulse in
+:mod:`medrecon_us.pulse`)::
+
+    y[a, e, :] = h * u[a, e, :]
+    u[a, e, t] = sum_p w(e, p) x_p L(t - s(a, e, p))
+    s(a, e, p) = (tau_tx(a, p) + tau_rx(e, p) - t0) fs                  (samples)
+
+``L(d) = max(0, 1 - |d|)`` is the linear-interpolation (hat) kernel: each pixel's value is
+*splatted* into the two samples around its round-trip delay ``s`` with weights ``1 - frac(s)``
+and ``frac(s)`` (the transpose of linear interpolation); ``w`` is the receive apodisation and
+``h *`` the convolution with the transmit pulse along time.  Samples falling outside ``[0,
+n_samples)`` are dropped.  Not modelled: element directivity, geometric spreading,
+attenuation, multiple scattering.
+
+Adjoint (exactly the transpose, so the dot-product test holds to rounding)::
+
+    x_p = sum_{a, e} w(e, p) v[a, e](s(a, e, p)),    v[a, e, :] = h # y[a, e, :]
+
+correlation with the pulse (matched filter), linear interpolation of each channel at the
+round-trip delay, apodised sum over elements and transmits: delay-and-sum beamforming.
+
+``classical(y)`` is that delay-and-sum image divided, pixel by pixel, by the adjoint's
+response to a unit reflector at the pixel itself, the diagonal of ``A^T A``::
+
+    d_p = sum_{a, e} w(e, p)^2 [((1 - f)^2 + f^2) R_0 + 2 f (1 - f) R_1],   f = frac(s(a, e, p))
+
+(``R_k = sum_j h_j h_{j+k}`` the pulse autocorrelation): a point of reflectivity ``r`` images
+to ``r`` at its own pixel whatever the number of transmits and elements, and a pixel no
+element hears is 0.  It is a real RF image; envelope detection and log compression (B-mode) are not
+part of the operator.
+
+Delays are computed on the fly: the operator keeps ``tau_tx`` per (transmit, pixel) and
+``tau_rx`` and ``w`` per (element, pixel) -- ``(n_angles + 2 n_elements) nz nx`` numbers, cached
+per device and dtype -- and forms the round-trip delays for a few transmits at a time
+(``chunk`` bounds the (transmit, element, pixel) triples per step), never the full
+``n_angles x n_elements x nz x nx`` table.  Forward and adjoint work on any device (they
+follow the input).
+
+Example::
+
+    >>> import torch, medrecon
+    >>> A = medrecon.get_operator("us.planewave", shape=[32, 16], z_mm=[5, 15], x_mm=[-3, 3],
+    ...     n_elements=16, pitch_mm=0.3, angles_deg=[-5, 0, 5], fs_hz=20e6, n_samples=512)
+    >>> y = A(torch.zeros(2, 32, 16))
+    >>> tuple(y.shape)
+    (2, 3, 16, 512)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from medrecon.errors import InputError
+from medrecon.operators.base import Operator
+from medrecon_us.geometry import (
+    APODIZATIONS,
+    TX_REFERENCES,
+    element_positions,
+    pixel_axes,
+    receive_apodization,
+    receive_delays,
+    transmit_delays,
+)
+from medrecon_us.pulse import convolve_time, correlate_time, gaussian_pulse
+
+__all__ = ["PlaneWaveRF"]
+
+_CHUNK = 1 << 22  # (transmit, element, pixel) triples per step: ~100 MB of temporaries in float32
+
+
+def _number(v, name: str, *, low: float | None = None, high: float | None = None, low_open: bool = True) -> float:
+    """``v`` as a finite float in the stated range, or an InputError naming ``name``."""
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(v):
+        raise InputError(f"{name} must be a finite number, got {v!r}")
+    v = float(v)
+    if low is not None and (v <= low if low_open else v < low):
+        raise InputError(f"{name} must be {'greater than' if low_open else 'at least'} {low:g}, got {v:g}")
+    if high is not None and v > high:
+        raise InputError(f"{name} must be at most {high:g}, got {v:g}")
+    return v
+
+
+def _count(v, name: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not float(v).is_integer() \
+            or int(v) < 1:
+        raise InputError(f"{name} must be a positive integer, got {v!r}")
+    return int(v)
+
+
+def _pair(v, name: str, n: int, *, low: float | None = None) -> list[float]:
+    """``[first, last]`` pixel-centre coordinates (mm) for an axis of ``n`` pixels."""
+    if not isinstance(v, (list, tuple, np.ndarray)) or len(v) != 2:
+        raise InputError(f"{name} must be [first, last] in mm, got {v!r}")
+    a, b = (_number(e, name) for e in v)
+    if n > 1 and not b > a:
+        raise InputError(f"{name} must increase from first to last pixel centre, got {[a, b]}")
+    if n == 1 and a != b:
+        raise InputError(f"{name} of a one-pixel axis must repeat its centre, got {[a, b]}")
+    if low is not None and a < low:
+        raise InputError(f"{name} must start at or below the probe face (depth >= {low:g} mm), got {a:g}")
+    return [a, b]
+
+
+class PlaneWaveRF(Operator):
+    """Plane-wave RF forward model (module docstring): ``(B, nz, nx) -> (B, n_angles, n_elements, n_samples)``.
+
+    Parameters (units in the names; all stored in the spec):
+
+    ``shape``
+        ``[nz, nx]`` image grid (depth x lateral).
+    ``z_mm``, ``x_mm``
+        ``[first, last]`` pixel-centre depth (>= 0, from the probe face) and lateral position
+        (from the array centre) of the first and last row / column, mm.
+    ``n_elements``, ``pitch_mm``
+        Linear array: element centres ``x_e = (e - (n_elements - 1) / 2) pitch``.
+    ``angles_deg``
+        Plane-wave steering angles, degrees (positive steers towards +x), ``|angle| < 90``.
+    ``fs_hz``, ``n_samples``, ``t0_s``
+        Sampling rate, samples per channel, time of sample 0 (s, default 0) relative to the
+        transmit time reference.
+    ``c``
+        Speed of sound, m/s (default 1540; accepted 300 .. 10000).
+    ``f0_hz``, ``bandwidth``
+        Pulse centre frequency (Hz, below ``fs / 2``) and fractional -6 dB bandwidth (0 .. 2]
+        of the Gaussian-modulated sinusoid :func:`medrecon_us.pulse.gaussian_pulse`.
+    ``f_number``, ``apodization``
+        Receive aperture ``|x - x_e| <= z / (2 f_number)``, weighted ``"hann"`` (default) or
+        ``"boxcar"`` (:func:`medrecon_us.geometry.receive_apodization`).
+    ``tx_reference``
+        Time zero of a transmit: ``"center"`` (default; wavefront at the array centre) or
+        ``"first_element"`` (first element fires, Verasonics); see
+        :mod:`medrecon_us.geometry`.
+    ``chunk``
+        Most (transmit, element, pixel) triples handled per step (memory bound; default
+        ``2**22``).
+    """
+
+    name: ClassVar[str] = "us.planewave"
+    per_slice: ClassVar[bool] = True
+    domain_is_complex: ClassVar[bool] = False
+    range_is_complex: ClassVar[bool] = False
+
+    def __init__(self, shape, z_mm, x_mm, n_elements, pitch_mm, angles_deg, fs_hz, n_samples, c=1540.0,
+                 t0_s=0.0, f0_hz=5e6, bandwidth=0.6, f_number=1.5, apodization="hann",
+                 tx_reference="center", chunk=_CHUNK):
+        if not isinstance(shape, (list, tuple, np.ndarray)) or len(shape) != 2:
+            raise InputError(f"shape must be [nz, nx], got {shape!r}")
+        nz, nx = _count(shape[0], "shape[0] (nz)"), _count(shape[1], "shape[1] (nx)")
+        z_mm = _pair(z_mm, "z_mm", nz, low=0.0)
+        x_mm = _pair(x_mm, "x_mm", nx)
+        n_elements = _count(n_elements, "n_elements")
+        pitch_mm = _number(pitch_mm, "pitch_mm", low=0.0)
+        if isinstance(angles_deg, (int, float, np.integer, np.floating)) and not isinstance(angles_deg, bool):
+            angles_deg = [angles_deg]
+        if not isinstance(angles_deg, (list, tuple, np.ndarray)) or len(angles_deg) == 0:
+            raise InputError(f"angles_deg must be a non-empty list of steering angles in degrees, got {angles_deg!r}")
+        angles_deg = [_number(a, "every steering angle in angles_deg", low=-90.0, high=90.0) for a in angles_deg]
+        if any(abs(a) >= 90.0 for a in angles_deg):
+            raise InputError("every steering angle in angles_deg must lie strictly between -90 and 90 degrees")
+        fs_hz = _number(fs_hz, "fs_hz (sampling rate)", low=0.0)
+        n_samples = _count(n_samples, "n_samples")
+        c = _number(c, "c (speed of sound, m/s)", low=300.0, high=10000.0, low_open=False)
+        t0_s = _number(t0_s, "t0_s")
+        f0_hz = _number(f0_hz, "f0_hz (pulse centre frequency)", low=0.0)
+        if f0_hz >= fs_hz / 2:
+            raise InputError(f"f0_hz ({f0_hz:g} Hz) must be below half the sampling rate fs_hz / 2 ({fs_hz / 2:g} Hz)")
+        bandwidth = _number(bandwidth, "bandwidth (fractional, -6 dB)", low=0.0, high=2.0)
+        f_number = _number(f_number, "f_number", low=0.0)
+        if apodization not in APODIZATIONS:
+            raise InputError(f"apodization must be one of {', '.join(APODIZATIONS)}, got {apodization!r}")
+        if tx_reference not in TX_REFERENCES:
+            raise InputError(f"tx_reference must be one of {', '.join(TX_REFERENCES)}, got {tx_reference!r}")
+        chunk = _count(chunk, "chunk")
+        super().__init__(shape=[nz, nx], z_mm=z_mm, x_mm=x_mm, n_elements=n_elements, pitch_mm=pitch_mm,
+                         angles_deg=angles_deg, fs_hz=fs_hz, n_samples=n_samples, c=c, t0_s=t0_s, f0_hz=f0_hz,
+                         bandwidth=bandwidth, f_number=f_number, apodization=apodization,
+                         tx_reference=tx_reference, chunk=chunk)
+        self.domain_shape = (nz, nx)
+        self.range_shape = (len(angles_deg), n_elements, n_samples)
+        self.register_buffer("pulse", torch.from_numpy(gaussian_pulse(f0_hz, bandwidth, fs_hz).astype(np.float32)))
+        self._plans: dict = {}
+
+    # ------------------------------------------------------------------ geometry
+    @property
+    def n_angles(self) -> int:
+        return self.range_shape[0]
+
+    def _plan(self, device: torch.device, dtype: torch.dtype) -> dict:
+        """Per-(transmit, pixel) and per-(element, pixel) factors of the delays, cached.
+
+        ``tx``: ``(tau_tx - t0) fs`` ``(n_angles, P)``; ``rx``: ``tau_rx fs`` ``(n_elements, P)``;
+        ``w``: apodisation ``(n_elements, P)``; ``norm``: classical()'s divisor ``(P,)``.
+        Computed in float64, stored in ``dtype``.
+        """
+        key = (str(device), dtype)
+        if key not in self._plans:
+            p = self._params
+            z, x = pixel_axes(p["shape"], p["z_mm"], p["x_mm"], device=device)
+            pitch = p["pitch_mm"] * 1e-3
+            xe = element_positions(p["n_elements"], pitch, device=device)
+            ang = [math.radians(a) for a in p["angles_deg"]]
+            tx = transmit_delays(ang, z, x, p["c"], n_elements=p["n_elements"], pitch_m=pitch,
+                                 reference=p["tx_reference"])
+            rx = receive_delays(xe, z, x, p["c"])
+            w = receive_apodization(xe, z, x, p["f_number"], p["apodization"])
+            P = z.numel() * x.numel()
+            fs = p["fs_hz"]
+            self._plans[key] = {
+                "tx": ((tx - p["t0_s"]) * fs).reshape(self.n_angles, P).to(dtype),
+                "rx": (rx * fs).reshape(-1, P).to(dtype),
+                "w": w.reshape(-1, P).to(dtype),
+            }
+        return self._plans[key]
+
+    def _diag_normal(self, plan: dict) -> torch.Tensor:
+        """The diagonal of ``A^T A``: a unit reflector's delay-and-sum value at its own pixel, ``(P,)``.
+
+        ``sum_{a,e} w^2 [((1 - f)^2 + f^2) R_0 + 2 f (1 - f) R_1]`` with ``f`` the fractional
+        delay and ``R_k = sum_j h_j h_{j+k}`` the pulse autocorrelation (taps cut by the ends of
+        the record are ignored; delays outside the record count zero).  Cached in the plan.
+        """
+        if "diag" not in plan:
+            h = self.pulse.to(torch.float64)
+            r0, r1 = float((h * h).sum()), float((h[1:] * h[:-1]).sum())
+            nt = self.range_shape[2]
+            d = torch.zeros_like(plan["tx"][0])
+            for a0, a1 in self._steps():
+                s = plan["tx"][a0:a1, None, :] + plan["rx"][None]
+                f = s - torch.floor(s)
+                w = plan["w"][None] * ((s >= 0) & (s <= nt - 1))
+                d += (w * w * (((1 - f) ** 2 + f * f) * r0 + 2 * f * (1 - f) * r1)).sum((0, 1))
+            top = float(d.max())
+            plan["diag"] = torch.clamp(d, min=1e-6 * top if top > 0 else 1.0)
+        return plan["diag"]
+
+    def _apply(self, fn, *args, **kwargs):  # .to(), .double(), ...: the cached plans follow
+        self._plans = {}
+        return super()._apply(fn, *args, **kwargs)
+
+    def _steps(self):
+        """Transmit ranges ``[a0, a1)`` with at most ``chunk`` (transmit, element, pixel) triples."""
+        per_angle = self.range_shape[1] * self.domain_shape[0] * self.domain_shape[1]
+        na = max(1, self._params["chunk"] // per_angle)
+        return [(a0, min(a0 + na, self.n_angles)) for a0 in range(0, self.n_angles, na)]
+
+    def _taps(self, a0: int, a1: int, plan: dict):
+        """Flat sample indices and weights of the hat kernel for transmits ``a0 .. a1-1``.
+
+        Index into the channels padded with one sample on each side (``n_samples + 2``), so a
+        delay in ``[-1, n_samples)`` keeps both taps in range; taps that land in the padding
+        are dropped by the caller.  Returns ``(i0, w0, w1)`` flat over ``(a, e, p)``; the
+        second tap is at ``i0 + 1``.
+        """
+        ne, nt = self.range_shape[1], self.range_shape[2]
+        s = plan["tx"][a0:a1, None, :] + plan["rx"][None]  # (na, ne, P) samples
+        fl = torch.floor(s)
+        frac = s - fl
+        w = plan["w"][None] * ((s >= -1) & (s < nt))
+        w1 = w * frac
+        w0 = w - w1
+        fl = fl.clamp_(-1, nt - 1).to(torch.int64) + 1
+        base = (torch.arange(a0, a1, device=s.device)[:, None] * ne
+                + torch.arange(ne, device=s.device)[None, :]) * (nt + 2)
+        i0 = fl + base[:, :, None]
+        return i0.reshape(-1), w0.reshape(-1), w1.reshape(-1)
+
+    # ------------------------------------------------------------------ operator
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        na, ne, nt = self.range_shape
+        plan = self._plan(x.device, x.dtype)
+        xf = x.reshape(b, 1, -1)
+        u = torch.zeros(b, na * ne * (nt + 2), dtype=x.dtype, device=x.device)
+        for a0, a1 in self._steps():
+            i0, w0, w1 = self._taps(a0, a1, plan)
+            xs = xf.expand(b, (a1 - a0) * ne, xf.shape[-1]).reshape(b, -1)
+            u.index_add_(1, i0, xs * w0)
+            u.index_add_(1, i0 + 1, xs * w1)
+        u = u.view(b, na, ne, nt + 2)[..., 1:-1]
+        return convolve_time(u.contiguous(), self.pulse.to(x.dtype))
+
+    def _adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        b = y.shape[0]
+        plan = self._plan(y.device, y.dtype)
+        v = correlate_time(y.contiguous(), self.pulse.to(y.dtype))
+        v = torch.nn.functional.pad(v, (1, 1)).reshape(b, -1)
+        P = self.domain_shape[0] * self.domain_shape[1]
+        out = torch.zeros(b, P, dtype=y.dtype, device=y.device)
+        for a0, a1 in self._steps():
+            i0, w0, w1 = self._taps(a0, a1, plan)
+            g = v.index_select(1, i0) * w0 + v.index_select(1, i0 + 1) * w1
+            out += g.view(b, -1, P).sum(1)
+        return out.view(b, *self.domain_shape)
+
+    def classical(self, y: torch.Tensor) -> torch.Tensor:
+        """Delay-and-sum RF image ``A^T y / diag(A^T A)`` (module docstring), ``(B, nz, nx)``."""
+        x = self.adjoint(y)
+        return x / self._diag_normal(self._plan(x.device, x.dtype)).view(self.domain_shape)
