@@ -36,12 +36,13 @@ to ``r`` at its own pixel whatever the number of transmits and elements, and a p
 element hears is 0.  It is a real RF image; envelope detection and log compression (B-mode) are not
 part of the operator.
 
-Delays are computed on the fly: the operator keeps ``tau_tx`` per (transmit, pixel) and
-``tau_rx`` and ``w`` per (element, pixel) -- ``(n_angles + 2 n_elements) nz nx`` numbers, cached
-per device and dtype -- and forms the round-trip delays for a few transmits at a time
-(``chunk`` bounds the (transmit, element, pixel) triples per step), never the full
-``n_angles x n_elements x nz x nx`` table.  Forward and adjoint work on any device (they
-follow the input).
+Delays are computed on the fly: the operator keeps ``tau_tx`` per (transmit, pixel), and
+``tau_rx`` and ``w`` per (element, pixel) pair inside the receive aperture (``w > 0``, about
+40 % of all pairs at f-number 1.5) -- at most ``(n_angles + 4 n_elements) nz nx`` numbers,
+cached per device and dtype -- and forms the round-trip delays block by block (``chunk``
+(transmit, element, pixel) triples per step: cache-sized on the CPU, large on a GPU), never
+the full ``n_angles x n_elements x nz x nx`` table.  Forward and adjoint run on the input's
+device, batched over frames (the delays of a block serve every frame).
 
 Example::
 
@@ -76,7 +77,9 @@ from medrecon_us.pulse import convolve_time, correlate_time, gaussian_pulse
 
 __all__ = ["PlaneWaveRF"]
 
-_CHUNK = 1 << 22  # (transmit, element, pixel) triples per step: ~100 MB of temporaries in float32
+# (transmit, element, pixel) triples per step: cache-sized on the CPU, large on a GPU
+_CHUNK_CPU = 1 << 16
+_CHUNK_CUDA = 1 << 22
 
 
 def _number(v, name: str, *, low: float | None = None, high: float | None = None, low_open: bool = True) -> float:
@@ -142,8 +145,8 @@ class PlaneWaveRF(Operator):
         ``"first_element"`` (first element fires, Verasonics); see
         :mod:`medrecon_us.geometry`.
     ``chunk``
-        Most (transmit, element, pixel) triples handled per step (memory bound; default
-        ``2**22``).
+        Most (transmit, element, pixel) triples handled per step (default None: ``2**16`` on
+        the CPU, ``2**22`` on CUDA).  Results do not depend on it beyond rounding.
     """
 
     name: ClassVar[str] = "us.planewave"
@@ -153,7 +156,7 @@ class PlaneWaveRF(Operator):
 
     def __init__(self, shape, z_mm, x_mm, n_elements, pitch_mm, angles_deg, fs_hz, n_samples, c=1540.0,
                  t0_s=0.0, f0_hz=5e6, bandwidth=0.6, f_number=1.5, apodization="hann",
-                 tx_reference="center", chunk=_CHUNK):
+                 tx_reference="center", chunk=None):
         if not isinstance(shape, (list, tuple, np.ndarray)) or len(shape) != 2:
             raise InputError(f"shape must be [nz, nx], got {shape!r}")
         nz, nx = _count(shape[0], "shape[0] (nz)"), _count(shape[1], "shape[1] (nx)")
@@ -181,7 +184,7 @@ class PlaneWaveRF(Operator):
             raise InputError(f"apodization must be one of {', '.join(APODIZATIONS)}, got {apodization!r}")
         if tx_reference not in TX_REFERENCES:
             raise InputError(f"tx_reference must be one of {', '.join(TX_REFERENCES)}, got {tx_reference!r}")
-        chunk = _count(chunk, "chunk")
+        chunk = None if chunk is None else _count(chunk, "chunk")
         super().__init__(shape=[nz, nx], z_mm=z_mm, x_mm=x_mm, n_elements=n_elements, pitch_mm=pitch_mm,
                          angles_deg=angles_deg, fs_hz=fs_hz, n_samples=n_samples, c=c, t0_s=t0_s, f0_hz=f0_hz,
                          bandwidth=bandwidth, f_number=f_number, apodization=apodization,
@@ -197,11 +200,13 @@ class PlaneWaveRF(Operator):
         return self.range_shape[0]
 
     def _plan(self, device: torch.device, dtype: torch.dtype) -> dict:
-        """Per-(transmit, pixel) and per-(element, pixel) factors of the delays, cached.
+        """The factors of the delays, cached per device and dtype (computed in float64).
 
-        ``tx``: ``(tau_tx - t0) fs`` ``(n_angles, P)``; ``rx``: ``tau_rx fs`` ``(n_elements, P)``;
-        ``w``: apodisation ``(n_elements, P)``; ``norm``: classical()'s divisor ``(P,)``.
-        Computed in float64, stored in ``dtype``.
+        ``tx``: ``(tau_tx - t0) fs + 1`` per (transmit, pixel), ``(n_angles, P)`` (the +1 is the
+        channel padding below); for the (element, pixel) pairs that the apodisation keeps
+        (``w > 0``), flat: ``p`` pixel index, ``rx`` = ``tau_rx fs``, ``w`` weight, ``off`` =
+        ``e L`` the channel's offset in a transmit's padded ``(n_elements, L)`` block
+        (``L = n_samples + 3``).
         """
         key = (str(device), dtype)
         if key not in self._plans:
@@ -212,98 +217,103 @@ class PlaneWaveRF(Operator):
             ang = [math.radians(a) for a in p["angles_deg"]]
             tx = transmit_delays(ang, z, x, p["c"], n_elements=p["n_elements"], pitch_m=pitch,
                                  reference=p["tx_reference"])
-            rx = receive_delays(xe, z, x, p["c"])
-            w = receive_apodization(xe, z, x, p["f_number"], p["apodization"])
-            P = z.numel() * x.numel()
+            rx = receive_delays(xe, z, x, p["c"]).flatten(1)
+            w = receive_apodization(xe, z, x, p["f_number"], p["apodization"]).flatten(1)
+            e, pix = torch.nonzero(w > 0, as_tuple=True)
             fs = p["fs_hz"]
             self._plans[key] = {
-                "tx": ((tx - p["t0_s"]) * fs).reshape(self.n_angles, P).to(dtype),
-                "rx": (rx * fs).reshape(-1, P).to(dtype),
-                "w": w.reshape(-1, P).to(dtype),
+                "tx": ((tx - p["t0_s"]) * fs + 1.0).flatten(1).to(dtype),
+                "p": pix,
+                "rx": (rx[e, pix] * fs).to(dtype),
+                "w": w[e, pix].to(dtype),
+                "off": e * (self.range_shape[2] + 3),
             }
         return self._plans[key]
+
+    def _apply(self, fn, *args, **kwargs):  # .to(), .double(), ...: the cached plans follow
+        self._plans = {}
+        return super()._apply(fn, *args, **kwargs)
+
+    def _steps(self, n_pairs: int, device: torch.device):
+        """Blocks ``(a, k0, k1)``: transmit ``a`` and (element, pixel) pairs ``k0 .. k1-1``, at most ``chunk`` pairs."""
+        chunk = self._params["chunk"] or (_CHUNK_CUDA if device.type == "cuda" else _CHUNK_CPU)
+        return [(a, k0, min(k0 + chunk, n_pairs)) for a in range(self.n_angles) for k0 in range(0, n_pairs, chunk)]
+
+    def _taps(self, plan: dict, a: int, k0: int, k1: int):
+        """Hat-kernel taps of transmit ``a`` and pairs ``k0 .. k1-1``: ``(i, W)``, both ``(n,)``.
+
+        The channels are padded to ``L = n_samples + 3`` (sample ``t`` at ``t + 1``); the padded
+        delay ``s + 1`` is clamped to ``[0, n_samples + 1]``, so that a delay off the record puts
+        its weight on padding only.  Tap 0, weight ``w0 = w (1 - f)`` (``f`` the fractional
+        delay), is at flat index ``i`` of transmit ``a``'s ``(n_elements, L)`` block, tap 1,
+        ``w1 = w f``, at ``i + 1``; ``W = w0 - i w1`` carries both (complex).
+        """
+        nt = self.range_shape[2]
+        pix = plan["p"][k0:k1]
+        s = plan["tx"][a].index_select(0, pix).add_(plan["rx"][k0:k1]).clamp_(0, nt + 1)
+        fl = torch.floor(s)
+        w1 = s.sub_(fl).mul_(plan["w"][k0:k1])
+        W = torch.complex(plan["w"][k0:k1] - w1, w1.neg_())
+        i = fl.to(torch.int64).add_(plan["off"][k0:k1])
+        return i, W
+
+    # ------------------------------------------------------------------ operator
+    # Both taps travel together as one complex number: the forward accumulates x_p conj(W)
+    # = (x_p w0) + i (x_p w1) at index i, the adjoint reads the pair v[i] + i v[i + 1] and keeps
+    # Re(pair W) = w0 v[i] + w1 v[i + 1]: one index_add_ / gather instead of two, and complex
+    # products instead of strided real/imaginary views (about 3x faster on the CPU).
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        na, ne, nt = self.range_shape
+        plan = self._plan(x.device, x.dtype)
+        xf = x.reshape(b, -1)
+        u = torch.zeros(b, na, ne * (nt + 3), dtype=_complex_of(x.dtype), device=x.device)
+        for a, k0, k1 in self._steps(plan["p"].numel(), x.device):
+            i, W = self._taps(plan, a, k0, k1)
+            u[:, a].index_add_(1, i, xf.index_select(1, plan["p"][k0:k1]) * W)
+        u = torch.view_as_real(u).view(b, na, ne, nt + 3, 2)
+        u = u[..., 1 : nt + 1, 0] - u[..., 0:nt, 1]  # sample t: tap 0 at t + 1, tap 1 at t (+ 1); Im W = -w1
+        return convolve_time(u, self.pulse.to(x.dtype))
+
+    def _adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        b = y.shape[0]
+        na, ne, nt = self.range_shape
+        plan = self._plan(y.device, y.dtype)
+        v = correlate_time(y, self.pulse.to(y.dtype))
+        v = torch.nn.functional.pad(v, (1, 3))  # padded channel (L = nt + 3) plus one for the pairs
+        pairs = torch.view_as_complex(torch.stack([v[..., :-1], v[..., 1:]], -1)).reshape(b, na, -1)
+        out = torch.zeros(b, self.domain_shape[0] * self.domain_shape[1], dtype=y.dtype, device=y.device)
+        for a, k0, k1 in self._steps(plan["p"].numel(), y.device):
+            i, W = self._taps(plan, a, k0, k1)
+            out.index_add_(1, plan["p"][k0:k1], (pairs[:, a].index_select(1, i) * W).real)
+        return out.view(b, *self.domain_shape)
 
     def _diag_normal(self, plan: dict) -> torch.Tensor:
         """The diagonal of ``A^T A``: a unit reflector's delay-and-sum value at its own pixel, ``(P,)``.
 
         ``sum_{a,e} w^2 [((1 - f)^2 + f^2) R_0 + 2 f (1 - f) R_1]`` with ``f`` the fractional
-        delay and ``R_k = sum_j h_j h_{j+k}`` the pulse autocorrelation (taps cut by the ends of
-        the record are ignored; delays outside the record count zero).  Cached in the plan.
+        delay and ``R_k = sum_j h_j h_{j+k}`` the pulse autocorrelation (pulse taps cut by the
+        ends of the record are ignored).  Cached in the plan; pixels no channel records get 1.
         """
         if "diag" not in plan:
             h = self.pulse.to(torch.float64)
             r0, r1 = float((h * h).sum()), float((h[1:] * h[:-1]).sum())
             nt = self.range_shape[2]
             d = torch.zeros_like(plan["tx"][0])
-            for a0, a1 in self._steps():
-                s = plan["tx"][a0:a1, None, :] + plan["rx"][None]
+            for a, k0, k1 in self._steps(plan["p"].numel(), d.device):
+                s = plan["tx"][a].index_select(0, plan["p"][k0:k1]) + plan["rx"][k0:k1]
                 f = s - torch.floor(s)
-                w = plan["w"][None] * ((s >= 0) & (s <= nt - 1))
-                d += (w * w * (((1 - f) ** 2 + f * f) * r0 + 2 * f * (1 - f) * r1)).sum((0, 1))
+                w = plan["w"][k0:k1] * ((s >= 1) & (s <= nt))  # both taps on the record
+                d.index_add_(0, plan["p"][k0:k1], w * w * (((1 - f) ** 2 + f * f) * r0 + 2 * f * (1 - f) * r1))
             top = float(d.max())
-            plan["diag"] = torch.clamp(d, min=1e-6 * top if top > 0 else 1.0)
+            plan["diag"] = torch.where(d > 1e-6 * top, d, torch.ones_like(d)) if top > 0 else torch.ones_like(d)
         return plan["diag"]
-
-    def _apply(self, fn, *args, **kwargs):  # .to(), .double(), ...: the cached plans follow
-        self._plans = {}
-        return super()._apply(fn, *args, **kwargs)
-
-    def _steps(self):
-        """Transmit ranges ``[a0, a1)`` with at most ``chunk`` (transmit, element, pixel) triples."""
-        per_angle = self.range_shape[1] * self.domain_shape[0] * self.domain_shape[1]
-        na = max(1, self._params["chunk"] // per_angle)
-        return [(a0, min(a0 + na, self.n_angles)) for a0 in range(0, self.n_angles, na)]
-
-    def _taps(self, a0: int, a1: int, plan: dict):
-        """Flat sample indices and weights of the hat kernel for transmits ``a0 .. a1-1``.
-
-        Index into the channels padded with one sample on each side (``n_samples + 2``), so a
-        delay in ``[-1, n_samples)`` keeps both taps in range; taps that land in the padding
-        are dropped by the caller.  Returns ``(i0, w0, w1)`` flat over ``(a, e, p)``; the
-        second tap is at ``i0 + 1``.
-        """
-        ne, nt = self.range_shape[1], self.range_shape[2]
-        s = plan["tx"][a0:a1, None, :] + plan["rx"][None]  # (na, ne, P) samples
-        fl = torch.floor(s)
-        frac = s - fl
-        w = plan["w"][None] * ((s >= -1) & (s < nt))
-        w1 = w * frac
-        w0 = w - w1
-        fl = fl.clamp_(-1, nt - 1).to(torch.int64) + 1
-        base = (torch.arange(a0, a1, device=s.device)[:, None] * ne
-                + torch.arange(ne, device=s.device)[None, :]) * (nt + 2)
-        i0 = fl + base[:, :, None]
-        return i0.reshape(-1), w0.reshape(-1), w1.reshape(-1)
-
-    # ------------------------------------------------------------------ operator
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        b = x.shape[0]
-        na, ne, nt = self.range_shape
-        plan = self._plan(x.device, x.dtype)
-        xf = x.reshape(b, 1, -1)
-        u = torch.zeros(b, na * ne * (nt + 2), dtype=x.dtype, device=x.device)
-        for a0, a1 in self._steps():
-            i0, w0, w1 = self._taps(a0, a1, plan)
-            xs = xf.expand(b, (a1 - a0) * ne, xf.shape[-1]).reshape(b, -1)
-            u.index_add_(1, i0, xs * w0)
-            u.index_add_(1, i0 + 1, xs * w1)
-        u = u.view(b, na, ne, nt + 2)[..., 1:-1]
-        return convolve_time(u.contiguous(), self.pulse.to(x.dtype))
-
-    def _adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        b = y.shape[0]
-        plan = self._plan(y.device, y.dtype)
-        v = correlate_time(y.contiguous(), self.pulse.to(y.dtype))
-        v = torch.nn.functional.pad(v, (1, 1)).reshape(b, -1)
-        P = self.domain_shape[0] * self.domain_shape[1]
-        out = torch.zeros(b, P, dtype=y.dtype, device=y.device)
-        for a0, a1 in self._steps():
-            i0, w0, w1 = self._taps(a0, a1, plan)
-            g = v.index_select(1, i0) * w0 + v.index_select(1, i0 + 1) * w1
-            out += g.view(b, -1, P).sum(1)
-        return out.view(b, *self.domain_shape)
 
     def classical(self, y: torch.Tensor) -> torch.Tensor:
         """Delay-and-sum RF image ``A^T y / diag(A^T A)`` (module docstring), ``(B, nz, nx)``."""
         x = self.adjoint(y)
         return x / self._diag_normal(self._plan(x.device, x.dtype)).view(self.domain_shape)
+
+
+def _complex_of(dtype: torch.dtype) -> torch.dtype:
+    return torch.complex128 if dtype == torch.float64 else torch.complex64
