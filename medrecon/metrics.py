@@ -275,32 +275,40 @@ def _fwhm_1d(profile: np.ndarray, centre: int) -> float:
     return float(width)
 
 
-def autocorrelation(region) -> np.ndarray:
+def autocorrelation(region, mask=None) -> np.ndarray:
     """Normalised 2D autocorrelation of a region, mean removed, zero lag at the centre.
 
     ``R(dz, dx) = sum (v(z, x) - m)(v(z+dz, x+dx) - m) / N(dz, dx)`` over the ``N`` pixel
     pairs that overlap at that lag (unbiased), divided by ``R(0, 0)``; shape
-    ``(2 nz - 1, 2 nx - 1)``, ``R[nz - 1, nx - 1] = 1``.  Computed with zero-padded FFTs.
+    ``(2 nz - 1, 2 nx - 1)``, ``R[nz - 1, nx - 1] = 1``.  With a boolean ``mask`` (same
+    shape) only pairs of pixels inside it count and ``m`` is the mean inside it, so any
+    region shape (a disc, an annulus around a target) can be used.  Computed with
+    zero-padded FFTs.
     """
     v = np.asarray(region, dtype=np.float64)
     if v.ndim != 2 or min(v.shape) < 2:
         raise InputError(f"the autocorrelation needs a 2D region of at least 2x2 pixels, got shape {v.shape}")
-    if not np.all(np.isfinite(v)):
+    w = np.ones(v.shape) if mask is None else np.asarray(mask, dtype=bool).astype(np.float64)
+    if w.shape != v.shape:
+        raise InputError(f"the mask shape {w.shape} differs from the region shape {v.shape}")
+    if w.sum() < 4:
+        raise InputError("the autocorrelation needs a region of at least 4 pixels")
+    if not np.all(np.isfinite(v[w > 0])):
         raise InputError("the region holds NaN or infinite values")
-    v = v - v.mean()
+    v = np.where(w > 0, v - v[w > 0].mean(), 0.0)
     nz, nx = v.shape
     shape = (2 * nz - 1, 2 * nx - 1)
     f = np.fft.rfft2(v, s=shape)
     r = np.fft.irfft2(f * np.conj(f), s=shape)
-    ones = np.fft.rfft2(np.ones_like(v), s=shape)
-    n = np.rint(np.fft.irfft2(ones * np.conj(ones), s=shape))
-    r = np.fft.fftshift(r / np.maximum(n, 1.0))
+    fw = np.fft.rfft2(w, s=shape)
+    n = np.rint(np.fft.irfft2(fw * np.conj(fw), s=shape))
+    r = np.fft.fftshift(np.where(n > 0, r / np.maximum(n, 1.0), 0.0))
     if r[nz - 1, nx - 1] <= 0:
         raise InputError("the region is constant; its autocorrelation is undefined")
     return r / r[nz - 1, nx - 1]
 
 
-def speckle_size(envelope_region, spacing_mm) -> tuple[float, float]:
+def speckle_size(envelope_region, spacing_mm, mask=None) -> tuple[float, float]:
     """Speckle size ``(axial, lateral)`` in mm: FWHM of the region's autocorrelation.
 
     The normalised, mean-removed autocorrelation ``R`` (:func:`autocorrelation`) of a 2D
@@ -313,14 +321,27 @@ def speckle_size(envelope_region, spacing_mm) -> tuple[float, float]:
     Parameters
     ----------
     envelope_region : array (nz, nx)
-        Envelope values (linear, not dB) of a homogeneous speckle region.
+        Envelope values (linear, not dB) of a homogeneous speckle region (or a whole
+        image with ``mask`` selecting the region).
     spacing_mm : float or (dz, dx)
         Pixel spacing in mm (axial, lateral).
+    mask : boolean array (nz, nx), optional
+        The pixels of the region (default: all).
     """
     sp = np.broadcast_to(np.asarray(spacing_mm, dtype=np.float64), (2,))
     if not np.all(np.isfinite(sp)) or np.any(sp <= 0):
         raise InputError(f"the pixel spacing must be positive mm, got {spacing_mm!r}")
-    r = autocorrelation(envelope_region)
+    if mask is not None:  # crop to the mask's bounding box: smaller FFTs, same result
+        m = np.asarray(mask, dtype=bool)
+        v = np.asarray(envelope_region)
+        if m.shape != v.shape:
+            raise InputError(f"the mask shape {m.shape} differs from the region shape {v.shape}")
+        rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
+        if rows.size == 0:
+            raise InputError("the speckle region is empty")
+        box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+        envelope_region, mask = v[box], m[box]
+    r = autocorrelation(envelope_region, mask)
     cz, cx = (s // 2 for s in r.shape)
     return _fwhm_1d(r[:, cx], cz) * float(sp[0]), _fwhm_1d(r[cz, :], cx) * float(sp[1])
 

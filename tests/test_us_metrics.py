@@ -124,3 +124,17 @@ def test_circle_and_annulus_masks_in_pixels_and_mm():
         annulus_mask((10, 10), (5, 5), 4, 2)
     with pytest.raises(InputError, match="radius"):
         circle_mask((10, 10), (5, 5), -1)
+
+
+def test_speckle_size_with_a_mask_matches_the_full_region():
+    rng = np.random.default_rng(6)
+    field = gaussian_filter(rng.standard_normal((300, 300)), (2.5, 2.5), mode="wrap")
+    ring = annulus_mask(field.shape, (150, 150), 40, 140)
+    full = speckle_size(field, 0.1)
+    ringed = speckle_size(field, 0.1, mask=ring)
+    assert ringed == pytest.approx(full, rel=0.05)
+    # a bright disc inside the ring is ignored by the mask, not by the plain call
+    field2 = field.copy()
+    field2[circle_mask(field.shape, (150, 150), 30)] += 50.0
+    assert speckle_size(field2, 0.1, mask=ring) == pytest.approx(ringed, rel=1e-9)
+    assert speckle_size(field2, 0.1)[0] > 2 * full[0]
