@@ -141,9 +141,12 @@ class PlaneWaveRF(Operator):
         Receive aperture ``|x - x_e| <= z / (2 f_number)``, weighted ``"hann"`` (default) or
         ``"boxcar"`` (:func:`medrecon_us.geometry.receive_apodization`).
     ``tx_reference``
-        Time zero of a transmit: ``"center"`` (default; wavefront at the array centre) or
-        ``"first_element"`` (first element fires, Verasonics); see
-        :mod:`medrecon_us.geometry`.
+        Time zero of a transmit: ``"first_element"`` (default: the first-firing edge element
+        fires at t = 0, as Verasonics records it) or ``"center"`` (the wavefront crosses the
+        array centre at t = 0, the PICMUS / USTB convention); see :mod:`medrecon_us.geometry`.
+        On the Verasonics wire-phantom recording (7 angles, +-1.5 degrees) ``"first_element"``
+        compounds coherently and ``"center"`` does not: the wire peaks of the delay-and-sum
+        envelope are about 5x higher (plugins/ultrasound/README.md).
     ``chunk``
         Most (transmit, element, pixel) triples handled per step (default None: ``2**16`` on
         the CPU, ``2**22`` on CUDA).  Results do not depend on it beyond rounding.
@@ -156,7 +159,7 @@ class PlaneWaveRF(Operator):
 
     def __init__(self, shape, z_mm, x_mm, n_elements, pitch_mm, angles_deg, fs_hz, n_samples, c=1540.0,
                  t0_s=0.0, f0_hz=5e6, bandwidth=0.6, f_number=1.5, apodization="hann",
-                 tx_reference="center", chunk=None):
+                 tx_reference="first_element", chunk=None):
         if not isinstance(shape, (list, tuple, np.ndarray)) or len(shape) != 2:
             raise InputError(f"shape must be [nz, nx], got {shape!r}")
         nz, nx = _count(shape[0], "shape[0] (nz)"), _count(shape[1], "shape[1] (nx)")

@@ -113,9 +113,10 @@ def test_point_scatterer_focuses_at_its_pixel(iz, ix):
     assert abs(float(im[iz, ix]) - 2.0) < 1e-9  # classical() is normalised by diag(A^T A)
 
 
-def test_point_scatterer_echo_arrives_at_round_trip_time():
+@pytest.mark.parametrize("reference", ["center", "first_element"])
+def test_point_scatterer_echo_arrives_at_round_trip_time(reference):
     """Channel data of one reflector: each channel's peak sits at (tau_tx + tau_rx - t0) fs."""
-    p = point_geometry(angles_deg=[0.0, 12.0], apodization="boxcar", f_number=2.0, t0_s=1e-6)
+    p = point_geometry(angles_deg=[0.0, 12.0], apodization="boxcar", f_number=2.0, t0_s=1e-6, tx_reference=reference)
     A = medrecon.get_operator("us.planewave", **p)
     x = torch.zeros(1, 81, 41, dtype=torch.float64)
     x[0, 60, 30] = 1.0
@@ -124,6 +125,8 @@ def test_point_scatterer_echo_arrives_at_round_trip_time():
     xe = (np.arange(64) - 31.5) * 0.3e-3
     for a, th in enumerate(np.radians([0.0, 12.0])):
         tau = (zp * np.cos(th) + xp * np.sin(th) + np.hypot(xp - xe, zp)) / 1540 - 1e-6
+        if reference == "first_element":  # time zero when the edge element fires: later by half the aperture
+            tau += 63 * 0.3e-3 * abs(np.sin(th)) / 2 / 1540
         heard = np.abs(xp - xe) <= zp / 4  # f-number 2
         peaks = y[a].abs().argmax(-1).numpy()
         assert 0 < heard.sum() < 64 and np.all(np.abs(peaks[heard] - tau[heard] * 20e6) <= 1.0)
