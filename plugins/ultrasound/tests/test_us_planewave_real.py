@@ -67,7 +67,7 @@ def test_delay_and_sum_shows_the_wires(wires, tmp_path, record_property):
     x = np.linspace(-12.0, 12.0, g["shape"][1])
     background = float(np.median(env))  # speckle: the wires cover a tiny fraction of the image
     peaks = (env == maximum_filter(env, size=(41, 21))) & (env > 30 * background)  # > 29.5 dB above
-    found = [(float(z[i]), float(x[j])) for i, j in zip(*np.nonzero(peaks))]
+    found = [(float(z[i]), float(x[j])) for i, j in zip(*np.nonzero(peaks), strict=True)]
     assert len(found) >= 4, found
     # the vertical row of wires at x = 1.8 mm: one at about 22.6 mm and one at about 42.3 mm depth
     for depth in (22.6, 42.3):
