@@ -3,6 +3,7 @@ speckle size of Gaussian-filtered noise against its analytic FWHM, region masks.
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -138,3 +139,107 @@ def test_speckle_size_with_a_mask_matches_the_full_region():
     field2[circle_mask(field.shape, (150, 150), 30)] += 50.0
     assert speckle_size(field2, 0.1, mask=ring) == pytest.approx(ringed, rel=1e-9)
     assert speckle_size(field2, 0.1)[0] > 2 * full[0]
+
+
+# ------------------------------------------------------------------ evaluate_regions (volumes, mm grid)
+def _us_volumes():
+    """RF volumes (2 frames, depth x lateral) of speckle with an anechoic cyst: clean ('after') and
+    with added haze ('before'); pixel 0.05 mm (depth) x 0.1 mm (lateral), pixel [0, 0] at 5 mm, -4 mm."""
+    from medrecon.volume import Volume
+
+    rng = np.random.default_rng(7)
+    nz, nx = 120, 80
+    aff = np.diag([0.1, 0.05, 1.0, 1.0])
+    aff[0, 3], aff[1, 3] = -4.0, 5.0
+    cyst = circle_mask((nz, nx), (8.0, 0.0), 1.0, spacing=(0.05, 0.1), origin=(5.0, -4.0))
+    carrier = np.exp(1j * 2 * np.pi * np.arange(nz)[:, None] / 6.0)
+    out = {"after": [], "before": []}
+    for _ in range(2):
+        iq = gaussian_filter(rng.standard_normal((nz, nx)), (1.5, 1.0)) + 1j * gaussian_filter(
+            rng.standard_normal((nz, nx)), (1.5, 1.0))
+        iq[cyst] *= 0.03
+        haze = 1.5 * np.abs(iq).mean() * (rng.standard_normal((nz, nx)) + 1j * rng.standard_normal((nz, nx)))
+        out["after"].append(np.real(iq * carrier))
+        out["before"].append(np.real((iq + gaussian_filter(haze.real, 1) + 1j * gaussian_filter(haze.imag, 1))
+                                     * carrier))
+    return {k: Volume(np.stack(v).astype(np.float32), aff) for k, v in out.items()}
+
+
+def test_evaluate_regions_gcnr_ks_speckle_and_figure(tmp_path):
+    from medrecon.region_eval import evaluate_regions
+
+    v = _us_volumes()
+    res = evaluate_regions(v["after"], classical=v["before"], targets=["8,0,0.8"], backgrounds=[(8, 0, 1.3, 2.0)],
+                           json_path=tmp_path / "m.json", png=tmp_path / "b.png", haze=v["before"])
+    g_after, g_before = res["after"]["gcnr"][0], res["before"]["gcnr"][0]
+    assert len(g_after["per_frame"]) == 2 and g_after["mean"] > 0.85
+    assert g_before["mean"] < g_after["mean"] - 0.2  # haze fills the cyst
+    ks = res["ks"][0]
+    assert ks["target"]["mean"] > 0.5 and ks["background"]["mean"] < ks["target"]["mean"]
+    sp = res["after"]["speckle_mm"][0]
+    assert 0.05 < sp["axial"] < 1.0 and 0.05 < sp["lateral"] < 1.0
+    assert res["regions"][0]["target_pixels"] > 100 and res["spacing_mm"] == pytest.approx([0.05, 0.1])
+    assert json.loads((tmp_path / "m.json").read_text())["after"]["gcnr"][0]["mean"] == g_after["mean"]
+    assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
+    # regions in pixels (row, column, radius: a px disc is 0.05 x 0.1 mm per pixel, so an ellipse in mm);
+    # the after image against itself: KS 0
+    px = evaluate_regions(v["after"], classical=v["after"], targets=[(60, 40, 8)], backgrounds=[(60, 40, 26, 36)],
+                          units="px", dynamic_range_db=40)
+    assert px["regions"][0]["target_pixels"] == circle_mask((120, 80), (60, 40), 8).sum()
+    assert px["ks"][0]["target"]["mean"] == 0.0
+    assert px["after"]["gcnr"][0]["mean"] > 0.85
+    # a ground truth adds PSNR / SSIM on the B-mode
+    ref = evaluate_regions(v["before"], reference=v["after"], targets=["8,0,0.8"], backgrounds=["8,0,1.3,2"])
+    assert ref["reference_comparison"]["ssim"] < 1.0 and ref["reference_comparison"]["on"].startswith("B-mode")
+
+
+def test_evaluate_regions_bad_input():
+    from medrecon.region_eval import evaluate_regions
+    from medrecon.volume import Volume
+
+    v = _us_volumes()
+    with pytest.raises(InputError, match="outside the image"):
+        evaluate_regions(v["after"], targets=["30,0,1"], backgrounds=["8,0,1.3,2"])
+    with pytest.raises(InputError, match="differs"):
+        evaluate_regions(v["after"], classical=Volume(np.zeros((2, 10, 10))), targets=["8,0,1"],
+                         backgrounds=["8,0,1.3,2"])
+    with pytest.raises(InputError, match="z,x,r"):
+        evaluate_regions(v["after"], targets=["8,0"], backgrounds=["8,0,1.3,2"])
+    with pytest.raises(InputError, match="r_in < r_out"):
+        evaluate_regions(v["after"], targets=["8,0,1"], backgrounds=["8,0,2,1.3"])
+    with pytest.raises(InputError, match="background"):
+        evaluate_regions(v["after"], targets=["8,0,1"], backgrounds=[])
+
+
+def test_cli_evaluate_with_regions_and_bad_input(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from medrecon.volume import save_volume
+
+    v = _us_volumes()
+    save_volume(v["after"], tmp_path / "after.nii.gz")
+    save_volume(v["before"], tmp_path / "before.nii.gz")
+    (tmp_path / "regions.json").write_text(json.dumps({"units": "mm", "targets": [[8, 0, 0.8]],
+                                                       "backgrounds": [[8, 0, 1.3, 2.0]]}))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "medrecon.cli.main", "evaluate", *map(str, args)],
+                              capture_output=True, text=True, env=env, timeout=300)
+
+    proc = cli(tmp_path / "after.nii.gz", "--classical", tmp_path / "before.nii.gz", "--regions",
+               tmp_path / "regions.json", "--target", "8,0,0.5", "--dynamic-range", "50",
+               "--json", tmp_path / "m.json", "--png", tmp_path / "f.png")
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads((tmp_path / "m.json").read_text())
+    assert [r["target"] for r in res["regions"]] == [[8.0, 0.0, 0.5], [8.0, 0.0, 0.8]]  # the background is shared
+    assert res["dynamic_range_db"] == 50 and res["after"]["gcnr"][1]["mean"] > 0.85
+    assert "KS before vs after" in proc.stdout and "gCNR" in proc.stdout and (tmp_path / "f.png").stat().st_size
+    for args, words in (([tmp_path / "after.nii.gz", "--target", "30,0,1", "--background", "8,0,1.3,2"],
+                         "outside the image"),
+                        ([tmp_path / "after.nii.gz"], "--reference")):
+        proc = cli(*args)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and words in proc.stderr
