@@ -1,4 +1,7 @@
-"""Throughput of the ct.parallel projector against ODL + ASTRA (CPU) and ODL's skimage backend.
+"""Throughput of the operators: ct.parallel against ODL + ASTRA, us.planewave against NumPy delay-and-sum.
+
+CT (``--modality ct``): throughput of the ct.parallel projector against ODL + ASTRA (CPU)
+and ODL's skimage backend.
 
 For each geometry (256x256 with 180 views, 512x512 with 720 views; pixel-sized
 detector bins, ``ceil(sqrt(2) N)`` of them) and batch size (1, 16) it times the
@@ -18,9 +21,21 @@ batch) and writes JSON (``--json``, default ``out/bench_operators.json``).  The
 system matrix build time (first use of a geometry; cached afterwards) is
 reported separately, not included in the throughput.
 
+Ultrasound (``--modality us``): ``us.planewave`` forward (RF simulation) and adjoint
+(delay-and-sum with the matched pulse filter) for 128 elements x 75 plane waves (-16..16
+degrees) x 1536 samples at 20 MHz and a 256 x 128 image (z 5..40 mm, x -19.05..19.05 mm),
+frames per second for 1 and 4 frames per call, against a straightforward NumPy
+delay-and-sum of the same geometry (linear interpolation, Hann receive apodisation at
+f-number 1.5, vectorised over the pixels, a Python loop over transmits and elements; one
+frame) in the same run, with the torch thread counts of ``--us-threads``.  The NumPy
+baseline beamforms the pulse-filtered channels, so its image must equal the adjoint's: the
+relative difference is reported as a cross-check.  With ``--device cuda`` GPU rows are
+added (1 and 8 frames per call).
+
 Usage::
 
     python benchmarks/operators.py                  # full run (a few minutes on 2 cores)
+    python benchmarks/operators.py --modality us --us-threads 1,2 --json benchmarks/results/operators_us_cpu.json
     python benchmarks/operators.py --quick          # small sizes, seconds
     python benchmarks/operators.py --device cuda    # adds GPU rows
     python benchmarks/operators.py --device cuda --peers astra   # skip the slow skimage rows
@@ -251,6 +266,126 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------- ultrasound
+US_GEOMETRY = dict(shape=[256, 128], z_mm=[5.0, 40.0], x_mm=[-19.05, 19.05], n_elements=128, pitch_mm=0.3,
+                   fs_hz=20e6, n_samples=1536, c=1540.0, f_number=1.5, apodization="hann",
+                   tx_reference="first_element")
+
+
+def numpy_das(rf: np.ndarray, g: dict) -> np.ndarray:
+    """Straightforward NumPy delay-and-sum of ``rf`` ``(n_angles, n_elements, n_samples)`` on the grid of ``g``.
+
+    The same geometry as ``us.planewave`` (plane-wave transmit delay with the first-element
+    time reference, receive delay, linear interpolation of each channel, Hann receive
+    apodisation at ``f_number``; delays off the record read zero), vectorised over the pixels
+    with a Python loop over transmits and elements.
+    """
+    na, ne, nt = rf.shape
+    dt = rf.dtype
+    z = np.linspace(*g["z_mm"], g["shape"][0], dtype=dt)[:, None] * 1e-3
+    x = np.linspace(*g["x_mm"], g["shape"][1], dtype=dt)[None, :] * 1e-3
+    pitch, c, fs, fnum = g["pitch_mm"] * 1e-3, g["c"], g["fs_hz"], g["f_number"]
+    xe = (np.arange(ne) - (ne - 1) / 2) * pitch
+    half = z / (2 * fnum)
+    out = np.zeros(np.broadcast_shapes(z.shape, x.shape), dt)
+    for a, th in enumerate(np.radians(g["angles_deg"])):
+        t_tx = (z * np.cos(th) + x * np.sin(th)) / c + (ne - 1) * pitch * abs(np.sin(th)) / (2 * c)
+        for e in range(ne):
+            dx = x - xe[e]
+            w = np.where(np.abs(dx) <= half, np.cos(0.5 * np.pi * np.abs(dx) / half) ** 2, 0).astype(dt)
+            ch = np.concatenate([[0], rf[a, e], [0, 0, 0]]).astype(dt)  # sample t at t + 1, zeros around
+            s = np.clip((t_tx + np.sqrt(dx * dx + z * z) / c) * fs + 1, 0, nt + 1)
+            i = np.floor(s).astype(np.int64)
+            f = s - i
+            out += w * ((1 - f) * ch[i] + f * ch[i + 1])
+    return out
+
+
+def run_us(args) -> dict:
+    from medrecon_us.pulse import correlate_time
+
+    import medrecon
+
+    n_angles = 10 if args.quick else 75
+    g = dict(US_GEOMETRY, angles_deg=np.linspace(-16, 16, n_angles).tolist())
+    geo = f"us {n_angles} angles x 128 el x 1536 samples -> 256x128"
+    print(f"\n== {geo}", flush=True)
+    min_time = 0.3 if args.quick else 1.0
+    rng = np.random.default_rng(0)
+    records = []
+    threads_before = torch.get_num_threads()
+    A = medrecon.get_operator("us.planewave", **g)
+    t0 = time.perf_counter()
+    A._plan(torch.device("cpu"), torch.float32)
+    plan_s = time.perf_counter() - t0
+    n_pairs = int(A._plan(torch.device("cpu"), torch.float32)["p"].numel())
+    print(f"   delay plan: {plan_s:.2f} s, {n_pairs / 1e6:.2f} M (element, pixel) pairs in the aperture "
+          f"({n_pairs / (128 * 256 * 128):.0%})", flush=True)
+    y1 = torch.from_numpy(rng.standard_normal((1, n_angles, 128, 1536), dtype=np.float32))
+    for threads in args.us_threads:
+        torch.set_num_threads(threads)
+        rows = []
+        for B in (1, 4):
+            x = torch.from_numpy(rng.standard_normal((B, 256, 128), dtype=np.float32))
+            y = y1.expand(B, -1, -1, -1).contiguous()
+            with torch.no_grad():
+                tf = timeit(lambda x=x: A(x), "cpu", min_time)
+                ta = timeit(lambda y=y: A.adjoint(y), "cpu", min_time)
+            rows.append(("us.planewave", "cpu", B, tf, ta))
+        # the NumPy baseline beamforms the pulse-filtered channels: its image is A^T y
+        v = correlate_time(y1, A.pulse)[0].numpy()
+        t0 = time.perf_counter()
+        ref = numpy_das(v, g)
+        tn = time.perf_counter() - t0
+        with torch.no_grad():
+            adj = A.adjoint(y1)[0].numpy()
+        agree = float(np.linalg.norm(adj - ref) / np.linalg.norm(ref))
+        rows.append(("numpy delay-and-sum", "cpu", 1, None, tn))
+        print(f"   threads {threads}: NumPy delay-and-sum vs us.planewave adjoint: relative difference {agree:.1e}")
+        for impl, dev, B, tf, ta in rows:
+            rec = {"geometry": geo, "n_angles": n_angles, "n_elements": 128, "n_samples": 1536, "image": [256, 128],
+                   "impl": impl, "device": dev, "threads": threads, "batch": B, "forward_s": tf, "adjoint_s": ta,
+                   "forward_frames_per_s": B / tf if tf else None, "adjoint_frames_per_s": B / ta,
+                   "adjoint_ratio_vs_numpy_das": tn / (ta / B)}
+            if tf:
+                rec["forward_ratio_vs_numpy_das"] = tn / (tf / B)
+            if impl == "numpy delay-and-sum":
+                rec["rel_diff_vs_adjoint"] = agree
+            records.append(rec)
+            fwd = f"{B / tf:8.3f}/s" if tf else "       --"
+            print(f"   threads {threads} batch {B}  {impl:<22} {dev:<5} fwd {fwd}  adj {B / ta:8.3f}/s  "
+                  f"adj x NumPy {rec['adjoint_ratio_vs_numpy_das']:6.1f}", flush=True)
+    torch.set_num_threads(threads_before)
+    if args.device.startswith("cuda"):
+        Ag = medrecon.get_operator("us.planewave", **g).to("cuda")
+        for B in (1, 8):
+            x = torch.randn(B, 256, 128, device="cuda")
+            y = y1.to("cuda").expand(B, -1, -1, -1).contiguous()
+            with torch.no_grad():
+                err = float((Ag.adjoint(y[:1])[0].cpu() - torch.from_numpy(adj)).norm() / np.linalg.norm(adj))
+                tf = timeit(lambda x=x: Ag(x), "cuda", min_time)
+                ta = timeit(lambda y=y: Ag.adjoint(y), "cuda", min_time)
+            rec = {"geometry": geo, "n_angles": n_angles, "impl": "us.planewave", "device": "cuda",
+                   "card": torch.cuda.get_device_name(0), "batch": B, "forward_s": tf, "adjoint_s": ta,
+                   "forward_frames_per_s": B / tf, "adjoint_frames_per_s": B / ta,
+                   "adjoint_ratio_vs_numpy_das": tn / (ta / B), "forward_ratio_vs_numpy_das": tn / (tf / B),
+                   "rel_diff_vs_cpu_adjoint": err}
+            records.append(rec)
+            print(f"   batch {B}  us.planewave cuda  fwd {B / tf:8.1f}/s  adj {B / ta:8.1f}/s  "
+                  f"(GPU vs CPU adjoint {err:.1e})", flush=True)
+    return {"us_records": records, "us_plan": {"geometry": geo, "plan_s": plan_s, "pairs": n_pairs}}
+
+
+def us_table(result: dict) -> str:
+    hdr = f"{'implementation':<22} {'dev':<5} {'thr':>3} {'B':>2} {'fwd fr/s':>9} {'adj fr/s':>9} {'adj vs NumPy':>13}"
+    lines = [result["us_plan"]["geometry"], hdr, "-" * len(hdr)]
+    for r in result["us_records"]:
+        fwd = f"{r['forward_frames_per_s']:9.3f}" if r.get("forward_frames_per_s") else f"{'--':>9}"
+        lines.append(f"{r['impl']:<22} {r['device']:<5} {r.get('threads', '-')!s:>3} {r['batch']:>2} {fwd} "
+                     f"{r['adjoint_frames_per_s']:9.3f} {r['adjoint_ratio_vs_numpy_das']:12.1f}x")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda: adds GPU rows")
@@ -259,7 +394,15 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--peers", default="astra,skimage",
                    help="comma-separated ODL backends to compare with: astra, skimage, or none")
+    p.add_argument("--modality", default="all", choices=["ct", "us", "all"],
+                   help="which operators: ct (ct.parallel), us (us.planewave) or all (default)")
+    p.add_argument("--us-threads", default="1",
+                   help="comma-separated torch thread counts for the us.planewave CPU rows (default 1)")
     args = p.parse_args(argv)
+    try:
+        args.us_threads = [int(v) for v in args.us_threads.split(",") if v.strip()]
+    except ValueError:
+        p.error(f"--us-threads must be comma-separated integers, got {args.us_threads!r}")
     names = {"astra": "astra_cpu", "astra_cpu": "astra_cpu", "skimage": "skimage"}
     peers = [v.strip() for v in args.peers.split(",") if v.strip() and v.strip() != "none"]
     bad = [v for v in peers if v not in names]
@@ -273,7 +416,9 @@ def main(argv=None) -> int:
         return 2
     t0 = time.time()
     load_before = os.getloadavg()
-    result = run(args)
+    result = run(args) if args.modality in ("ct", "all") else {"records": [], "builds": []}
+    if args.modality in ("us", "all"):
+        result.update(run_us(args))
     result["meta"] = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "wall_s": time.time() - t0,
@@ -294,7 +439,10 @@ def main(argv=None) -> int:
     except ImportError:
         pass
     print()
-    print(table(result))
+    if result["records"]:
+        print(table(result))
+    if result.get("us_records"):
+        print(us_table(result))
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(out.suffix + ".tmp")

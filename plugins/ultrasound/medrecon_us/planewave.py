@@ -194,7 +194,9 @@ class PlaneWaveRF(Operator):
                          tx_reference=tx_reference, chunk=chunk)
         self.domain_shape = (nz, nx)
         self.range_shape = (len(angles_deg), n_elements, n_samples)
-        self.register_buffer("pulse", torch.from_numpy(gaussian_pulse(f0_hz, bandwidth, fs_hz).astype(np.float32)))
+        taps = gaussian_pulse(f0_hz, bandwidth, fs_hz)
+        self._taps_h = taps.tolist()  # float64 numbers: no device round trip per call
+        self.register_buffer("pulse", torch.from_numpy(taps.astype(np.float32)))  # for users: h_k, k = -K..K
         self._plans: dict = {}
 
     # ------------------------------------------------------------------ geometry
@@ -261,35 +263,37 @@ class PlaneWaveRF(Operator):
         return i, W
 
     # ------------------------------------------------------------------ operator
-    # Both taps travel together as one complex number: the forward accumulates x_p conj(W)
-    # = (x_p w0) + i (x_p w1) at index i, the adjoint reads the pair v[i] + i v[i + 1] and keeps
-    # Re(pair W) = w0 v[i] + w1 v[i + 1]: one index_add_ / gather instead of two, and complex
-    # products instead of strided real/imaginary views (about 3x faster on the CPU).
+    # Frames ride in the last axis, so that every gathered or scattered index moves a
+    # contiguous row of B values, and both interpolation taps travel as one complex number:
+    # the forward accumulates x_p conj(W) = x_p w0 + i x_p w1 at index i, the adjoint reads the
+    # pair v[i] + i v[i + 1] and keeps Re(pair W) = w0 v[i] + w1 v[i + 1].  One index_add_ /
+    # index_select instead of two, and complex products instead of strided real/imaginary
+    # views: about 3x faster on the CPU than two real taps.
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
         na, ne, nt = self.range_shape
         plan = self._plan(x.device, x.dtype)
-        xf = x.reshape(b, -1)
-        u = torch.zeros(b, na, ne * (nt + 3), dtype=_complex_of(x.dtype), device=x.device)
+        xt = x.reshape(b, -1).t().contiguous()  # (P, B)
+        u = torch.zeros(na, ne * (nt + 3), b, dtype=_complex_of(x.dtype), device=x.device)
         for a, k0, k1 in self._steps(plan["p"].numel(), x.device):
             i, W = self._taps(plan, a, k0, k1)
-            u[:, a].index_add_(1, i, xf.index_select(1, plan["p"][k0:k1]) * W)
-        u = torch.view_as_real(u).view(b, na, ne, nt + 3, 2)
-        u = u[..., 1 : nt + 1, 0] - u[..., 0:nt, 1]  # sample t: tap 0 at t + 1, tap 1 at t (+ 1); Im W = -w1
-        return convolve_time(u, self.pulse.to(x.dtype))
+            u[a].index_add_(0, i, xt.index_select(0, plan["p"][k0:k1]) * W[:, None])
+        u = torch.view_as_real(u).view(na, ne, nt + 3, b, 2)
+        u = u[:, :, 1 : nt + 1, :, 0] - u[:, :, 0:nt, :, 1]  # sample t: tap 0 at t + 1, tap 1 at t (+ 1); Im W = -w1
+        return convolve_time(u.permute(3, 0, 1, 2), self._taps_h)
 
     def _adjoint(self, y: torch.Tensor) -> torch.Tensor:
         b = y.shape[0]
         na, ne, nt = self.range_shape
         plan = self._plan(y.device, y.dtype)
-        v = correlate_time(y, self.pulse.to(y.dtype))
-        v = torch.nn.functional.pad(v, (1, 3))  # padded channel (L = nt + 3) plus one for the pairs
-        pairs = torch.view_as_complex(torch.stack([v[..., :-1], v[..., 1:]], -1)).reshape(b, na, -1)
-        out = torch.zeros(b, self.domain_shape[0] * self.domain_shape[1], dtype=y.dtype, device=y.device)
+        v = correlate_time(y, self._taps_h)
+        v = torch.nn.functional.pad(v, (1, 3)).permute(1, 2, 3, 0)  # (na, ne, L + 1, B), L = nt + 3 padded
+        pairs = torch.view_as_complex(torch.stack([v[:, :, :-1], v[:, :, 1:]], -1)).reshape(na, ne * (nt + 3), b)
+        out = torch.zeros(self.domain_shape[0] * self.domain_shape[1], b, dtype=y.dtype, device=y.device)
         for a, k0, k1 in self._steps(plan["p"].numel(), y.device):
             i, W = self._taps(plan, a, k0, k1)
-            out.index_add_(1, plan["p"][k0:k1], (pairs[:, a].index_select(1, i) * W).real)
-        return out.view(b, *self.domain_shape)
+            out.index_add_(0, plan["p"][k0:k1], (pairs[a].index_select(0, i) * W[:, None]).real)
+        return out.t().reshape(b, *self.domain_shape)
 
     def _diag_normal(self, plan: dict) -> torch.Tensor:
         """The diagonal of ``A^T A``: a unit reflector's delay-and-sum value at its own pixel, ``(P,)``.
@@ -299,8 +303,8 @@ class PlaneWaveRF(Operator):
         ends of the record are ignored).  Cached in the plan; pixels no channel records get 1.
         """
         if "diag" not in plan:
-            h = self.pulse.to(torch.float64)
-            r0, r1 = float((h * h).sum()), float((h[1:] * h[:-1]).sum())
+            h = np.asarray(self._taps_h)
+            r0, r1 = float(np.sum(h * h)), float(np.sum(h[1:] * h[:-1]))
             nt = self.range_shape[2]
             d = torch.zeros_like(plan["tx"][0])
             for a, k0, k1 in self._steps(plan["p"].numel(), d.device):
