@@ -16,7 +16,7 @@ def register(app: typer.Typer) -> None:
         manifest: Path = typer.Option(None, "--manifest", help="File listing training data paths."),
         val_data: list[str] = typer.Option(None, "--val-data", help="Held-out data for the validation loss "
                                            "(default: 10% of the training slices held back)."),
-        modality: str = typer.Option(None, "--modality", help="ct or mr (default: from the data)."),
+        modality: str = typer.Option(None, "--modality", help="ct, mr or us (default: from the data)."),
         size: int = typer.Option(None, "--size", help="Slice size S (needed for volumes; stacks are resampled)."),
         output: Path = typer.Option(..., "--output", "-o", help="Prior folder to write."),
         steps: int = typer.Option(10000, "--steps", help="Total training steps."),
@@ -50,8 +50,8 @@ def register(app: typer.Typer) -> None:
             paths += read_manifest(manifest)
         if not paths:
             raise InputError("give training data with --data PATH (repeatable) or --manifest FILE")
-        if modality is not None and modality not in ("ct", "mr"):
-            raise InputError(f"--modality must be ct or mr, got {modality!r}")
+        if modality is not None and modality not in ("ct", "mr", "us"):
+            raise InputError(f"--modality must be ct, mr or us, got {modality!r}")
         report = train_prior(
             paths, output, modality=modality, size=size, val_data=list(val_data or []) or None, steps=steps,
             batch_size=batch_size, lr=lr, device=device, resume=resume, seed=seed, max_minutes=max_minutes,
@@ -85,7 +85,7 @@ def register(app: typer.Typer) -> None:
         if npy is not None:
             import numpy as np
 
-            phys = imgs if p.config["intensity"]["kind"] == "percentile" else p.from_net(imgs)
+            phys = imgs if p.config["intensity"]["kind"] in ("percentile", "mulaw") else p.from_net(imgs)
             np.save(npy, phys[:, 0].numpy().astype(np.float32))
         typer.echo(f"wrote {output}")
 

@@ -11,10 +11,12 @@ from medrecon.engine.core import (
     RunStopped,
     check_prior_fit,
     check_volume_geometry,
+    component_names,
+    component_path,
     load_input,
     reconstruct,
     run_settings,
 )
 
 __all__ = ["reconstruct", "load_input", "partial_path", "check_prior_fit", "check_volume_geometry", "run_settings", "RunStopped",
-           "PriorMismatchWarning"]
+           "PriorMismatchWarning", "component_names", "component_path"]

@@ -22,6 +22,11 @@
   of the settings that determine the result.  ``resume=True`` reloads the finished
   slices and computes only the rest; different settings are refused.  The folder
   is removed once the output is written.
+* **Components.**  An operator whose image has several components (``component_names``,
+  e.g. ``us.haze``: tissue and haze, domain ``(2, Y, X)`` per slice) gives one volume per
+  component: the first is the result (written to ``OUT``), each further one is
+  ``result.components[name]`` and is written next to it with ``.name`` inserted before the
+  extension (``out.nii.gz`` -> ``out.haze.nii.gz``; a DICOM folder ``out/`` -> ``out.haze/``).
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ import numpy as np
 from medrecon.errors import FileFormatError, InputError, MedreconError
 
 __all__ = ["reconstruct", "load_input", "RunStopped", "PriorMismatchWarning", "run_settings",
-           "check_volume_geometry"]
+           "check_volume_geometry", "component_names", "component_path"]
 
 ENGINE_VERSION = 1
 
@@ -257,6 +262,35 @@ def _settings_hash(settings: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
 
 
+# ============================================================================ components
+def component_names(op) -> tuple[str, ...]:
+    """The names of an operator's image components (``op.component_names``), or ``()`` for a
+    plain image.  A component operator's domain is ``(n_components, *image_shape)``."""
+    names = tuple(str(n) for n in (getattr(op, "component_names", None) or ()))
+    if names and (len(op.domain_shape) < 2 or op.domain_shape[0] != len(names)):
+        raise MedreconError(f"operator {op.name!r} names {len(names)} components but its image is shaped "
+                            f"{tuple(op.domain_shape)}")
+    return names
+
+
+def component_path(output: str | os.PathLike, name: str) -> Path:
+    """Where component ``name`` of a result written to ``output`` goes: ``.name`` inserted before the
+    extension (``out.nii.gz`` -> ``out.haze.nii.gz``, ``out.nii`` -> ``out.haze.nii``), or a sibling
+    folder ``out.haze`` for a DICOM folder ``out``/``out/``."""
+    p = Path(os.fspath(output).rstrip("/\\"))
+    low = p.name.lower()
+    for ext in (".nii.gz", ".nii"):
+        if low.endswith(ext):
+            return p.with_name(p.name[: -len(ext)] + f".{name}" + p.name[-len(ext):])
+    return p.with_name(p.name + f".{name}")
+
+
+def _image_shape(op) -> tuple[int, ...]:
+    """The shape of one component image (the domain without its component axis)."""
+    dshape = tuple(op.domain_shape)
+    return dshape[1:] if component_names(op) else dshape
+
+
 # ============================================================================ checks
 def _check_measurement(m, op, volume_mode_3d: bool) -> None:
     y = m.y
@@ -266,7 +300,7 @@ def _check_measurement(m, op, volume_mode_3d: bool) -> None:
         finite = np.all(np.isfinite(y))
     if not finite:
         raise InputError("the measurement y holds NaN or infinite values; fix or re-import the data")
-    rshape, dshape = tuple(op.range_shape), tuple(op.domain_shape)
+    rshape, dshape = tuple(op.range_shape), _image_shape(op)
     vshape = tuple(m.volume_shape)
     if volume_mode_3d:
         if tuple(y.shape) not in (rshape, (1, *rshape)):
@@ -549,6 +583,9 @@ def reconstruct(
     -------
     Volume
         float32 (Z, Y, X) in physical units (``meta["units"]``) with the measurement's affine.
+        For an operator with image components (``us.haze``: tissue, haze) it is the first
+        component, and ``vol.components`` maps each further name to its Volume (written to
+        :func:`component_path` of ``output``).
 
     Example::
 
@@ -590,6 +627,10 @@ def reconstruct(
     _check_measurement(m, op, volume_mode_3d)
     if volume_mode and not volume_mode_3d:
         check_volume_geometry(m, smp)
+    comps = component_names(op)
+    if output is not None:
+        for name in comps[1:]:
+            check_target(component_path(out_path, name), overwrite)
     if prior_obj is not None:
         check_prior_fit(prior_obj, m, op)
         prior_obj = _bind_intensity(prior_obj, m, op, devs[0], batch_size)
@@ -597,6 +638,8 @@ def reconstruct(
     eff_steps = int(steps) if steps is not None else getattr(smp, "default_steps", None)
     z = int(m.volume_shape[0]) if len(m.volume_shape) == 3 else int(m.y.shape[0])
     slice_shape = tuple(m.volume_shape[1:]) if len(m.volume_shape) == 3 else tuple(op.domain_shape)[-2:]
+    if comps:  # each slice holds every component: (n_components, Y, X)
+        slice_shape = (len(comps), *slice_shape)
     settings = run_settings(m, smp, prior_obj, eff_steps, seed, amp)
     shash = _settings_hash(settings)
 
@@ -661,18 +704,34 @@ def _run(m, op, smp, prior_obj, prior_name, devs, batch_size, eff_steps, seed, a
         "seconds": round(elapsed, 3),
         "medrecon_version": medrecon.__version__,
     }
-    vol = Volume(result, np.asarray(m.affine, dtype=np.float64), meta)
+    comps = component_names(op)
+    if comps:
+        meta["component"] = comps[0]
+        meta["reconstruction"]["components"] = {
+            name: str(component_path(out_path, name)) if out_path is not None and k else None
+            for k, name in enumerate(comps)}
+    vol = Volume(result[:, 0] if comps else result, np.asarray(m.affine, dtype=np.float64), meta)
+    extra = {name: Volume(result[:, k], vol.affine, dict(copy.deepcopy(meta), component=name))
+             for k, name in enumerate(comps) if k}
     if out_path is not None:
+        for name, v in extra.items():
+            _write_output(v, component_path(out_path, name), overwrite, like, f"{smp.name} {name}")
         _write_output(vol, out_path, overwrite, like, smp.name)
         ck.remove()
+    if comps:
+        vol.components = extra  # the further components (Volume each), by name
     return vol
 
 
 def _bind_intensity(prior, m, op, dev, batch_size: int):
-    """MR priors map intensities with the volume's percentiles: bind them once for the whole
-    volume (from its classical reconstruction), so that batches do not see different maps."""
+    """MR priors map intensities with the volume's percentiles, ultrasound priors with its RF scale
+    (intensity kind ``mulaw``): bind them once for the whole volume (from its classical
+    reconstruction; its first component for a component operator), so that batches do not see
+    different maps."""
+    from medrecon.priors.model import BOUND_KINDS
+
     cfg = getattr(prior, "config", None)
-    if not (isinstance(cfg, dict) and (cfg.get("intensity") or {}).get("kind") == "percentile"):
+    if not (isinstance(cfg, dict) and (cfg.get("intensity") or {}).get("kind") in BOUND_KINDS):
         return prior
     if getattr(prior, "_lo", None) is not None and getattr(prior, "_hi", None) is not None:
         return prior
@@ -684,6 +743,8 @@ def _bind_intensity(prior, m, op, dev, batch_size: int):
         y = m.y if m.y.shape[1:] == tuple(op.range_shape) else m.y[None]
         for s in range(0, y.shape[0], batch_size):
             x = cop.classical(torch.from_numpy(np.ascontiguousarray(y[s:s + batch_size])).to(dev))
+            if component_names(cop):
+                x = x[:, 0]
             parts.append((x.abs() if x.is_complex() else x).float().cpu().numpy())
     return prior.for_volume(np.concatenate(parts))
 

@@ -3,11 +3,13 @@
 A *slice stack* is ``X.npy``, a float16 array (N, S, S) in physical units (HU for CT), with
 a sidecar ``X.json``::
 
-    {"format": "medrecon-slices", "modality": "ct"|"mr", "pixel_size_mm": 2.148,
+    {"format": "medrecon-slices", "modality": "ct"|"mr"|"us", "pixel_size_mm": 2.148,
      "shape": [N, S, S], "dtype": "float16",
      "intensity": {"kind": "window", "lo": -1000, "hi": 2000}            (CT)
                | {"kind": "percentile", "p_lo": 0.5, "p_hi": 99.5,
                   "lo": [per slice], "hi": [per slice]},                 (MR: the volume's percentiles)
+               | {"kind": "mulaw", "mu": 255, "p_scale": 99.9,
+                  "lo": [-s per slice], "hi": [s per slice]},            (US: RF scale s, then mu-law)
      "source": ..., "z_indices": [...], "source_pixel_size_mm": [dy, dx], ...}
 
 Reading a stack imports numpy and json only (no pydicom / nibabel, no scipy), so priors
@@ -42,10 +44,17 @@ class SliceStack:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def to_net(self) -> np.ndarray:
-        """float32 (N, S, S) in the network range: 2 (x - lo)/(hi - lo) - 1 per slice."""
+        """float32 (N, S, S) in the network range: 2 (x - lo)/(hi - lo) - 1 per slice, then the
+        mu-law (:mod:`medrecon.priors.intensity`) when the intensity kind is ``mulaw`` (US)."""
         lo = self.lo.astype(np.float32)[:, None, None]
         hi = self.hi.astype(np.float32)[:, None, None]
-        return (2 * (self.data.astype(np.float32) - lo) / (hi - lo) - 1).astype(np.float32)
+        v = 2 * (self.data.astype(np.float32) - lo) / (hi - lo) - 1
+        inten = self.meta.get("intensity") or {}
+        if inten.get("kind") == "mulaw":
+            from medrecon.priors.intensity import MU, mulaw
+
+            v = mulaw(v, float(inten.get("mu", MU)))
+        return v.astype(np.float32)
 
     @property
     def size(self) -> int:
@@ -53,8 +62,9 @@ class SliceStack:
 
 
 def intensity_bounds(modality: str, data: np.ndarray, p_lo: float = 0.5, p_hi: float = 99.5):
-    """(lo, hi, intensity dict) for a volume: CT the fixed HU window, MR the volume's percentiles."""
-    from medrecon.priors.model import CT_WINDOW
+    """(lo, hi, intensity dict) for a volume: CT the fixed HU window, MR the volume's percentiles,
+    US (beamformed RF) -s, s with s the 99.9th percentile of |x| (then mu-law, see the module docstring)."""
+    from medrecon.priors.model import CT_WINDOW, US_SCALE_PERCENTILE
 
     if modality == "ct":
         lo, hi = CT_WINDOW
@@ -64,7 +74,14 @@ def intensity_bounds(modality: str, data: np.ndarray, p_lo: float = 0.5, p_hi: f
         if not hi > lo:
             raise InputError(f"MR volume has no intensity range (p{p_lo} = p{p_hi} = {lo})")
         return lo, hi, {"kind": "percentile", "p_lo": p_lo, "p_hi": p_hi}
-    raise InputError(f"unknown modality {modality!r}; use ct or mr")
+    if modality == "us":
+        from medrecon.priors.intensity import MU
+
+        s = float(np.percentile(np.abs(data.astype(np.float32)), US_SCALE_PERCENTILE))
+        if not s > 0:
+            raise InputError("the ultrasound data are all zero; there is no RF scale to normalise by")
+        return -s, s, {"kind": "mulaw", "mu": MU, "p_scale": US_SCALE_PERCENTILE}
+    raise InputError(f"unknown modality {modality!r}; use ct, mr or us")
 
 
 def resample_slices(data: np.ndarray, pixel_yx, size: int, pixel_size_mm: float | None = None):
@@ -131,8 +148,8 @@ def stack_from_volume(path, size: int, modality: str | None = None, pixel_size_m
 
     vol = load_volume(path)
     mod = (modality or (vol.meta.get("modality") or "")).lower()
-    if mod not in ("ct", "mr"):
-        raise InputError(f"cannot tell the modality of {str(path)!r}; pass modality='ct' or 'mr'")
+    if mod not in ("ct", "mr", "us"):
+        raise InputError(f"cannot tell the modality of {str(path)!r}; pass modality='ct', 'mr' or 'us'")
     if modality and vol.meta.get("modality") and vol.meta["modality"].lower() != modality:
         raise InputError(f"{str(path)!r} is a {vol.meta['modality']} volume, not {modality.upper()}")
     data = np.asarray(vol.data, dtype=np.float32)
@@ -158,7 +175,7 @@ def write_stack(stack: SliceStack, path) -> Path:
     arr = stack.data.astype(np.float16)
     np.save(path, arr)
     inten = dict(stack.meta.get("intensity", {}))
-    if stack.modality == "mr":
+    if stack.modality in ("mr", "us"):
         inten.update({"lo": [float(v) for v in stack.lo], "hi": [float(v) for v in stack.hi]})
     else:
         inten.update({"kind": "window", "lo": float(stack.lo[0]), "hi": float(stack.hi[0])})
@@ -191,8 +208,8 @@ def read_stack(path) -> SliceStack:
     if arr.ndim != 3 or arr.shape[1] != arr.shape[2]:
         raise FileFormatError(f"slice stack {str(path)!r} must be shaped (N, S, S), got {arr.shape}")
     mod = side.get("modality")
-    if mod not in ("ct", "mr"):
-        raise FileFormatError(f"sidecar {str(side_path)!r} has no valid 'modality' (ct or mr)")
+    if mod not in ("ct", "mr", "us"):
+        raise FileFormatError(f"sidecar {str(side_path)!r} has no valid 'modality' (ct, mr or us)")
     if not side.get("pixel_size_mm"):
         raise FileFormatError(f"sidecar {str(side_path)!r} has no 'pixel_size_mm'")
     n = arr.shape[0]
@@ -205,7 +222,7 @@ def read_stack(path) -> SliceStack:
     else:
         lo_v, hi_v = inten.get("lo"), inten.get("hi")
         if lo_v is None or hi_v is None:
-            raise FileFormatError(f"MR sidecar {str(side_path)!r} lacks the per-slice percentiles intensity.lo/hi")
+            raise FileFormatError(f"{mod.upper()} sidecar {str(side_path)!r} lacks the per-slice intensity.lo/hi")
         lo = np.broadcast_to(np.asarray(lo_v, dtype=np.float64), (n,)).copy()
         hi = np.broadcast_to(np.asarray(hi_v, dtype=np.float64), (n,)).copy()
     meta = dict(side)
@@ -278,8 +295,14 @@ def load_sources(paths, size: int | None, modality: str | None) -> tuple[SliceSt
         warnings.warn(f"training data mix pixel sizes {min(pxs):.3g}..{max(pxs):.3g} mm", stacklevel=2)
     mods = {s.modality for s in stacks}
     if len(mods) > 1:
-        raise InputError("training data mix CT and MR slices; train one prior per modality")
+        raise InputError(f"training data mix {' and '.join(sorted(m.upper() for m in mods))} slices; "
+                         "train one prior per modality")
+    kinds = {json.dumps({k: v for k, v in (s.meta.get("intensity") or {}).items() if k in ("kind", "mu")},
+                        sort_keys=True) for s in stacks if stacks[0].modality == "us"}
+    if len(kinds) > 1:
+        raise InputError("ultrasound slice stacks use different intensity transforms; train on one kind")
+    inten = {k: v for k, v in (stacks[0].meta.get("intensity") or {}).items() if k not in ("lo", "hi")}
     out = SliceStack(np.concatenate([s.data for s in stacks]), stacks[0].modality, float(np.mean(pxs)),
                      np.concatenate([s.lo for s in stacks]), np.concatenate([s.hi for s in stacks]),
-                     {"sources": prov})
+                     {"sources": prov, "intensity": inten})
     return out, prov

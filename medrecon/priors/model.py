@@ -28,7 +28,7 @@ FORMAT = "medrecon-prior"
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "weights.safetensors"
-MODALITIES = ("ct", "mr")
+MODALITIES = ("ct", "mr", "us")
 PREDICTIONS = ("epsilon", "v")
 
 #: Network width presets (MONAI DiffusionModelUNet, 2D, 1 channel in/out, attention at the two
@@ -53,6 +53,10 @@ DEFAULT_PRESET = "small"
 CT_WINDOW = (-1000.0, 2000.0)
 #: MR percentiles (of the whole volume) mapped onto [-1, 1].
 MR_PERCENTILES = (0.5, 99.5)
+#: Ultrasound: percentile of |x| (beamformed RF) used as the robust scale s, then mu-law (mu = 255).
+US_SCALE_PERCENTILE = 99.9
+#: Intensity kinds whose map needs the data (a volume's percentiles, an RF scale) before use.
+BOUND_KINDS = ("percentile", "mulaw")
 
 
 def default_config(
@@ -69,6 +73,9 @@ def default_config(
     ``intensity`` is ``{"kind": "window", "lo": -1000, "hi": 2000}`` for CT: x_net = 2 (x - lo)/(hi - lo) - 1.
     For MR it is ``{"kind": "percentile", "p_lo": 0.5, "p_hi": 99.5}``: lo and hi are the
     volume's own percentiles, supplied with the data (:meth:`DiffusionPrior.with_intensity`).
+    For ultrasound (beamformed RF) it is ``{"kind": "mulaw", "mu": 255, "p_scale": 99.9}``:
+    x_net = C(x / s) with the mu-law C (:mod:`medrecon.priors.intensity`) and s the p_scale
+    percentile of |x| over the data, supplied with it as lo = -s, hi = s.
     """
     if preset not in PRESETS:
         raise InputError(f"unknown network preset {preset!r}; use one of {', '.join(PRESETS)}")
@@ -77,8 +84,12 @@ def default_config(
     elif modality == "mr":
         intensity = {"kind": "percentile", "p_lo": MR_PERCENTILES[0], "p_hi": MR_PERCENTILES[1],
                      "units": "arbitrary"}
+    elif modality == "us":
+        from medrecon.priors.intensity import MU
+
+        intensity = {"kind": "mulaw", "mu": MU, "p_scale": US_SCALE_PERCENTILE, "units": "arbitrary"}
     else:
-        raise InputError(f"unknown modality {modality!r}; use ct or mr")
+        raise InputError(f"unknown modality {modality!r}; use ct, mr or us")
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -119,8 +130,10 @@ def validate_config(cfg: Any, where: str = "config") -> dict[str, Any]:
     if cfg.get("prediction", "epsilon") not in PREDICTIONS:
         bad(f"'prediction' must be one of {', '.join(PREDICTIONS)}")
     inten = cfg.get("intensity")
-    if not isinstance(inten, dict) or inten.get("kind") not in ("window", "percentile"):
-        bad("'intensity.kind' must be window or percentile")
+    if not isinstance(inten, dict) or inten.get("kind") not in ("window", *BOUND_KINDS):
+        bad("'intensity.kind' must be window, percentile or mulaw")
+    if inten["kind"] == "mulaw" and not float(inten.get("mu", 0)) > 0:
+        bad("'intensity' mulaw needs mu > 0")
     if inten["kind"] == "window" and not float(inten.get("hi", 0)) > float(inten.get("lo", 0)):
         bad("'intensity' window needs hi > lo")
     if cfg.get("padding", "reflect") not in ("reflect", "zeros"):
@@ -165,6 +178,8 @@ class DiffusionPrior(torch.nn.Module):
       eps = sqrt(abar) v + sqrt(1 - abar) x_t.
     - ``to_net(x_phys)`` / ``from_net(x_net)``: x_net = 2 (x - lo)/(hi - lo) - 1, elementwise.
       ``scale`` = (hi - lo)/2 and ``offset`` = (hi + lo)/2 give x_phys = scale x_net + offset.
+      Ultrasound priors (intensity kind ``mulaw``) compand after the affine map:
+      x_net = C(2 (x - lo)/(hi - lo) - 1) with the mu-law C; exact inverses, not affine.
 
     Also: ``config`` (dict), ``modality``, ``image_size``, ``pixel_size_mm``, ``net`` (the UNet),
     ``autocast`` (bf16 autocast of the network on CUDA; default True), ``x0(x_t, t)`` (Tweedie),
@@ -218,7 +233,8 @@ class DiffusionPrior(torch.nn.Module):
     def with_intensity(self, lo, hi) -> DiffusionPrior:
         """A shallow copy whose intensity map uses ``lo``/``hi`` (floats, or (B,) tensors per slice).
 
-        For MR priors lo, hi are the volume's p0.5 and p99.5 percentiles (see :meth:`for_volume`).
+        For MR priors lo, hi are the volume's p0.5 and p99.5 percentiles (see :meth:`for_volume`);
+        for ultrasound priors lo = -s, hi = s with s the robust RF scale.
         The network and buffers are shared with ``self``.
         """
         other = copy.copy(self)
@@ -226,7 +242,8 @@ class DiffusionPrior(torch.nn.Module):
         return other
 
     def for_volume(self, volume) -> DiffusionPrior:
-        """Bind the intensity map to a volume (array or Volume): MR uses its p_lo/p_hi percentiles.
+        """Bind the intensity map to a volume (array or Volume): MR uses its p_lo/p_hi percentiles,
+        ultrasound (``mulaw``) the scale s = p_scale percentile of |x| (lo = -s, hi = s).
 
         A Volume's in-plane spacing is checked against the training pixel size (a warning when far).
         """
@@ -240,14 +257,19 @@ class DiffusionPrior(torch.nn.Module):
         data = getattr(volume, "data", volume)
         data = data.detach().cpu().numpy() if isinstance(data, torch.Tensor) else np.asarray(data)
         inten = self.config["intensity"]
+        if inten["kind"] == "mulaw":
+            s = float(np.percentile(np.abs(data.astype(np.float32)), inten.get("p_scale", US_SCALE_PERCENTILE)))
+            if not s > 0:
+                raise InputError("the ultrasound data are all zero; there is no RF scale to normalise by")
+            return self.with_intensity(-s, s)
         lo, hi = np.percentile(data.astype(np.float32), [inten["p_lo"], inten["p_hi"]])
         return self.with_intensity(float(lo), float(hi))
 
     def _lohi(self, like: torch.Tensor):
         if self._lo is None or self._hi is None:
             raise InputError(
-                "this MR prior needs the volume's intensity percentiles; call prior.for_volume(volume) "
-                "or prior.with_intensity(lo, hi) first"
+                f"this {self.modality.upper()} prior needs the data's intensity range (percentiles or RF "
+                "scale); call prior.for_volume(volume) or prior.with_intensity(lo, hi) first"
             )
         lo = torch.as_tensor(self._lo, dtype=like.dtype, device=like.device)
         hi = torch.as_tensor(self._hi, dtype=like.dtype, device=like.device)
@@ -266,14 +288,28 @@ class DiffusionPrior(torch.nn.Module):
         lo, hi = self._lohi(torch.zeros(()))
         return (hi + lo) / 2
 
+    @property
+    def _mu(self) -> float | None:
+        inten = self.config["intensity"]
+        return float(inten["mu"]) if inten["kind"] == "mulaw" else None
+
     def to_net(self, x_phys: torch.Tensor) -> torch.Tensor:
-        """Physical units -> network range: 2 (x - lo)/(hi - lo) - 1."""
+        """Physical units -> network range: 2 (x - lo)/(hi - lo) - 1 (then mu-law for ``mulaw``)."""
         lo, hi = self._lohi(x_phys)
-        return 2 * (x_phys - lo) / (hi - lo) - 1
+        v = 2 * (x_phys - lo) / (hi - lo) - 1
+        if self._mu is not None:
+            from medrecon.priors.intensity import mulaw
+
+            v = mulaw(v, self._mu)
+        return v
 
     def from_net(self, x_net: torch.Tensor) -> torch.Tensor:
-        """Network range -> physical units: lo + (x + 1)(hi - lo)/2."""
+        """Network range -> physical units: lo + (x + 1)(hi - lo)/2 (after mu-law expansion for ``mulaw``)."""
         lo, hi = self._lohi(x_net)
+        if self._mu is not None:
+            from medrecon.priors.intensity import mulaw_inv
+
+            x_net = mulaw_inv(x_net, self._mu)
         return lo + (x_net + 1) * (hi - lo) / 2
 
     # -- network ----------------------------------------------------------------------------
@@ -365,7 +401,7 @@ class DiffusionPrior(torch.nn.Module):
     def load(cls, folder, device=None, modality: str | None = None, flash: bool = True) -> DiffusionPrior:
         """Read a prior folder; weights are cast to float32 on ``device`` (cpu by default).
 
-        ``modality`` ('ct'/'mr'), if given, must match the prior's.  Errors are one sentence.
+        ``modality`` ('ct'/'mr'/'us'), if given, must match the prior's.  Errors are one sentence.
         """
         folder = Path(folder)
         cfg_path = folder / CONFIG_NAME

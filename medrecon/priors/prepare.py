@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output", "-o", required=True, help="output folder (train.npy/.json, holdout.npy/.json)")
     ap.add_argument("--size", type=int, default=256, help="slice size S (default 256)")
     ap.add_argument("--holdout", default=None, help="contiguous z block a:b held out (z order of load_volume)")
-    ap.add_argument("--modality", choices=["ct", "mr"], default=None, help="default: from the file")
+    ap.add_argument("--modality", choices=["ct", "mr", "us"], default=None, help="default: from the file")
     ap.add_argument("--pixel-size", type=float, default=None, help="target pixel size mm (default: FOV / S)")
     args = ap.parse_args(argv)
     from medrecon.errors import MedreconError

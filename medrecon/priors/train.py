@@ -299,6 +299,9 @@ def train_prior(
     if modality == "mr":
         cfg["intensity"].pop("lo", None)
         cfg["intensity"].pop("hi", None)
+    if modality == "us":  # the data's companding constant and scale percentile (sidecar)
+        inten = train_stack.meta.get("intensity") or {}
+        cfg["intensity"].update({k: inten[k] for k in ("mu", "p_scale") if k in inten})
     torch.manual_seed(seed)
     prior = DiffusionPrior(cfg).to(dev)
     net = prior.net
@@ -437,7 +440,7 @@ def train_prior(
 
         p2 = DiffusionPrior.load(out, device=dev)
         p2.autocast = bf16
-        if modality == "mr":
+        if modality in ("mr", "us"):
             p2 = p2.with_intensity(float(np.median(train_stack.lo)), float(np.median(train_stack.hi)))
         imgs = sample_prior(p2, n=n_samples, steps=sample_steps, sampler="ddim", seed=seed,
                             size=size if dev.type == "cuda" else min(size, 128))

@@ -16,6 +16,9 @@ into images, optionally with a diffusion prior (:class:`~medrecon.priors.protoco
 * ``progress(step_done, total)`` is called after every step.
 * ``x_init`` (physical units) replaces the default starting point where a sampler has one
   (RED-Diff, TV); DPS and DDS noise it to their first timestep.
+* Operators whose image has several components (``component_names``, e.g. ``us.haze``:
+  tissue and haze, domain ``(n_components, H, W)``) are taken only by samplers that set
+  ``handles_components = True`` (``dehaze``); the others refuse them with one sentence.
 
 Network calls: the prior's ``eps`` takes ``(B, 1, H, W)``; operators of 2D slices take
 ``(B, H, W)``.  Samplers keep images as ``(B, H, W)`` and add the channel axis only around
@@ -133,6 +136,8 @@ class Sampler:
     per_slice: bool = True  # instances may override (TV with dims=3)
     default_steps: ClassVar[int | None] = None
     params: ClassVar[dict[str, Param]] = {}
+    #: True for samplers that reconstruct multi-component images (operators with ``component_names``)
+    handles_components: ClassVar[bool] = False
 
     def __init__(self, **params: Any) -> None:
         unknown = sorted(set(params) - set(self.params))
@@ -199,7 +204,13 @@ class Sampler:
         if self.needs_prior:
             if prior is None:
                 raise InputError(f"sampler {self.name!r} needs a diffusion prior")
-            if len(operator.domain_shape) != 2:
+            comps = tuple(getattr(operator, "component_names", ()) or ())
+            if comps and not getattr(self, "handles_components", False):
+                raise InputError(
+                    f"operator {operator.name!r} reconstructs an image of components {', '.join(comps)}, "
+                    f"which sampler {self.name!r} does not handle; use a sampler made for it (e.g. dehaze)"
+                )
+            if len(operator.domain_shape) - (1 if comps else 0) != 2:
                 raise InputError(
                     f"sampler {self.name!r} uses a 2D slice prior and needs an operator on 2D images, "
                     f"got domain shape {tuple(operator.domain_shape)}"
