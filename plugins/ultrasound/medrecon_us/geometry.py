@@ -43,6 +43,7 @@ __all__ = [
     "pixel_axes",
     "receive_apodization",
     "receive_delays",
+    "transmit_coefficients",
     "transmit_delays",
     "transmit_offset",
 ]
@@ -78,17 +79,21 @@ def transmit_offset(theta_rad: float, n_elements: int, pitch_m: float, c: float,
     raise InputError(f"tx_reference must be one of {', '.join(TX_REFERENCES)}, got {reference!r}")
 
 
+def transmit_coefficients(angles_rad, c: float, *, n_elements: int, pitch_m: float,
+                          reference: str = "center") -> list[tuple[float, float, float]]:
+    """``(cos(theta) / c, sin(theta) / c, offset(theta))`` per angle: ``tau_tx = a z + b x + o`` (s/m, s/m, s)."""
+    return [(math.cos(t) / c, math.sin(t) / c, transmit_offset(float(t), n_elements, pitch_m, c, reference))
+            for t in angles_rad]
+
+
 def transmit_delays(angles_rad, z: torch.Tensor, x: torch.Tensor, c: float, *, n_elements: int,
                     pitch_m: float, reference: str = "center") -> torch.Tensor:
     """Plane-wave arrival times ``tau_tx`` (seconds), shape ``(n_angles, nz, nx)``.
 
     ``tau_tx = (z cos theta + x sin theta) / c + offset(theta)`` (module docstring).
     """
-    th = torch.as_tensor(list(angles_rad), dtype=z.dtype, device=z.device)
-    off = torch.tensor([transmit_offset(float(t), n_elements, pitch_m, c, reference) for t in angles_rad],
-                       dtype=z.dtype, device=z.device)
-    return ((z[None, :, None] * torch.cos(th)[:, None, None] + x[None, None, :] * torch.sin(th)[:, None, None]) / c
-            + off[:, None, None])
+    co = transmit_coefficients(angles_rad, c, n_elements=n_elements, pitch_m=pitch_m, reference=reference)
+    return torch.stack([a * z[:, None] + b * x[None, :] + o for a, b, o in co])
 
 
 def receive_delays(xe: torch.Tensor, z: torch.Tensor, x: torch.Tensor, c: float) -> torch.Tensor:

@@ -71,7 +71,7 @@ from medrecon_us.geometry import (
     pixel_axes,
     receive_apodization,
     receive_delays,
-    transmit_delays,
+    transmit_coefficients,
 )
 from medrecon_us.pulse import convolve_time, correlate_time, gaussian_pulse
 
@@ -207,11 +207,12 @@ class PlaneWaveRF(Operator):
     def _plan(self, device: torch.device, dtype: torch.dtype) -> dict:
         """The factors of the delays, cached per device and dtype (computed in float64).
 
-        ``tx``: ``(tau_tx - t0) fs + 1`` per (transmit, pixel), ``(n_angles, P)`` (the +1 is the
-        channel padding below); for the (element, pixel) pairs that the apodisation keeps
-        (``w > 0``), flat: ``p`` pixel index, ``rx`` = ``tau_rx fs``, ``w`` weight, ``off`` =
-        ``e L`` the channel's offset in a transmit's padded ``(n_elements, L)`` block
-        (``L = n_samples + 3``).
+        The transmit delay is affine in the pixel position, ``tau_tx = a z + b x + o``
+        (:func:`~medrecon_us.geometry.transmit_coefficients`): ``tx`` holds ``(a fs, b fs,
+        (o - t0) fs + 1)`` per transmit (the +1 is the channel padding of :meth:`_taps`).  For the
+        (element, pixel) pairs that the apodisation keeps (``w > 0``), flat: ``p`` pixel index,
+        ``z``, ``x`` its position (m), ``rx`` = ``tau_rx fs``, ``w`` the weight, ``off`` = ``e L``
+        the channel's offset in a transmit's padded ``(n_elements, L)`` block (``L = n_samples + 3``).
         """
         key = (str(device), dtype)
         if key not in self._plans:
@@ -219,21 +220,28 @@ class PlaneWaveRF(Operator):
             z, x = pixel_axes(p["shape"], p["z_mm"], p["x_mm"], device=device)
             pitch = p["pitch_mm"] * 1e-3
             xe = element_positions(p["n_elements"], pitch, device=device)
-            ang = [math.radians(a) for a in p["angles_deg"]]
-            tx = transmit_delays(ang, z, x, p["c"], n_elements=p["n_elements"], pitch_m=pitch,
-                                 reference=p["tx_reference"])
+            fs = p["fs_hz"]
+            co = transmit_coefficients([math.radians(a) for a in p["angles_deg"]], p["c"],
+                                       n_elements=p["n_elements"], pitch_m=pitch, reference=p["tx_reference"])
             rx = receive_delays(xe, z, x, p["c"]).flatten(1)
             w = receive_apodization(xe, z, x, p["f_number"], p["apodization"]).flatten(1)
             e, pix = torch.nonzero(w > 0, as_tuple=True)
-            fs = p["fs_hz"]
+            nx = x.numel()
             self._plans[key] = {
-                "tx": ((tx - p["t0_s"]) * fs + 1.0).flatten(1).to(dtype),
+                "tx": [(a * fs, b * fs, (o - p["t0_s"]) * fs + 1.0) for a, b, o in co],
                 "p": pix,
+                "z": z[pix // nx].to(dtype),
+                "x": x[pix % nx].to(dtype),
                 "rx": (rx[e, pix] * fs).to(dtype),
                 "w": w[e, pix].to(dtype),
                 "off": e * (self.range_shape[2] + 3),
             }
         return self._plans[key]
+
+    def _delays(self, plan: dict, a: int, k0: int, k1: int) -> torch.Tensor:
+        """Padded round-trip delays ``s + 1`` (samples) of transmit ``a`` and pairs ``k0 .. k1-1``."""
+        ca, cb, co = plan["tx"][a]
+        return torch.add(plan["rx"][k0:k1], plan["z"][k0:k1], alpha=ca).add_(plan["x"][k0:k1], alpha=cb).add_(co)
 
     def _apply(self, fn, *args, **kwargs):  # .to(), .double(), ...: the cached plans follow
         self._plans = {}
@@ -254,8 +262,7 @@ class PlaneWaveRF(Operator):
         ``w1 = w f``, at ``i + 1``; ``W = w0 - i w1`` carries both (complex).
         """
         nt = self.range_shape[2]
-        pix = plan["p"][k0:k1]
-        s = plan["tx"][a].index_select(0, pix).add_(plan["rx"][k0:k1]).clamp_(0, nt + 1)
+        s = self._delays(plan, a, k0, k1).clamp_(0, nt + 1)
         fl = torch.floor(s)
         w1 = s.sub_(fl).mul_(plan["w"][k0:k1])
         W = torch.complex(plan["w"][k0:k1] - w1, w1.neg_())
@@ -306,9 +313,10 @@ class PlaneWaveRF(Operator):
             h = np.asarray(self._taps_h)
             r0, r1 = float(np.sum(h * h)), float(np.sum(h[1:] * h[:-1]))
             nt = self.range_shape[2]
-            d = torch.zeros_like(plan["tx"][0])
+            d = torch.zeros(self.domain_shape[0] * self.domain_shape[1], dtype=plan["rx"].dtype,
+                            device=plan["rx"].device)
             for a, k0, k1 in self._steps(plan["p"].numel(), d.device):
-                s = plan["tx"][a].index_select(0, plan["p"][k0:k1]) + plan["rx"][k0:k1]
+                s = self._delays(plan, a, k0, k1)
                 f = s - torch.floor(s)
                 w = plan["w"][k0:k1] * ((s >= 1) & (s <= nt))  # both taps on the record
                 d.index_add_(0, plan["p"][k0:k1], w * w * (((1 - f) ** 2 + f * f) * r0 + 2 * f * (1 - f) * r1))
