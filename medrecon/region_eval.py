@@ -270,8 +270,8 @@ def evaluate_regions(recon, *, targets, backgrounds, classical=None, haze=None, 
         titles = {"after": _title(out, "after"), "before": _title(out, "before")}
         bmode_figure(panels, spacing=spacing, origin=origin, dynamic_range_db=dr,
                      regions=[(t, b) for t, b in pairs], units=units, titles=titles, path=png,
-                     suptitle=f"B-mode, dynamic range {dr:g} dB (0 dB = each panel's maximum); "
-                              f"frame {frame % n_frames} of {n_frames}")
+                     suptitle=f"B-mode, dynamic range {dr:g} dB\n(0 dB = each panel's maximum; "
+                              f"frame {frame % n_frames} of {n_frames})")
         out["png"] = str(png)
     if json_path is not None:
         from medrecon.io.atomic import atomic_file
