@@ -144,7 +144,8 @@ def log_compress(env, dynamic_range_db: float = 60.0, reference=None):
         axes; a 1D input is one frame), so each frame spans ``[-DR, 0]``.  Values above a
         given reference are clipped to 0 dB.
 
-    Returns dB values in ``[-DR, 0]``, same shape and kind.  Zero envelope maps to ``-DR``.
+    Returns dB values in ``[-DR, 0]``, same shape and kind.  Zero envelope maps to ``-DR``
+    (an all-zero frame is ``-DR`` everywhere).
     """
     dr = _check_dr(dynamic_range_db)
     torch_in = _is_torch(env)
@@ -157,8 +158,9 @@ def log_compress(env, dynamic_range_db: float = 60.0, reference=None):
         ref = (e.amax(dim=axes, keepdim=True) if axes else e) if reference is None else \
             torch.as_tensor(float(reference), dtype=e.dtype, device=e.device)
         tiny = torch.finfo(e.dtype).tiny
-        db = 20.0 * (torch.log10(e.clamp_min(tiny)) - torch.log10(torch.as_tensor(ref).clamp_min(tiny)))
-        return db.clamp(-dr, 0.0)
+        ref = torch.as_tensor(ref, dtype=e.dtype, device=e.device)
+        db = 20.0 * (torch.log10(e.clamp_min(tiny)) - torch.log10(ref.clamp_min(tiny)))
+        return torch.where(ref > 0, db, torch.full_like(db, -dr)).clamp(-dr, 0.0)
     e = np.abs(np.asarray(env, dtype=np.float64))
     _check_finite(e, "envelope")
     if reference is None:
@@ -172,9 +174,8 @@ def log_compress(env, dynamic_range_db: float = 60.0, reference=None):
         if not (math.isfinite(ref) and ref > 0):
             raise InputError(f"the log-compression reference must be positive and finite, got {reference!r}")
     tiny = np.finfo(np.float64).tiny
-    with np.errstate(divide="ignore"):
-        db = 20.0 * (np.log10(np.maximum(e, tiny)) - np.log10(np.maximum(ref, tiny)))
-    return np.clip(db, -dr, 0.0)
+    db = 20.0 * (np.log10(np.maximum(e, tiny)) - np.log10(np.maximum(ref, tiny)))
+    return np.clip(np.where(np.asarray(ref) > 0, db, -dr), -dr, 0.0)
 
 
 def bmode(rf, dynamic_range_db: float = 60.0, axis: int = AXIAL, reference=None):

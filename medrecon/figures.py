@@ -185,7 +185,7 @@ def bmode_figure(panels: dict[str, np.ndarray], *, spacing=(1.0, 1.0), origin=(0
     extent = [x0 - dx / 2, x0 + (nx - 0.5) * dx, z0 + (nz - 0.5) * dz, z0 - dz / 2]
     ratio = (extent[1] - extent[0]) / (extent[2] - extent[3])  # width / height of one panel
     height = 6.0 if ratio < 0.6 else 4.0
-    width = max(min(max(1.6, height * ratio), 7.0) * len(names) + 1.2, 5.0)
+    width = max(min(max(1.6, height * ratio), 5.5) * len(names) + 1.2, 5.0)
     fig, axes = plt.subplots(1, len(names), figsize=(width, height + 0.9), squeeze=False, layout="constrained")
 
     def to_mm(reg):

@@ -65,6 +65,10 @@ def test_log_compress_range_reference_and_per_frame_max():
     np.testing.assert_allclose(b2[1, 1, 1], -20.0)
     z = log_compress(np.zeros((3, 3)) + np.eye(3), 60)
     assert z.min() == -60.0 and z.max() == 0.0
+    # an all-zero frame (e.g. an empty haze estimate) is black, not 0 dB
+    zero = np.stack([np.zeros((3, 3)), np.ones((3, 3))])
+    np.testing.assert_array_equal(log_compress(zero, 40)[0], -40.0)
+    np.testing.assert_array_equal(log_compress(torch.tensor(zero), 40)[0].numpy(), -40.0)
 
 
 def test_bmode_numpy_and_torch_agree():
