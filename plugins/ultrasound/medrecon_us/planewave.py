@@ -188,6 +188,9 @@ class PlaneWaveRF(Operator):
         if tx_reference not in TX_REFERENCES:
             raise InputError(f"tx_reference must be one of {', '.join(TX_REFERENCES)}, got {tx_reference!r}")
         chunk = None if chunk is None else _count(chunk, "chunk")
+        if n_elements * (n_samples + 3) >= 2**31:
+            raise InputError(f"n_elements x n_samples ({n_elements} x {n_samples}) is too large for one transmit "
+                             f"(at most 2**31 samples)")
         super().__init__(shape=[nz, nx], z_mm=z_mm, x_mm=x_mm, n_elements=n_elements, pitch_mm=pitch_mm,
                          angles_deg=angles_deg, fs_hz=fs_hz, n_samples=n_samples, c=c, t0_s=t0_s, f0_hz=f0_hz,
                          bandwidth=bandwidth, f_number=f_number, apodization=apodization,
@@ -234,7 +237,7 @@ class PlaneWaveRF(Operator):
                 "x": x[pix % nx].to(dtype),
                 "rx": (rx[e, pix] * fs).to(dtype),
                 "w": w[e, pix].to(dtype),
-                "off": e * (self.range_shape[2] + 3),
+                "off": (e * (self.range_shape[2] + 3)).to(torch.int32),
             }
         return self._plans[key]
 
@@ -263,11 +266,10 @@ class PlaneWaveRF(Operator):
         """
         nt = self.range_shape[2]
         s = self._delays(plan, a, k0, k1).clamp_(0, nt + 1)
-        fl = torch.floor(s)
-        w1 = s.sub_(fl).mul_(plan["w"][k0:k1])
+        i = s.to(torch.int32)  # truncation = floor, s >= 0; int32 indices: less memory traffic
+        w1 = s.sub_(i).mul_(plan["w"][k0:k1])
         W = torch.complex(plan["w"][k0:k1] - w1, w1.neg_())
-        i = fl.to(torch.int64).add_(plan["off"][k0:k1])
-        return i, W
+        return i.add_(plan["off"][k0:k1]), W
 
     # ------------------------------------------------------------------ operator
     # Frames ride in the last axis, so that every gathered or scattered index moves a
