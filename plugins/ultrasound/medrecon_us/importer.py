@@ -6,8 +6,8 @@ Readable inputs
   HDF5 and are read with h5py): an RF array shaped ``samples x elements x transmits``
   (optionally ``x frames``), named ``RF``, ``RF1``, ``RFdata``, ``rf`` ... (the first of
   these names, else the only 3D/4D numeric array), and a parameter struct named
-  ``param``, ``param1``, ``P``, ``params`` ... (else the only struct holding ``fs``) with
-  fields ``c`` (m/s), ``fs`` (Hz), ``TXangle`` (radians, one per transmit), ``pitch`` (m),
+  ``param``, ``param1``, ``P``, ``params`` ... (else the only struct holding ``fs``, else
+  top-level variables of these names) with fields ``c`` (m/s), ``fs`` (Hz), ``TXangle`` (radians, one per transmit), ``pitch`` (m),
   and optionally ``t0`` (s, time of the first sample) and ``fc`` / ``f0`` (Hz, centre
   frequency).  This is the layout of Garcia et al.'s f-k migration data (``RFdata1.mat``:
   ``RF1`` 2688 x 128 x 7 uint8, ``param1`` with c = 1540, fs = 20 MHz, TXangle -1.5 .. 1.5
@@ -191,6 +191,9 @@ def _pick_mat_variables(variables: dict[str, Any], src: str, rf_name: str | None
         p_key = next((n for n in PARAM_NAMES if n in structs), None)
         if p_key is None:
             cands = [n for n, d in structs.items() if _field(d, ("fs",)) is not None]
+            if not cands and _field(variables, ("fs",)) is not None:  # parameters as top-level variables
+                return np.asarray(variables[rf_key]), {k: v for k, v in variables.items() if k != rf_key}, \
+                    rf_key, "(top level)"
             if len(cands) != 1:
                 raise FileFormatError(f"{src} holds no parameter struct (param / param1 / P with fields c, fs, "
                                       "TXangle, pitch)" if not cands else
@@ -397,7 +400,7 @@ class RFImporter:
                     with h5py.File(p, "r") as f:
                         return any(isinstance(v, h5py.Dataset) and len(v.shape) in (3, 4) for v in f.values())
                 return (any(len(shape) in (3, 4) and cls_ not in ("struct", "cell") for _, shape, cls_ in info)
-                        and any(cls_ == "struct" for _, _, cls_ in info))
+                        and any(cls_ == "struct" or name.lower() == "fs" for name, _, cls_ in info))
             import h5py
 
             with h5py.File(p, "r") as f:

@@ -137,6 +137,12 @@ def test_mat_frames_t0_fc_and_options(tmp_path):
     assert sp1["f0_hz"] == 4e6 and sp1["c"] == 1540.0 and m1.provenance["frames"] == [1]
     with pytest.raises(InputError, match="frame indices"):
         RFImporter().read(p, frames=5)
+    # parameters as top-level variables instead of a struct
+    p2 = tmp_path / "flat.mat"
+    scipy.io.savemat(p2, {"RF": q[..., 0], "c": 1500.0, "fs": FS, "TXangle": ANGLES, "pitch": PITCH})
+    assert RFImporter.can_read(p2)
+    m2 = RFImporter().read(p2)
+    assert m2.provenance["param_variable"] == "(top level)" and m2.operator_spec["params"]["c"] == 1500.0
 
 
 def test_point_scatterer_through_mat_v5_and_v73_focuses_where_it_was(tmp_path, point_rf):
