@@ -180,12 +180,18 @@ def _region_values(image: np.ndarray, mask, what: str) -> np.ndarray:
     return vals
 
 
-def gcnr(image, target_mask, background_mask=None, *, bins: int | np.ndarray = 256) -> float:
+def gcnr(image, target_mask, background_mask=None, *, bins: int | str | np.ndarray = "auto") -> float:
     """Generalised contrast-to-noise ratio ``gCNR = 1 - OVL`` (Rodriguez-Molares et al., 2020).
 
     ``OVL = sum_k min(p_t(k), p_b(k))`` is the overlap of the normalised histograms
     ``p_t``, ``p_b`` of the target and background values on common bins (``bins``: a
-    bin count spanning both regions' range, or explicit edges).  gCNR is 0 for identical
+    bin count spanning both regions' range, explicit edges, or ``"auto"``: ``sqrt(n)``
+    bins for the smaller region's ``n`` pixels, clipped to 8 .. 256).
+
+    The histogram estimate is biased upwards for small regions: for two samples of one
+    distribution it is not 0 but about 0.75 with 40 pixels and 256 bins (0.15 with the
+    ``"auto"`` 8 bins), 0.12 with 5000 pixels and 256 bins (0.06 with ``"auto"``), as
+    measured on Rayleigh speckle; so compare gCNR values on regions of equal size and bins.  gCNR is 0 for identical
     distributions and 1 for non-overlapping ones; it is the success rate of the best
     pixel classifier between the two regions, so it does not saturate like CNR.
     For ultrasound, compute it on the envelope (or the B-mode in dB: the same value up
@@ -217,6 +223,10 @@ def gcnr(image, target_mask, background_mask=None, *, bins: int | np.ndarray = 2
         raise InputError("gcnr needs two non-empty regions")
     if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
         raise InputError("gcnr regions hold NaN or infinite values")
+    if isinstance(bins, str):
+        if bins != "auto":
+            raise InputError(f"gcnr bins must be a count, edges or 'auto', got {bins!r}")
+        bins = int(np.clip(round(math.sqrt(min(a.size, b.size))), 8, 256))
     if np.isscalar(bins) or np.ndim(bins) == 0:
         if int(bins) < 1:
             raise InputError(f"gcnr needs at least one bin, got {bins!r}")

@@ -4,7 +4,8 @@
 when given, a classical / hazy input (``before``) on target and background regions,
 without a ground truth:
 
-* **gCNR** (:func:`medrecon.metrics.gcnr`, 256 shared bins) between the target and the
+* **gCNR** (:func:`medrecon.metrics.gcnr`, ``sqrt(n)`` shared bins for ``n`` pixels in the
+  smaller region, 8 .. 256) between the target and the
   background of each region pair, on the **envelope** of every frame (then the mean over
   frames);
 * **KS** (:func:`medrecon.metrics.ks_statistic`): the two-sample Kolmogorov-Smirnov
@@ -227,8 +228,8 @@ def evaluate_regions(recon, *, targets, backgrounds, classical=None, haze=None, 
         "regions": [{"name": f"pair {k + 1}", "target": list(t), "background": list(b),
                      "target_pixels": int(mt.sum()), "background_pixels": int(mb.sum())}
                     for k, ((t, b), (mt, mb)) in enumerate(zip(pairs, masks, strict=True))],
-        "gcnr_definition": "1 - overlap of the target and background envelope histograms (256 shared bins), "
-                           "per frame",
+        "gcnr_definition": "1 - overlap of the target and background envelope histograms (sqrt(n) shared "
+                           "bins, n the smaller region's pixel count, 8..256), per frame",
         "ks_definition": "two-sample Kolmogorov-Smirnov statistic between before and after inside a region, "
                          "envelopes divided by each frame's maximum",
         "speckle_definition": "FWHM (mm) of the envelope autocorrelation inside the background, axial and lateral",

@@ -243,3 +243,12 @@ def test_cli_evaluate_with_regions_and_bad_input(tmp_path):
         proc = cli(*args)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1 and words in proc.stderr
+
+
+def test_gcnr_auto_bins_limit_the_small_region_bias():
+    rng = np.random.default_rng(8)
+    small = [gcnr(rng.rayleigh(1, 40), rng.rayleigh(1, 3000)) for _ in range(10)]
+    fixed = [gcnr(rng.rayleigh(1, 40), rng.rayleigh(1, 3000), bins=256) for _ in range(10)]
+    assert np.mean(small) < 0.25 < 0.6 < np.mean(fixed)
+    with pytest.raises(InputError, match="auto"):
+        gcnr(np.ones(4), np.zeros(4), bins="fd")
