@@ -505,7 +505,7 @@ def _volume(obj, what: str):
         return obj
     if isinstance(obj, (str, os.PathLike)):
         p = Path(obj)
-        if p.name.lower().endswith((".h5", ".hdf5")):
+        if p.name.lower().endswith((".h5", ".hdf5", ".mat")):  # a measurement or raw data an importer reads
             from medrecon.engine import reconstruct
 
             return reconstruct(str(p), sampler="classical", progress=False)

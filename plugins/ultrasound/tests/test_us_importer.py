@@ -300,3 +300,16 @@ def test_rfdata1_reconstruct_classical_and_evaluate_cli(shared_data, tmp_path):
     res = json.loads((tmp_path / "m.json").read_text())
     assert res["after"]["gcnr"][0]["mean"] > 0.9  # a bright wire against speckle
     assert (tmp_path / "bmode.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_evaluate_regions_takes_a_raw_rf_file_as_classical(tmp_path, point_rf):
+    """``--classical RAW.mat``: the raw file is imported (default grid) and delay-and-summed."""
+    from medrecon.engine import reconstruct
+    from medrecon.region_eval import evaluate_regions
+
+    p = tmp_path / "pt.mat"
+    _write_mat(p, point_rf)
+    vol = reconstruct(str(p), sampler="classical", progress=False)
+    assert vol.shape[0] == 1 and vol.spacing[1] == pytest.approx(C / F0 / 4 * 1e3)
+    res = evaluate_regions(vol, classical=p, targets=[(6.0, 0.6, 0.3)], backgrounds=[(6.0, 0.6, 0.8, 1.5)])
+    assert res["ks"][0]["target"]["mean"] == 0.0 and res["after"]["gcnr"][0]["mean"] > 0.5
