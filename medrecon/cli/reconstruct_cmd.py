@@ -135,8 +135,8 @@ def register(app: typer.Typer) -> None:
         png: Path = typer.Option(None, "--png", help="Write a comparison figure (PNG); with regions a B-mode "
                                                      "figure (before, after, haze)."),
         classical: Path = typer.Option(None, "--classical",
-                                       help="A classical reconstruction (volume, or a measurement .h5 to run "
-                                            "the classical sampler on) to score and show alongside; with "
+                                       help="A classical reconstruction (volume, or a measurement .h5 / raw .mat "
+                                            "to run the classical sampler on) to score and show alongside; with "
                                             "regions the 'before' image (KS before vs after)."),
         target: list[str] = typer.Option(None, "--target",
                                          help="Ultrasound target region z,x,r (depth, lateral, radius; mm unless "
