@@ -145,8 +145,8 @@ def register(app: typer.Typer) -> None:
                                              help="Background region z,x,r or annulus z,x,r_in,r_out; one per "
                                                   "target or one for all; repeatable."),
         regions: Path = typer.Option(None, "--regions",
-                                     help='JSON file {"units": "mm", "targets": [[z,x,r], ...], '
-                                          '"backgrounds": [[z,x,r_in,r_out], ...]}.'),
+                                     help='JSON file with "targets" and "backgrounds": lists of z,x,r / '
+                                          'z,x,r_in,r_out, and "units" (mm or px); see docs/ultrasound.md.'),
         px: bool = typer.Option(False, "--px", help="Regions are in pixels (row, column, radius), not mm."),
         haze: Path = typer.Option(None, "--haze", help="A haze estimate (volume) shown in the B-mode figure."),
         dynamic_range: float = typer.Option(60.0, "--dynamic-range",
