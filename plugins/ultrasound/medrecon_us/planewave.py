@@ -266,7 +266,7 @@ class PlaneWaveRF(Operator):
         """
         nt = self.range_shape[2]
         s = self._delays(plan, a, k0, k1).clamp_(0, nt + 1)
-        i = s.to(torch.int32)  # truncation = floor, s >= 0; int32 indices: less memory traffic
+        i = s.to(torch.int32)  # truncation = floor as s >= 0; int32: less memory traffic, faster gathers
         w1 = s.sub_(i).mul_(plan["w"][k0:k1])
         W = torch.complex(plan["w"][k0:k1] - w1, w1.neg_())
         return i.add_(plan["off"][k0:k1]), W
@@ -286,7 +286,8 @@ class PlaneWaveRF(Operator):
         u = torch.zeros(na, ne * (nt + 3), b, dtype=_complex_of(x.dtype), device=x.device)
         for a, k0, k1 in self._steps(plan["p"].numel(), x.device):
             i, W = self._taps(plan, a, k0, k1)
-            u[a].index_add_(0, i, xt.index_select(0, plan["p"][k0:k1]) * W[:, None])
+            # int64 for index_add_: its int32 path is ~20x slower on the CPU (torch 2.13)
+            u[a].index_add_(0, i.long(), xt.index_select(0, plan["p"][k0:k1]) * W[:, None])
         u = torch.view_as_real(u).view(na, ne, nt + 3, b, 2)
         u = u[:, :, 1 : nt + 1, :, 0] - u[:, :, 0:nt, :, 1]  # sample t: tap 0 at t + 1, tap 1 at t (+ 1); Im W = -w1
         return convolve_time(u.permute(3, 0, 1, 2), self._taps_h)
