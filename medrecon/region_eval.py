@@ -141,8 +141,10 @@ def _envelopes(vol, image: str) -> np.ndarray:
 def _pairs(targets, backgrounds) -> list[tuple[tuple, tuple]]:
     t = [parse_region(r, "target") for r in targets]
     b = [parse_region(r, "background") for r in backgrounds]
+    if not t and not b:
+        return []  # no regions: geometry (and the figure) only
     if not t:
-        raise InputError("give at least one target region (--target z,x,r or --regions FILE)")
+        raise InputError("give a target region for the backgrounds (--target z,x,r or --regions FILE)")
     if not b:
         raise InputError("give a background region for the targets (--background z,x,r or z,x,r_in,r_out)")
     if len(b) == 1:
@@ -156,7 +158,7 @@ def _finite(v: float) -> float | None:
     return float(v) if math.isfinite(v) else None
 
 
-def evaluate_regions(recon, *, targets, backgrounds, classical=None, haze=None, reference=None,
+def evaluate_regions(recon, *, targets=(), backgrounds=(), classical=None, haze=None, reference=None,
                      units: str = "mm", dynamic_range_db: float = 60.0, image: str = "rf", frame: int = 0,
                      json_path=None, png=None, overwrite: bool = True) -> dict[str, Any]:
     """gCNR, KS and speckle size of ``recon`` (and ``classical``) on target / background regions.
@@ -167,7 +169,8 @@ def evaluate_regions(recon, *, targets, backgrounds, classical=None, haze=None, 
         The reconstruction ("after"), ``(frames, depth, lateral)``.
     targets, backgrounds : lists of regions
         ``(z, x, r)`` discs or ``(z, x, r_in, r_out)`` annuli (text ``"z,x,r"`` too); target
-        ``k`` pairs with background ``k``, or every target with a single background.
+        ``k`` pairs with background ``k``, or every target with a single background.  No
+        regions at all: only the figure (and the reference comparison) is made.
     classical : Volume or path, optional
         The classical / hazy input ("before"); a measurement ``.h5`` is reconstructed with
         the classical sampler.  Needed for the KS statistics.

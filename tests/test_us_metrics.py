@@ -193,6 +193,19 @@ def test_evaluate_regions_gcnr_ks_speckle_and_figure(tmp_path):
     assert ref["reference_comparison"]["ssim"] < 1.0 and ref["reference_comparison"]["on"].startswith("B-mode")
 
 
+def test_evaluate_regions_without_regions_draws_the_figure_only(tmp_path):
+    from medrecon.region_eval import evaluate_regions
+
+    v = _us_volumes()
+    res = evaluate_regions(v["after"], classical=v["before"], png=tmp_path / "b.png", frame=1)
+    assert res["regions"] == [] and res["after"]["gcnr"] == [] and res["ks"] == []
+    assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(InputError, match="target"):
+        evaluate_regions(v["after"], backgrounds=["8,0,1"])
+    with pytest.raises(InputError, match="frame"):
+        evaluate_regions(v["after"], frame=2)
+
+
 def test_evaluate_regions_bad_input():
     from medrecon.region_eval import evaluate_regions
     from medrecon.volume import Volume

@@ -154,18 +154,20 @@ def register(app: typer.Typer) -> None:
         image: str = typer.Option("rf", "--image", help="What the volumes hold: rf (envelope taken along depth) "
                                                         "or envelope."),
         frame: int = typer.Option(0, "--frame", help="Frame shown in the B-mode figure."),
+        bmode: bool = typer.Option(False, "--bmode", help="Ultrasound B-mode evaluation even without regions "
+                                                          "(e.g. only the --png figure)."),
     ) -> None:
         """PSNR and SSIM against a reference, or (with regions) ultrasound gCNR, KS and speckle size; a figure."""
         from medrecon.errors import InputError
 
-        us_mode = bool(target or background or regions or haze)
+        us_mode = bool(bmode or target or background or regions or haze)
         for p, what in ((recon, "reconstruction"), (reference, "reference"), (classical, "classical"),
                         (regions, "regions"), (haze, "haze")):
             if p is not None and not p.exists():
                 raise InputError(f"no such {what} file or folder: {str(p)!r}")
         if not us_mode and reference is None:
             raise InputError("give --reference REF for PSNR/SSIM, or ultrasound regions (--target and "
-                             "--background, or --regions FILE) for gCNR")
+                             "--background, or --regions FILE) for gCNR, or --bmode --png FILE for a B-mode figure")
         if us_mode and window is not None:
             raise InputError("--window sets the PSNR/SSIM window; with regions use --dynamic-range")
         old = warnings.showwarning
@@ -229,7 +231,8 @@ def _evaluate_regions(recon, reference, classical, haze, target, background, reg
     dz, dx = res["spacing_mm"]
     typer.echo(f"{res['frames']} frame(s) {res['shape'][1]}x{res['shape'][2]}, pixel {dz:.4g} x {dx:.4g} mm "
                f"(depth x lateral); regions in {units}; gCNR on the envelope")
-    typer.echo(f"{'region':<8} {'image':<7} {'gCNR':>6}  {'speckle axial x lateral (mm)':>28}")
+    if res["regions"]:
+        typer.echo(f"{'region':<8} {'image':<7} {'gCNR':>6}  {'speckle axial x lateral (mm)':>28}")
     for k, reg in enumerate(res["regions"]):
         for name in ("before", "after"):
             if name in res:
