@@ -250,13 +250,13 @@ class PlaneWaveRF(Operator):
         self._plans = {}
         return super()._apply(fn, *args, **kwargs)
 
-    def _steps(self, n_pairs: int, device: torch.device):
-        """Blocks ``(a, k0, k1)``: transmit ``a`` and (element, pixel) pairs ``k0 .. k1-1``, at most ``chunk`` pairs."""
+    def _chunks(self, n_pairs: int, device: torch.device) -> list[tuple[int, int]]:
+        """Ranges ``[k0, k1)`` of at most ``chunk`` (element, pixel) pairs; each is done for every transmit."""
         chunk = self._params["chunk"] or (_CHUNK_CUDA if device.type == "cuda" else _CHUNK_CPU)
-        return [(a, k0, min(k0 + chunk, n_pairs)) for a in range(self.n_angles) for k0 in range(0, n_pairs, chunk)]
+        return [(k0, min(k0 + chunk, n_pairs)) for k0 in range(0, n_pairs, chunk)]
 
     def _taps(self, plan: dict, a: int, k0: int, k1: int):
-        """Hat-kernel taps of transmit ``a`` and pairs ``k0 .. k1-1``: ``(i, W)``, both ``(n,)``.
+        """Hat-kernel taps of transmit ``a`` and pairs ``k0 .. k1-1``: ``(i, W)``, both ``(k1 - k0,)``.
 
         The channels are padded to ``L = n_samples + 3`` (sample ``t`` at ``t + 1``); the padded
         delay ``s + 1`` is clamped to ``[0, n_samples + 1]``, so that a delay off the record puts
@@ -284,10 +284,12 @@ class PlaneWaveRF(Operator):
         plan = self._plan(x.device, x.dtype)
         xt = x.reshape(b, -1).t().contiguous()  # (P, B)
         u = torch.zeros(na, ne * (nt + 3), b, dtype=_complex_of(x.dtype), device=x.device)
-        for a, k0, k1 in self._steps(plan["p"].numel(), x.device):
-            i, W = self._taps(plan, a, k0, k1)
-            # int64 for index_add_: its int32 path is ~20x slower on the CPU (torch 2.13)
-            u[a].index_add_(0, i.long(), xt.index_select(0, plan["p"][k0:k1]) * W[:, None])
+        for k0, k1 in self._chunks(plan["p"].numel(), x.device):
+            xs = xt.index_select(0, plan["p"][k0:k1])  # gathered once, used by every transmit
+            for a in range(na):
+                i, W = self._taps(plan, a, k0, k1)
+                # int64 for index_add_: its int32 path is ~20x slower on the CPU (torch 2.13)
+                u[a].index_add_(0, i.long(), xs * W[:, None])
         u = torch.view_as_real(u).view(na, ne, nt + 3, b, 2)
         u = u[:, :, 1 : nt + 1, :, 0] - u[:, :, 0:nt, :, 1]  # sample t: tap 0 at t + 1, tap 1 at t (+ 1); Im W = -w1
         return convolve_time(u.permute(3, 0, 1, 2), self._taps_h)
@@ -300,9 +302,12 @@ class PlaneWaveRF(Operator):
         v = torch.nn.functional.pad(v, (1, 3)).permute(1, 2, 3, 0)  # (na, ne, L + 1, B), L = nt + 3 padded
         pairs = torch.view_as_complex(torch.stack([v[:, :, :-1], v[:, :, 1:]], -1)).reshape(na, ne * (nt + 3), b)
         out = torch.zeros(self.domain_shape[0] * self.domain_shape[1], b, dtype=y.dtype, device=y.device)
-        for a, k0, k1 in self._steps(plan["p"].numel(), y.device):
-            i, W = self._taps(plan, a, k0, k1)
-            out.index_add_(0, plan["p"][k0:k1], (pairs[a].index_select(0, i) * W[:, None]).real)
+        for k0, k1 in self._chunks(plan["p"].numel(), y.device):
+            acc = torch.zeros(k1 - k0, b, dtype=y.dtype, device=y.device)
+            for a in range(na):  # sum over transmits first: one scatter per chunk, not one per transmit
+                i, W = self._taps(plan, a, k0, k1)
+                acc += (pairs[a].index_select(0, i) * W[:, None]).real
+            out.index_add_(0, plan["p"][k0:k1], acc)
         return out.t().reshape(b, *self.domain_shape)
 
     def _diag_normal(self, plan: dict) -> torch.Tensor:
@@ -318,11 +323,14 @@ class PlaneWaveRF(Operator):
             nt = self.range_shape[2]
             d = torch.zeros(self.domain_shape[0] * self.domain_shape[1], dtype=plan["rx"].dtype,
                             device=plan["rx"].device)
-            for a, k0, k1 in self._steps(plan["p"].numel(), d.device):
-                s = self._delays(plan, a, k0, k1)
-                f = s - torch.floor(s)
-                w = plan["w"][k0:k1] * ((s >= 1) & (s <= nt))  # both taps on the record
-                d.index_add_(0, plan["p"][k0:k1], w * w * (((1 - f) ** 2 + f * f) * r0 + 2 * f * (1 - f) * r1))
+            for k0, k1 in self._chunks(plan["p"].numel(), d.device):
+                acc = torch.zeros_like(plan["w"][k0:k1])
+                for a in range(self.n_angles):
+                    s = self._delays(plan, a, k0, k1)
+                    f = s - torch.floor(s)
+                    on = (s >= 1) & (s <= nt)  # both taps on the record
+                    acc += on * (((1 - f) ** 2 + f * f) * r0 + 2 * f * (1 - f) * r1)
+                d.index_add_(0, plan["p"][k0:k1], plan["w"][k0:k1] ** 2 * acc)
             top = float(d.max())
             plan["diag"] = torch.where(d > 1e-6 * top, d, torch.ones_like(d)) if top > 0 else torch.ones_like(d)
         return plan["diag"]
