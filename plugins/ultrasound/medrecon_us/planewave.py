@@ -285,7 +285,7 @@ class PlaneWaveRF(Operator):
         xt = x.reshape(b, -1).t().contiguous()  # (P, B)
         u = torch.zeros(na, ne * (nt + 3), b, dtype=_complex_of(x.dtype), device=x.device)
         for k0, k1 in self._chunks(plan["p"].numel(), x.device):
-            xs = xt.index_select(0, plan["p"][k0:k1])  # gathered once, used by every transmit
+            xs = xt.index_select(0, plan["p"][k0:k1]).to(u.dtype)  # gathered once, used by every transmit
             for a in range(na):
                 i, W = self._taps(plan, a, k0, k1)
                 # int64 for index_add_: its int32 path is ~20x slower on the CPU (torch 2.13)
