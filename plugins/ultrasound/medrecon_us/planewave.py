@@ -36,13 +36,18 @@ to ``r`` at its own pixel whatever the number of transmits and elements, and a p
 element hears is 0.  It is a real RF image; envelope detection and log compression (B-mode) are not
 part of the operator.
 
-Delays are computed on the fly: the operator keeps ``tau_tx`` per (transmit, pixel), and
-``tau_rx`` and ``w`` per (element, pixel) pair inside the receive aperture (``w > 0``, about
-40 % of all pairs at f-number 1.5) -- at most ``(n_angles + 4 n_elements) nz nx`` numbers,
-cached per device and dtype -- and forms the round-trip delays block by block (``chunk``
-(transmit, element, pixel) triples per step: cache-sized on the CPU, large on a GPU), never
-the full ``n_angles x n_elements x nz x nx`` table.  Forward and adjoint run on the input's
-device, batched over frames (the delays of a block serve every frame).
+Delays are computed on the fly, never as the full ``n_angles x n_elements x nz x nx`` table.
+The transmit delay is affine in the pixel position (three numbers per transmit); the operator
+keeps, per device and dtype, the (element, pixel) pairs inside the receive aperture (``w > 0``:
+34 % of all pairs for a 128-element array at f-number 1.5 over 5..40 mm) with their pixel
+index, position, receive delay, weight and channel offset (28 bytes a pair in float32).  It
+walks the pairs in chunks of ``chunk`` and, for each chunk, every transmit: forms the
+round-trip delays, truncates them to int32 sample indices and fractions, and gathers
+(adjoint) or scatter-adds (forward) both interpolation taps at once as one complex number; the
+adjoint sums a chunk over transmits before one scatter into the image.  Frames ride in the
+last axis, so the delays of a step serve every frame of the batch.  Forward and adjoint run on
+the input's device; on CUDA the scatters use atomic adds (results are not bitwise
+reproducible, as for any ``index_add_``).
 
 Example::
 
@@ -77,7 +82,7 @@ from medrecon_us.pulse import convolve_time, correlate_time, gaussian_pulse
 
 __all__ = ["PlaneWaveRF"]
 
-# (transmit, element, pixel) triples per step: cache-sized on the CPU, large on a GPU
+# (element, pixel) pairs per step: cache-sized on the CPU, large on a GPU
 _CHUNK_CPU = 1 << 16
 _CHUNK_CUDA = 1 << 22
 
@@ -148,8 +153,8 @@ class PlaneWaveRF(Operator):
         compounds coherently and ``"center"`` does not: the wire peaks of the delay-and-sum
         envelope are about 5x higher (plugins/ultrasound/README.md).
     ``chunk``
-        Most (transmit, element, pixel) triples handled per step (default None: ``2**16`` on
-        the CPU, ``2**22`` on CUDA).  Results do not depend on it beyond rounding.
+        Most (element, pixel) pairs handled per step, each for every transmit (default None:
+        ``2**16`` on the CPU, ``2**22`` on CUDA).  Results do not depend on it beyond rounding.
     """
 
     name: ClassVar[str] = "us.planewave"
