@@ -8,23 +8,32 @@ and the haze prior (parameter ``haze_prior``, default ``us-haze``) on ``h``.  Pe
 
     e_x = eps_x(x_t, t)              e_h = eps_h(h_t, t)                       (two networks)
     X   = from_net_x(Tweedie(x_t, e_x))   H = from_net_h(Tweedie(h_t, e_h))   (physical units)
-    [X~; H~] = argmin  ||x - X||^2 + ||h - H||^2 / kappa + g ||y - A [x; h]||^2
+    [X~; H~] = argmin  ||x - X||^2 / v_x + ||h - H||^2 / v_h + g ||y - A [x; h]||^2   (per pixel)
     x_s = sqrt(abar_s) to_net_x(X~) + sqrt(1 - abar_s) (eta z_x + sqrt(1 - eta^2) e_x)
     h_s = sqrt(abar_s) to_net_h(H~) + sqrt(1 - abar_s) (eta z_h + sqrt(1 - eta^2) e_h)
 
 and the last step returns ``[X~; H~]`` (physical units, ``(B, 2, nz, nx)``).  The joint
-data-consistency step is a weighted least-squares projection solved by conjugate
-gradients (``cg_iters``); for the sum ``A [x; h] = x + h`` its matrix
-``diag(1, 1/kappa) + g A^T A`` has two distinct eigenvalues, so two CG iterations give the
-closed form::
+data-consistency step is a weighted least-squares projection; for the sum
+``A [x; h] = x + h`` it is, per pixel::
 
-    r = y - X - H,    X~ = X + g r / (1 + g (1 + kappa)),    H~ = H + kappa g r / (1 + g (1 + kappa))
+    r = y - X - H,    d = g r / (1 + g (v_x + v_h)),    X~ = X + v_x d,    H~ = H + v_h d
+
+(other component operators: conjugate gradients, ``cg_iters``).  ``v_x, v_h`` are the
+relative variances of the two Tweedie estimates in physical units: ``kappa_c slope_c^2`` with
+``slope_c = d from_net_c / du`` at the estimate (both networks share one schedule, so a
+network-range error turns into a physical error through the local slope of the intensity
+map; with mu-law companding a large value is far less certain than a small one), scaled per
+pixel to sum to ``1 + kappa``.  ``kappa = (1, haze_weight)``.  For affine intensity maps
+(Gaussian test priors) ``v = (1, kappa)`` and the step is
+``X~ = X + g r / (1 + g (1 + kappa))``, ``H~ = H + kappa g r / (1 + g (1 + kappa))``.
 
 ``g = gamma / ||A||^2`` (``gamma`` dimensionless, as in ``dds``; both terms are in the
-squared units of y).  ``gamma -> inf`` enforces ``X~ + H~ = y`` and splits the residual
-1 : kappa between tissue and haze; the priors decide, step after step, which structure is
-tissue and which is haze.  ``kappa`` (``haze_weight``) plays the part of the paper's
-per-component guidance weights.
+squared units of y).  ``gamma -> inf`` enforces ``X~ + H~ = y``; the split of the residual
+follows the variances, and the priors decide, step after step, which structure is tissue
+and which is haze.  ``kappa`` (``haze_weight``) plays the part of the paper's
+per-component guidance weights.  (With equal constant variances instead of the slopes,
+mu-law priors fail on real data: the tissue takes half of a strong haze's residual at every
+step, and the wire phantom's gCNR collapsed from 0.78 to 0.16 in our measurement.)
 
 Intensity: both priors work in their network range (mu-law companded RF for the shipped
 ``us`` priors, :mod:`medrecon.priors.intensity`); data consistency is done in physical units
@@ -80,8 +89,7 @@ class Dehaze(Sampler):
                        lo_open=True),
         "haze_weight": Param(float, 1.0, "kappa: share of the residual the haze takes relative to the tissue",
                              lo=0, lo_open=True),
-        "cg_iters": Param(int, 3, "conjugate-gradient iterations of the joint projection (2 are exact for x + h)",
-                          lo=1),
+        "cg_iters": Param(int, 10, "CG iterations of the projection (operators other than the sum x + h)", lo=1),
         "spacing": Param(str, "trailing", "timestep spacing over the training grid",
                          choices=("leading", "trailing", "linspace")),
         "clip": Param(float, 1.5, "clamp Tweedie estimates to [-clip, clip] in network units (None: no)",
@@ -167,11 +175,7 @@ class Dehaze(Sampler):
         with torch.no_grad():
             g = p["gamma"] / max(estimate_norm(operator, device=dev), 1e-30) ** 2
             y = y.to(dtype)
-            rhs_y = g * operator.adjoint(y)
-            wts = torch.tensor([1.0, 1.0 / kappa], dtype=dtype, device=dev).view(1, 2, 1, 1)
-
-            def system(v):  # (W + g A^T A) v, W = diag(1, 1/kappa)
-                return wts * v + g * operator.adjoint(operator.forward(v))
+            is_sum = _is_sum(operator, dev, dtype)
 
             z = randn_per_slice(generators, shape, device=dev, dtype=dtype)
             a0 = float(abar[ts[0]])
@@ -189,7 +193,8 @@ class Dehaze(Sampler):
                 if clip is not None:
                     x0 = x0.clamp(-clip, clip)
                 phys = torch.stack([pr.from_net(x0[:, c]) for c, pr in enumerate(priors)], 1)
-                dc = cg(system, wts * phys + rhs_y, phys, p["cg_iters"])
+                v = _variances(priors, x0, kappa)
+                dc = _project(operator, y, phys, v, g, is_sum, p["cg_iters"])
                 if i + 1 == len(ts):
                     break
                 a_s = float(abar[ts[i + 1]])
@@ -204,3 +209,46 @@ class Dehaze(Sampler):
             raise InputError("dehaze produced NaN or infinite values; lower gamma or set clip")
         return dc
 
+
+def _is_sum(operator, dev, dtype) -> bool:
+    """Whether ``A [x; h] = x + h`` (checked on a random probe): then the projection has a closed form."""
+    if tuple(operator.range_shape) != tuple(operator.domain_shape[1:]):
+        return False
+    z = torch.randn((1, *operator.domain_shape), generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    z = z.to(device=dev, dtype=dtype)
+    tol = 1e-4 if dtype == torch.float32 else 1e-10
+    return bool(torch.allclose(operator.forward(z), z[:, 0] + z[:, 1], atol=tol, rtol=tol))
+
+
+def _variances(priors, x0n: torch.Tensor, kappa: float) -> torch.Tensor:
+    """Relative variances ``v`` ``(B, 2, H, W)`` of the two Tweedie estimates, per pixel.
+
+    A network-range error ``du`` is a physical error ``slope du`` with ``slope = d from_net / du``
+    at the estimate; both networks share one schedule, hence one noise level, so component c is
+    as uncertain as ``kappa_c slope_c^2`` (``kappa = (1, haze_weight)``; mu-law: large RF values
+    are far less certain than small ones).  The pair is scaled per pixel to sum to ``1 + kappa``,
+    so only the *split* of the residual depends on the slopes, not the strength of the data
+    term (for affine intensity maps ``v = (1, kappa)`` everywhere).
+    """
+    e = 1e-3
+    s = torch.stack([(pr.from_net(x0n[:, c] + e) - pr.from_net(x0n[:, c] - e)) / (2 * e)
+                     for c, pr in enumerate(priors)], 1) ** 2
+    s = s * torch.tensor([1.0, kappa], dtype=s.dtype, device=s.device).view(1, 2, 1, 1)
+    return (1 + kappa) * s / s.sum(1, keepdim=True).clamp(min=torch.finfo(s.dtype).tiny)
+
+
+def _project(operator, y, phys, v, g: float, is_sum: bool, cg_iters: int) -> torch.Tensor:
+    """``argmin sum_c ||z_c - Z_c||^2 / v_c + g ||y - A z||^2`` (per pixel variances ``v``).
+
+    For the sum ``A z = z_0 + z_1`` per pixel: ``d = g r / (1 + g (v_0 + v_1))``, ``z_c = Z_c + v_c d``
+    with ``r = y - Z_0 - Z_1``; otherwise conjugate gradients on ``(V^-1 + g A^T A) z = V^-1 Z + g A^T y``.
+    """
+    if is_sum:
+        d = g * (y - phys[:, 0] - phys[:, 1]) / (1 + g * (v[:, 0] + v[:, 1]))
+        return phys + v * d[:, None]
+    w = 1.0 / v
+
+    def system(z):
+        return w * z + g * operator.adjoint(operator.forward(z))
+
+    return cg(system, w * phys + g * operator.adjoint(y), phys, cg_iters)

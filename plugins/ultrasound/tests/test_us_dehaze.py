@@ -125,12 +125,13 @@ def test_mulaw_priors_are_bound_per_slice():
     y = torch.randn(2, 16, 16, generator=g)
     y[1] *= 1000.0
     op = TissueHaze([16, 16])
-    smp = get_sampler("dehaze", gamma=1e6).with_haze_prior(haze)
+    smp = get_sampler("dehaze", gamma=1e8).with_haze_prior(haze)
     both = smp.sample(y, op, tissue, steps=3, generators=slice_generators(0, [0, 1]))
     alone = smp.sample(y[1:], op, tissue, steps=3, generators=slice_generators(0, [1]))
     assert torch.allclose(both[1], alone[0], rtol=1e-5, atol=1e-6 * float(y[1].abs().max()))
     assert torch.isfinite(both).all()
-    # data consistency in physical units, at both amplitudes (the projection leaves 1/(1 + 1e6) of the residual)
+    # data consistency in physical units, at both amplitudes: the projection leaves
+    # r / (1 + g (v_x + v_h)) = r / (1 + 2 g) of the residual, g = 5e7
     for b in range(2):
         r = (both[b, 0] + both[b, 1] - y[b]).norm() / y[b].norm()
-        assert float(r) < 1e-3
+        assert float(r) < 1e-4
