@@ -1,9 +1,9 @@
 """``medrecon reconstruct --sampler dehaze`` as a real process: tissue to OUT, haze to OUT.haze.
 
-Small synthetic case (2 frames of 32 x 32 beamformed RF, tiny randomly initialised ``us``
-priors written to a temporary folder), so the test checks the plumbing -- measurement,
-engine, two priors, component outputs, data consistency, errors -- not the priors' quality
-(tests/test_us_dehaze_real.py does that with the shipped priors).
+Small synthetic case (2 frames of 32 x 32 beamformed RF, the shipped priors ``us-tissue`` and,
+by default, ``us-haze``; 3 steps), so the test checks the plumbing -- measurement, engine,
+entry-point priors, component outputs, data consistency, errors -- not the dehazing quality
+(test_us_dehaze_real.py does that on real RF).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from medrecon_us.haze import TissueHaze
 
 from medrecon.engine import component_path
@@ -34,12 +33,7 @@ def run(*args):
 def case(tmp_path_factory):
     from medrecon_us.simulate import haze_image
 
-    from medrecon.priors.model import DiffusionPrior, default_config
-
     d = tmp_path_factory.mktemp("dehaze_cli")
-    for name, seed in (("tissue", 0), ("haze", 1)):
-        torch.manual_seed(seed)
-        DiffusionPrior(default_config("us", image_size=N, preset="tiny")).save(d / name)
     rng = np.random.default_rng(0)
     tissue = rng.standard_normal((2, N, N))
     y = tissue + np.stack([2 * haze_image((N, N), rng) for _ in range(2)])
@@ -55,8 +49,8 @@ def test_reconstruct_writes_tissue_and_haze(case):
 
     d, y = case
     out = d / "out.nii.gz"
-    p = run("reconstruct", d / "hazy.h5", "--sampler", "dehaze", "--prior", d / "tissue", "--param",
-            f"haze_prior={d / 'haze'}", "--param", "gamma=1e6", "--steps", 3, "--batch-size", 1, "-q", "-o", out)
+    p = run("reconstruct", d / "hazy.h5", "--sampler", "dehaze", "--prior", "us-tissue", "--param", "gamma=1e6",
+            "--steps", 3, "--batch-size", 1, "-q", "-o", out)
     assert p.returncode == 0, p.stderr
     assert (d / "out.haze.nii.gz").is_file() and not (d / "out.nii.gz.partial").exists()
     tissue, haze = load_volume(out), load_volume(d / "out.haze.nii.gz")
@@ -76,11 +70,11 @@ def test_refusals(case):
     d, _ = case
     (d / "taken.haze.nii.gz").write_bytes(b"")
     with pytest.raises(InputError, match="taken.haze.nii.gz.*already exists"):
-        medrecon.reconstruct(d / "hazy.h5", "dehaze", str(d / "tissue"), params={"haze_prior": str(d / "haze")},
-                             steps=1, progress=False, output=d / "taken.nii.gz")
+        medrecon.reconstruct(d / "hazy.h5", "dehaze", "us-tissue", steps=1, progress=False,
+                             output=d / "taken.nii.gz")
     assert not (d / "taken.nii.gz").exists() and not (d / "taken.nii.gz.partial").exists()
     with pytest.raises(InputError, match="components tissue, haze"):
-        medrecon.reconstruct(d / "hazy.h5", "dds", str(d / "tissue"), steps=1, progress=False)
+        medrecon.reconstruct(d / "hazy.h5", "dds", "us-tissue", steps=1, progress=False)
 
 
 def test_classical_keeps_the_hazy_image(case):
