@@ -27,7 +27,20 @@ gradient
     direction.
 slice-independence
     For per-slice operators: the output for a batch equals the outputs for its
-    slices one at a time, and changing one slice changes only its own output.
+    slices one at a time (``op.for_slices([k])`` on slice ``k`` for a slice-varying
+    operator), and changing one slice changes only its own output.
+for-slices
+    For slice-varying operators (``slice_varying``, :mod:`medrecon.operators.base`), with
+    ``S = n_slices`` and ``i = S - 1``, ``j = 0``: ``op.for_slices([i, j])`` applied to
+    ``x[[i, j]]`` equals ``op(x)[[i, j]]`` and equals ``op.for_slices([i])`` and
+    ``op.for_slices([j])`` applied separately (forward, adjoint and ``classical``);
+    selections compose (``op.for_slices([i, j]).for_slices([1])`` is
+    ``op.for_slices([j])``); a selection's spec rebuilds it; a batch of the wrong size and
+    an out-of-range index raise :class:`medrecon.errors.InputError`.  Skipped for other
+    operators.
+
+A slice-varying operator takes batches of exactly ``n_slices`` slices, so every check
+above runs it on a batch of ``n_slices`` (``batch`` is ignored; the gradient check too).
 device-roundtrip
     With CUDA present: the operator on the GPU gives the CPU's result, and
     moving back to the CPU works.  Skipped without CUDA.
@@ -133,6 +146,17 @@ def _device_of(op: Operator) -> torch.device:
     return torch.device("cpu")
 
 
+def _rebuild_default(op: Operator, spec: dict) -> Operator:
+    """The registry's rebuild of ``spec``, or ``type(op).from_spec`` for an operator that is
+    not installed as a plugin."""
+    try:
+        from medrecon.operators import operator_from_spec
+
+        return operator_from_spec(spec)
+    except Exception:  # noqa: BLE001 - not installed as a plugin
+        return type(op).from_spec(spec)
+
+
 def check_operator(op: Operator, *, batch: int = 2, seed: int = 0, rebuild=None) -> Report:
     """Run every contract check on ``op`` and return a :class:`Report`.
 
@@ -155,6 +179,9 @@ def check_operator(op: Operator, *, batch: int = 2, seed: int = 0, rebuild=None)
 
     op32 = copy.deepcopy(op).with_precision(False)
     op64 = copy.deepcopy(op).with_precision(True)
+    varying = bool(getattr(op, "slice_varying", False))
+    if varying:
+        batch = int(op.n_slices)
 
     def shapes():
         x = random_like_domain(op32, batch, seed=seed).to(_device_of(op32))
@@ -179,15 +206,7 @@ def check_operator(op: Operator, *, batch: int = 2, seed: int = 0, rebuild=None)
 
     def spec_roundtrip():
         spec = json.loads(json.dumps(op32.spec()))
-        if rebuild is not None:
-            op2 = rebuild(spec)
-        else:
-            try:
-                from medrecon.operators import operator_from_spec
-
-                op2 = operator_from_spec(spec)
-            except Exception:  # noqa: BLE001 - not installed as a plugin
-                op2 = type(op32).from_spec(spec)
+        op2 = rebuild(spec) if rebuild is not None else _rebuild_default(op32, spec)
         op2 = op2.with_precision(False).to(_device_of(op32))
         x = random_like_domain(op32, batch, seed=seed + 1).to(_device_of(op32))
         with torch.no_grad():
@@ -199,9 +218,10 @@ def check_operator(op: Operator, *, batch: int = 2, seed: int = 0, rebuild=None)
     def gradient():
         dev = _device_of(op64)
         gen = torch.Generator().manual_seed(seed + 2)
-        x = _randn((1, *op64.domain_shape), op64.domain_dtype(torch.float64), gen).to(dev)
-        w = _randn((1, *op64.range_shape), op64.range_dtype(torch.float64), gen).to(dev)
-        v = _randn((1, *op64.domain_shape), op64.domain_dtype(torch.float64), gen).to(dev)
+        nb = batch if varying else 1
+        x = _randn((nb, *op64.domain_shape), op64.domain_dtype(torch.float64), gen).to(dev)
+        w = _randn((nb, *op64.range_shape), op64.range_dtype(torch.float64), gen).to(dev)
+        v = _randn((nb, *op64.domain_shape), op64.domain_dtype(torch.float64), gen).to(dev)
 
         def f(z):
             return _vdot(op64(z), w).real
@@ -224,17 +244,61 @@ def check_operator(op: Operator, *, batch: int = 2, seed: int = 0, rebuild=None)
         if not op.per_slice:
             return "skip", "not a per-slice operator"
         dev = _device_of(op64)
-        x = random_like_domain(op64, 3, torch.float64, seed=seed + 3).to(dev)
+        n = batch if varying else 3
+        if n < 2:
+            return "skip", "a slice-varying operator for one slice"
+        x = random_like_domain(op64, n, torch.float64, seed=seed + 3).to(dev)
         with torch.no_grad():
             y = op64(x)
-            singles = torch.cat([op64(x[i : i + 1]) for i in range(3)])
+            singles = torch.cat([op64.for_slices([i])(x[i : i + 1]) for i in range(n)])
             d1 = float(torch.linalg.vector_norm(y - singles) / torch.linalg.vector_norm(y))
             x2 = x.clone()
             x2[1] = x2[1] * 2 + 1
             y2 = op64(x2)
-            d2 = float(torch.linalg.vector_norm(y2[[0, 2]] - y[[0, 2]]) / torch.linalg.vector_norm(y))
+            rest = [k for k in range(n) if k != 1]
+            d2 = float(torch.linalg.vector_norm(y2[rest] - y[rest]) / torch.linalg.vector_norm(y))
         ok = d1 <= 1e-10 and d2 <= 1e-10
         return ("pass" if ok else "FAIL"), f"batch vs single {d1:.1e}, leakage {d2:.1e}"
+
+    def for_slices():
+        if not varying:
+            return "skip", "not a slice-varying operator"
+        dev = _device_of(op64)
+        n = batch
+        i, j = n - 1, 0
+        gen = torch.Generator().manual_seed(seed + 5)
+        x = _randn((n, *op64.domain_shape), op64.domain_dtype(torch.float64), gen).to(dev)
+        y = _randn((n, *op64.range_shape), op64.range_dtype(torch.float64), gen).to(dev)
+        pair, one_i, one_j = op64.for_slices([i, j]), op64.for_slices([i]), op64.for_slices([j])
+        errs = {}
+
+        def rel(a, b):
+            return float(torch.linalg.vector_norm(a - b) / (torch.linalg.vector_norm(b) + 1e-300))
+
+        with torch.no_grad():
+            for what, full, apply in (("forward", op64(x), lambda o, k: o(x[k])),
+                                      ("adjoint", op64.adjoint(y), lambda o, k: o.adjoint(y[k])),
+                                      ("classical", op64.classical(op64(x)), lambda o, k: o.classical(op64(x)[k]))):
+                sel = apply(pair, [i, j])
+                apart = torch.cat([apply(one_i, [i]), apply(one_j, [j])])
+                errs[what] = max(rel(sel, full[[i, j]]), rel(sel, apart))
+            errs["compose"] = rel(pair.for_slices([1])(x[[j]]), one_j(x[[j]]))
+            spec = json.loads(json.dumps(pair.spec()))
+            rebuilt = (rebuild(spec) if rebuild is not None else _rebuild_default(op64, spec))
+            rebuilt = rebuilt.with_precision(True).to(dev)
+            errs["spec"] = rel(rebuilt(x[[i, j]]), pair(x[[i, j]])) if rebuilt.spec() == spec else float("inf")
+        raised = []
+        for bad in (lambda: op64(x[:1]) if n != 1 else op64(x.repeat(2, *[1] * (x.ndim - 1))),
+                    lambda: pair(x), lambda: op64.for_slices([n])):
+            try:
+                bad()
+                raised.append(False)
+            except InputError:
+                raised.append(True)
+        worst = max(errs, key=errs.get)
+        ok = errs[worst] <= 1e-10 and all(raised)
+        detail = f"worst {worst} {errs[worst]:.1e}" + ("" if all(raised) else ", a bad batch or index did not raise")
+        return ("pass" if ok else "FAIL"), detail
 
     def device_roundtrip():
         if not torch.cuda.is_available():
@@ -252,7 +316,7 @@ def check_operator(op: Operator, *, batch: int = 2, seed: int = 0, rebuild=None)
         return ("pass" if ok else "FAIL"), f"GPU vs CPU {d:.1e}, back on CPU {d2:.1e}"
 
     def bad_shape():
-        bad = torch.zeros((1, *[s + 1 for s in op32.domain_shape]), dtype=op32.domain_dtype())
+        bad = torch.zeros((batch if varying else 1, *[s + 1 for s in op32.domain_shape]), dtype=op32.domain_dtype())
         try:
             op32(bad)
         except InputError:
@@ -265,6 +329,7 @@ def check_operator(op: Operator, *, batch: int = 2, seed: int = 0, rebuild=None)
     run("spec-roundtrip", spec_roundtrip)
     run("gradient", gradient)
     run("slice-independence", slice_independence)
+    run("for-slices", for_slices)
     run("device-roundtrip", device_roundtrip)
     run("bad-shape", bad_shape)
     return report

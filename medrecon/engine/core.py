@@ -22,6 +22,12 @@
   of the settings that determine the result.  ``resume=True`` reloads the finished
   slices and computes only the rest; different settings are refused.  The folder
   is removed once the output is written.
+* **Slice-varying operators.**  An operator whose parameters differ per slice
+  (``slice_varying``, e.g. ``mri.sense`` with per-slice coil maps) is the operator for all
+  ``Z`` slices of the measurement; every application to a subset goes through
+  ``op.for_slices(indices)``: each batch, the intensity binding pass, the classical path
+  (a sampler like any other), and the whole volume for volume samplers
+  (``op.for_slices(range(Z))``).  Every other operator returns itself from ``for_slices``.
 * **Components.**  An operator whose image has several components (``component_names``,
   e.g. ``us.haze``: tissue and haze, domain ``(2, Y, X)`` per slice) gives one volume per
   component: the first is the result (written to ``OUT``), each further one is
@@ -312,6 +318,9 @@ def _check_measurement(m, op, volume_mode_3d: bool) -> None:
     if tuple(y.shape[1:]) != rshape:
         raise InputError(f"the measurement y is shaped {tuple(y.shape)}, but operator {op.name!r} measures "
                          f"slices shaped {rshape}")
+    if getattr(op, "slice_varying", False) and op.n_slices != y.shape[0]:
+        raise InputError(f"operator {op.name!r} holds per-slice parameters for {op.n_slices} slice(s), but the "
+                         f"measurement has {y.shape[0]} slices of y")
     if len(vshape) == 3:
         if vshape[0] != y.shape[0]:
             raise InputError(f"the measurement has {y.shape[0]} slices of y but its volume has {vshape[0]} slices")
@@ -505,7 +514,7 @@ def _run_batch(w: _Worker, sampler, m, idx: list[int], steps, seed: int, cb) -> 
 
     y = torch.from_numpy(np.ascontiguousarray(m.y[idx])).to(w.dev)
     gens = slice_generators(seed, idx)
-    x = sampler.sample(y, w.op, w.prior, steps=steps, generators=gens, progress=cb)
+    x = sampler.sample(y, w.op.for_slices(idx), w.prior, steps=steps, generators=gens, progress=cb)
     what = f"slices {idx[0]}..{idx[-1]}" if len(idx) > 1 else f"slice {idx[0]}"
     out = _to_image(x, what)
     expect = (len(idx), *tuple(w.op.domain_shape))
@@ -740,9 +749,11 @@ def _bind_intensity(prior, m, op, dev, batch_size: int):
     cop = op if _same_device(op, dev) else copy.deepcopy(op).to(dev)
     parts = []
     with torch.no_grad():
-        y = m.y if m.y.shape[1:] == tuple(op.range_shape) else m.y[None]
+        per_slice = m.y.shape[1:] == tuple(op.range_shape)
+        y = m.y if per_slice else m.y[None]
         for s in range(0, y.shape[0], batch_size):
-            x = cop.classical(torch.from_numpy(np.ascontiguousarray(y[s:s + batch_size])).to(dev))
+            bop = cop.for_slices(range(s, min(s + batch_size, y.shape[0]))) if per_slice else cop
+            x = bop.classical(torch.from_numpy(np.ascontiguousarray(y[s:s + batch_size])).to(dev))
             if component_names(cop):
                 x = x[:, 0]
             parts.append((x.abs() if x.is_complex() else x).float().cpu().numpy())
@@ -840,8 +851,9 @@ def _run_volume(w, smp, m, steps, seed, result, ck, prog, volume_mode_3d: bool, 
                 kw["resume_state"] = state
         else:
             ck.clear_volume_state()
+    op = w.op if volume_mode_3d else w.op.for_slices(range(z))  # the operator for all slices, in order
     try:
-        x = smp.sample(torch.from_numpy(y).to(w.dev), w.op, w.prior, steps=steps, generators=gens,
+        x = smp.sample(torch.from_numpy(y).to(w.dev), op, w.prior, steps=steps, generators=gens,
                        progress=prog.step_callback(0), **kw)
     except BaseException:
         if saver is not None:

@@ -19,6 +19,30 @@ adjoint (so a custom kernel never needs a hand-written gradient), the normal
 operator ``A^H A``, precision changes, and ``spec()`` / ``from_spec()`` so that a
 measurement file can rebuild the same operator a year later.
 
+Slice-varying operators
+-----------------------
+A per-slice operator whose parameters differ from slice to slice (coil maps estimated per
+slice of a multi-slice scan) sets ``slice_varying = True`` (class or instance attribute)
+and ``n_slices = S``: it is the operator ``A = diag(A_0, ..., A_{S-1})`` for all ``S``
+slices of its measurement, in order, and
+
+* ``forward`` / ``adjoint`` / ``classical`` take a batch of exactly ``S`` slices, batch row
+  ``b`` measured by ``A_b`` (any other batch size is an :class:`InputError`);
+* ``for_slices(indices)`` returns the operator for those of its slices, in that order:
+  ``op.for_slices([i, j])`` is ``diag(A_i, A_j)`` and takes batches of 2.  Indices count
+  this operator's slices (``0 <= i < S``, repeats allowed), so selections compose:
+  ``op.for_slices(a).for_slices(b) == op.for_slices([a[k] for k in b])``;
+* ``slice_root`` is the operator for all slices it was selected from (itself for an
+  operator built from a spec without ``slices``), ``slice_indices`` the root's slices it
+  holds (``None`` on the root);
+* ``spec()`` of a selection adds ``"slices": [...]`` (root indices) to the dict, and
+  :meth:`from_spec` rebuilds the selection from it.
+
+The default ``for_slices`` indexes axis 0 of the buffers named in ``slice_buffers`` and
+shares everything else; a subclass with other per-slice state overrides ``_select``.
+Every other operator (``slice_varying`` false) returns itself from ``for_slices``, so the
+engine calls ``op.for_slices(batch_indices)`` on any operator.
+
 Example (any registered operator)::
 
     >>> import torch, medrecon
@@ -30,8 +54,10 @@ Example (any registered operator)::
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -119,6 +145,10 @@ class Operator(torch.nn.Module):
         True when each batch element is measured independently (2D operators).
     ``domain_is_complex`` / ``range_is_complex``
         Whether images / measurements are complex.
+    ``slice_varying``, ``slice_buffers``
+        True (class or instance) for an operator whose parameters differ per slice, and
+        the names of its buffers whose axis 0 is the slice axis (module docstring); such
+        an operator sets ``self.n_slices``.
 
     Instance attributes the subclass sets in ``__init__``: ``domain_shape`` and
     ``range_shape`` (tuples, without the batch axis).  It passes its
@@ -130,13 +160,70 @@ class Operator(torch.nn.Module):
     per_slice: ClassVar[bool] = True
     domain_is_complex: ClassVar[bool] = False
     range_is_complex: ClassVar[bool] = False
+    slice_varying: bool = False
+    slice_buffers: ClassVar[tuple[str, ...]] = ()
 
     domain_shape: tuple[int, ...]
     range_shape: tuple[int, ...]
+    n_slices: int | None = None
 
     def __init__(self, **params: Any) -> None:
         super().__init__()
         self._params = as_json_params(params)
+
+    # ------------------------------------------------------ slice-varying
+    @property
+    def slice_root(self) -> "Operator":
+        """The operator for all slices this one was selected from (``self`` when not a selection)."""
+        return self.__dict__.get("_slice_root") or self
+
+    @property
+    def slice_indices(self) -> tuple[int, ...] | None:
+        """The root's slices this selection holds, in order; ``None`` for a root operator."""
+        return self.__dict__.get("_slice_indices")
+
+    def for_slices(self, indices: Sequence[int]) -> "Operator":
+        """The operator for slices ``indices`` of this one, in that order (module docstring).
+
+        ``self`` when the operator is not ``slice_varying`` (one operator serves every slice).
+        Indices are integers in ``[0, n_slices)``; a bad one is an :class:`InputError`.
+
+        >>> import torch, medrecon
+        >>> A = medrecon.get_operator("template.scale", shape=[4, 4], factor=2.0)
+        >>> A.for_slices([3, 1]) is A
+        True
+        """
+        if not self.slice_varying:
+            return self
+        n = int(self.n_slices)
+        try:
+            raw = list(indices)
+            idx = [int(i) for i in raw]
+            ok = len(idx) > 0 and all(not isinstance(i, bool) and float(i) == j for i, j in zip(raw, idx, strict=True))
+        except (TypeError, ValueError, RuntimeError):
+            raw, ok = indices, False
+        if not ok or any(not 0 <= i < n for i in idx):
+            raise InputError(f"{self.name}: for_slices needs a non-empty list of slice indices in [0, {n}), "
+                             f"got {_short(raw)}")
+        root = self.slice_root
+        root_idx = tuple(idx) if self.slice_indices is None else tuple(self.slice_indices[i] for i in idx)
+        new = self._select(idx)
+        object.__setattr__(new, "_slice_root", root)  # not a submodule: .to() and state_dict() skip it
+        object.__setattr__(new, "_slice_indices", root_idx)
+        new.n_slices = len(idx)
+        return new
+
+    def _select(self, idx: list[int]) -> "Operator":
+        """A shallow copy whose ``slice_buffers`` hold rows ``idx`` (other state is shared)."""
+        new = copy.copy(self)
+        new.__dict__["_buffers"] = dict(self._buffers)
+        new.__dict__["_parameters"] = dict(self._parameters)
+        new.__dict__["_modules"] = dict(self._modules)
+        for name in self.slice_buffers:
+            b = self._buffers.get(name)
+            if b is not None:
+                new._buffers[name] = b.index_select(0, torch.as_tensor(idx, dtype=torch.long, device=b.device))
+        return new
 
     # ------------------------------------------------------------------ API
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -181,12 +268,24 @@ class Operator(torch.nn.Module):
         dist = providing_distribution(type(self)) if getattr(self, "_spec_records_plugin", True) else None
         if dist:
             out["plugin"] = dist
+        if self.slice_indices is not None:
+            out["slices"] = list(self.slice_indices)
         return out
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> "Operator":
-        """Build the operator described by ``spec`` (the output of :meth:`spec`)."""
-        return cls(**spec.get("params", {}))
+        """Build the operator described by ``spec`` (the output of :meth:`spec`); a ``slices``
+        entry selects those slices of a slice-varying operator (:meth:`for_slices`)."""
+        op = cls(**spec.get("params", {}))
+        slices = spec.get("slices")
+        if slices is None:
+            return op
+        if not op.slice_varying:
+            raise InputError(f"the spec of {spec.get('name')!r} selects slices, but the operator it builds "
+                             "does not vary per slice")
+        if not isinstance(slices, list):
+            raise InputError(f"the spec's 'slices' must be a list of slice indices, got {_short(slices)}")
+        return op.for_slices(slices)
 
     @property
     def params(self) -> dict[str, Any]:
@@ -222,6 +321,12 @@ class Operator(torch.nn.Module):
             raise InputError(
                 f"{self.name} expects a {what} batch shaped (B, {', '.join(map(str, shape))}), "
                 f"got {tuple(t.shape)}"
+            )
+        if self.slice_varying and t.shape[0] != self.n_slices:
+            raise InputError(
+                f"{self.name} holds per-slice parameters for {self.n_slices} slice(s), so its {what} batches "
+                f"must hold exactly those {self.n_slices} slice(s) in order, got {t.shape[0]}; take the operator "
+                "for a subset with for_slices(indices)"
             )
 
     def extra_repr(self) -> str:

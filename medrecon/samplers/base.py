@@ -341,15 +341,26 @@ def estimate_norm(operator, iters: int = 50, *, device=None, real_domain: bool |
     images for a complex-domain operator (what a real prior meets).  The estimate slightly
     under-estimates the norm (it converges from below); callers use it for step sizes and
     scale-aware defaults with a safety margin.  Results are cached per operator object.
+
+    A slice-varying operator (``operator.slice_varying``, per-slice coil maps) has one norm
+    per slice; the estimate is the largest over *all* slices of its measurement
+    (``operator.slice_root``), whatever selection is passed, so a slice's step sizes do not
+    depend on the other slices of its batch: per-slice power iterations on the root's
+    slices, 8 at a time, from the same start image, cached on the root.
     """
     if device is None:
-        device = next((t.device for t in list(operator.buffers()) + list(operator.parameters())),
-                      torch.device("cpu"))
+        device = _device_of(operator)
     complex_dom = bool(operator.domain_is_complex) and not real_domain
     key = (int(iters), complex_dom, str(device))
+    if getattr(operator, "slice_varying", False):
+        operator = operator.slice_root
     cache = _NORM_CACHE.setdefault(operator, {}) if _weakrefable(operator) else {}
     if key in cache:
         return cache[key]
+    if getattr(operator, "slice_varying", False):
+        val = _norm_over_slices(operator, int(iters), complex_dom)
+        cache[key] = val
+        return val
     gen = torch.Generator().manual_seed(12345)
     shape = (1, *operator.domain_shape)
     dtype = torch.float64 if _is_double(operator) else torch.float32
@@ -369,6 +380,36 @@ def estimate_norm(operator, iters: int = 50, *, device=None, real_domain: bool |
     val = math.sqrt(max(lam, 0.0))
     cache[key] = val
     return val
+
+
+def _device_of(operator) -> torch.device:
+    return next((t.device for t in list(operator.buffers()) + list(operator.parameters())), torch.device("cpu"))
+
+
+def _norm_over_slices(root, iters: int, complex_dom: bool, chunk: int = 8) -> float:
+    """``max_s ||A_s||`` over the slices of a slice-varying operator: power iteration on
+    ``A_s^H A_s`` for each slice (normalised per slice), ``chunk`` slices per batch, on the
+    operator's own device."""
+    dev = _device_of(root)
+    gen = torch.Generator().manual_seed(12345)
+    dtype = torch.float64 if _is_double(root) else torch.float32
+    x0 = randn_per_slice([gen], root.domain_shape, dtype=torch.complex128 if complex_dom else torch.float64)
+    x0 = x0.to(device=dev, dtype=(dtype.to_complex() if complex_dom else dtype))
+    best = 0.0
+    with torch.no_grad():
+        for s0 in range(0, int(root.n_slices), chunk):
+            idx = list(range(s0, min(s0 + chunk, int(root.n_slices))))
+            op = root.for_slices(idx)
+            x = x0.expand(len(idx), *root.domain_shape).clone()
+            lam = torch.zeros(len(idx), dtype=torch.float64, device=dev)
+            for _ in range(iters):
+                n = norm_per_slice(x)
+                x = x / _bcast(torch.where(n > 0, n, torch.ones_like(n)), x)
+                z = _normal(op, x)
+                lam = vdot_per_slice(x, z).real.to(torch.float64)
+                x = z
+            best = max(best, float(lam.max()))
+    return math.sqrt(max(best, 0.0))
 
 
 def _weakrefable(obj) -> bool:

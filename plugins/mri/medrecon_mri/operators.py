@@ -15,6 +15,14 @@ mask on the full ``(ny, nx)`` grid (unsampled entries of ``y`` are zero; phase-e
 are the columns, :mod:`medrecon_mri.masks`), ``S_c`` the coil maps and ``P`` an optional
 phase map ``exp(i phase)`` (single coil).
 
+Per-slice maps: coil maps shaped ``(S, C, ny, nx)`` (phase ``(S, ny, nx)``) give slice ``s``
+of a multi-slice measurement its own maps ``S_{s,c}`` (``P_s``): the operator is then
+*slice-varying* (:mod:`medrecon.operators.base`), ``A = diag(A_0, ..., A_{S-1})`` with
+``A_s x = [M F (S_{s,c} x)]_c``; it takes batches of exactly its ``n_slices`` slices, and
+``for_slices(indices)`` selects the maps of those slices, in order (what the engine does
+for every batch).  Maps shaped ``(C, ny, nx)`` (phase ``(ny, nx)``) serve every slice, as
+before.
+
 Real or complex images (``real_image``): with ``real_image=False`` (default) the image is
 complex (``domain_is_complex`` True), the adjoint is the one above.  With ``real_image=True``
 the image is real -- a magnitude image measured as if its phase were 0 (simulation from
@@ -102,6 +110,11 @@ class _MRIBase(Operator):
     def _masked(self, y: torch.Tensor) -> torch.Tensor:
         return y * self.mask.to(y.real.dtype)
 
+    def _per_slice(self, n_slices: int | None) -> None:
+        """Slice-varying when the maps have a slice axis (``n_slices`` not None)."""
+        self.slice_varying = n_slices is not None
+        self.n_slices = None if n_slices is None else int(n_slices)
+
 
 class CartesianMRI(_MRIBase):
     """Single-coil Cartesian MRI ``A x = M F (P x)``: ``(B, ny, nx) -> (B, ny, nx)`` complex.
@@ -110,22 +123,29 @@ class CartesianMRI(_MRIBase):
     ``nx`` 0/1 column flags; a ``ny x nx`` nested list; or a generator spec such as
     ``{"kind": "random", "acceleration": 4, "center_fraction": 0.08, "seed": 0}``),
     ``real_image`` (real domain, see the module docstring), ``phase`` (optional phase map in
-    radians, ``(ny, nx)``, in any array form of :mod:`medrecon_mri.arrays`).
+    radians, ``(ny, nx)`` for every slice or ``(S, ny, nx)`` per slice (slice-varying, module
+    docstring), in any array form of :mod:`medrecon_mri.arrays`).
     """
 
     name: ClassVar[str] = "mri.cartesian"
+    slice_buffers: ClassVar[tuple[str, ...]] = ("phase_factor",)
 
     def __init__(self, shape, mask=None, real_image: bool = False, phase=None):
         phase = as_param(phase)
         super().__init__(shape=resolve_shape(shape), mask=_mask_param(mask), real_image=real_image, phase=phase)
         self._setup(shape, self._params["mask"], real_image)
         self.range_shape = tuple(self.domain_shape)
+        self._per_slice(None)
         if phase is not None:
             ph = load_array(phase, "phase")
-            if ph.shape != tuple(self.domain_shape):
-                raise InputError(f"phase must be shaped {tuple(self.domain_shape)}, got {ph.shape}")
+            ny, nx = self.domain_shape
+            if ph.ndim not in (2, 3) or ph.shape[-2:] != (ny, nx) or 0 in ph.shape:
+                raise InputError(f"phase must be shaped ({ny}, {nx}) or (slices, {ny}, {nx}), got {ph.shape}")
+            if not np.all(np.isfinite(ph)):
+                raise InputError("phase holds NaN or infinite values")
             fac = np.exp(1j * np.angle(ph)) if np.iscomplexobj(ph) else np.exp(1j * ph)
             self.register_buffer("phase_factor", torch.from_numpy(fac.astype(np.complex64)))
+            self._per_slice(ph.shape[0] if ph.ndim == 3 else None)
         else:
             self.phase_factor = None
 
@@ -143,6 +163,7 @@ class CartesianMRI(_MRIBase):
 
     def classical(self, y):
         """Zero-filled: complex ``conj(P) F^H M y``, or its magnitude for a real image."""
+        self._check(y, self.range_shape, "measurement")
         x = self._adjoint(y)
         return x.abs() if not self.domain_is_complex else x
 
@@ -151,13 +172,15 @@ class SenseMRI(_MRIBase):
     """Multi-coil SENSE ``A x = [M F (S_c x)]_c``: ``(B, ny, nx) -> (B, C, ny, nx)`` complex.
 
     Parameters: ``shape``, ``mask``, ``real_image`` as :class:`CartesianMRI`; ``coil_maps``
-    ``(C, ny, nx)`` complex in any array form of :mod:`medrecon_mri.arrays` -- a nested list,
+    ``(C, ny, nx)`` complex for every slice, or ``(S, C, ny, nx)`` per slice (slice-varying,
+    module docstring), in any array form of :mod:`medrecon_mri.arrays` -- a nested list,
     ``{"real", "imag"}``, a numpy array / tensor (stored as lists: small cases only),
     ``{"file": ...}``, ``{"array": name}`` (inside the measurement file) or
     ``{"synthetic": "birdcage", "n_coils": 8, "width": 1.0}``.
     """
 
     name: ClassVar[str] = "mri.sense"
+    slice_buffers: ClassVar[tuple[str, ...]] = ("coil_maps",)
 
     def __init__(self, shape, coil_maps, mask=None, real_image: bool = False):
         coil_maps = as_param(coil_maps)
@@ -177,20 +200,26 @@ class SenseMRI(_MRIBase):
             maps = load_array(coil_maps, "coil_maps")
         if maps.ndim == 2:
             maps = maps[None]
-        if maps.ndim != 3 or tuple(maps.shape[1:]) != (ny, nx):
-            raise InputError(f"coil_maps must be shaped (coils, {ny}, {nx}), got {tuple(maps.shape)}")
+        if maps.ndim not in (3, 4) or tuple(maps.shape[-2:]) != (ny, nx) or 0 in maps.shape:
+            raise InputError(f"coil_maps must be shaped (coils, {ny}, {nx}) or (slices, coils, {ny}, {nx}), "
+                             f"got {tuple(maps.shape)}")
         if not np.all(np.isfinite(maps)):
             raise InputError("coil_maps hold NaN or infinite values")
         self.register_buffer("coil_maps", torch.from_numpy(np.ascontiguousarray(maps, dtype=np.complex64)))
-        self.n_coils = int(maps.shape[0])
+        self._per_slice(maps.shape[0] if maps.ndim == 4 else None)
+        self.n_coils = int(maps.shape[-3])
         self.range_shape = (self.n_coils, ny, nx)
+
+    def _maps(self) -> torch.Tensor:
+        """The coil maps with a batch axis: ``(1, C, ny, nx)``, or ``(B, C, ny, nx)`` per slice."""
+        return self.coil_maps if self.slice_varying else self.coil_maps[None]
 
     def _forward(self, x):
         x = self._cplx(x)
-        return self._masked(fft2c(x[:, None] * self.coil_maps[None]))
+        return self._masked(fft2c(x[:, None] * self._maps()))
 
     def _adjoint(self, y):
-        return (self.coil_maps.conj()[None] * ifft2c(self._masked(self._cplx(y)))).sum(dim=1)
+        return (self._maps().conj() * ifft2c(self._masked(self._cplx(y)))).sum(dim=1)
 
     def zero_filled_coils(self, y):
         """Zero-filled coil images ``F^H M y_c``, ``(B, C, ny, nx)``."""
@@ -199,12 +228,15 @@ class SenseMRI(_MRIBase):
     def classical(self, y):
         """Zero-filled: RSS ``sqrt(sum_c |F^H M y_c|^2)`` for a real image; the complex coil
         combination ``sum_c conj(S_c) F^H M y_c / sum_c |S_c|^2`` for a complex one."""
+        self._check(y, self.range_shape, "measurement")
         coils = self.zero_filled_coils(y)
         if not self.domain_is_complex:
             return (coils.abs() ** 2).sum(dim=1).sqrt()
-        w = (self.coil_maps.abs() ** 2).sum(dim=0)
-        comb = (self.coil_maps.conj()[None] * coils).sum(dim=1)
-        inv = torch.where(w > 1e-6 * w.max(), 1.0 / w.clamp(min=1e-30), torch.zeros_like(w))
+        maps = self._maps()
+        w = (maps.abs() ** 2).sum(dim=1)
+        comb = (maps.conj() * coils).sum(dim=1)
+        inv = torch.where(w > 1e-6 * w.amax(dim=(-2, -1), keepdim=True), 1.0 / w.clamp(min=1e-30),
+                          torch.zeros_like(w))
         return comb * inv.to(comb.real.dtype)
 
     def sense(self, y, iters: int = 30, lam: float = 0.0):
