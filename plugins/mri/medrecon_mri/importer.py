@@ -35,9 +35,14 @@ What :meth:`KSpaceImporter.read` does
    phase, so the image to reconstruct is real, as a magnitude prior expects.
    ``real_image=false`` keeps a complex image.
 
-Coil maps and phase differ from slice to slice, but an operator applies one map set to
-every slice of a batch: multi-coil (or ``real_image``) files with several slices need
-``slice=K``.  Intensities stay in the scanner's arbitrary units (``units`` ``"a.u."``).
+Several slices: coil maps and phase differ from slice to slice, so they are estimated for
+every slice from its own calibration region and stored with a slice axis, coil maps
+``(S, C, ny, nx)`` and phase ``(S, ny, nx)``; the operator is then *slice-varying*
+(:mod:`medrecon.operators.base`): slice ``s`` of the measurement is measured with maps
+``s``, and the engine hands each batch ``op.for_slices(batch)``.  One slice (a
+single-slice file, or ``slice=K`` to keep slice ``K``) keeps maps ``(C, ny, nx)`` /
+phase ``(ny, nx)``.  Intensities stay in the scanner's arbitrary units (``units``
+``"a.u."``).
 """
 
 from __future__ import annotations
@@ -204,18 +209,21 @@ class KSpaceImporter:
             mask2d &= make_mask((ny, nx), undersample if isinstance(undersample, dict)
                                 else {"kind": "random", "acceleration": float(undersample), "seed": 0})
         k = k * mask2d  # zero-filled full grid
-        if Z > 1 and (multicoil or real_image):
-            raise InputError(f"{str(p)!r} holds {Z} slices; coil maps and phase differ per slice, so import one "
-                             "at a time with slice=K (--import-option slice=K)")
         from medrecon.measurement import Measurement, operator_arrays
         from medrecon_mri.arrays import array_sha256
         from medrecon_mri.coils import estimate_coil_maps
+
+        def per_slice(estimate) -> np.ndarray:
+            """``estimate(k_s)`` for every slice: stacked on a slice axis when there are several."""
+            out = [estimate(k[z]) for z in range(Z)]
+            return out[0] if Z == 1 else np.stack(out)
 
         col_mask = bool(np.all(mask2d == mask2d[:1]))
         mask_param = mask2d[0].astype(int).tolist() if col_mask else mask2d.astype(int).tolist()
         arrays: dict[str, np.ndarray] = {}
         if multicoil:
-            maps = estimate_coil_maps(k[0], mask2d, method=coil_method, calib=calib, threshold=threshold)
+            maps = per_slice(lambda ks: estimate_coil_maps(ks, mask2d, method=coil_method, calib=calib,
+                                                           threshold=threshold))
             arrays["coil_maps"] = maps
             spec_params = dict(shape=[ny, nx], coil_maps={"array": "coil_maps", "sha256": array_sha256(maps)},
                                mask=mask_param, real_image=real_image)
@@ -225,7 +233,7 @@ class KSpaceImporter:
             if real_image:
                 from medrecon_mri.coils import lowres_coil_images
 
-                ph = np.angle(lowres_coil_images(k[0], mask2d, calib)[0]).astype(np.float32)
+                ph = per_slice(lambda ks: np.angle(lowres_coil_images(ks, mask2d, calib)[0])).astype(np.float32)
                 arrays["phase"] = ph
                 spec_params["phase"] = {"array": "phase", "sha256": array_sha256(ph)}
             name = "mri.cartesian"

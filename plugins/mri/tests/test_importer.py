@@ -78,11 +78,13 @@ def test_fastmri_hdf5(tmp_path, sl64c, multicoil, with_mask):
         assert np.corrcoef(np.abs(s[inside]), np.abs(sl64c[inside]))[0, 1] > 0.9
 
 
-def test_multislice_multicoil_needs_a_slice(tmp_path, sl64c):
+def test_multislice_multicoil_per_slice_maps_or_one_slice(tmp_path, sl64c):
     path = tmp_path / "multi.h5"
     _fastmri_file(path, sl64c, slices=3)
-    with pytest.raises(InputError, match="slice=K"):
-        load_input(path)
+    every = load_input(path)  # per-slice maps (S, C, ny, nx); plugins/mri/tests/test_multislice_import.py
+    assert every.arrays["coil_maps"].shape == (3, 8, 64, 64) and every.operator().n_slices == 3
+    with pytest.raises(InputError, match="slice must be an integer"):
+        load_input(path, slice=3)
     m = load_input(path, slice=1)
     assert m.y.shape == (1, 8, 64, 64) and m.provenance["slice"] == 1
     m2 = load_input(path, real_image=False, slice=-1, coil_method="walsh")
