@@ -102,9 +102,8 @@ def test_a_slice_is_measured_with_its_own_maps(meas):
         assert np.linalg.norm(bad[k] - x[k]) > 1.5 * err_own
 
 
-def test_diffusion_sampler_with_bound_mr_prior_same_for_batch_sizes(meas):
-    """dds with an MR prior: the percentile binding pass runs classical per batch through for_slices,
-    the norm estimate covers all slices, so batch 1 and batch 3 agree."""
+@pytest.fixture(scope="module")
+def mr_prior():
     from medrecon.priors.model import DiffusionPrior, default_config
 
     prior = DiffusionPrior(default_config("mr", image_size=N, preset="tiny"))
@@ -112,18 +111,36 @@ def test_diffusion_sampler_with_bound_mr_prior_same_for_batch_sizes(meas):
     with torch.no_grad():
         for p in prior.parameters():
             p.copy_(0.05 * torch.randn(p.shape, generator=gen))
-    prior = prior.eval().requires_grad_(False)
-    a = run(meas, "dds", prior, steps=2, batch_size=1)
-    b = run(meas, "dds", prior, steps=2, batch_size=3)
+    return prior.eval().requires_grad_(False)
+
+
+def test_diffusion_sampler_with_bound_mr_prior_same_for_batch_sizes(meas, mr_prior):
+    """dds with an MR prior: the percentile binding pass runs classical per batch through for_slices,
+    the norm estimate covers all slices, so batch 1 and batch 3 agree."""
+    a = run(meas, "dds", mr_prior, steps=2, batch_size=1)
+    b = run(meas, "dds", mr_prior, steps=2, batch_size=3)
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-4 * float(np.abs(a).max()))
 
 
-def test_volume_sampler_gets_the_operator_for_all_slices(meas):
-    """tv with dims=3 couples the slices: one call with op.for_slices(range(Z))."""
+def test_volume_samplers_get_the_operator_for_all_slices(meas, mr_prior):
+    """tv with dims=3 and dds3d couple the slices: one call with op.for_slices(range(Z))."""
     v = run(meas, "tv", params={"dims": 3}, steps=30)
     x = _images()
     for k in range(Z):
         assert _corr(v[k], x[k]) > 0.9
+    d = run(meas, "dds3d", mr_prior, steps=2)
+    assert d.shape == (Z, N, N) and np.all(np.isfinite(d))
+
+
+def test_norm_estimate_is_the_largest_over_all_slices(meas):
+    from medrecon.samplers.base import estimate_norm
+
+    op = meas.operator().with_precision(True)
+    each = [estimate_norm(op.for_slices([k]).with_precision(True), iters=100) for k in range(Z)]
+    assert len(set(each)) == 1  # any selection gets the root's estimate
+    scaled = medrecon.get_operator("mri.sense", shape=[N, N], mask=MASK,
+                                   coil_maps=_maps() * np.array([1.0, 3.0, 0.5])[:, None, None, None])
+    assert estimate_norm(scaled.for_slices([0])) == pytest.approx(3 * estimate_norm(op), rel=1e-3)
 
 
 def test_killed_run_resumes_with_per_slice_maps(tmp_path, meas):

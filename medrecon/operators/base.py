@@ -29,7 +29,8 @@ slices of its measurement, in order, and
 * ``forward`` / ``adjoint`` / ``classical`` take a batch of exactly ``S`` slices, batch row
   ``b`` measured by ``A_b`` (any other batch size is an :class:`InputError`);
 * ``for_slices(indices)`` returns the operator for those of its slices, in that order:
-  ``op.for_slices([i, j])`` is ``diag(A_i, A_j)`` and takes batches of 2.  Indices count
+  ``op.for_slices([i, j])`` is ``diag(A_i, A_j)`` and takes batches of 2 (and
+  ``op.for_slices(range(S))`` is ``op`` itself).  Indices count
   this operator's slices (``0 <= i < S``, repeats allowed), so selections compose:
   ``op.for_slices(a).for_slices(b) == op.for_slices([a[k] for k in b])``;
 * ``slice_root`` is the operator for all slices it was selected from (itself for an
@@ -205,6 +206,8 @@ class Operator(torch.nn.Module):
         if not ok or any(not 0 <= i < n for i in idx):
             raise InputError(f"{self.name}: for_slices needs a non-empty list of slice indices in [0, {n}), "
                              f"got {_short(raw)}")
+        if idx == list(range(n)):  # all its slices in order: the operator itself (no copy of its buffers)
+            return self
         root = self.slice_root
         root_idx = tuple(idx) if self.slice_indices is None else tuple(self.slice_indices[i] for i in idx)
         new = self._select(idx)
