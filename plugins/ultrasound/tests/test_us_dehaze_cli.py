@@ -94,3 +94,22 @@ def test_classical_keeps_the_hazy_image(case):
 ])
 def test_component_path(out, expect):
     assert component_path(out, "haze") == Path(expect)
+
+
+def test_stopped_run_resumes_to_the_same_result(case, tmp_path):
+    """Finished slices of a component image are checkpointed whole (tissue and haze) and resume."""
+    import medrecon
+    from medrecon.engine import RunStopped
+    from medrecon.volume import load_volume
+
+    d, _ = case
+    kw = dict(steps=2, seed=3, batch_size=1, progress=False)
+    full = medrecon.reconstruct(d / "hazy.h5", "dehaze", "us-tissue", **kw)
+    out = tmp_path / "r.nii.gz"
+    with pytest.raises(RunStopped):
+        medrecon.reconstruct(d / "hazy.h5", "dehaze", "us-tissue", output=out, _stop_after=1, **kw)
+    assert not out.exists() and (tmp_path / "r.nii.gz.partial").is_dir()
+    vol = medrecon.reconstruct(d / "hazy.h5", "dehaze", "us-tissue", output=out, resume=True, **kw)
+    assert vol.meta["reconstruction"]["resumed_slices"] == 1
+    assert np.allclose(load_volume(out).data, full.data, atol=1e-5)
+    assert np.allclose(load_volume(tmp_path / "r.haze.nii.gz").data, full.components["haze"].data, atol=1e-5)
