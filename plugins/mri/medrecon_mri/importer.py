@@ -9,7 +9,9 @@ Readable inputs
 * **Siemens twix** ``.dat`` (VB/VD/VE) through twixtools (``pip install 'medrecon-mri[twix]'``):
   the last measurement's image data, pixel size and slice thickness from the protocol
   (``MeasYaps``); repetitions of other loop counters are averaged (``Ave``) or their first
-  index kept (others, noted in the provenance).
+  index kept (others, noted in the provenance).  The slice orientation and position
+  (``sSliceArray``: normal, centre, in-plane rotation) give the affine
+  (:mod:`medrecon_mri.geometry`, RAS+ mm); other inputs get a diagonal one.
 * **numpy** ``.npy`` complex k-space whose axes are named in the file name or the
   ``layout`` option with Siemens' names: ``lin`` (phase-encode lines), ``cha`` (coils),
   ``col`` (readout samples), ``slc`` (slices), e.g. ``gre_kspace_lin_cha_col.npy``;
@@ -191,10 +193,15 @@ class KSpaceImporter:
         if os_factor < 1:
             raise InputError(f"oversampling must be a positive integer, got {oversampling!r}")
         Z = k.shape[0]
+        geom = info.get("slice_geometry")
+        if geom is not None and len(geom) != Z:
+            geom = None  # the protocol's slices do not match the data's: no orientation
         if slice is not None:
             if isinstance(slice, bool) or not float(slice).is_integer() or not -Z <= int(slice) < Z:
                 raise InputError(f"slice must be an integer in [0, {Z}), got {slice!r}")
             k = k[[int(slice) % Z]]
+            if geom is not None:
+                geom = [geom[int(slice) % Z]]
             Z = 1
         mask_cols = infer_mask(k) if file_mask is None else np.asarray(file_mask).reshape(-1).astype(bool)
         if mask_cols.shape[0] != k.shape[-1]:
@@ -244,12 +251,22 @@ class KSpaceImporter:
         ps_ro = float(pixel_size or info.get("pixel_size_readout") or 1.0)
         ps_pe = float(pixel_size or info.get("pixel_size_pe") or ps_ro)
         dz = float(info.get("slice_thickness") or ps_ro)
-        # voxel (i=column=phase encode, j=row=readout, k=slice) -> mm
-        affine = np.diag([ps_pe, ps_ro, dz, 1.0])
+        # voxel (i=column=phase encode, j=row=readout, k=slice) -> mm: oriented from a Siemens protocol
+        # (medrecon_mri.geometry), else a diagonal
+        slice_positions = None
+        if geom is not None:
+            from medrecon_mri.geometry import siemens_affine
+
+            affine, slice_positions = siemens_affine(geom, (ny, nx), ps_pe, ps_ro)
+        else:
+            affine = np.diag([ps_pe, ps_ro, dz, 1.0])
         prov = {"source": str(p), "importer": self.name, "oversampling_removed": os_factor,
                 "slice": None if slice is None else int(slice), "coil_method": coil_method if multicoil else None,
                 "acceleration": op.acceleration, "calibration": op.mask_info["calibration"],
                 "undersample": undersample, "layout": "slices, coils, readout (rows), phase encode (columns)"}
+        prov["orientation"] = "protocol (sSliceArray)" if geom is not None else "none (diagonal affine)"
+        if slice_positions is not None and Z > 1:
+            prov["slice_positions"] = slice_positions
         if info.get("twix_dropped"):
             prov["twix_dropped"] = info["twix_dropped"]
         return Measurement(y=k if multicoil else k[:, 0], operator_spec=op.spec(), noise_std=0.0,
@@ -319,6 +336,12 @@ class KSpaceImporter:
             info["slice_thickness"] = float(sl["dThickness"])
         except (KeyError, TypeError, ValueError, IndexError, ZeroDivisionError):
             pass
+        try:
+            from medrecon_mri.geometry import slice_geometry
+
+            info["slice_geometry"] = slice_geometry(scan["hdr"]["MeasYaps"])
+        except (KeyError, TypeError, ValueError):
+            info["slice_geometry"] = None
         if dropped:
             info["twix_dropped"] = dropped
         return k, info
