@@ -176,7 +176,8 @@ class Operator(torch.nn.Module):
     @property
     def slice_root(self) -> "Operator":
         """The operator for all slices this one was selected from (``self`` when not a selection)."""
-        return self.__dict__.get("_slice_root") or self
+        root = self.__dict__.get("_slice_root")
+        return self if root is None else root
 
     @property
     def slice_indices(self) -> tuple[int, ...] | None:
