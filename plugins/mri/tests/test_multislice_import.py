@@ -3,6 +3,7 @@ reconstructed through the real CLI: every slice reconstructs its own phantom sli
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -56,7 +57,8 @@ def _write(path: Path, *, multicoil: bool = True) -> np.ndarray:
 
 
 def _cli(*args):
-    r = subprocess.run([CLI, *map(str, args)], capture_output=True, text=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny problems: threads only contend on a shared CPU
+    r = subprocess.run([CLI, *map(str, args)], capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
     return r
 
