@@ -419,9 +419,16 @@ def tune_ct(args, log, prior, size, steps_override) -> int:
     n = 2 if args.quick else args.tune_slices
     grid = dict(GRID, **(json.loads(args.grid) if args.grid else {}))
     _, _, nz = load_ct_slices([0], size)
-    z = spread(n + 2, CT_HOLDOUT[1], nz)[1:-1]  # avoid the very ends of the volume
+    if args.tune_on == "validation":
+        # held-out slices the prior never saw that the evaluation (--slices) does not use: a
+        # validation set.  Training slices flatter samplers that trust the prior (it has seen them).
+        test = set(spread(args.slices, *CT_HOLDOUT))
+        free = [k for k in range(*CT_HOLDOUT) if k not in test and k - 1 not in test and k + 1 not in test]
+        z = [free[i] for i in spread(n, 0, len(free))]
+    else:
+        z = spread(n + 2, CT_HOLDOUT[1], nz)[1:-1]  # training slices, avoiding the very ends
     ref, px, _ = load_ct_slices(z, size)
-    log(f"TUNING on training slices {z}; {size}x{size}; views {args.views}; methods {args.methods}")
+    log(f"TUNING on {args.tune_on} slices {z}; {size}x{size}; views {args.views}; methods {args.methods}")
     table = {}
     for views in args.views:
         op, y, _ = simulate(ref, views, px, z, args.seed)
@@ -442,7 +449,7 @@ def tune_ct(args, log, prior, size, steps_override) -> int:
             best = max(rows, key=lambda r: r["psnr_w1000"])
             table[views][m] = {"grid": rows, "best": best["params"]}
             log(f"  -> views {views} {m}: best {best['params']} ({best['psnr_w1000']:.2f} dB)")
-    out = {"benchmark": "quality-tune", "modality": "ct", "training_z": z,
+    out = {"benchmark": "quality-tune", "modality": "ct", "tune_on": args.tune_on, "tune_z": z,
            "command": " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
            "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), "git_commit": git_commit(),
            "threads": torch.get_num_threads(), "results": {str(k): v for k, v in table.items()}}
@@ -453,7 +460,7 @@ def tune_ct(args, log, prior, size, steps_override) -> int:
         for v, d in out["results"].items():
             old.setdefault("results", {}).setdefault(v, {}).update(d)
         old.setdefault("runs", []).append({"command": out["command"], "date": out["date"],
-                                           "git_commit": out["git_commit"], "training_z": z})
+                                           "git_commit": out["git_commit"], "tune_z": z})
         out = old
     Path(path).write_text(json.dumps(out, indent=1) + "\n")
     log(f"wrote {path}")
@@ -485,6 +492,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 slices at 64x64, 5 steps")
     ap.add_argument("--tune", action="store_true", help="grid search on training slices instead")
     ap.add_argument("--tune-slices", type=int, default=2)
+    ap.add_argument("--tune-on", choices=("training", "validation"), default="training",
+                    help="tune on training slices, or on held-out slices not used by the evaluation")
     ap.add_argument("--grid", default=None, help='JSON replacing tuning grids, e.g. \'{"tv": [{"lam": 1.25}]}\'')
     ap.add_argument("--json", default=None)
     ap.add_argument("--png", default=None)
