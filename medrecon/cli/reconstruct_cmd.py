@@ -120,6 +120,11 @@ def register(app: typer.Typer) -> None:
         extra = f", {resumed} resumed" if resumed else ""
         typer.echo(f"wrote {os.fspath(output)}: {vol.shape[0]} slice(s) {vol.shape[1]}x{vol.shape[2]}, "
                    f"sampler {sampler}, {info.get('seconds', 0):.1f} s{extra}")
+        if getattr(vol, "components", None):
+            from medrecon.engine.core import component_path
+
+            for name in vol.components:
+                typer.echo(f"wrote {os.fspath(component_path(output, name))}: the {name} component")
 
     @app.command("evaluate")
     def evaluate_cmd(

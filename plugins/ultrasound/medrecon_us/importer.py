@@ -33,8 +33,11 @@ What :meth:`RFImporter.read` builds
   ``f_number`` (and ``tx_reference`` / ``apodization`` when given or implied by the file).
 * The default image grid: lateral across the aperture (first to last element centre, pixel
   ``pitch / 2``); axial from ``z_min = 5 mm`` to the deepest depth the samples reach,
-  ``z_max = c (t0 + (n_samples - 1) / fs) / 2``, with pixel ``lambda / 4 = c / (4 f0)`` so
-  that the RF oscillation is resolved.  Options override it: ``z_mm=[a,b]``,
+  ``z_max = c (t0 + (n_samples - 1) / fs) / 2``, with pixel ``lambda / 8 = c / (8 f0)``:
+  the beamformed RF oscillates along depth at spatial frequency ``2 f / c``, so ``lambda / 4``
+  would sample the centre frequency at exactly its Nyquist rate and alias the upper half of the
+  pulse's band; ``lambda / 8`` keeps the whole -6 dB band (up to ``f0 (1 + bandwidth / 2)``)
+  below Nyquist and is the grid the shipped ultrasound priors were trained on.  Options override it: ``z_mm=[a,b]``,
   ``x_mm=[a,b]``, ``shape=[nz,nx]``, ``dz_mm``, ``dx_mm``.
 * The volume ``(frames, nz, nx)`` with an affine in mm: column ``i`` -> lateral ``x``
   (world x), row ``j`` -> depth (world y), frame ``k`` -> world z at 1 mm per frame
@@ -44,7 +47,8 @@ Options (``--import-option key=value``): ``z_mm``, ``x_mm``, ``shape``, ``dz_mm`
 ``f0_hz`` (default: the file's, else 5 MHz), ``bandwidth`` (0.6), ``f_number`` (1.5),
 ``frames`` (an index or a list of indices), ``c`` and ``t0_s`` (override the file),
 ``tx_reference`` and ``apodization`` (passed to the operator), ``rf`` / ``param`` (the MAT
-variable names).
+variable names), ``dehaze`` (``true``: beamform every frame with delay-and-sum and return a
+``us.haze`` measurement for the ``dehaze`` sampler, :func:`medrecon_us.haze.haze_measurement`).
 """
 
 from __future__ import annotations
@@ -102,7 +106,7 @@ def default_grid(*, n_elements: int, pitch_mm: float, c: float, fs_hz: float, n_
 
     ``z_mm`` / ``x_mm`` default to ``[5 mm, c t_last / 2]`` and the first / last element
     centre (``+-(N - 1) pitch / 2``); the counts follow from ``dz_mm`` (default
-    ``lambda / 4``) and ``dx_mm`` (default ``pitch / 2``) unless ``shape`` is given.
+    ``lambda / 8``) and ``dx_mm`` (default ``pitch / 2``) unless ``shape`` is given.
     """
     t_last = t0_s + (n_samples - 1) / fs_hz
     z_deep = c * t_last / 2 * 1e3  # mm
@@ -123,7 +127,7 @@ def default_grid(*, n_elements: int, pitch_mm: float, c: float, fs_hz: float, n_
         if nz < 2 or nx < 2:
             raise InputError(f"shape needs at least 2 x 2 pixels, got {shape!r}")
     else:
-        dz = float(dz_mm) if dz_mm is not None else c / f0_hz / 4 * 1e3
+        dz = float(dz_mm) if dz_mm is not None else c / f0_hz / 8 * 1e3
         dx = float(dx_mm) if dx_mm is not None else pitch_mm / 2
         if not (dz > 0 and dx > 0):
             raise InputError(f"dz_mm and dx_mm must be positive, got {dz_mm!r}, {dx_mm!r}")
@@ -411,7 +415,7 @@ class RFImporter:
     def read(self, path, *, z_mm=None, x_mm=None, shape=None, dz_mm=None, dx_mm=None, f0_hz=None,
              bandwidth: float = 0.6, f_number: float = 1.5, frames=None, c=None, t0_s=None,
              tx_reference: str | None = None, apodization: str | None = None, rf: str | None = None,
-             param: str | None = None):
+             param: str | None = None, dehaze: bool = False):
         """Read RF channel data; returns a :class:`medrecon.Measurement` for ``us.planewave``.
 
         Options are those of the module docstring (``--import-option key=value``).  Raises
@@ -533,6 +537,13 @@ class RFImporter:
         nz, nx = grid["shape"]
         prov.update(wavelength_mm=c_val / f0 * 1e3, layout="frames, transmits, elements, samples",
                     grid="default" if (z_mm is None and x_mm is None and shape is None) else "options")
-        return Measurement(y=y, operator_spec=op.spec(), noise_std=0.0, volume_shape=(y.shape[0], nz, nx),
-                           affine=grid_affine(grid["z_mm"], grid["x_mm"], grid["shape"]), units="a.u.",
-                           provenance=prov)
+        m = Measurement(y=y, operator_spec=op.spec(), noise_std=0.0, volume_shape=(y.shape[0], nz, nx),
+                        affine=grid_affine(grid["z_mm"], grid["x_mm"], grid["shape"]), units="a.u.",
+                        provenance=prov)
+        if not isinstance(dehaze, bool):
+            raise InputError(f"dehaze must be true or false, got {dehaze!r}")
+        if dehaze:
+            from medrecon_us.haze import haze_measurement
+
+            m = haze_measurement(m)
+        return m

@@ -53,6 +53,7 @@ def test_reconstruct_writes_tissue_and_haze(case):
             "--steps", 3, "--batch-size", 1, "-q", "-o", out)
     assert p.returncode == 0, p.stderr
     assert (d / "out.haze.nii.gz").is_file() and not (d / "out.nii.gz.partial").exists()
+    assert "out.haze.nii.gz: the haze component" in p.stdout
     tissue, haze = load_volume(out), load_volume(d / "out.haze.nii.gz")
     assert tissue.shape == haze.shape == (2, N, N)
     assert np.allclose(tissue.affine, haze.affine)
