@@ -19,7 +19,7 @@ echo "== machine"; date; nvidia-smi --query-gpu=name,memory.total,driver_version
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD
 # install medrecon and its plugins (metadata only, no dependencies) so entry points resolve
-python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . -e plugins/ct -e plugins/template \
+python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . -e plugins/ct -e plugins/template -e plugins/mri -e plugins/ultrasound \
   || echo "WARNING: editable install failed; plugin look-ups will fail"
 python3 -c "import torch, monai; print('torch', torch.__version__, 'monai', monai.__version__, torch.cuda.get_device_name())"
 

@@ -1,9 +1,11 @@
 """Correctness on a CUDA device: the checks that cannot run on a CPU-only machine.
 
-* the conformance kit (incl. the CPU <-> GPU round trip) on ct.parallel and ct.fan;
+* the conformance kit (incl. the CPU <-> GPU round trip) on ct.parallel, ct.fan, mri.sense,
+  us.planewave and us.haze (each plugin only when installed);
 * a shipped or freshly trained prior gives the same epsilon on the GPU as on the CPU
   (fp32 within 1e-3 relative; bf16 autocast within 3e-2);
-* DDS on the GPU reproduces DDS on the CPU for the same per-slice seeds.
+* DDS on the GPU reproduces DDS on the CPU for the same per-slice seeds; so does ``dehaze``
+  with the shipped ultrasound priors (when the ultrasound plugin is installed).
 
 Prints one line per check and a summary; exits 1 on a failure.  Usage::
 
@@ -45,11 +47,22 @@ def main() -> int:
             failures.append(name)
 
     import medrecon
+    from medrecon.errors import PluginError
     from medrecon.testing import check_operator
 
     for name, params in [("ct.parallel", dict(shape=[128, 128], n_views=60)),
-                         ("ct.fan", dict(shape=[96, 96], n_views=90))]:
-        op = medrecon.get_operator(name, **params).to(dev)
+                         ("ct.fan", dict(shape=[96, 96], n_views=90)),
+                         ("mri.sense", dict(shape=[64, 48], coil_maps={"synthetic": "birdcage", "n_coils": 4},
+                                            mask={"kind": "random", "acceleration": 4, "center_fraction": 0.08,
+                                                  "seed": 0})),
+                         ("us.planewave", dict(shape=[48, 32], z_mm=[5, 12], x_mm=[-3, 3], n_elements=32,
+                                               pitch_mm=0.3, angles_deg=[-5, 0, 5], fs_hz=20e6, n_samples=512)),
+                         ("us.haze", dict(shape=[40, 24]))]:
+        try:
+            op = medrecon.get_operator(name, **params).to(dev)
+        except PluginError as e:
+            print(f"{'conformance ' + name:<40} skip  {e}")
+            continue
         rep = check_operator(op)
         record(f"conformance {name} on {dev}", rep.passed,
                "; ".join(f"{r.name}={r.status}" for r in rep.results))
@@ -92,6 +105,19 @@ def main() -> int:
     x_gpu = dds.sample(y.to(dev), op.to(dev), prior.to(dev), steps=10,
                        generators=slice_generators(0, [0, 1]))
     record("DDS GPU vs CPU, same seeds", rel(x_gpu, x_cpu) < 1e-2, f"rel {rel(x_gpu, x_cpu):.2e}")
+
+    try:  # ultrasound dehazing with the shipped tissue and haze priors
+        hz = medrecon.get_operator("us.haze", shape=[64, 48])
+        tissue = load_prior("us-tissue")
+    except PluginError as e:
+        print(f"{'dehaze GPU vs CPU':<40} skip  {e}")
+    else:
+        gy = torch.Generator().manual_seed(3)
+        yh = torch.randn(2, 64, 48, generator=gy)
+        deh = get_sampler("dehaze")
+        h_cpu = deh.sample(yh, hz, tissue.to("cpu"), steps=10, generators=slice_generators(0, [0, 1]))
+        h_gpu = deh.sample(yh.to(dev), hz.to(dev), tissue.to(dev), steps=10, generators=slice_generators(0, [0, 1]))
+        record("dehaze GPU vs CPU, same seeds", rel(h_gpu, h_cpu) < 1e-2, f"rel {rel(h_gpu, h_cpu):.2e}")
     print("SUMMARY:", "all passed" if not failures else f"{len(failures)} failed: {', '.join(failures)}")
     return 1 if failures else 0
 
