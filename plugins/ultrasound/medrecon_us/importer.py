@@ -329,9 +329,11 @@ def write_rf_hdf5(path, rf, *, fs_hz: float, angles_rad, pitch_m: float, c: floa
     angles = np.asarray(angles_rad, dtype=np.float64).ravel()
     if angles.size != n_tx:
         raise InputError(f"{angles.size} steering angles for {n_tx} transmits")
-    if tx_reference not in ("first_element", "center"):
-        raise InputError(f"tx_reference must be first_element or center, got {tx_reference!r}")
-    xe = (np.arange(n_el) - (n_el - 1) / 2) * pitch_m
+    from medrecon_us.geometry import TX_REFERENCES, element_positions
+
+    if tx_reference not in TX_REFERENCES:
+        raise InputError(f"tx_reference must be one of {', '.join(TX_REFERENCES)}, got {tx_reference!r}")
+    xe = element_positions(n_el, pitch_m).numpy()
     geom = np.zeros((n_el, 3), np.float32)
     geom[:, 0] = xe
     # element e fires when the plane wave through the array centre at t=0 passes it: x_e sin(theta) / c
@@ -499,7 +501,9 @@ class RFImporter:
         if not (0 < f0 < fs / 2):
             raise InputError(f"{src}: the centre frequency f0 = {f0:g} Hz must lie in (0, fs/2 = {fs / 2:g} Hz)")
         if file_ref == "pending":
-            xe = (np.arange(n_el) - (n_el - 1) / 2) * pitch_m
+            from medrecon_us.geometry import element_positions
+
+            xe = element_positions(n_el, pitch_m).numpy()
             file_ref = _tx_reference_from_delays(t0_delays, angles, xe, c_val, src)
         # the ADC offset of integer samples: the mean over the whole file (all frames)
         offset = float(np.mean(raw, dtype=np.float64)) if raw.dtype.kind in "iu" else None
