@@ -47,7 +47,7 @@ MR_SOURCE = DATA_ROOT / "mr-t1-mprage-niivue"
 RESULTS = ROOT / "benchmarks" / "results"
 HOLDOUT = (64, 96)
 TUNE_SLICE = 40
-TV_GRID = (0.0003, 0.001, 0.003, 0.01, 0.03)
+TV_GRID = (0.00003, 0.0001, 0.0003, 0.001, 0.003, 0.01)
 #: DDS (gamma, eta) grid searched with ``--tune-dds`` on a VALIDATION slice: held out from the
 #: prior's training but not among the evaluated slices.  (A training slice flatters settings that
 #: trust the prior, which has seen it: on CT, eta 1.0 won on training slices and lost 0.9 dB on
