@@ -62,6 +62,7 @@ from medrecon.samplers.base import (
     randn_per_slice,
     sample_dtype,
     to_net_real,
+    tweedie_x0,
 )
 
 __all__ = ["ADMMTVz", "VolumeDiffusionSampler", "check_slice_geometry", "dz", "dzt", "shrink"]
@@ -327,7 +328,7 @@ class VolumeDiffusionSampler(Sampler):
                 tt = torch.full((B,), t, dtype=torch.long, device=dev)
                 a_t = float(abar[t])
                 e = eps_chunked(prior, x, tt, nb).to(dtype)
-                x0 = prior.from_net((x - math.sqrt(1 - a_t) * e) / math.sqrt(a_t))
+                x0 = prior.from_net(tweedie_x0(x, e, a_t))
                 x0_dc = admm.step(x0)
                 if i + 1 < len(ts):
                     a_s = float(abar[ts[i + 1]])

@@ -52,6 +52,8 @@ __all__ = [
     "psnr",
     "randn_per_slice",
     "slice_generators",
+    "tweedie_x0",
+    "ddim_renoise",
     "vdot_per_slice",
 ]
 
@@ -512,3 +514,23 @@ def as_image(x_phys: torch.Tensor, operator, dtype: torch.dtype) -> torch.Tensor
     """A real physical-units result in the operator's image dtype: a complex image domain gets
     the complex dtype with a zero imaginary part (our priors are real-valued)."""
     return x_phys.to(operator.domain_dtype(dtype)) if operator.domain_is_complex else x_phys
+
+
+# --------------------------------------------------------------------------- DDIM algebra
+def tweedie_x0(x: torch.Tensor, eps: torch.Tensor, abar_t: float) -> torch.Tensor:
+    """Tweedie's estimate of the clean image from ``x_t`` and the predicted noise (network units)::
+
+        x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)
+    """
+    return (x - math.sqrt(1 - abar_t) * eps) / math.sqrt(abar_t)
+
+
+def ddim_renoise(x0: torch.Tensor, eps: torch.Tensor, abar_s: float, eta: float, z) -> torch.Tensor:
+    """DDS's re-noising of a (data-consistent) clean estimate to timestep ``s``::
+
+        x_s = sqrt(abar_s) x0 + sqrt(1 - abar_s) (eta z + sqrt(1 - eta^2) eps)
+
+    ``z`` is fresh Gaussian noise (or 0 when ``eta`` is 0): eta = 1 uses fresh noise only,
+    eta = 0 reuses the predicted noise (deterministic DDIM).
+    """
+    return math.sqrt(abar_s) * x0 + math.sqrt(1 - abar_s) * (eta * z + math.sqrt(1 - eta**2) * eps)

@@ -42,11 +42,13 @@ from medrecon.samplers.base import (
     _normal,
     apply_adjoint_real,
     cg,
+    ddim_renoise,
     estimate_norm,
     prior_eps,
     randn_per_slice,
     sample_dtype,
     to_net_real,
+    tweedie_x0,
 )
 
 __all__ = ["DDS"]
@@ -102,7 +104,7 @@ class DDS(Sampler):
                 tt = torch.full((B,), t, dtype=torch.long, device=dev)
                 a_t = float(abar[t])
                 e = prior_eps(prior, x, tt).to(dtype)
-                x0 = (x - math.sqrt(1 - a_t) * e) / math.sqrt(a_t)
+                x0 = tweedie_x0(x, e, a_t)
                 if p["clip"] is not None:
                     x0 = x0.clamp(-p["clip"], p["clip"])
                 x0_phys = prior.from_net(x0)
@@ -118,7 +120,7 @@ class DDS(Sampler):
                 a_s = float(abar[ts[i + 1]])
                 x0_dc = prior.to_net(x0_dc_phys)
                 zn = randn_per_slice(generators, shape, device=dev, dtype=dtype) if eta > 0 else 0.0
-                x = math.sqrt(a_s) * x0_dc + math.sqrt(1 - a_s) * (eta * zn + math.sqrt(1 - eta**2) * e)
+                x = ddim_renoise(x0_dc, e, a_s, eta, zn)
                 if progress is not None:
                     progress(i + 1, len(ts))
             if progress is not None:

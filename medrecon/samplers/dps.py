@@ -43,6 +43,7 @@ from medrecon.samplers.base import (
     randn_per_slice,
     sample_dtype,
     to_net_real,
+    tweedie_x0,
 )
 
 __all__ = ["DPS"]
@@ -93,7 +94,7 @@ class DPS(Sampler):
             x = x.detach().requires_grad_(True)
             with torch.enable_grad():
                 e = prior_eps(prior, x, tt).to(dtype)
-                x0 = (x - math.sqrt(1 - a_t) * e) / math.sqrt(a_t)
+                x0 = tweedie_x0(x, e, a_t)
                 if clip is not None:
                     x0 = x0.clamp(-clip, clip)
                 r = y - apply_forward(operator, prior.from_net(x0))

@@ -62,10 +62,12 @@ from medrecon.samplers.base import (
     Param,
     Sampler,
     cg,
+    ddim_renoise,
     estimate_norm,
     prior_eps,
     randn_per_slice,
     sample_dtype,
+    tweedie_x0,
 )
 
 __all__ = ["Dehaze", "COMPONENTS"]
@@ -189,7 +191,7 @@ class Dehaze(Sampler):
                 tt = torch.full((B,), t, dtype=torch.long, device=dev)
                 a_t = float(abar[t])
                 e = torch.stack([prior_eps(pr, x[:, c], tt).to(dtype) for c, pr in enumerate(priors)], 1)
-                x0 = (x - math.sqrt(1 - a_t) * e) / math.sqrt(a_t)
+                x0 = tweedie_x0(x, e, a_t)
                 if clip is not None:
                     x0 = x0.clamp(-clip, clip)
                 phys = torch.stack([pr.from_net(x0[:, c]) for c, pr in enumerate(priors)], 1)
@@ -200,7 +202,7 @@ class Dehaze(Sampler):
                 a_s = float(abar[ts[i + 1]])
                 dcn = torch.stack([pr.to_net(dc[:, c]) for c, pr in enumerate(priors)], 1)
                 zn = randn_per_slice(generators, shape, device=dev, dtype=dtype) if eta > 0 else 0.0
-                x = math.sqrt(a_s) * dcn + math.sqrt(1 - a_s) * (eta * zn + math.sqrt(1 - eta**2) * e)
+                x = ddim_renoise(dcn, e, a_s, eta, zn)
                 if progress is not None:
                     progress(i + 1, len(ts))
             if progress is not None:
