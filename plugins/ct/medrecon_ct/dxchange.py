@@ -122,17 +122,16 @@ class DataExchangeImporter:
     @classmethod
     def can_read(cls, path) -> bool:
         """True when ``path`` is an HDF5 file with a 3D ``exchange/data`` dataset (cheap)."""
-        try:
+        from medrecon.io.sniff import sniff_file
+
+        def probe(p: Path) -> bool:
             import h5py
 
-            p = Path(path)
-            if not p.is_file():
-                return False
             with h5py.File(p, "r") as f:
                 d = f.get("exchange/data")
                 return d is not None and hasattr(d, "shape") and len(d.shape) == 3
-        except Exception:  # noqa: BLE001 - not HDF5, unreadable: not ours
-            return False
+
+        return sniff_file(path, probe)
 
     def read(self, path, *, row: int | None = None, center: float | None = None,
              pixel_size: float = 1.0, crop: bool = True, shape=None,

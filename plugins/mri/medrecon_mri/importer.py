@@ -139,10 +139,9 @@ class KSpaceImporter:
     @classmethod
     def can_read(cls, path) -> bool:
         """True for an HDF5 file with a 3D/4D ``kspace`` dataset, or a complex 2D-4D ``.npy`` (cheap)."""
-        p = Path(path)
-        if not p.is_file():
-            return False
-        try:
+        from medrecon.io.sniff import sniff_file
+
+        def probe(p: Path) -> bool:
             if p.suffix.lower() == ".dat":
                 return _looks_like_twix(p)
             if p.suffix.lower() == ".npy":
@@ -153,8 +152,8 @@ class KSpaceImporter:
             with h5py.File(p, "r") as f:
                 d = f.get("kspace")
                 return d is not None and hasattr(d, "shape") and len(d.shape) in (3, 4)
-        except Exception:  # noqa: BLE001 - not ours
-            return False
+
+        return sniff_file(path, probe)
 
     def read(self, path, *, layout: str | None = None, oversampling: int | None = None, slice: int | None = None,
              real_image: bool = True, coil_method: str = "lowres", calib=None, undersample=None,

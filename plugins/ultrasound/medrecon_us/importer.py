@@ -391,10 +391,9 @@ class RFImporter:
     @classmethod
     def can_read(cls, path) -> bool:
         """True for a MAT file with a 3D/4D RF array and a parameter struct, or a zea-style HDF5 file (cheap)."""
-        p = Path(path)
-        if not p.is_file():
-            return False
-        try:
+        from medrecon.io.sniff import sniff_file
+
+        def probe(p: Path) -> bool:
             if p.suffix.lower() == ".mat":
                 import scipy.io
 
@@ -411,8 +410,8 @@ class RFImporter:
 
             with h5py.File(p, "r") as f:
                 return _is_zea(f)
-        except Exception:  # noqa: BLE001 - not ours
-            return False
+
+        return sniff_file(path, probe)
 
     def read(self, path, *, z_mm=None, x_mm=None, shape=None, dz_mm=None, dx_mm=None, f0_hz=None,
              bandwidth: float = 0.6, f_number: float = 1.5, frames=None, c=None, t0_s=None,
