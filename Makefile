@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml $(foreach p,$(PLUGINS),$(p)/pyproject.toml)
 	$(BIN)/pip install -q --upgrade pip
 	# pin torch first: an unpinned torch requirement can pull a multi-GB CUDA build
 	$(BIN)/pip install -q $(TORCH_PIN)
-	$(BIN)/pip install -q -e '.[dev]' $(foreach p,$(PLUGINS),-e $(p))
+	$(BIN)/pip install -q -e '.[dev,ray]' $(foreach p,$(PLUGINS),-e $(p))
 	touch $(STAMP)
 
 demo: $(STAMP)

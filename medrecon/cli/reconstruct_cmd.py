@@ -75,6 +75,11 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
         import_option: list[str] = typer.Option(None, "--import-option",
                                                 help="Option key=value for a raw-data importer (repeatable)."),
+        num_parts: int = typer.Option(1, "--num-parts", min=1,
+                                      help="Split the slices into N contiguous parts (job arrays); see --part-id."),
+        part_id: int = typer.Option(0, "--part-id", min=0,
+                                    help="The part this job computes (0..N-1); the part that finishes the "
+                                         "volume writes --output."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
         stop_after: int = typer.Option(None, "--stop-after", hidden=True,
                                        help="Testing: stop after N slices, keeping the checkpoints."),
@@ -107,7 +112,8 @@ def register(app: typer.Typer) -> None:
                     batch_size=batch_size, seed=seed, amp=amp, output=output, resume=resume,
                     progress=False if quiet else (True if sys.stderr.isatty() else _line_progress()),
                     overwrite=overwrite,
-                    like=str(like) if like is not None else None, _stop_after=stop_after,
+                    like=str(like) if like is not None else None, num_parts=num_parts, part_id=part_id,
+                    _stop_after=stop_after,
                 )
             except KeyboardInterrupt:
                 typer.echo(f"medrecon: interrupted; finished slices are kept in {partial_path(output)}; "
@@ -115,6 +121,14 @@ def register(app: typer.Typer) -> None:
                 raise SystemExit(130) from None
         finally:
             warnings.showwarning = old
+        if vol is None:  # a part that did not finish the volume
+            from medrecon.engine import part_slices
+
+            z = int(m.volume_shape[0]) if len(m.volume_shape) == 3 else int(m.y.shape[0])
+            r = part_slices(z, num_parts, part_id)
+            typer.echo(f"part {part_id} of {num_parts}: slices {r.start}..{r.stop - 1} finished in "
+                       f"{partial_path(output)}; the part that finishes last writes {os.fspath(output)}")
+            return
         info = vol.meta.get("reconstruction", {})
         resumed = info.get("resumed_slices", 0)
         extra = f", {resumed} resumed" if resumed else ""
@@ -125,6 +139,71 @@ def register(app: typer.Typer) -> None:
 
             for name in vol.components:
                 typer.echo(f"wrote {os.fspath(component_path(output, name))}: the {name} component")
+
+    @app.command("reconstruct-many")
+    def reconstruct_many_cmd(
+        measurements: list[Path] = typer.Argument(..., help="Measurement files (.h5) or raw files an installed "
+                                                             "importer reads."),
+        output_dir: Path = typer.Option(..., "--output-dir", "-o", help="Folder for the results, one per study."),
+        prior: str = typer.Option(None, "--prior", help="Prior name or folder (dds, dps, reddiff)."),
+        sampler: str = typer.Option("dds", "--sampler", "-s", help="classical, tv, dds, dps, reddiff, ..."),
+        steps: int = typer.Option(None, "--steps", min=1, help="Sampler steps (default: the sampler's own)."),
+        param: list[str] = typer.Option(None, "--param", "-p", help="Sampler parameter key=value (repeatable)."),
+        parts: int = typer.Option(1, "--parts-per-study", min=1,
+                                  help="Cut each study into N slice blocks, run as separate tasks."),
+        dicom: bool = typer.Option(False, "--dicom", help="Write each result as a derived DICOM series folder."),
+        use_ray: bool = typer.Option(False, "--ray", help="Run the tasks on Ray (pip install 'medrecon[ray]')."),
+        address: str = typer.Option(None, "--address", help="Ray cluster to join (auto, ray://head:10001); "
+                                                            "default: a local Ray instance."),
+        workers: int = typer.Option(None, "--workers", min=1,
+                                    help="Ray actors (default: one per GPU, else one per --cpus-per-worker CPUs)."),
+        gpus_per_worker: float = typer.Option(None, "--gpus-per-worker", min=0.0,
+                                              help="GPUs per Ray actor (default 1 when the cluster has GPUs)."),
+        cpus_per_worker: int = typer.Option(1, "--cpus-per-worker", min=1, help="CPUs (torch threads) per actor."),
+        device: str = typer.Option("auto", "--device", help="In-process runs: cpu, cuda, cuda:N or auto."),
+        batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="Slices per sampler call (memory)."),
+        seed: int = typer.Option(0, "--seed", help="Seed; slice k of every study is seeded from (seed, k)."),
+        amp: bool = typer.Option(False, "--amp", help="bf16 autocast of the prior network on CUDA."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Recompute studies whose output exists."),
+    ) -> None:
+        """Reconstruct many studies (one output each), in-process or on a Ray cluster; rerun to continue."""
+        from medrecon.cli.params import parse_params
+        from medrecon.engine.distributed import reconstruct_many
+
+        params = parse_params(param)
+        opts = {"steps": steps, "params": params, "batch_size": batch_size, "seed": seed, "amp": amp}
+        if not use_ray:
+            opts["device"] = device
+        t0 = __import__("time").monotonic()
+
+        def report(rep, n, total):
+            where = f" part {rep['part_id']}/{rep['num_parts']}" if rep["num_parts"] > 1 else ""
+            msg = f"[{n}/{total}] {rep['measurement']}{where}: {rep['status']}"
+            if rep["status"] == "failed":
+                msg += f": {rep.get('error')}"
+            elif rep["status"] != "exists":
+                msg += f" ({rep['seconds']:.1f} s on {rep['host']})"
+            if rep["status"] == "done":
+                msg += f" -> {rep['output']}"
+            typer.echo(msg, err=rep["status"] == "failed")
+
+        old = warnings.showwarning
+        warnings.showwarning = _warning_printer
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        try:
+            reports = reconstruct_many([os.fspath(p) for p in measurements], sampler, prior, output_dir=output_dir,
+                                       parts_per_study=parts, suffix="/" if dicom else ".nii.gz",
+                                       use_ray=use_ray, address=address, workers=workers,
+                                       gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
+                                       overwrite=overwrite, on_task=report, **opts)
+        finally:
+            warnings.showwarning = old
+        failed = sorted({r["measurement"] for r in reports if r["status"] == "failed"})
+        n = len({r["measurement"] for r in reports})
+        typer.echo(f"{n - len(failed)} of {n} studies reconstructed in {output_dir} "
+                   f"({__import__('time').monotonic() - t0:.0f} s)" + (f"; failed: {', '.join(failed)}" if failed else ""))
+        if failed:
+            raise SystemExit(1)
 
     @app.command("evaluate")
     def evaluate_cmd(

@@ -14,9 +14,10 @@ from medrecon.engine.core import (
     component_names,
     component_path,
     load_input,
+    part_slices,
     reconstruct,
     run_settings,
 )
 
-__all__ = ["reconstruct", "load_input", "partial_path", "check_prior_fit", "check_volume_geometry", "run_settings", "RunStopped",
+__all__ = ["reconstruct", "load_input", "part_slices", "partial_path", "check_prior_fit", "check_volume_geometry", "run_settings", "RunStopped",
            "PriorMismatchWarning", "component_names", "component_path"]

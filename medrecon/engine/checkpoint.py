@@ -5,6 +5,8 @@ Layout of the folder next to the output ``OUT`` (``OUT.nii.gz.partial`` or ``OUT
     state.json          {"format": "medrecon-partial", "version": 1, "settings_hash": ...,
                          "settings": {...}, "n_slices": Z, "slice_shape": [Y, X]}
     lock                {"host": ..., "pid": ...} while a run is writing (see Checkpoint.acquire)
+    lock.part-K         the same, for part K of a run split with num_parts (--num-parts/--part-id)
+    assemble            {"host": ..., "pid": ...}: the part that writes the output (see claim_assembly)
     slice_00000.npy     float32 (Y, X), physical units, written atomically (temp + rename)
     slice_00003.npy     ...
     volume_state.safetensors   a volume sampler's state at a step boundary (see below)
@@ -22,6 +24,14 @@ per-slice generator states, the step reached) is written to ``volume_state.safet
 the tensors as safetensors, everything else as JSON in the file's metadata (key
 ``medrecon``), one file written atomically, so tensors and step always belong together.
 No pickle is involved in writing or reading it.
+
+**Parts** (``num_parts``/``part_id``, job arrays, Ray): several processes, possibly on
+several machines sharing a filesystem, each compute a contiguous block of slices into the
+*same* folder.  The first one creates it (atomically: a temporary folder holding
+``state.json`` renamed into place, so nobody ever sees a folder without its settings);
+the others join it, and must carry the same settings hash.  Each part holds its own lock
+(``lock.part-K``).  The part that finds every slice finished takes ``assemble`` (an
+exclusive create) and writes the output; the others return.
 """
 
 from __future__ import annotations
@@ -77,12 +87,23 @@ def _atomic_write_bytes(path: Path, write) -> None:
             tmp.unlink()
 
 
+def _read_owner(path: Path) -> dict | None:
+    """The ``{"host", "pid"}`` of a lock or claim file, or None when unreadable."""
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return d if isinstance(d, dict) else None
+
+
 class Checkpoint:
     """The ``.partial`` folder of one run (see module docstring)."""
 
     def __init__(self, folder: Path, settings: dict[str, Any], settings_hash: str, n_slices: int,
-                 slice_shape: tuple[int, ...]):
+                 slice_shape: tuple[int, ...], part: int | None = None):
         self.folder = Path(folder)
+        self.part = None if part is None else int(part)
+        self.lock_name = "lock" if part is None else f"lock.part-{int(part)}"
         self.settings = settings
         self.settings_hash = settings_hash
         self.n_slices = int(n_slices)
@@ -91,13 +112,20 @@ class Checkpoint:
     # ------------------------------------------------------------------ open / create
     @classmethod
     def open(cls, folder: Path, settings: dict[str, Any], settings_hash: str, n_slices: int,
-             slice_shape: tuple[int, ...], *, resume: bool, discard: bool) -> "Checkpoint":
+             slice_shape: tuple[int, ...], *, resume: bool, discard: bool, shared: bool = False,
+             part: int | None = None) -> "Checkpoint":
         """Create the folder, or reopen it for ``resume``.
 
         An existing folder is refused unless ``resume`` (same settings) or ``discard``
         (start afresh).  Different settings on resume raise :class:`InputError` naming them.
+        ``shared`` (one part of a split run, ``part`` its index): create the folder or join
+        the one another part created; it is never discarded (it holds the other parts' work),
+        and its settings must match.
         """
-        ck = cls(folder, settings, settings_hash, n_slices, slice_shape)
+        ck = cls(folder, settings, settings_hash, n_slices, slice_shape, part if shared else None)
+        if shared:
+            ck._create_or_join()
+            return ck
         if ck.folder.exists():
             if resume:
                 ck._check_state()
@@ -111,11 +139,32 @@ class Checkpoint:
         ck._write_state()
         return ck
 
-    def _write_state(self) -> None:
+    def _create_or_join(self) -> None:
+        """Parts: create the folder with its ``state.json`` in one rename, or join an existing one."""
+        if not self.folder.exists():
+            self.folder.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.folder.parent / f".{self.folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            tmp.mkdir()
+            try:
+                self._write_state(tmp)
+                os.rename(tmp, self.folder)  # fails when another part created the folder first
+            except OSError:
+                pass
+            finally:
+                if tmp.exists():
+                    shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            self._check_state()
+        except InputError as exc:
+            raise InputError(str(exc).replace("cannot resume:", "cannot join the split run:")
+                             .replace("rerun with the same settings", "every part needs the same settings")
+                             ) from None
+
+    def _write_state(self, folder: Path | None = None) -> None:
         state = {"format": FORMAT, "version": VERSION, "settings_hash": self.settings_hash,
                  "settings": self.settings, "n_slices": self.n_slices, "slice_shape": list(self.slice_shape)}
         data = (json.dumps(state, indent=2, sort_keys=True) + "\n").encode()
-        _atomic_write_bytes(self.folder / STATE, lambda f: f.write(data))
+        _atomic_write_bytes((folder or self.folder) / STATE, lambda f: f.write(data))
 
     def _check_state(self) -> None:
         path = self.folder / STATE
@@ -137,36 +186,69 @@ class Checkpoint:
 
     # ------------------------------------------------------------------ lock
     def acquire(self) -> None:
-        """Mark the folder as in use by this process (``lock``: host and pid).
+        """Mark the folder as in use by this process (``lock``, or ``lock.part-K`` for part K).
 
-        A lock left by a live process on this host is refused (two runs writing one
-        output); a lock of a dead process (a killed run) is taken over.  A lock from
-        another host cannot be checked and is taken over with a warning.
+        A lock left by a live process on this host is refused when it is the same lock (two
+        runs of one output, or of one part) or when either is a whole-run lock (a whole run
+        and a part would compute the same slices); the locks of different parts coexist.  A
+        lock of a dead process (a killed run) is taken over.  A lock from another host cannot
+        be checked and is taken over with a warning when it is this lock.
         """
         import socket
         import warnings
 
-        lock = self.folder / "lock"
         host = socket.gethostname()
-        try:
-            other = json.loads(lock.read_text())
-        except (OSError, json.JSONDecodeError):
-            other = None
-        if isinstance(other, dict) and other.get("pid") != os.getpid():
+        for name in sorted(os.listdir(self.folder)):
+            if not (name == "lock" or name.startswith("lock.part-")):
+                continue
+            other = _read_owner(self.folder / name)
+            if other is None or other.get("pid") == os.getpid() and other.get("host") == host:
+                continue
+            if name != self.lock_name and "lock" not in (name, self.lock_name):
+                continue  # another part: fine
             if other.get("host") == host and _alive(int(other.get("pid", -1))):
-                raise InputError(f"another run (pid {other.get('pid')}) is writing {str(self.folder)!r}; "
+                who = "run" if name == "lock" else f"part {name.rsplit('-', 1)[-1]}"
+                raise InputError(f"another {who} (pid {other.get('pid')}) is writing {str(self.folder)!r}; "
                                  "wait for it or stop it first")
-            if other.get("host") != host:
+            if other.get("host") != host and name == self.lock_name:
                 warnings.warn(f"taking over {str(self.folder)!r} from a run on host {other.get('host')!r}",
                               stacklevel=3)
         data = json.dumps({"host": host, "pid": os.getpid()}).encode()
-        _atomic_write_bytes(lock, lambda f: f.write(data))
+        _atomic_write_bytes(self.folder / self.lock_name, lambda f: f.write(data))
 
     def release(self) -> None:
         try:
-            (self.folder / "lock").unlink()
+            (self.folder / self.lock_name).unlink()
         except OSError:
             pass
+
+    def claim_assembly(self) -> bool:
+        """Parts: True for exactly one of the parts that find every slice finished (the one
+        that then writes the output).  An exclusive create of ``assemble``; a claim left by a
+        dead process on this host is taken over."""
+        import socket
+
+        path = self.folder / "assemble"
+        data = json.dumps({"host": socket.gethostname(), "pid": os.getpid()}).encode()
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                other = _read_owner(path)
+                if (other is not None and other.get("host") == socket.gethostname()
+                        and not _alive(int(other.get("pid", -1)))):
+                    try:
+                        path.unlink()
+                    except OSError:
+                        pass
+                    continue
+                return False
+            except OSError:  # the folder is gone: another part wrote the output and removed it
+                return False
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            return True
+        return False
 
     # ------------------------------------------------------------------ slices
     def slice_path(self, k: int) -> Path:

@@ -54,7 +54,7 @@ import numpy as np
 
 from medrecon.errors import FileFormatError, InputError, MedreconError
 
-__all__ = ["reconstruct", "load_input", "RunStopped", "PriorMismatchWarning", "run_settings",
+__all__ = ["reconstruct", "load_input", "part_slices", "RunStopped", "PriorMismatchWarning", "run_settings",
            "check_volume_geometry", "component_names", "component_path"]
 
 ENGINE_VERSION = 1
@@ -371,6 +371,30 @@ def _guess_modality(m) -> str | None:
     return {"ct": "CT", "mri": "MR", "mr": "MR", "us": "US", "ultrasound": "US"}.get(prefix)
 
 
+# ============================================================================ parts
+def part_slices(n_slices: int, num_parts: int, part_id: int) -> range:
+    """The slices of part ``part_id`` of ``num_parts``: contiguous blocks whose sizes differ by
+    at most one, larger blocks first (as ``numpy.array_split``).  10 slices in 3 parts:
+    ``range(0, 4)``, ``range(4, 7)``, ``range(7, 10)``."""
+    base, extra = divmod(int(n_slices), int(num_parts))
+    start = part_id * base + min(part_id, extra)
+    return range(start, start + base + (1 if part_id < extra else 0))
+
+
+def _check_parts(num_parts, part_id, output) -> tuple[int, int]:
+    try:
+        n, k = int(num_parts), int(part_id)
+    except (TypeError, ValueError):
+        raise InputError(f"num_parts and part_id must be integers, got {num_parts!r} and {part_id!r}") from None
+    if n != num_parts or k != part_id or n < 1:
+        raise InputError(f"num_parts must be a positive integer, got {num_parts!r}")
+    if not 0 <= k < n:
+        raise InputError(f"part_id must be in 0..{n - 1} for num_parts={n}, got {k}")
+    if n > 1 and output is None:
+        raise InputError("a run split into parts needs output= (the parts meet in its .partial folder)")
+    return n, k
+
+
 # ============================================================================ devices and workers
 def _resolve_devices(device, devices) -> list:
     from medrecon.devices import resolve_device
@@ -541,6 +565,8 @@ def reconstruct(
     overwrite: bool = False,
     like: Any = None,
     checkpoint_every_s: float = 60.0,
+    num_parts: int = 1,
+    part_id: int = 0,
     _stop_after: int | None = None,
     _stop_after_steps: int | None = None,
 ):
@@ -587,11 +613,21 @@ def reconstruct(
         Volume samplers that hand over their state at step boundaries (``mbir3d``, ``dds3d``)
         have it saved to ``OUT.partial/volume_state.safetensors`` at most this often (and
         always when the run is stopped or interrupted); ``resume`` continues from it.
+    num_parts, part_id : int
+        Split the slices into ``num_parts`` contiguous blocks (:func:`part_slices`) and compute
+        block ``part_id`` only: one job of a job array (``--num-parts/--part-id``), or one Ray
+        task (:mod:`medrecon.engine.distributed`).  Needs ``output``: every part checkpoints
+        into the same ``OUT.partial/`` (a shared filesystem across machines), finished slices
+        of the part are kept as with ``resume``, and the part that finds every slice finished
+        writes the output.  All parts must use the same settings (as for ``resume``); the
+        result is identical to one unsplit run.  Slice-coupled samplers cannot be split.
 
     Returns
     -------
-    Volume
+    Volume or None
         float32 (Z, Y, X) in physical units (``meta["units"]``) with the measurement's affine.
+        ``None`` for a part (``num_parts > 1``) that did not write the output (other parts
+        are still running, or another part is writing it).
         For an operator with image components (``us.haze``: tissue, haze) it is the first
         component, and ``vol.components`` maps each further name to its Volume (written to
         :func:`component_path` of ``output``).
@@ -612,6 +648,7 @@ def reconstruct(
         raise InputError(f"steps must be a positive integer, got {steps!r}")
     if resume and output is None:
         raise InputError("resume needs output= (the checkpoints live next to the output)")
+    num_parts, part_id = _check_parts(num_parts, part_id, output)
     try:
         checkpoint_every_s = float(checkpoint_every_s)
     except (TypeError, ValueError):
@@ -636,6 +673,9 @@ def reconstruct(
     _check_measurement(m, op, volume_mode_3d)
     if volume_mode and not volume_mode_3d:
         check_volume_geometry(m, smp)
+    if num_parts > 1 and volume_mode:
+        what = "the operator is 3D" if volume_mode_3d else f"sampler {smp.name!r} couples all slices"
+        raise InputError(f"{what}: it cannot be split into parts; run it as one job (num_parts=1)")
     comps = component_names(op)
     if output is not None:
         for name in comps[1:]:
@@ -651,18 +691,21 @@ def reconstruct(
         slice_shape = (len(comps), *slice_shape)
     settings = run_settings(m, smp, prior_obj, eff_steps, seed, amp)
     shash = _settings_hash(settings)
+    if num_parts > z:
+        raise InputError(f"num_parts={num_parts} is more than the {z} slice(s) of the measurement")
+    mine = list(part_slices(z, num_parts, part_id))
 
     ck = None
     if output is not None:
         from medrecon.engine.checkpoint import Checkpoint, partial_path
 
         ck = Checkpoint.open(partial_path(out_path), settings, shash, z, slice_shape,
-                             resume=resume, discard=overwrite)
+                             resume=resume, discard=overwrite, shared=num_parts > 1, part=part_id)
         ck.acquire()
     try:
         return _run(m, op, smp, prior_obj, prior_name, devs, batch_size, eff_steps, seed, amp, progress,
                     settings, ck, z, slice_shape, volume_mode, volume_mode_3d, _stop_after,
-                    out_path if output is not None else None, overwrite, like,
+                    out_path if output is not None else None, overwrite, like, mine if num_parts > 1 else None,
                     {"every_s": checkpoint_every_s, "resume": bool(resume), "stop_after_steps": _stop_after_steps})
     finally:
         if ck is not None:
@@ -670,19 +713,25 @@ def reconstruct(
 
 
 def _run(m, op, smp, prior_obj, prior_name, devs, batch_size, eff_steps, seed, amp, progress, settings, ck, z,
-         slice_shape, volume_mode, volume_mode_3d, _stop_after, out_path, overwrite, like, vopts):
+         slice_shape, volume_mode, volume_mode_3d, _stop_after, out_path, overwrite, like, mine, vopts):
+    """Compute the slices not done yet (of ``mine``, a part's slices, when the run is split),
+    then assemble and write the output.  A part returns None unless it writes the output."""
     from medrecon.volume import Volume
 
     result = np.zeros((z, *slice_shape), dtype=np.float32)
     done = set(ck.done()) if ck is not None else set()
     for k in done:
         result[k] = ck.load(k)
-    todo = [k for k in range(z) if k not in done]
+    wanted = range(z) if mine is None else mine
+    todo = [k for k in wanted if k not in done]
 
     t0 = time.perf_counter()
     if todo:
-        label = f"{smp.name}" + (f" ({len(done)} resumed)" if done else "")
-        with _Progress(progress, z, len(done), 1 if volume_mode else len(devs), label) as prog:
+        n_resumed = len(wanted) - len(todo)
+        label = f"{smp.name}" + (f" ({n_resumed} resumed)" if n_resumed else "")
+        if mine is not None:
+            label = f"part {mine[0]}..{mine[-1]}: {label}"
+        with _Progress(progress, len(wanted), n_resumed, 1 if volume_mode else len(devs), label) as prog:
             workers = _make_workers(devs[:1] if volume_mode else devs, op, prior_obj, amp)
             if volume_mode:
                 if len(devs) > 1:
@@ -692,6 +741,14 @@ def _run(m, op, smp, prior_obj, prior_name, devs, batch_size, eff_steps, seed, a
             else:
                 _run_slices(workers, smp, m, todo, batch_size, eff_steps, seed, result, ck, prog, _stop_after)
     elapsed = time.perf_counter() - t0
+    if mine is not None:  # a part: write the output only when every slice is finished, exactly once
+        computed = set(todo)
+        if len(ck.done()) < z or not ck.claim_assembly():
+            return None
+        for k in range(z):
+            if k not in computed and k not in done:
+                result[k] = ck.load(k)  # finished by another part meanwhile
+        done = set(range(z)) - computed
 
     meta = dict(copy.deepcopy(m.reference_meta) if m.reference_meta else {})
     meta["units"] = m.units
