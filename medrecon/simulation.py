@@ -307,6 +307,11 @@ def simulate(volume: Volume, operator_name: str, params: dict[str, Any] | None =
         raise InputError(
             f"operator {operator_name!r} takes images shaped {tuple(op.domain_shape)} but the volume's "
             f"slices are {ny}x{nx} (rows x columns); set its shape to [{ny}, {nx}]")
+    if getattr(op, "slice_varying", False):  # per-slice parameters (coil maps): one set per volume slice
+        if int(op.n_slices) != z:
+            raise InputError(f"operator {operator_name!r} holds parameters for {op.n_slices} slice(s) but the "
+                             f"volume has {z}; give one per volume slice")
+        op = op.for_slices(range(start, stop))  # the measured slab; its spec records the slices
     dev = resolve_device(device) if isinstance(device, str) else device
     op = op.to(dev)
 
@@ -316,7 +321,7 @@ def simulate(volume: Volume, operator_name: str, params: dict[str, Any] | None =
             x = torch.from_numpy(np.array(data[b0:b0 + int(batch_size)], dtype=np.float32, copy=True)).to(dev)
             if op.domain_is_complex:
                 x = x.to(torch.complex64)
-            y = op(x)
+            y = op.for_slices(range(b0, b0 + x.shape[0]))(x)
             outs.append(y.detach().cpu().numpy())
     y = np.concatenate(outs, axis=0)
     y = y.astype(np.complex64 if np.iscomplexobj(y) else np.float32, copy=False)

@@ -159,3 +159,22 @@ def test_maps_for_another_number_of_slices_is_one_sentence(meas):
                       volume_shape=(2, N, N), affine=meas.affine, units="a.u.", arrays=meas.arrays)
     with pytest.raises(InputError, match="per-slice parameters for 3 slice"):
         reconstruct(two, "classical", progress=False)
+
+
+def test_simulate_measures_each_slice_with_its_own_maps_in_any_batch_and_slab():
+    maps = _maps()
+    vol = medrecon.Volume(_images(), np.diag([1.0, 1.0, 3.0, 1.0]), {"modality": "MR", "units": "a.u."})
+    params = {"coil_maps": maps, "mask": MASK, "real_image": True}
+    full = medrecon.get_operator("mri.sense", shape=[N, N], **params)
+    want = full(torch.from_numpy(_images())).numpy()
+    for bs in (1, 2, 3):
+        m = medrecon.simulate(vol, "mri.sense", params, batch_size=bs)
+        np.testing.assert_allclose(m.y, want, rtol=0, atol=1e-4 * np.abs(want).max())
+    slab = medrecon.simulate(vol, "mri.sense", params, batch_size=1, slices="1:3")
+    np.testing.assert_allclose(slab.y, want[1:3], rtol=0, atol=1e-4 * np.abs(want).max())
+    op = slab.operator()  # the spec records the slab's slices: maps 1 and 2
+    assert op.n_slices == 2 and op.spec()["slices"] == [1, 2]
+    x = reconstruct(slab, "classical", progress=False).data
+    assert x.shape == (2, N, N)
+    with pytest.raises(InputError, match="parameters for 3 slice"):
+        medrecon.simulate(medrecon.Volume(_images()[:2], np.eye(4), {"units": "a.u."}), "mri.sense", params)
