@@ -31,6 +31,7 @@ Writes ``benchmarks/results/quality_mr.json``.  Skips (exit 0, a message) withou
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as _dt
 import json
 import os
@@ -55,6 +56,9 @@ TV_GRID = (0.00003, 0.0001, 0.0003, 0.001, 0.003, 0.01)
 DDS_GRID = ((100.0, 0.85), (100.0, 0.7), (100.0, 0.5))
 DDS_TUNE_SLICE = 66
 DDS_DEFAULT = {"gamma": 100.0, "eta": 0.85}
+#: DPS step ``zeta`` grid searched with ``--tune-dps`` on the same validation slice.
+DPS_GRID = (1.0, 3.0, 10.0)
+DPS_DEFAULT = {"zeta": 1.0}
 
 
 def _git() -> str | None:
@@ -90,7 +94,7 @@ def run(args) -> dict:
     import numpy as np
 
     import medrecon
-    from medrecon.metrics import psnr, ssim
+    from medrecon.metrics import psnr, psnr_slices, ssim
     from medrecon.priors.data import stack_from_volume
 
     stack = stack_from_volume(MR_SOURCE, 256, "mr")
@@ -132,6 +136,21 @@ def run(args) -> dict:
             dds_params = {"gamma": g, "eta": e}
             out.setdefault("dds_tuning", {})[str(accel)] = {f"gamma={g:g},eta={e:g}": round(v, 2)
                                                            for (g, e), v in scores.items()}
+        dps_params = {"zeta": args.dps_zeta} if args.dps_zeta is not None else dict(DPS_DEFAULT)
+        if "dps" in args.methods and args.tune_dps:  # pick zeta on the validation slice
+            assert DDS_TUNE_SLICE not in idx
+            tr = stack.data[[DDS_TUNE_SLICE]].astype(np.float32)
+            tr = tr[:, ::4, ::4] if args.quick else tr
+            mt = _measure(tr, px, accel, args.noise)
+            scores = {}
+            for zeta in args.dps_grid or DPS_GRID:
+                x = medrecon.reconstruct(mt, "dps", "mr-default", params={"zeta": zeta}, steps=args.dps_steps,
+                                         progress=False, device=args.device, seed=0).data
+                scores[zeta] = psnr(x, tr)
+                print(f"{accel}x tune dps zeta {zeta:g}: PSNR {scores[zeta]:.2f} dB (validation z {DDS_TUNE_SLICE})",
+                      flush=True)
+            dps_params = {"zeta": max(scores, key=scores.get)}
+            out.setdefault("dps_tuning", {})[str(accel)] = {f"zeta={k:g}": round(v, 2) for k, v in scores.items()}
         m = _measure(ref, px, accel, args.noise)
         A = m.operator()
         row = {"acceleration_achieved": round(A.acceleration, 3)}
@@ -141,13 +160,24 @@ def run(args) -> dict:
                 "sense": ("sense", {"iters": 10}, None, None),
                 "tv": ("tv", {"lam_rel": tv_lam}, None, None),
                 "dds": ("dds", dds_params, "mr-default", args.dds_steps),
+                "dps": ("dps", dps_params, "mr-default", args.dps_steps),
             }[meth]
+            # DPS costs ~4x DDS per step and runs 200 steps: --dps-slices evaluates it (and
+            # the comparison rows it is reported with) on the first K evaluated slices only
+            sub = slice(None) if meth != "dps" or not args.dps_slices else slice(0, args.dps_slices)
+            ms = m if sub == slice(None) else dataclasses.replace(m, y=m.y[sub],
+                                                                  volume_shape=(len(idx[sub]), *m.volume_shape[1:]))
             t0 = time.perf_counter()
-            x = medrecon.reconstruct(m, name, prior, params=params, steps=steps, progress=False,
+            x = medrecon.reconstruct(ms, name, prior, params=params, steps=steps, progress=False,
                                      device=args.device, batch_size=len(idx), seed=0).data
-            sec = (time.perf_counter() - t0) / len(idx)
-            row[meth] = {"psnr": round(psnr(x, ref), 2), "ssim": round(ssim(x, ref), 4),
-                         "seconds_per_slice": round(sec, 2), "params": params}
+            sec = (time.perf_counter() - t0) / x.shape[0]
+            row[meth] = {"psnr": round(psnr(x, ref[sub]), 2), "ssim": round(ssim(x, ref[sub]), 4),
+                         "seconds_per_slice": round(sec, 2), "params": params,
+                         # on the whole reference's [min, max], so subsets compare with the full rows
+                         "psnr_per_slice": [round(float(v), 2) for v in psnr_slices(
+                             x, ref[sub], window=(float(ref.min()), float(ref.max())))]}
+            if sub != slice(None):
+                row[meth]["slices"] = idx[sub].tolist()
             print(f"{accel}x {meth:6s} PSNR {row[meth]['psnr']:6.2f} dB  SSIM {row[meth]['ssim']:.4f}  "
                   f"{sec:.1f} s/slice", flush=True)
         out["results"][f"{accel}x"] = row
@@ -159,11 +189,16 @@ def main(argv=None) -> int:
     ap.add_argument("--slices", type=int, default=4)
     ap.add_argument("--accels", type=float, nargs="+", default=[4, 8])
     ap.add_argument("--methods", nargs="+", default=["zf", "sense", "tv", "dds"],
-                    choices=["zf", "sense", "tv", "dds"])
+                    choices=["zf", "sense", "tv", "dds", "dps"])
     ap.add_argument("--dds-steps", type=int, default=50)
     ap.add_argument("--tv-lam", type=float, default=None, help="TV lam_rel (default: picked on a training slice)")
     ap.add_argument("--noise", type=float, default=0.005)
     ap.add_argument("--tune-dds", action="store_true", help="pick DDS (gamma, eta) on the validation slice")
+    ap.add_argument("--dps-steps", type=int, default=200)
+    ap.add_argument("--dps-zeta", type=float, default=None, help="DPS zeta (default 1.0 or --tune-dps)")
+    ap.add_argument("--tune-dps", action="store_true", help="pick DPS zeta on the validation slice")
+    ap.add_argument("--dps-grid", type=float, nargs="+", default=None, help="zeta values for --tune-dps")
+    ap.add_argument("--dps-slices", type=int, default=None, help="evaluate DPS on the first K slices only")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--quick", action="store_true", help="1 slice, 64 x 64, 5 DDS steps (smoke run)")
@@ -177,7 +212,7 @@ def main(argv=None) -> int:
         print(f"skipped: {MR_SOURCE} is not present")
         return 0
     if args.quick:
-        args.slices, args.dds_steps = 1, 5
+        args.slices, args.dds_steps, args.dps_steps = 1, 5, 5
     args.accels = [int(a) if float(a).is_integer() else a for a in args.accels]
     res = run(args)
     if not args.quick:
