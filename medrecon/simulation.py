@@ -10,6 +10,13 @@ is measured independently; slices go through the operator in batches
 seeded by ``(seed, k)`` with ``k`` the slice's index in the source volume, so a
 slice's noise does not depend on the batch size or on the slice range chosen.
 
+A 3D operator (``per_slice`` false, e.g. ``ct.cone``) measures the whole volume (or the
+chosen slab) ``(Z, Y, X)`` at once: its ``shape`` / ``voxel_size`` parameters are filled in
+from the volume (:func:`fill_volume_shape`, :func:`fill_voxel_size`), its domain must be the
+volume's ``(Z, Y, X)``, and ``y`` is shaped ``range_shape`` (no slice axis), which is what the
+engine's 3D mode reconstructs.  Its noise comes from one generator seeded by
+``(seed, start)``, ``start`` the first measured slice.
+
 Noise level
 -----------
 * ``relative=False`` (default): ``noise_std`` is the absolute standard
@@ -50,7 +57,8 @@ from medrecon.errors import InputError
 from medrecon.measurement import Measurement
 from medrecon.volume import Volume
 
-__all__ = ["simulate", "fill_image_shape", "fill_pixel_size", "resample_inplane", "parse_shape"]
+__all__ = ["simulate", "fill_image_shape", "fill_pixel_size", "fill_volume_shape", "fill_voxel_size",
+           "resample_inplane", "parse_shape"]
 
 # constructor parameter names through which operators take their image shape
 _SHAPE_PARAMS = ("shape", "image_shape", "img_shape")
@@ -94,6 +102,36 @@ def fill_pixel_size(cls: type, params: dict[str, Any], spacing_yx: tuple[float, 
     dy, dx = (float(v) for v in spacing_yx)
     if "pixel_size" in names and "pixel_size" not in out and abs(dy - dx) <= 1e-6 * max(dy, dx):
         out["pixel_size"] = dx
+    return out
+
+
+def _init_params(cls: type) -> set[str]:
+    try:
+        return set(inspect.signature(cls.__init__).parameters)
+    except (TypeError, ValueError):
+        return set()
+
+
+def fill_volume_shape(cls: type, params: dict[str, Any], shape_zyx: tuple[int, int, int]) -> dict[str, Any]:
+    """For a 3D operator: return ``params`` with its volume-shape parameter (``shape`` /
+    ``image_shape`` / ``img_shape``) set to ``[Z, Y, X]`` when it takes one and the caller did
+    not give it."""
+    out = dict(params)
+    names = _init_params(cls)
+    for p in _SHAPE_PARAMS:
+        if p in names:
+            out.setdefault(p, [int(v) for v in shape_zyx])
+            break
+    return out
+
+
+def fill_voxel_size(cls: type, params: dict[str, Any], spacing_zyx: tuple[float, float, float]) -> dict[str, Any]:
+    """For a 3D operator: return ``params`` with ``voxel_size`` (mm, ``[dz, dy, dx]``) set from
+    the volume's spacing when the operator takes one and the caller did not give it, so that
+    simulated line integrals are in physical units (value x mm)."""
+    out = dict(params)
+    if "voxel_size" in _init_params(cls) and "voxel_size" not in out:
+        out["voxel_size"] = [float(v) for v in spacing_zyx]
     return out
 
 
@@ -236,11 +274,82 @@ def _parse_slices(slices: Any, z: int) -> tuple[int, int]:
     return start, stop
 
 
+def _slice_operator(name: str, cls: type, params: dict[str, Any], volume: Volume, start: int, stop: int):
+    """The per-slice operator for the volume's slices ``start:stop`` (shape and pixel size filled in)."""
+    from medrecon.operators import get_operator
+
+    z, ny, nx = volume.shape
+    params = fill_image_shape(cls, params, ny, nx)
+    params = fill_pixel_size(cls, params, tuple(volume.spacing[1:]))
+    op = get_operator(name, **params)
+    if tuple(op.domain_shape) != (ny, nx):
+        raise InputError(
+            f"operator {name!r} takes images shaped {tuple(op.domain_shape)} but the volume's "
+            f"slices are {ny}x{nx} (rows x columns); set its shape to [{ny}, {nx}]")
+    if getattr(op, "slice_varying", False):  # per-slice parameters (coil maps): one set per volume slice
+        if int(op.n_slices) != z:
+            raise InputError(f"operator {name!r} holds parameters for {op.n_slices} slice(s) but the "
+                             f"volume has {z}; give one per volume slice")
+        op = op.for_slices(range(start, stop))  # the measured slab; its spec records the slices
+    return op
+
+
+def _volume_operator(name: str, cls: type, params: dict[str, Any], shape_zyx, spacing_zyx):
+    """The 3D operator for a slab shaped ``shape_zyx`` (volume shape and voxel size filled in)."""
+    from medrecon.operators import get_operator
+
+    params = fill_volume_shape(cls, params, shape_zyx)
+    params = fill_voxel_size(cls, params, spacing_zyx)
+    op = get_operator(name, **params)
+    zyx = tuple(int(v) for v in shape_zyx)
+    if tuple(op.domain_shape) != zyx:
+        raise InputError(
+            f"operator {name!r} is 3D and takes volumes shaped {tuple(op.domain_shape)} but the volume "
+            f"(or slab) measured is {zyx[0]}x{zyx[1]}x{zyx[2]}; set its shape to [{zyx[0]}, {zyx[1]}, {zyx[2]}]")
+    return op
+
+
+def _measure_slices(op, data: np.ndarray, dev, batch_size: int) -> np.ndarray:
+    """``y[k] = A x_k`` for every slice, in batches; ``(Z, *range_shape)``."""
+    import torch
+
+    outs = []
+    with torch.no_grad():
+        for b0 in range(0, data.shape[0], batch_size):
+            x = torch.from_numpy(np.array(data[b0:b0 + batch_size], dtype=np.float32, copy=True)).to(dev)
+            if op.domain_is_complex:
+                x = x.to(torch.complex64)
+            y = op.for_slices(range(b0, b0 + x.shape[0]))(x)
+            outs.append(y.detach().cpu().numpy())
+    return np.concatenate(outs, axis=0)
+
+
+def _measure_volume(op, data: np.ndarray, dev) -> np.ndarray:
+    """``y = A x`` for the whole slab ``x`` ``(Z, Y, X)`` with a 3D operator; ``range_shape``."""
+    import torch
+
+    with torch.no_grad():
+        x = torch.from_numpy(np.array(data, dtype=np.float32, copy=True)).to(dev)[None]
+        if op.domain_is_complex:
+            x = x.to(torch.complex64)
+        return op(x)[0].detach().cpu().numpy()
+
+
+def _add_noise(y: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """``y + n``, ``n`` Gaussian of std ``sigma`` (circular complex for complex ``y``), in ``y``'s dtype."""
+    if np.iscomplexobj(y):
+        n = (rng.standard_normal(y.shape) + 1j * rng.standard_normal(y.shape)) * (sigma / np.sqrt(2))
+    else:
+        n = rng.standard_normal(y.shape) * sigma
+    return (y + n).astype(y.dtype)
+
+
 def simulate(volume: Volume, operator_name: str, params: dict[str, Any] | None = None,
              noise_std: float = 0.0, seed: int = 0, *, relative: bool = False,
              slices: Any = None, batch_size: int = 16, device: Any = "cpu",
              command: str | None = None) -> Measurement:
-    """Simulate ``y = A x (+ noise)`` for every slice of ``volume``.
+    """Simulate ``y = A x (+ noise)`` for every slice of ``volume`` (per-slice operators) or
+    for the whole volume at once (3D operators such as ``ct.cone``).
 
     Parameters
     ----------
@@ -253,6 +362,8 @@ def simulate(volume: Volume, operator_name: str, params: dict[str, Any] | None =
         ``(Y, X)`` when the operator takes ``shape`` / ``image_shape`` (or a square
         ``n`` / ``size``) and it is not given; a given shape must match.  A
         ``pixel_size`` parameter (mm) is filled in from the volume's square pixels.
+        A 3D operator gets ``shape = [Z, Y, X]`` (of the measured slab) and
+        ``voxel_size = [dz, dy, dx]`` (mm) instead.
     noise_std : float
         Noise level: absolute std in units of ``y`` or, with ``relative=True``, a
         fraction of the RMS of ``A x`` (see module docstring).
@@ -262,7 +373,7 @@ def simulate(volume: Volume, operator_name: str, params: dict[str, Any] | None =
         Measure only slices ``a:b`` (k axis); the measurement's volume shape and
         affine then describe that slab.
     batch_size : int
-        Slices per operator call (does not change the result).
+        Slices per operator call (does not change the result; unused for a 3D operator).
     device : str or torch.device
         Where to run the operator.
     command : str, optional
@@ -271,13 +382,12 @@ def simulate(volume: Volume, operator_name: str, params: dict[str, Any] | None =
     Returns
     -------
     Measurement
-        ``y`` shaped ``(Z', *range_shape)``, float32 or complex64.
+        ``y`` shaped ``(Z', *range_shape)`` (a 3D operator: ``range_shape``), float32 or
+        complex64.
     """
-    import torch
-
     import medrecon
     from medrecon.devices import resolve_device
-    from medrecon.operators import get_operator, operator_class
+    from medrecon.operators import operator_class
 
     if not isinstance(volume, Volume):
         raise InputError(f"simulate needs a Volume, got {type(volume).__name__}")
@@ -298,32 +408,14 @@ def simulate(volume: Volume, operator_name: str, params: dict[str, Any] | None =
         raise InputError(f"the volume holds {bad} NaN or infinite value(s); simulate needs finite input")
 
     cls = operator_class(operator_name)
-    if not getattr(cls, "per_slice", True):
-        raise InputError(f"operator {operator_name!r} is not a per-slice operator; simulate measures 2D slices")
-    params = fill_image_shape(cls, params, ny, nx)
-    params = fill_pixel_size(cls, params, tuple(volume.spacing[1:]))
-    op = get_operator(operator_name, **params)
-    if tuple(op.domain_shape) != (ny, nx):
-        raise InputError(
-            f"operator {operator_name!r} takes images shaped {tuple(op.domain_shape)} but the volume's "
-            f"slices are {ny}x{nx} (rows x columns); set its shape to [{ny}, {nx}]")
-    if getattr(op, "slice_varying", False):  # per-slice parameters (coil maps): one set per volume slice
-        if int(op.n_slices) != z:
-            raise InputError(f"operator {operator_name!r} holds parameters for {op.n_slices} slice(s) but the "
-                             f"volume has {z}; give one per volume slice")
-        op = op.for_slices(range(start, stop))  # the measured slab; its spec records the slices
+    is_3d = not getattr(cls, "per_slice", True)
     dev = resolve_device(device) if isinstance(device, str) else device
-    op = op.to(dev)
-
-    outs = []
-    with torch.no_grad():
-        for b0 in range(0, data.shape[0], int(batch_size)):
-            x = torch.from_numpy(np.array(data[b0:b0 + int(batch_size)], dtype=np.float32, copy=True)).to(dev)
-            if op.domain_is_complex:
-                x = x.to(torch.complex64)
-            y = op.for_slices(range(b0, b0 + x.shape[0]))(x)
-            outs.append(y.detach().cpu().numpy())
-    y = np.concatenate(outs, axis=0)
+    if is_3d:
+        op = _volume_operator(operator_name, cls, params, data.shape, tuple(volume.spacing)).to(dev)
+        y = _measure_volume(op, data, dev)
+    else:
+        op = _slice_operator(operator_name, cls, params, volume, start, stop).to(dev)
+        y = _measure_slices(op, data, dev, int(batch_size))
     y = y.astype(np.complex64 if np.iscomplexobj(y) else np.float32, copy=False)
 
     sigma = noise_std
@@ -331,13 +423,11 @@ def simulate(volume: Volume, operator_name: str, params: dict[str, Any] | None =
         rms = float(np.sqrt(np.mean(np.abs(y.astype(np.complex128 if np.iscomplexobj(y) else np.float64)) ** 2)))
         sigma = noise_std * rms
     if sigma > 0:
-        for i in range(y.shape[0]):
-            rng = np.random.default_rng([int(seed), start + i])
-            if np.iscomplexobj(y):
-                n = (rng.standard_normal(y.shape[1:]) + 1j * rng.standard_normal(y.shape[1:])) * (sigma / np.sqrt(2))
-            else:
-                n = rng.standard_normal(y.shape[1:]) * sigma
-            y[i] = (y[i] + n).astype(y.dtype)
+        if is_3d:  # one measurement of the whole slab: one generator
+            y = _add_noise(y, sigma, np.random.default_rng([int(seed), start]))
+        else:
+            for i in range(y.shape[0]):
+                y[i] = _add_noise(y[i], sigma, np.random.default_rng([int(seed), start + i]))
 
     sub = volume.slab(start, stop) if (start, stop) != (0, z) else None
     affine = sub.affine if sub is not None else volume.affine.copy()
