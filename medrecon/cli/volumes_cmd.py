@@ -148,7 +148,7 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(16, "--batch-size", help="Slices per operator call."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
     ) -> None:
-        """Simulate y = A x (+ noise) for each slice of a volume and write a measurement file."""
+        """Simulate y = A x (+ noise) for each slice of a volume (or the whole volume, 3D operators) and write a measurement file."""
         from medrecon.cli.params import parse_params
         from medrecon.errors import InputError
         from medrecon.io.atomic import check_target
