@@ -1,6 +1,6 @@
 """Correctness on a CUDA device: the checks that cannot run on a CPU-only machine.
 
-* the conformance kit (incl. the CPU <-> GPU round trip) on ct.parallel, ct.fan, mri.sense,
+* the conformance kit (incl. the CPU <-> GPU round trip) on ct.parallel, ct.fan, ct.cone, mri.sense,
   us.planewave and us.haze (each plugin only when installed);
 * a shipped or freshly trained prior gives the same epsilon on the GPU as on the CPU
   (fp32 within 1e-3 relative; bf16 autocast within 3e-2);
@@ -52,6 +52,7 @@ def main() -> int:
 
     for name, params in [("ct.parallel", dict(shape=[128, 128], n_views=60)),
                          ("ct.fan", dict(shape=[96, 96], n_views=90)),
+                         ("ct.cone", dict(shape=[24, 32, 32], n_views=20)),
                          ("mri.sense", dict(shape=[64, 48], coil_maps={"synthetic": "birdcage", "n_coils": 4},
                                             mask={"kind": "random", "acceleration": 4, "center_fraction": 0.08,
                                                   "seed": 0})),
