@@ -889,12 +889,16 @@ def _run_volume(w, smp, m, steps, seed, result, ck, prog, volume_mode_3d: bool, 
     import torch
 
     from medrecon.samplers import slice_generators
+    from medrecon.samplers.admm_tvz import volume_slices
 
     y = np.ascontiguousarray(m.y)
     if volume_mode_3d:
         if y.shape == tuple(w.op.range_shape):
             y = y[None]
-        gens = slice_generators(seed, [0])
+        # one volume: a sampler that draws per axial slice (dds3d, mbir3d) gets slice k's generator
+        # for slice k, as with a per-slice operator; others (tv dims=3, classical) one generator
+        nz = volume_slices(w.op) if getattr(smp, "generators_per_axial_slice", False) else None
+        gens = slice_generators(seed, range(nz) if nz is not None else [0])
     else:
         gens = slice_generators(seed, range(z))
     kw: dict[str, Any] = {}

@@ -31,9 +31,14 @@ prior-based samplers keep images real (see :mod:`medrecon.samplers.base`), so th
 only meets real volumes.
 
 ``z_axis``: the slice axis of the tensors the step sees.  Per-slice operators see a batch
-``(Z, H, W)`` (``z_axis=0``); a true 3D operator (``operator.per_slice`` false, domain
-``(Z, H, W)``, batch 1) would see ``(1, Z, H, W)`` and use ``z_axis=1`` with the same code
-(see docs/samplers3d.md).
+``(Z, H, W)`` (``z_axis=0``).  A true 3D operator (``operator.per_slice`` false, domain
+``(Z, H, W)``, e.g. ``ct.cone``; :func:`volume_slices`) sees one volume ``(1, Z, H, W)`` and
+the step uses ``z_axis=1``: the same code, with ``A^H A`` the 3D operator's normal operator
+on the whole volume.  :class:`VolumeDiffusionSampler` does this: the prior still runs on the
+``Z`` axial slices ``(Z, H, W)``, only the data consistency sees ``(1, Z, H, W)``, and slice
+``k``'s random numbers come from generator ``k`` as with a per-slice operator, so a
+block-diagonal 3D operator ``diag(A_2D, ..., A_2D)`` gives the result of the per-slice
+``A_2D`` (tested; see docs/samplers3d.md, "True 3D operators").
 
 Also here: :func:`check_slice_geometry` (uniform slice spacing, for the engine to call with
 the measurement's affine or a series' slice positions) and :class:`VolumeDiffusionSampler`,
@@ -45,7 +50,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -65,7 +70,8 @@ from medrecon.samplers.base import (
     tweedie_x0,
 )
 
-__all__ = ["ADMMTVz", "VolumeDiffusionSampler", "check_slice_geometry", "dz", "dzt", "shrink"]
+__all__ = ["ADMMTVz", "VolumeDiffusionSampler", "check_slice_geometry", "dz", "dzt", "shrink",
+           "volume_slices"]
 
 
 # --------------------------------------------------------------------------- D_z and shrink
@@ -95,6 +101,19 @@ def shrink(v: torch.Tensor, thr) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- geometry check
+def volume_slices(operator) -> int | None:
+    """``Z`` when ``operator`` is a true 3D operator on a volume of ``Z`` axial slices, else None.
+
+    That is ``per_slice`` false, a domain ``(Z, H, W)`` and no component axis (``ct.cone``):
+    it takes one volume ``(1, Z, H, W)``, and a 2D slice prior meets it on the ``Z`` slices
+    ``x[0, k]``.  Per-slice operators (and 3D operators of another domain) give None.
+    """
+    if getattr(operator, "per_slice", True) or tuple(getattr(operator, "component_names", ()) or ()):
+        return None
+    dshape = tuple(operator.domain_shape)
+    return int(dshape[0]) if len(dshape) == 3 else None
+
+
 def check_slice_geometry(n_slices: int, *, affine=None, positions: Sequence[float] | None = None,
                          rtol: float = 1e-3, who: str = "a volume sampler") -> float | None:
     """Refuse what a TV-along-z coupling cannot use: fewer than 2 slices, uneven spacing.
@@ -270,6 +289,18 @@ class VolumeDiffusionSampler(Sampler):
     and the last step returns ``x0~``.  Subclasses set ``params`` (with ``rho``, ``lam``,
     ``cg_iters``, ``gamma``, ``net_batch``, ``spacing`` and ``eta``) and :meth:`_renoise`.
 
+    Two kinds of operator:
+
+    * per-slice (``ct.parallel``): ``y`` is ``(Z, *range_shape)``, one generator per slice,
+      the result ``(Z, H, W)``; the ADMM step works on ``(Z, H, W)`` with ``z_axis=0``;
+    * a true 3D operator on a volume of axial slices (:func:`volume_slices`, ``ct.cone``):
+      ``y`` is one volume's measurement ``(1, *range_shape)``, ``generators`` holds one
+      generator per **axial slice** (``Z``, not one per batch row), the result is
+      ``(1, Z, H, W)``.  The diffusion state is still ``(Z, H, W)`` (the prior sees the
+      slices); only the ADMM step sees ``(1, Z, H, W)``, with ``z_axis=1`` and ``A^H A`` on
+      the whole volume.  Slice ``k`` draws every random number from ``generators[k]`` in both
+      cases, so a block-diagonal 3D operator gives the per-slice operator's result.
+
     ``sample(..., checkpoint=fn, resume_state=state, slice_positions=None)``:
     ``checkpoint(state)`` is called at every step boundary with a dict (``step`` done, ``total``,
     ``x`` the current x_t, ``w``, ``u``, ``generators`` the per-slice generator states, the
@@ -280,16 +311,55 @@ class VolumeDiffusionSampler(Sampler):
     """
 
     per_slice = False
+    #: With a 3D operator on a (Z, H, W) volume it takes one generator per axial slice (the
+    #: engine reads this to pass ``slice_generators(seed, range(Z))``).
+    generators_per_axial_slice: ClassVar[bool] = True
 
     def sample(self, y, operator, prior=None, *, checkpoint: Callable[[dict], None] | None = None,
                resume_state: dict | None = None, slice_positions: Sequence[float] | None = None, **kw):
         self._ckpt, self._resume = checkpoint, resume_state
         try:
+            nz = volume_slices(operator)
             if isinstance(y, torch.Tensor) and slice_positions is not None:
-                check_slice_geometry(y.shape[0], positions=slice_positions, who=f"sampler {self.name!r}")
+                check_slice_geometry(nz if nz is not None else y.shape[0], positions=slice_positions,
+                                     who=f"sampler {self.name!r}")
+            if nz is not None:
+                return self._sample_volume_operator(y, operator, prior, nz, **kw)
             return super().sample(y, operator, prior, **kw)
         finally:
             self._ckpt, self._resume = None, None
+
+    def _sample_volume_operator(self, y, operator, prior, nz: int, *, steps: int | None = None,
+                                generators: Sequence[torch.Generator] | None = None,
+                                progress: Callable[[int, int], None] | None = None,
+                                x_init: torch.Tensor | None = None) -> torch.Tensor:
+        """:meth:`Sampler.sample`'s checks for a 3D operator on ``nz`` axial slices: one volume
+        ``y`` ``(1, *range_shape)``, ``nz`` generators, ``x_init`` ``(1, nz, H, W)``."""
+        who = f"sampler {self.name!r}"
+        if not isinstance(y, torch.Tensor):
+            raise InputError(f"{who} expects a torch.Tensor y, got {type(y).__name__}")
+        rshape, dshape = tuple(operator.range_shape), tuple(operator.domain_shape)
+        if tuple(y.shape) != (1, *rshape):
+            raise InputError(f"{who} with the 3D operator {operator.name!r} reconstructs one volume from "
+                             f"measurements shaped (1, {', '.join(map(str, rshape))}), got {tuple(y.shape)}")
+        if not bool(torch.isfinite(torch.view_as_real(y) if y.is_complex() else y).all()):
+            raise InputError(f"{who} got measurements containing NaN or infinity")
+        if prior is None:
+            raise InputError(f"{who} needs a diffusion prior")
+        if generators is None:
+            generators = [torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,)).item()))
+                          for _ in range(nz)]
+        generators = list(generators)
+        if len(generators) != nz:
+            raise InputError(f"{who} needs one generator per axial slice of the volume: got {len(generators)} "
+                             f"for {nz} slices")
+        if steps is not None and int(steps) < 1:
+            raise InputError(f"{who} needs steps >= 1, got {int(steps)}")
+        if x_init is not None:
+            if tuple(x_init.shape) != (1, *dshape):
+                raise InputError(f"{who} expects x_init shaped {(1, *dshape)}, got {tuple(x_init.shape)}")
+            x_init = x_init.to(y.device)
+        return self._sample(y, operator, prior, steps, generators, progress, x_init)
 
     # subclass hook
     def _renoise(self, x0_net, e, a_t: float, a_s: float, noise):  # pragma: no cover
@@ -301,8 +371,15 @@ class VolumeDiffusionSampler(Sampler):
 
     def _sample(self, y, operator, prior, steps, generators, progress, x_init):
         p = self._params
-        B, shape = y.shape[0], tuple(operator.domain_shape)
-        check_slice_geometry(B, who=f"sampler {self.name!r}")
+        # the diffusion state is always the (Z, H, W) stack of axial slices; a 3D operator's
+        # data consistency sees it as one volume (1, Z, H, W) with the slice axis at 1
+        nz = volume_slices(operator)
+        vol3d = nz is not None
+        Z = nz if vol3d else y.shape[0]
+        shape = tuple(operator.domain_shape)[1:] if vol3d else tuple(operator.domain_shape)  # one slice
+        check_slice_geometry(Z, who=f"sampler {self.name!r}")
+        if vol3d and x_init is not None:
+            x_init = x_init[0]
         T = int(prior.num_timesteps)
         steps = min(int(steps) if steps is not None else int(self.default_steps), T)
         ts = ddim_timesteps(steps, T, p["spacing"]).tolist()
@@ -314,7 +391,11 @@ class VolumeDiffusionSampler(Sampler):
             x = randn_per_slice(generators, shape, device=dev, dtype=dtype)
             lam, lam_xy = self._lam_phys(prior, x)
             admm = ADMMTVz(operator, y, rho=p["rho"], lam=lam, cg_iters=p["cg_iters"], gamma=p["gamma"],
-                           real=True, dtype=dtype, lam_xy=lam_xy)
+                           real=True, dtype=dtype, lam_xy=lam_xy, z_axis=1 if vol3d else 0)
+
+            def data_consistency(x0: torch.Tensor) -> torch.Tensor:
+                return admm.step(x0[None])[0] if vol3d else admm.step(x0)
+
             a0 = float(abar[ts[0]])
             if x_init is not None:
                 x = math.sqrt(a0) * to_net_real(prior, x_init.to(dtype)) + math.sqrt(1 - a0) * x
@@ -325,11 +406,11 @@ class VolumeDiffusionSampler(Sampler):
             x0_dc = None
             for i in range(start, len(ts)):
                 t = ts[i]
-                tt = torch.full((B,), t, dtype=torch.long, device=dev)
+                tt = torch.full((Z,), t, dtype=torch.long, device=dev)
                 a_t = float(abar[t])
                 e = eps_chunked(prior, x, tt, nb).to(dtype)
                 x0 = prior.from_net(tweedie_x0(x, e, a_t))
-                x0_dc = admm.step(x0)
+                x0_dc = data_consistency(x0)
                 if i + 1 < len(ts):
                     a_s = float(abar[ts[i + 1]])
                     noise = randn_per_slice(generators, shape, device=dev, dtype=dtype) if p["eta"] > 0 else None
@@ -342,7 +423,7 @@ class VolumeDiffusionSampler(Sampler):
                     progress(i + 1, len(ts))
         if x0_dc is None:  # unreachable: a resume state always leaves at least the last step
             raise InputError(f"sampler {self.name!r} got a resume state with no step left to run")
-        out = x0_dc
+        out = x0_dc[None] if vol3d else x0_dc
         if not real:
             out = out.to(operator.domain_dtype(dtype))
         return out
@@ -362,4 +443,11 @@ class VolumeDiffusionSampler(Sampler):
         for g, s in zip(generators, st["generators"], strict=True):
             g.set_state(s)
         admm.load_state(st)
+        like = x[None] if admm.z_axis == 1 else x  # what the ADMM step sees (a 3D operator: one volume)
+        for key in ("w", "u"):
+            got = getattr(admm, key)
+            if got is not None and any(tuple(v.shape) != tuple(dz(like, ax).shape)
+                                       for v, (ax, _) in zip(got, admm.terms, strict=True)):
+                raise InputError(f"sampler {self.name!r} cannot resume a state whose split variables do not fit "
+                                 "this operator (saved with a per-slice operator for a 3D one, or the reverse)")
         return step

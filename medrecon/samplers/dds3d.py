@@ -14,6 +14,9 @@ all steps), as in the official ``solver_3d.py``.  Per step ``t -> s``::
 
 and the last step returns ``x0~``.  All slices move in lockstep (``per_slice`` False).
 With ``lam = 0`` and a tiny ``rho`` it reduces to slice-wise DDS with the same ``gamma``.
+It also takes a true 3D operator on a (Z, H, W) volume (``ct.cone``): the prior runs on the
+axial slices, the ADMM step on the whole volume (see
+:class:`~medrecon.samplers.admm_tvz.VolumeDiffusionSampler` and docs/samplers3d.md).
 """
 
 from __future__ import annotations

@@ -28,6 +28,10 @@ the e recomputed from x0~, which would scale it by beta_t/(1 - abar_t)).  It is 
 (the same authors' successor) does, so ``mbir3d`` and ``dds3d`` differ in the number of
 steps, the CG iterations per step and the re-noising rule, not in where the ADMM acts.  No
 Langevin corrector: it would double the network calls; use more steps instead.
+
+A true 3D operator on a (Z, H, W) volume (``ct.cone``) works too: the prior runs on the
+axial slices, the ADMM step on the whole volume with the 3D operator (see
+:class:`~medrecon.samplers.admm_tvz.VolumeDiffusionSampler` and docs/samplers3d.md).
 """
 
 from __future__ import annotations
