@@ -335,30 +335,12 @@ class VolumeDiffusionSampler(Sampler):
                                 x_init: torch.Tensor | None = None) -> torch.Tensor:
         """:meth:`Sampler.sample`'s checks for a 3D operator on ``nz`` axial slices: one volume
         ``y`` ``(1, *range_shape)``, ``nz`` generators, ``x_init`` ``(1, nz, H, W)``."""
-        who = f"sampler {self.name!r}"
-        if not isinstance(y, torch.Tensor):
-            raise InputError(f"{who} expects a torch.Tensor y, got {type(y).__name__}")
-        rshape, dshape = tuple(operator.range_shape), tuple(operator.domain_shape)
-        if tuple(y.shape) != (1, *rshape):
-            raise InputError(f"{who} with the 3D operator {operator.name!r} reconstructs one volume from "
-                             f"measurements shaped (1, {', '.join(map(str, rshape))}), got {tuple(y.shape)}")
-        if not bool(torch.isfinite(torch.view_as_real(y) if y.is_complex() else y).all()):
-            raise InputError(f"{who} got measurements containing NaN or infinity")
-        if prior is None:
-            raise InputError(f"{who} needs a diffusion prior")
-        if generators is None:
-            generators = [torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,)).item()))
-                          for _ in range(nz)]
-        generators = list(generators)
-        if len(generators) != nz:
-            raise InputError(f"{who} needs one generator per axial slice of the volume: got {len(generators)} "
-                             f"for {nz} slices")
-        if steps is not None and int(steps) < 1:
-            raise InputError(f"{who} needs steps >= 1, got {int(steps)}")
-        if x_init is not None:
-            if tuple(x_init.shape) != (1, *dshape):
-                raise InputError(f"{who} expects x_init shaped {(1, *dshape)}, got {tuple(x_init.shape)}")
-            x_init = x_init.to(y.device)
+        if isinstance(y, torch.Tensor) and y.ndim >= 1 and y.shape[0] != 1:
+            rshape = tuple(operator.range_shape)
+            raise InputError(f"sampler {self.name!r} with the 3D operator {operator.name!r} reconstructs one volume "
+                             f"from measurements shaped (1, {', '.join(map(str, rshape))}), got {tuple(y.shape)}")
+        steps, generators, x_init = self._checked(y, operator, prior, steps, generators, x_init, n_generators=nz,
+                                                  slice_prior=False)
         return self._sample(y, operator, prior, steps, generators, progress, x_init)
 
     # subclass hook

@@ -191,6 +191,15 @@ class Sampler:
         x_init: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Reconstruct ``(B, *domain_shape)`` images (physical units) from ``y`` ``(B, *range_shape)``."""
+        steps, generators, x_init = self._checked(y, operator, prior, steps, generators, x_init)
+        return self._sample(y, operator, prior, steps, generators, progress, x_init)
+
+    def _checked(self, y, operator, prior, steps, generators, x_init, *, n_generators: int | None = None,
+                 slice_prior: bool = True):
+        """The input checks of :meth:`sample` (one-sentence :class:`InputError` each); returns
+        ``(steps, generators, x_init)`` normalised.  ``n_generators`` (default: the batch size)
+        and ``slice_prior=False`` serve samplers that meet a 2D prior on the slices of a 3D
+        operator's volume (:mod:`medrecon.samplers.admm_tvz`)."""
         if not isinstance(y, torch.Tensor):
             raise InputError(f"sampler {self.name!r} expects a torch.Tensor y, got {type(y).__name__}")
         rshape = tuple(operator.range_shape)
@@ -212,18 +221,20 @@ class Sampler:
                     f"operator {operator.name!r} reconstructs an image of components {', '.join(comps)}, "
                     f"which sampler {self.name!r} does not handle; use a sampler made for it (e.g. dehaze)"
                 )
-            if len(operator.domain_shape) - (1 if comps else 0) != 2:
+            if slice_prior and len(operator.domain_shape) - (1 if comps else 0) != 2:
                 raise InputError(
                     f"sampler {self.name!r} uses a 2D slice prior and needs an operator on 2D images, "
                     f"got domain shape {tuple(operator.domain_shape)}"
                 )
         B = y.shape[0]
+        n = B if n_generators is None else int(n_generators)
         if generators is None:
             generators = [torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,)).item()))
-                          for _ in range(B)]
+                          for _ in range(n)]
         generators = list(generators)
-        if len(generators) != B:
-            raise InputError(f"sampler {self.name!r} needs one generator per slice: got {len(generators)} for {B}")
+        if len(generators) != n:
+            per = "slice" if n_generators is None else "axial slice of the volume"
+            raise InputError(f"sampler {self.name!r} needs one generator per {per}: got {len(generators)} for {n}")
         if steps is not None:
             steps = int(steps)
             if steps < 1:
@@ -235,7 +246,7 @@ class Sampler:
                     f"sampler {self.name!r} expects x_init shaped {(B, *dshape)}, got {tuple(x_init.shape)}"
                 )
             x_init = x_init.to(y.device)
-        return self._sample(y, operator, prior, steps, generators, progress, x_init)
+        return steps, generators, x_init
 
     def _sample(self, y, operator, prior, steps, generators, progress, x_init):  # pragma: no cover
         raise NotImplementedError
