@@ -141,6 +141,21 @@ def _det_offset(det_offset) -> tuple[float, float]:
 
 
 # ------------------------------------------------------------------ operator
+def _grid_sample_transpose(g: torch.Tensor, like: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """The exact transpose of trilinear ``grid_sample(x, grid)`` (zeros padding,
+    ``align_corners=False``) applied to ``g``: aten's input-gradient kernel (no forward pass),
+    or, where a torch build's private signature differs, the same through autograd."""
+    try:
+        gx, _ = torch.ops.aten.grid_sampler_3d_backward(g, like, grid, 0, 0, False, [True, False])
+        return gx
+    except (RuntimeError, TypeError, AttributeError):  # pragma: no cover - other torch versions
+        x = like.detach().requires_grad_(True)
+        with torch.enable_grad():
+            out = _F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+            (gx,) = torch.autograd.grad(out, x, g)
+        return gx
+
+
 class ConeBeam3D(Operator):
     """3D cone-beam projector, circular orbit, flat panel: ``(B, nz, ny, nx) -> (B, n_views, n_rows, n_cols)``.
 
@@ -340,9 +355,7 @@ class ConeBeam3D(Operator):
             if grid is None:
                 continue
             g = (yl[:, l0:l1] * (self.step * hit))[None, ..., None].expand(-1, -1, -1, -1, grid.shape[3])
-            gx, _ = torch.ops.aten.grid_sampler_3d_backward(
-                g.contiguous(), zeros, grid, 0, 0, False, [True, False])  # bilinear, zeros padding
-            out += gx
+            out += _grid_sample_transpose(g.contiguous(), zeros, grid)
         return out[0]
 
     # ---------------------------------------------------------------- FDK
