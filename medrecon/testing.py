@@ -60,7 +60,8 @@ import torch
 from medrecon.errors import InputError
 from medrecon.operators.base import Operator
 
-__all__ = ["CheckResult", "Report", "check_operator", "dot_product_error", "random_like_domain"]
+__all__ = ["CheckResult", "Report", "check_operator", "disk_phantom", "dot_product_error", "random_like_domain",
+           "tiny_network_prior"]
 
 
 @dataclass
@@ -333,3 +334,39 @@ def check_operator(op: Operator, *, batch: int = 2, seed: int = 0, rebuild=None)
     run("device-roundtrip", device_roundtrip)
     run("bad-shape", bad_shape)
     return report
+
+
+# ------------------------------------------------------------------ small fixtures for sampler and engine tests
+def disk_phantom(n_slices: int, size: int, *, seed: int = 0, noise_hu: float = 5.0):
+    """A small CT volume for tests: slice ``k`` is a disc of ``40 + 10 k`` HU (radius size/3) in
+    air (-1000 HU) plus Gaussian noise of ``noise_hu``; pixels 0.8 mm, slices 2 mm apart.
+
+    >>> disk_phantom(3, 8).shape
+    (3, 8, 8)
+    """
+    import numpy as np
+
+    from medrecon.volume import Volume
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    disk = ((yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 3) ** 2).astype(np.float32)
+    data = np.stack([disk * (40.0 + 10 * k) - 1000 * (1 - disk) for k in range(n_slices)])
+    data += rng.normal(0, noise_hu, data.shape).astype(np.float32)
+    return Volume(data, np.diag([0.8, 0.8, 2.0, 1.0]), {"modality": "CT", "units": "HU"})
+
+
+def tiny_network_prior(size: int, *, modality: str = "ct", pixel_size_mm: float | None = 0.8, seed: int = 1,
+                       scale: float = 0.05):
+    """An untrained ``tiny`` diffusion prior whose every weight is drawn from N(0, scale^2)
+    (MONAI zero-initialises the UNet's output layer, so a fresh network predicts eps = 0):
+    a real network, in eval mode without gradients on its weights, for sampler and engine tests."""
+    from medrecon.priors.model import DiffusionPrior, default_config
+
+    extra = {} if pixel_size_mm is None else {"pixel_size_mm": pixel_size_mm}
+    prior = DiffusionPrior(default_config(modality, image_size=size, preset="tiny", **extra))
+    gen = torch.Generator().manual_seed(int(seed))
+    with torch.no_grad():
+        for p in prior.parameters():
+            p.copy_(scale * torch.randn(p.shape, generator=gen))
+    return prior.eval().requires_grad_(False)

@@ -22,6 +22,7 @@ from medrecon.engine import (
 from medrecon.errors import FileFormatError, InputError
 from medrecon.measurement import Measurement
 from medrecon.samplers.base import Sampler
+from medrecon.testing import disk_phantom, tiny_network_prior
 
 Z, N = 4, 16
 
@@ -30,14 +31,10 @@ pytestmark = pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in 
 
 @pytest.fixture(scope="module")
 def volume():
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[:N, :N]
-    disk = ((yy - N / 2) ** 2 + (xx - N / 2) ** 2 < (N / 3) ** 2).astype(np.float32)
-    data = np.stack([disk * (40.0 + 10 * k) - 1000 * (1 - disk) for k in range(Z)])
-    data += rng.normal(0, 5, data.shape).astype(np.float32)
-    meta = {"modality": "CT", "units": "HU", "series_description": "source",
-            "dicom": {"PatientID": "P42", "PatientName": "Test^Patient", "StudyInstanceUID": "1.2.826.0.1.3680043.8.498.1"}}
-    return medrecon.Volume(data, np.diag([0.8, 0.8, 2.0, 1.0]), meta)
+    vol = disk_phantom(Z, N)
+    vol.meta.update({"series_description": "source", "dicom": {
+        "PatientID": "P42", "PatientName": "Test^Patient", "StudyInstanceUID": "1.2.826.0.1.3680043.8.498.1"}})
+    return vol
 
 
 @pytest.fixture(scope="module")
@@ -54,19 +51,7 @@ def gauss_prior():
 
 @pytest.fixture(scope="module")
 def tiny_prior():
-    from medrecon.priors.model import DiffusionPrior, default_config
-
-    cfg = default_config("ct", image_size=N, pixel_size_mm=0.8, preset="tiny")
-    return _randomised(DiffusionPrior(cfg))
-
-
-def _randomised(prior):
-    """MONAI zero-initialises the UNet's output layer (eps = 0): give every weight a value."""
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in prior.parameters():
-            p.copy_(0.05 * torch.randn(p.shape, generator=gen))
-    return prior.eval().requires_grad_(False)
+    return tiny_network_prior(N)
 
 
 def run(m, *args, **kw):
@@ -265,9 +250,8 @@ def test_real_projections_through_the_importer(shared_data):
 
 def test_mr_prior_is_bound_to_the_whole_volume_percentiles():
     """An MR prior maps intensities with the volume's percentiles: bound once, so batches agree."""
-    from medrecon.priors.model import DiffusionPrior, default_config
 
-    prior = _randomised(DiffusionPrior(default_config("mr", image_size=N, preset="tiny")))
+    prior = tiny_network_prior(N, modality="mr", pixel_size_mm=None)
     rng = np.random.default_rng(2)
     x = np.stack([rng.uniform(0, 100 * (k + 1), (N, N)) for k in range(Z)]).astype(np.float32)
     m = medrecon.simulate(medrecon.Volume(x, np.eye(4), {"modality": "MR"}), "template.scale", {"factor": 2.0})

@@ -15,6 +15,7 @@ import torch
 import medrecon
 from medrecon.engine import RunStopped, part_slices, partial_path, reconstruct
 from medrecon.errors import InputError
+from medrecon.testing import disk_phantom
 
 Z, N = 5, 16
 
@@ -24,12 +25,7 @@ pytestmark = [pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in
 
 @pytest.fixture(scope="module")
 def meas():
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[:N, :N]
-    disk = ((yy - N / 2) ** 2 + (xx - N / 2) ** 2 < (N / 3) ** 2).astype(np.float32)
-    data = np.stack([disk * (40.0 + 10 * k) - 1000 * (1 - disk) for k in range(Z)])
-    data += rng.normal(0, 5, data.shape).astype(np.float32)
-    vol = medrecon.Volume(data, np.diag([0.8, 0.8, 2.0, 1.0]), {"modality": "CT", "units": "HU"})
+    vol = disk_phantom(Z, N)
     return medrecon.simulate(vol, "ct.parallel", {"n_views": 8, "pixel_size": 0.8}, noise_std=0.5, seed=3)
 
 

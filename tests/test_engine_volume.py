@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 import medrecon
 from medrecon.engine import RunStopped, check_volume_geometry, partial_path, reconstruct
 from medrecon.engine.checkpoint import VOLUME_STATE
 from medrecon.errors import InputError
+from medrecon.testing import disk_phantom, tiny_network_prior
 
 Z, N = 4, 16
 STEPS = 5
@@ -19,25 +19,13 @@ pytestmark = pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in 
 
 @pytest.fixture(scope="module")
 def meas():
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[:N, :N]
-    disk = ((yy - N / 2) ** 2 + (xx - N / 2) ** 2 < (N / 3) ** 2).astype(np.float32)
-    data = np.stack([disk * (40.0 + 10 * k) - 1000 * (1 - disk) for k in range(Z)])
-    data += rng.normal(0, 5, data.shape).astype(np.float32)
-    vol = medrecon.Volume(data, np.diag([0.8, 0.8, 2.0, 1.0]), {"modality": "CT", "units": "HU"})
+    vol = disk_phantom(Z, N)
     return medrecon.simulate(vol, "ct.parallel", {"n_views": 8, "pixel_size": 0.8}, noise_std=0.5, seed=3)
 
 
 @pytest.fixture(scope="module")
 def tiny_prior():
-    from medrecon.priors.model import DiffusionPrior, default_config
-
-    prior = DiffusionPrior(default_config("ct", image_size=N, pixel_size_mm=0.8, preset="tiny"))
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # MONAI zero-initialises the output layer: give every weight a value
-        for p in prior.parameters():
-            p.copy_(0.05 * torch.randn(p.shape, generator=gen))
-    return prior.eval().requires_grad_(False)
+    return tiny_network_prior(N)
 
 
 def _run(m, prior, **kw):

@@ -25,7 +25,7 @@ from medrecon.operators import Operator, get_operator
 from medrecon.priors.gaussian import GaussianPrior, smooth_covariance
 from medrecon.samplers import get_sampler, slice_generators
 from medrecon.samplers.admm_tvz import volume_slices
-from medrecon.testing import check_operator
+from medrecon.testing import check_operator, disk_phantom, tiny_network_prior
 
 Z, N = 4, 16
 
@@ -74,12 +74,7 @@ class Measurement3D(Measurement):
 def pair():
     """The per-slice ``ct.parallel`` measurement of a small volume and the same data as one
     3D measurement of :class:`Parallel3D`."""
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[:N, :N]
-    disk = ((yy - N / 2) ** 2 + (xx - N / 2) ** 2 < (N / 3) ** 2).astype(np.float32)
-    data = np.stack([disk * (40.0 + 10 * k) - 1000 * (1 - disk) for k in range(Z)])
-    data += rng.normal(0, 5, data.shape).astype(np.float32)
-    vol = medrecon.Volume(data, np.diag([0.8, 0.8, 2.0, 1.0]), {"modality": "CT", "units": "HU"})
+    vol = disk_phantom(Z, N)
     m = medrecon.simulate(vol, "ct.parallel", {"n_views": 8, "pixel_size": 0.8}, noise_std=0.5, seed=3)
     fields = {f.name: getattr(m, f.name) for f in dataclasses.fields(m)}
     op3 = Parallel3D([Z, N, N], n_views=8, pixel_size=0.8)
@@ -94,14 +89,7 @@ def gauss_prior():
 
 @pytest.fixture(scope="module")
 def tiny_prior():
-    from medrecon.priors.model import DiffusionPrior, default_config
-
-    prior = DiffusionPrior(default_config("ct", image_size=N, pixel_size_mm=0.8, preset="tiny"))
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # MONAI zero-initialises the output layer: give every weight a value
-        for p in prior.parameters():
-            p.copy_(0.05 * torch.randn(p.shape, generator=gen))
-    return prior.eval().requires_grad_(False)
+    return tiny_network_prior(N)
 
 
 def test_the_block_diagonal_wrapper_is_a_conforming_3d_operator(pair):
