@@ -63,7 +63,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 CT_SIZE = 256
 CT_PIXEL_MM = 2.148
 CT_HOLDOUT = (0, 32)  # z-order block the prior never saw
-NOISE_REL = 0.005  # Gaussian noise std as a fraction of the sinogram RMS (per slice)
+NOISE_REL = 0.005
+STACK_FOLDER = None  # --stack: read the slices from preprocessed .npy stacks instead of the series  # Gaussian noise std as a fraction of the sinogram RMS (per slice)
 WINDOWS = {"w1000": (-1000.0, 1000.0), "full": (-1000.0, 2000.0)}
 ALL_METHODS = ("fbp", "tv", "dds", "dps", "reddiff")
 
@@ -136,7 +137,12 @@ def load_ct_slices(z_indices: list[int], size: int = CT_SIZE):
     from medrecon.priors.data import stack_from_volume
 
     if "ct" not in _STACKS:  # reading the DICOM series is slow: once per process
-        _STACKS["ct"] = stack_from_volume(CT_SOURCE, CT_SIZE, "ct")
+        if STACK_FOLDER is not None:  # preprocessed float16 stacks (GPU machine without the data)
+            from benchmarks.stacks import load_stack_folder
+
+            _STACKS["ct"] = load_stack_folder(STACK_FOLDER)
+        else:
+            _STACKS["ct"] = stack_from_volume(CT_SOURCE, CT_SIZE, "ct")
     st = _STACKS["ct"]
     px = st.pixel_size_mm
     data = np.asarray(st.data[z_indices], dtype=np.float32)
@@ -335,7 +341,7 @@ def run_ct(args, log) -> int:
     import numpy as np
     import torch
 
-    if not CT_SOURCE.exists():
+    if not CT_SOURCE.exists() and STACK_FOLDER is None:
         print(f"quality: {CT_SOURCE} is absent; skipping the CT benchmark")
         return 0
     import medrecon
@@ -505,6 +511,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tune-on", choices=("training", "validation"), default="training",
                     help="tune on training slices, or on held-out slices not used by the evaluation")
     ap.add_argument("--grid", default=None, help='JSON replacing tuning grids, e.g. \'{"tv": [{"lam": 1.25}]}\'')
+    ap.add_argument("--stack", default=None, help="folder of preprocessed float16 stacks (e.g. .gpu/ct) instead "
+                    "of the DICOM series (benchmarks/stacks.py)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--png", default=None)
     ap.add_argument("--markdown", default=None, metavar="JSON", help="print a results JSON as Markdown and exit")
@@ -518,6 +526,8 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
+    global STACK_FOLDER
+    STACK_FOLDER = args.stack
 
     def log(msg):
         print(msg, flush=True)

@@ -97,7 +97,12 @@ def run(args) -> dict:
     from medrecon.metrics import psnr, psnr_slices, ssim
     from medrecon.priors.data import stack_from_volume
 
-    stack = stack_from_volume(MR_SOURCE, 256, "mr")
+    if args.stack:  # preprocessed float16 stacks (a GPU machine without the data; benchmarks/stacks.py)
+        from benchmarks.stacks import load_stack_folder
+
+        stack = load_stack_folder(args.stack)
+    else:
+        stack = stack_from_volume(MR_SOURCE, 256, "mr")
     a, b = HOLDOUT
     idx = np.linspace(a, b - 1, args.slices + 2)[1:-1].round().astype(int) if args.slices > 1 else np.array([80])
     ref = stack.data[idx].astype(np.float32)
@@ -106,7 +111,7 @@ def run(args) -> dict:
     px = stack.pixel_size_mm * (4 if args.quick else 1)
     out = {"command": " ".join(sys.argv), "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
            "git": _git(), "slices": idx.tolist(), "pixel_size_mm": px, "noise_rel": args.noise,
-           "device": args.device, "dds_steps": args.dds_steps, "results": {}}
+           "device": args.device, "dds_steps": args.dds_steps, "prior": args.prior, "results": {}}
     for accel in args.accels:
         tv_lam = args.tv_lam
         if "tv" in args.methods and tv_lam is None:  # pick on a training slice
@@ -127,7 +132,7 @@ def run(args) -> dict:
             mt = _measure(tr, px, accel, args.noise)
             scores = {}
             for g, e in DDS_GRID:
-                x = medrecon.reconstruct(mt, "dds", "mr-default", params={"gamma": g, "eta": e},
+                x = medrecon.reconstruct(mt, "dds", args.prior, params={"gamma": g, "eta": e},
                                          steps=args.dds_steps, progress=False, device=args.device, seed=0).data
                 scores[(g, e)] = psnr(x, tr)
                 print(f"{accel}x tune dds gamma {g:g} eta {e:g}: PSNR {scores[(g, e)]:.2f} dB (validation z {DDS_TUNE_SLICE})",
@@ -144,7 +149,7 @@ def run(args) -> dict:
             mt = _measure(tr, px, accel, args.noise)
             scores = {}
             for zeta in args.dps_grid or DPS_GRID:
-                x = medrecon.reconstruct(mt, "dps", "mr-default", params={"zeta": zeta}, steps=args.dps_steps,
+                x = medrecon.reconstruct(mt, "dps", args.prior, params={"zeta": zeta}, steps=args.dps_steps,
                                          progress=False, device=args.device, seed=0).data
                 scores[zeta] = psnr(x, tr)
                 print(f"{accel}x tune dps zeta {zeta:g}: PSNR {scores[zeta]:.2f} dB (validation z {DDS_TUNE_SLICE})",
@@ -159,8 +164,8 @@ def run(args) -> dict:
                 "zf": ("classical", {}, None, None),
                 "sense": ("sense", {"iters": 10}, None, None),
                 "tv": ("tv", {"lam_rel": tv_lam}, None, None),
-                "dds": ("dds", dds_params, "mr-default", args.dds_steps),
-                "dps": ("dps", dps_params, "mr-default", args.dps_steps),
+                "dds": ("dds", dds_params, args.prior, args.dds_steps),
+                "dps": ("dps", dps_params, args.prior, args.dps_steps),
             }[meth]
             # DPS costs ~4x DDS per step and runs 200 steps: --dps-slices evaluates it (and
             # the comparison rows it is reported with) on the first K evaluated slices only
@@ -202,13 +207,16 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--quick", action="store_true", help="1 slice, 64 x 64, 5 DDS steps (smoke run)")
+    ap.add_argument("--prior", default="mr-default", help="prior name or folder (default mr-default)")
+    ap.add_argument("--stack", default=None, help="folder of preprocessed float16 stacks (e.g. .gpu/mr) instead "
+                    "of the series")
     ap.add_argument("--output", default=str(RESULTS / "quality_mr.json"))
     args = ap.parse_args(argv)
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    if not MR_SOURCE.is_dir():
+    if not MR_SOURCE.is_dir() and not args.stack:
         print(f"skipped: {MR_SOURCE} is not present")
         return 0
     if args.quick:

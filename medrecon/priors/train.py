@@ -206,6 +206,19 @@ def validation_loss(net_fn, x_val: torch.Tensor, abar: torch.Tensor, prediction:
     return out
 
 
+def _init_weights(net, cfg: dict, init_from) -> None:
+    """Load the weights of prior ``init_from`` into ``net`` (float32), refusing another network."""
+    from medrecon.priors.model import load_prior
+
+    src = load_prior(init_from)
+    for key in ("modality", "image_size", "network"):
+        if src.config.get(key) != cfg.get(key):
+            raise InputError(f"--init-from {str(init_from)!r} has {key} {src.config.get(key)!r}, but this run "
+                             f"trains {cfg.get(key)!r}; use the same --channels, --size and modality")
+    state = {k: v.float() for k, v in src.net.state_dict().items()}
+    net.load_state_dict(state)
+
+
 def train_prior(
     data,
     output,
@@ -219,6 +232,7 @@ def train_prior(
     weight_decay: float = 1e-4,
     device: str | None = None,
     resume: bool = False,
+    init_from=None,
     seed: int = 0,
     max_minutes: float | None = None,
     patch: int | None = None,
@@ -248,6 +262,9 @@ def train_prior(
     channels : network preset name (see :data:`medrecon.priors.model.PRESETS`).
     max_minutes : wall-clock cap; training stops cleanly, saving, and records the steps done.
     resume : continue from ``output/checkpoint`` (steps is the total target).
+    init_from : a prior (name or folder) whose weights start the network and its EMA (fine-tuning
+        with a fresh optimiser and warm-up); its network, size and modality must be those
+        this run builds.  The report records it.
     """
     from medrecon.devices import resolve_device
     from medrecon.priors.data import load_sources
@@ -305,6 +322,8 @@ def train_prior(
     torch.manual_seed(seed)
     prior = DiffusionPrior(cfg).to(dev)
     net = prior.net
+    if init_from is not None and not resume:
+        _init_weights(net, cfg, init_from)
     ema = DiffusionPrior(cfg).net.to(dev)
     ema.load_state_dict(net.state_dict())
     ema.requires_grad_(False)
@@ -459,7 +478,7 @@ def train_prior(
         "loop_seconds_this_run": round(loop_seconds, 1),
         "device": str(dev), "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor(),
         "torch": torch.__version__, "python": platform.python_version(), "bf16_autocast": use_ac,
-        "resumed": bool(resume), "samples_png": samples_png, "prior": str(out),
+        "resumed": bool(resume), "init_from": None if init_from is None else str(init_from), "samples_png": samples_png, "prior": str(out),
     }
     try:
         import monai
