@@ -64,6 +64,7 @@ CT_SIZE = 256
 CT_PIXEL_MM = 2.148
 CT_HOLDOUT = (0, 32)  # z-order block the prior never saw
 NOISE_REL = 0.005
+DEVICE = "cpu"  # --device: where operators, measurements and the prior run
 STACK_FOLDER = None  # --stack: read the slices from preprocessed .npy stacks instead of the series  # Gaussian noise std as a fraction of the sinogram RMS (per slice)
 WINDOWS = {"w1000": (-1000.0, 1000.0), "full": (-1000.0, 2000.0)}
 ALL_METHODS = ("fbp", "tv", "dds", "dps", "reddiff")
@@ -185,9 +186,10 @@ def run_method(method: str, params: dict, y, op, prior, z_indices, steps=None, s
     s = get_sampler(SAMPLER[method], **params)
     st = STEPS[method] if steps is None else steps
     out = []
+    op = op.to(DEVICE)  # the measurement and operator where the prior is (--device)
     t0 = time.perf_counter()
     for a in range(0, y.shape[0], batch):
-        yb = y[a:a + batch]
+        yb = y[a:a + batch].to(DEVICE)
         zi = z_indices[a:a + batch]
         kw = {}
         if method in ("dds", "dps", "reddiff"):
@@ -526,8 +528,8 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    global STACK_FOLDER
-    STACK_FOLDER = args.stack
+    global STACK_FOLDER, DEVICE
+    STACK_FOLDER, DEVICE = args.stack, args.device
 
     def log(msg):
         print(msg, flush=True)

@@ -162,6 +162,8 @@ class Dehaze(Sampler):
     def _sample(self, y, operator, prior, steps, generators, progress, x_init):
         p = self._params
         haze = self._haze_prior(y.device)
+        if hasattr(haze, "autocast"):  # the haze network follows the tissue prior's precision (engine's amp)
+            haze.autocast = bool(getattr(prior, "autocast", True))
         T = int(prior.num_timesteps)
         if int(haze.num_timesteps) != T or not torch.allclose(
                 haze.alphas_cumprod.detach().double().cpu(), prior.alphas_cumprod.detach().double().cpu()):
