@@ -85,7 +85,7 @@ TUNED = {
     "tv": {8: {"lam": 5.0}, 16: {"lam": 1.25}},
     "dds": {None: {"gamma": 100.0, "eta": 0.5}},
     "dps": {None: {"zeta": 5.0}},
-    "reddiff": {None: {"lam": 0.25, "lr": 0.1}},
+    "reddiff": {None: {"lam": 0.25, "lr": 0.1}, 8: {"lam": 0.25, "lr": 0.5}, 16: {"lam": 0.25, "lr": 0.1}},
 }
 STEPS = {"fbp": None, "tv": 300, "dds": 50, "dps": 200, "reddiff": 50}
 SAMPLER = {"fbp": "classical", "tv": "tv", "dds": "dds", "dps": "dps", "reddiff": "reddiff"}
