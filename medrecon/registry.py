@@ -130,3 +130,21 @@ def status(info: PluginInfo) -> str:
         cause = exc.__cause__
         return f"error: {type(cause).__name__}: {cause}" if cause else f"error: {exc}"
     return "ok"
+
+
+def lazy_exports(package: str, where: dict[str, str]):
+    """A module ``__getattr__`` for a plugin package that exports classes without importing them
+    (nor torch) until first use: ``where`` maps each exported name to the module defining it.
+
+    In a plugin's ``__init__.py``::
+
+        __getattr__ = lazy_exports(__name__, {"ParallelBeam2D": "medrecon_ct.parallel"})
+    """
+    import importlib
+
+    def __getattr__(name: str):
+        if name in where:
+            return getattr(importlib.import_module(where[name]), name)
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    return __getattr__

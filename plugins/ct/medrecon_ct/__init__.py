@@ -9,17 +9,11 @@ does not import torch; the classes load on first access.
 
 __all__ = ["ConeBeam3D", "DataExchangeImporter", "FanBeam2D", "ParallelBeam2D"]
 
-_WHERE = {
+from medrecon.registry import lazy_exports
+
+__getattr__ = lazy_exports(__name__, {
     "ParallelBeam2D": "medrecon_ct.parallel",
     "FanBeam2D": "medrecon_ct.fan",
     "ConeBeam3D": "medrecon_ct.cone",
     "DataExchangeImporter": "medrecon_ct.dxchange",
-}
-
-
-def __getattr__(name):
-    if name in _WHERE:
-        import importlib
-
-        return getattr(importlib.import_module(_WHERE[name]), name)
-    raise AttributeError(f"module 'medrecon_ct' has no attribute {name!r}")
+})

@@ -11,17 +11,11 @@ package does not import torch; the classes load on first access.
 
 __all__ = ["CartesianMRI", "KSpaceImporter", "SenseCG", "SenseMRI"]
 
-_WHERE = {
+from medrecon.registry import lazy_exports
+
+__getattr__ = lazy_exports(__name__, {
     "CartesianMRI": "medrecon_mri.operators",
     "SenseMRI": "medrecon_mri.operators",
     "SenseCG": "medrecon_mri.recon",
     "KSpaceImporter": "medrecon_mri.importer",
-}
-
-
-def __getattr__(name):
-    if name in _WHERE:
-        import importlib
-
-        return getattr(importlib.import_module(_WHERE[name]), name)
-    raise AttributeError(f"module 'medrecon_mri' has no attribute {name!r}")
+})

@@ -12,17 +12,11 @@ load on first access.
 
 __all__ = ["Dehaze", "PlaneWaveRF", "RFImporter", "TissueHaze"]
 
-_WHERE = {
+from medrecon.registry import lazy_exports
+
+__getattr__ = lazy_exports(__name__, {
     "PlaneWaveRF": "medrecon_us.planewave",
     "TissueHaze": "medrecon_us.haze",
     "Dehaze": "medrecon_us.dehaze",
     "RFImporter": "medrecon_us.importer",
-}
-
-
-def __getattr__(name):
-    if name in _WHERE:
-        import importlib
-
-        return getattr(importlib.import_module(_WHERE[name]), name)
-    raise AttributeError(f"module 'medrecon_us' has no attribute {name!r}")
+})
