@@ -96,3 +96,22 @@ def test_ray_cli_matches_in_process_run(studies, tmp_path):
         ref = medrecon.reconstruct(p, "dds", "ct-default", steps=3, progress=False, device="cpu").data
         got = medrecon.load_volume(tmp_path / "ray" / output_name(p)).data
         np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * float(np.abs(ref).max()))
+
+
+@pytest.mark.parametrize("args,words", [
+    (["reconstruct-many", "missing.h5", "-o", "out"], ["no such measurement"]),
+    (["reconstruct-many", "{m}", "-o", "out", "--sampler", "dds"], ["needs a diffusion prior"]),
+    (["reconstruct-many", "{m}", "-o", "out", "--sampler", "tv", "--workers", "2"], ["need use_ray"]),
+    (["reconstruct", "{m}", "-o", "r.nii.gz", "--sampler", "tv", "--num-parts", "2", "--part-id", "2"],
+     ["part_id must be in 0..1"]),
+    (["reconstruct", "{m}", "-o", "r.nii.gz", "--sampler", "tv", "--num-parts", "9"], ["more than the 4 slice"]),
+])
+def test_cli_bad_input_is_one_line_exit_2(studies, tmp_path, args, words):
+    args = [a.replace("{m}", str(studies[0])) for a in args]
+    proc = subprocess.run([sys.executable, "-m", "medrecon.cli.main", *args], capture_output=True, text=True,
+                          cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.strip().splitlines() if not ln.startswith("medrecon: warning:")]
+    assert len(lines) == 1 and all(w in lines[0] for w in words), proc.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

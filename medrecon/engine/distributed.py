@@ -148,6 +148,7 @@ def reconstruct_many(
     """
     from medrecon.samplers import sampler_class
 
+    tasks = plan_tasks(measurements, output_dir, parts_per_study=parts_per_study, suffix=suffix)
     cls = sampler_class(sampler) if isinstance(sampler, str) else type(sampler)
     if getattr(cls, "needs_prior", False) and prior is None:
         raise InputError(f"sampler {getattr(cls, 'name', sampler)!r} needs a diffusion prior: pass prior= "
@@ -155,7 +156,6 @@ def reconstruct_many(
     for key in ("output", "num_parts", "part_id", "resume", "progress"):
         if key in options:
             raise InputError(f"{key}= is set per task by reconstruct_many; do not pass it")
-    tasks = plan_tasks(measurements, output_dir, parts_per_study=parts_per_study, suffix=suffix)
     loaded = prior
     if isinstance(prior, (str, os.PathLike)):
         from medrecon.priors.model import load_prior
