@@ -42,3 +42,15 @@ def require(module: str, extra: str):
         raise MissingDependencyError(
             f"{module} is not installed; install it with: pip install 'medrecon[{extra}]'"
         ) from exc
+
+
+def positive_int(name: str, value) -> int:
+    """``value`` as an int >= 1, or an :class:`InputError` naming ``name`` ("batch_size must be a
+    positive integer, got 0")."""
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        n = None
+    if n is None or n < 1 or isinstance(value, bool) or (isinstance(value, float) and n != value):
+        raise InputError(f"{name} must be a positive integer, got {value!r}")
+    return n

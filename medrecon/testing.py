@@ -61,6 +61,7 @@ from medrecon.errors import InputError
 from medrecon.operators.base import Operator
 
 __all__ = ["CheckResult", "Report", "check_operator", "disk_phantom", "dot_product_error", "random_like_domain",
+           "smooth_gaussian_prior",
            "tiny_network_prior"]
 
 
@@ -370,3 +371,12 @@ def tiny_network_prior(size: int, *, modality: str = "ct", pixel_size_mm: float 
         for p in prior.parameters():
             p.copy_(scale * torch.randn(p.shape, generator=gen))
     return prior.eval().requires_grad_(False)
+
+
+def smooth_gaussian_prior(size: int, *, mean: float = -500.0, std: float = 500.0):
+    """A closed-form Gaussian prior over ``size x size`` images (constant ``mean``, smooth
+    covariance of marginal ``std``; :mod:`medrecon.priors.gaussian`): exact epsilon, no network,
+    for sampler and engine tests whose results must not depend on training."""
+    from medrecon.priors.gaussian import GaussianPrior, smooth_covariance
+
+    return GaussianPrior(torch.full((size, size), float(mean)), smooth_covariance(size, size, std=std))

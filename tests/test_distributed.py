@@ -14,6 +14,7 @@ import pytest
 import medrecon
 from medrecon.engine.distributed import output_name, plan_tasks, reconstruct_many
 from medrecon.errors import InputError
+from medrecon.testing import smooth_gaussian_prior
 
 Z, N = 4, 16
 
@@ -53,11 +54,7 @@ def test_plan_names_outputs_and_orders_parts_study_by_study(studies, tmp_path):
 
 
 def test_in_process_results_equal_single_runs_and_a_rerun_skips(studies, tmp_path):
-    import torch
-
-    from medrecon.priors.gaussian import GaussianPrior, smooth_covariance
-
-    prior = GaussianPrior(torch.full((N, N), -500.0), smooth_covariance(N, N, std=500.0))
+    prior = smooth_gaussian_prior(N)
     seen = []
     reps = reconstruct_many(studies, "dds", prior, output_dir=tmp_path / "o", parts_per_study=2, steps=5,
                             device="cpu", on_task=lambda r, n, t: seen.append((n, t)))

@@ -22,7 +22,7 @@ from medrecon.engine import (
 from medrecon.errors import FileFormatError, InputError
 from medrecon.measurement import Measurement
 from medrecon.samplers.base import Sampler
-from medrecon.testing import disk_phantom, tiny_network_prior
+from medrecon.testing import disk_phantom, smooth_gaussian_prior, tiny_network_prior
 
 Z, N = 4, 16
 
@@ -44,9 +44,7 @@ def meas(volume):
 
 @pytest.fixture(scope="module")
 def gauss_prior():
-    from medrecon.priors.gaussian import GaussianPrior, smooth_covariance
-
-    return GaussianPrior(torch.full((N, N), -500.0), smooth_covariance(N, N, std=500.0))
+    return smooth_gaussian_prior(N)
 
 
 @pytest.fixture(scope="module")

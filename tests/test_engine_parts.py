@@ -10,12 +10,11 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 import medrecon
 from medrecon.engine import RunStopped, part_slices, partial_path, reconstruct
 from medrecon.errors import InputError
-from medrecon.testing import disk_phantom
+from medrecon.testing import disk_phantom, smooth_gaussian_prior
 
 Z, N = 5, 16
 
@@ -31,9 +30,7 @@ def meas():
 
 @pytest.fixture(scope="module")
 def gauss_prior():
-    from medrecon.priors.gaussian import GaussianPrior, smooth_covariance
-
-    return GaussianPrior(torch.full((N, N), -500.0), smooth_covariance(N, N, std=500.0))
+    return smooth_gaussian_prior(N)
 
 
 @pytest.mark.parametrize("z,n", [(5, 1), (5, 2), (5, 5), (10, 3), (7, 4), (256, 7)])

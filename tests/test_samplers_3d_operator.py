@@ -25,7 +25,7 @@ from medrecon.operators import Operator, get_operator
 from medrecon.priors.gaussian import GaussianPrior, smooth_covariance
 from medrecon.samplers import get_sampler, slice_generators
 from medrecon.samplers.admm_tvz import volume_slices
-from medrecon.testing import check_operator, disk_phantom, tiny_network_prior
+from medrecon.testing import check_operator, disk_phantom, smooth_gaussian_prior, tiny_network_prior
 
 Z, N = 4, 16
 
@@ -84,7 +84,7 @@ def pair():
 
 @pytest.fixture(scope="module")
 def gauss_prior():
-    return GaussianPrior(torch.full((N, N), -500.0), smooth_covariance(N, N, std=500.0))
+    return smooth_gaussian_prior(N)
 
 
 @pytest.fixture(scope="module")

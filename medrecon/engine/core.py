@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from medrecon.errors import FileFormatError, InputError, MedreconError
+from medrecon.errors import FileFormatError, InputError, MedreconError, positive_int
 
 __all__ = ["reconstruct", "load_input", "part_slices", "RunStopped", "PriorMismatchWarning", "run_settings",
            "check_volume_geometry", "component_names", "component_path"]
@@ -382,14 +382,13 @@ def part_slices(n_slices: int, num_parts: int, part_id: int) -> range:
 
 
 def _check_parts(num_parts, part_id, output) -> tuple[int, int]:
+    n = positive_int("num_parts", num_parts)
     try:
-        n, k = int(num_parts), int(part_id)
+        k = int(part_id)
     except (TypeError, ValueError):
-        raise InputError(f"num_parts and part_id must be integers, got {num_parts!r} and {part_id!r}") from None
-    if n != num_parts or k != part_id or n < 1:
-        raise InputError(f"num_parts must be a positive integer, got {num_parts!r}")
-    if not 0 <= k < n:
-        raise InputError(f"part_id must be in 0..{n - 1} for num_parts={n}, got {k}")
+        k = None
+    if k is None or k != part_id or not 0 <= k < n:
+        raise InputError(f"part_id must be in 0..{n - 1} for num_parts={n}, got {part_id!r}")
     if n > 1 and output is None:
         raise InputError("a run split into parts needs output= (the parts meet in its .partial folder)")
     return n, k
@@ -638,12 +637,7 @@ def reconstruct(
         vol = medrecon.reconstruct(m, "dds", "ct-default", steps=50, output="recon.nii.gz")
     """
     m = _as_measurement(measurement)
-    try:
-        batch_size = int(batch_size)
-    except (TypeError, ValueError):
-        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}") from None
-    if batch_size < 1:
-        raise InputError(f"batch_size must be a positive integer, got {batch_size}")
+    batch_size = positive_int("batch_size", batch_size)
     if steps is not None and (not isinstance(steps, (int, np.integer)) or int(steps) < 1):
         raise InputError(f"steps must be a positive integer, got {steps!r}")
     if resume and output is None:

@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from medrecon.errors import InputError, MedreconError
+from medrecon.errors import InputError, MedreconError, positive_int
 
 __all__ = ["Task", "plan_tasks", "reconstruct_many", "output_name"]
 
@@ -76,12 +76,7 @@ def plan_tasks(measurements: Sequence[str | os.PathLike], output_dir: str | os.P
     refused."""
     if not measurements:
         raise InputError("no measurements given")
-    try:
-        parts = int(parts_per_study)
-    except (TypeError, ValueError):
-        raise InputError(f"parts_per_study must be a positive integer, got {parts_per_study!r}") from None
-    if parts < 1:
-        raise InputError(f"parts_per_study must be a positive integer, got {parts_per_study!r}")
+    parts = positive_int("parts_per_study", parts_per_study)
     out_dir = Path(os.fspath(output_dir))
     seen: dict[str, str] = {}
     tasks = []
