@@ -60,7 +60,7 @@ from medrecon.errors import InputError
 from medrecon.operators.base import Operator
 from medrecon_mri.arrays import as_param, load_array
 from medrecon_mri.coils import synthetic_coil_maps
-from medrecon_mri.fft import fft2c, ifft2c
+from medrecon_mri.fft import centred_sign, checkerboard, fft2c, ifft2c, shift_free
 from medrecon_mri.masks import mask_info, resolve_mask
 
 __all__ = ["CartesianMRI", "SenseMRI", "resolve_shape"]
@@ -94,6 +94,13 @@ class _MRIBase(Operator):
         if not m.any():
             raise InputError("the sampling mask samples nothing")
         self.register_buffer("mask", torch.from_numpy(m.astype(np.float32)))
+        # shift-free centred FFTs on even grids (medrecon_mri.fft): the image checkerboard C and
+        # the signed mask M' = g C M, derived from the mask (not part of the spec)
+        self._shift_free = shift_free(ny, nx)
+        if self._shift_free:
+            cb = checkerboard(ny, nx)
+            self.register_buffer("checker", cb, persistent=False)
+            self.register_buffer("signed_mask", self.mask * cb * centred_sign(ny, nx), persistent=False)
         self.domain_is_complex = not bool(real_image)  # instance attribute: real_image=True is a real domain
         self.domain_shape = (ny, nx)
         self.mask_info = mask_info(m)
@@ -109,6 +116,27 @@ class _MRIBase(Operator):
 
     def _masked(self, y: torch.Tensor) -> torch.Tensor:
         return y * self.mask.to(y.real.dtype)
+
+    def _image_to_kspace(self, v: torch.Tensor, checkered: bool = False) -> torch.Tensor:
+        """``M fft2c(v)`` over the last two axes; ``checkered``: ``v`` is already ``C v``
+        (even grids only, see :mod:`medrecon_mri.fft`)."""
+        if not self._shift_free:
+            return self._masked(fft2c(v))
+        if not checkered:
+            v = v * self.checker.to(v.real.dtype)
+        return torch.fft.fft2(v, norm="ortho") * self.signed_mask.to(v.real.dtype)
+
+    def _kspace_to_image(self, y: torch.Tensor, checkered: bool = False) -> torch.Tensor:
+        """``ifft2c(M y)``; ``checkered``: return ``C ifft2c(M y)`` (the caller applies ``C``)."""
+        y = self._cplx(y)
+        if not self._shift_free:
+            return ifft2c(self._masked(y))
+        v = torch.fft.ifft2(y * self.signed_mask.to(y.real.dtype), norm="ortho")
+        return v if checkered else v * self.checker.to(v.real.dtype)
+
+    def _checker(self, x: torch.Tensor) -> torch.Tensor:
+        """``C x`` on an even grid (the image checkerboard), ``x`` otherwise."""
+        return x * self.checker.to(x.real.dtype) if self._shift_free else x
 
     def _per_slice(self, n_slices: int | None) -> None:
         """Slice-varying when the maps have a slice axis (``n_slices`` not None)."""
@@ -153,10 +181,10 @@ class CartesianMRI(_MRIBase):
         x = self._cplx(x)
         if self.phase_factor is not None:
             x = x * self.phase_factor
-        return self._masked(fft2c(x))
+        return self._image_to_kspace(x)
 
     def _adjoint(self, y):
-        x = ifft2c(self._masked(self._cplx(y)))
+        x = self._kspace_to_image(y)
         if self.phase_factor is not None:
             x = x * self.phase_factor.conj()
         return x
@@ -215,15 +243,17 @@ class SenseMRI(_MRIBase):
         return self.coil_maps if self.slice_varying else self.coil_maps[None]
 
     def _forward(self, x):
-        x = self._cplx(x)
-        return self._masked(fft2c(x[:, None] * self._maps()))
+        # M F (S_c x) = M' fft2(S_c (C x)): the checkerboard on the one image, not on C coil images
+        x = self._checker(self._cplx(x))
+        return self._image_to_kspace(x[:, None] * self._maps(), checkered=True)
 
     def _adjoint(self, y):
-        return (self._maps().conj() * ifft2c(self._masked(self._cplx(y)))).sum(dim=1)
+        # sum_c conj(S_c) F^H M y_c = C sum_c conj(S_c) ifft2(M' y_c)
+        return self._checker((self._maps().conj() * self._kspace_to_image(y, checkered=True)).sum(dim=1))
 
     def zero_filled_coils(self, y):
         """Zero-filled coil images ``F^H M y_c``, ``(B, C, ny, nx)``."""
-        return ifft2c(self._masked(self._cplx(y)))
+        return self._kspace_to_image(y)
 
     def classical(self, y):
         """Zero-filled: RSS ``sqrt(sum_c |F^H M y_c|^2)`` for a real image; the complex coil

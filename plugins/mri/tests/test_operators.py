@@ -61,6 +61,29 @@ def test_fft_is_centred_and_unitary():
     assert float(dc[4, 3]) == pytest.approx(np.sqrt(48)) and float(dc.sum() - dc[4, 3]) < 1e-9
 
 
+@pytest.mark.parametrize("shape", [[16, 12], [14, 10], [15, 12], [13, 9]])
+def test_operators_equal_the_definition_with_shifts(shape):
+    """Even grids take the shift-free path (sign flips, medrecon_mri.fft), odd ones the shifts:
+    both must equal M fft2c(S x) and sum conj(S) ifft2c(M y) written out with fftshifts."""
+    ny, nx = shape
+    g = torch.Generator().manual_seed(1)
+    maps = torch.from_numpy(synthetic_coil_maps((ny, nx), 3)).to(torch.complex128)
+    mask = {"kind": "random", "acceleration": 2, "center_fraction": 0.2, "seed": 3}
+    A = medrecon.get_operator("mri.sense", shape=shape, coil_maps=maps.numpy(), mask=mask).with_precision(True)
+    C = medrecon.get_operator("mri.cartesian", shape=shape, mask=mask,
+                              phase=np.linspace(0, 1, ny * nx).reshape(ny, nx)).with_precision(True)
+    assert A._shift_free == (ny % 2 == 0 and nx % 2 == 0)
+    M = A.mask.to(torch.float64)
+    x = torch.randn(2, ny, nx, dtype=torch.complex128, generator=g)
+    y = torch.randn(2, 3, ny, nx, dtype=torch.complex128, generator=g)
+    assert torch.allclose(A(x), M * fft2c(x[:, None] * maps[None]), atol=1e-12)
+    assert torch.allclose(A.adjoint(y), (maps.conj()[None] * ifft2c(M * y)).sum(1), atol=1e-12)
+    assert torch.allclose(A.zero_filled_coils(y), ifft2c(M * y), atol=1e-12)
+    P = C.phase_factor.to(torch.complex128)
+    assert torch.allclose(C(x), M * fft2c(P * x), atol=1e-12)
+    assert torch.allclose(C.adjoint(y[:, 0]), P.conj() * ifft2c(M * y[:, 0]), atol=1e-12)
+
+
 def test_fully_sampled_sense_with_normalised_maps_is_an_isometry(sl64c):
     A = medrecon.get_operator("mri.sense", shape=64, coil_maps={"synthetic": "birdcage", "n_coils": 4})
     A.with_precision(True)
