@@ -14,8 +14,10 @@ Protocol
 * Methods: zero-filled RSS (``classical``), SENSE-CG (``sense``, 10 iterations), SENSE+TV
   (``tv`` on the SENSE operator), DDS with ``mr-default`` (50 steps; gamma 100, eta 0.85
   unless ``--tune-dds`` picks (gamma, eta) from :data:`DDS_GRID` per acceleration on the
-  validation slice z = 66 (held out from training, not evaluated); intensity percentiles bound by the engine from the zero-filled
-  reconstruction).
+  validation slice z = 66 (held out from training, not evaluated); intensity percentiles
+  bound by the engine from the zero-filled reconstruction), DPS (``--methods ... dps``).
+  ``--samples N``: DDS and DPS rows (and their tuning) are the mean of N posterior draws
+  per slice (``reconstruct(..., samples=N)``, docs/samplers.md).
 * Metrics: PSNR and SSIM (:mod:`medrecon.metrics`) on the reference's [min, max] window;
   seconds per slice.
 
@@ -112,7 +114,8 @@ def run(args) -> dict:
     px = stack.pixel_size_mm * (4 if args.quick else 1)
     out = {"command": " ".join(sys.argv), "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
            "git": _git(), "slices": idx.tolist(), "pixel_size_mm": px, "noise_rel": args.noise,
-           "device": args.device, "dds_steps": args.dds_steps, "prior": args.prior, "results": {}}
+           "device": args.device, "dds_steps": args.dds_steps, "prior": args.prior, "samples": args.samples,
+           "results": {}}
     for accel in args.accels:
         tv_lam = args.tv_lam
         if "tv" in args.methods and tv_lam is None:  # pick on a training slice
@@ -133,7 +136,7 @@ def run(args) -> dict:
             mt = _measure(tr, px, accel, args.noise)
             scores = {}
             for g, e in DDS_GRID:
-                x = medrecon.reconstruct(mt, "dds", args.prior, params={"gamma": g, "eta": e},
+                x = medrecon.reconstruct(mt, "dds", args.prior, params={"gamma": g, "eta": e}, samples=args.samples,
                                          steps=args.dds_steps, progress=False, device=args.device, seed=0).data
                 scores[(g, e)] = psnr(x, tr)
                 print(f"{accel}x tune dds gamma {g:g} eta {e:g}: PSNR {scores[(g, e)]:.2f} dB (validation z {DDS_TUNE_SLICE})",
@@ -151,7 +154,7 @@ def run(args) -> dict:
             scores = {}
             for zeta in args.dps_grid or DPS_GRID:
                 x = medrecon.reconstruct(mt, "dps", args.prior, params={"zeta": zeta}, steps=args.dps_steps,
-                                         progress=False, device=args.device, seed=0).data
+                                         samples=args.samples, progress=False, device=args.device, seed=0).data
                 scores[zeta] = psnr(x, tr)
                 print(f"{accel}x tune dps zeta {zeta:g}: PSNR {scores[zeta]:.2f} dB (validation z {DDS_TUNE_SLICE})",
                       flush=True)
@@ -173,12 +176,13 @@ def run(args) -> dict:
             sub = slice(None) if meth != "dps" or not args.dps_slices else slice(0, args.dps_slices)
             ms = m if sub == slice(None) else dataclasses.replace(m, y=m.y[sub],
                                                                   volume_shape=(len(idx[sub]), *m.volume_shape[1:]))
+            n_draws = args.samples if prior is not None else 1
             t0 = time.perf_counter()
             x = medrecon.reconstruct(ms, name, prior, params=params, steps=steps, progress=False,
-                                     device=args.device, batch_size=len(idx), seed=0).data
+                                     device=args.device, batch_size=len(idx), seed=0, samples=n_draws).data
             sec = (time.perf_counter() - t0) / x.shape[0]
             row[meth] = {"psnr": round(psnr(x, ref[sub]), 2), "ssim": round(ssim(x, ref[sub]), 4),
-                         "seconds_per_slice": round(sec, 2), "params": params,
+                         "seconds_per_slice": round(sec, 2), "params": params, "samples": n_draws,
                          # on the whole reference's [min, max], so subsets compare with the full rows
                          "psnr_per_slice": [round(float(v), 2) for v in psnr_slices(
                              x, ref[sub], window=(float(ref.min()), float(ref.max())))]}
@@ -205,6 +209,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tune-dps", action="store_true", help="pick DPS zeta on the validation slice")
     ap.add_argument("--dps-grid", type=float, nargs="+", default=None, help="zeta values for --tune-dps")
     ap.add_argument("--dps-slices", type=int, default=None, help="evaluate DPS on the first K slices only")
+    ap.add_argument("--samples", type=int, default=1,
+                    help="posterior draws per slice for dds / dps: their mean is evaluated (reconstruct samples=N)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--quick", action="store_true", help="1 slice, 64 x 64, 5 DDS steps (smoke run)")

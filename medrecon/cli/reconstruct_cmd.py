@@ -69,6 +69,9 @@ def register(app: typer.Typer) -> None:
                                     help="Several devices sharing the slice batches, e.g. cuda:0,cuda:1."),
         batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="Slices per sampler call (memory)."),
         seed: int = typer.Option(0, "--seed", help="Seed; slice k is seeded from (seed, k)."),
+        samples: int = typer.Option(1, "--samples", min=1,
+                                    help="Posterior draws per slice (dds, dps, reddiff): writes their mean, and "
+                                         "their standard deviation to OUT.std.nii.gz (or OUT.std/)."),
         amp: bool = typer.Option(False, "--amp", help="bf16 autocast of the prior network on CUDA."),
         resume: bool = typer.Option(False, "--resume", help="Continue a killed run from OUT.partial/."),
         like: Path = typer.Option(None, "--like", help="DICOM folder whose patient/study tags a DICOM output keeps."),
@@ -113,7 +116,7 @@ def register(app: typer.Typer) -> None:
                     progress=False if quiet else (True if sys.stderr.isatty() else _line_progress()),
                     overwrite=overwrite,
                     like=str(like) if like is not None else None, num_parts=num_parts, part_id=part_id,
-                    _stop_after=stop_after,
+                    samples=samples, _stop_after=stop_after,
                 )
             except KeyboardInterrupt:
                 typer.echo(f"medrecon: interrupted; finished slices are kept in {partial_path(output)}; "
@@ -132,13 +135,16 @@ def register(app: typer.Typer) -> None:
         info = vol.meta.get("reconstruction", {})
         resumed = info.get("resumed_slices", 0)
         extra = f", {resumed} resumed" if resumed else ""
+        mean = f" (mean of {samples} draws)" if samples > 1 else ""
         typer.echo(f"wrote {os.fspath(output)}: {vol.shape[0]} slice(s) {vol.shape[1]}x{vol.shape[2]}, "
-                   f"sampler {sampler}, {info.get('seconds', 0):.1f} s{extra}")
+                   f"sampler {sampler}{mean}, {info.get('seconds', 0):.1f} s{extra}")
         if getattr(vol, "components", None):
             from medrecon.engine.core import component_path
 
             for name in vol.components:
-                typer.echo(f"wrote {os.fspath(component_path(output, name))}: the {name} component")
+                what = (f"the standard deviation of the {samples} draws" if samples > 1 and name == "std"
+                        else f"the {name} component")
+                typer.echo(f"wrote {os.fspath(component_path(output, name))}: {what}")
 
     @app.command("reconstruct-many")
     def reconstruct_many_cmd(

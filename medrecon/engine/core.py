@@ -530,20 +530,37 @@ def _to_image(x, what: str) -> np.ndarray:
     return out
 
 
-def _run_batch(w: _Worker, sampler, m, idx: list[int], steps, seed: int, cb) -> np.ndarray:
+def _run_batch(w: _Worker, sampler, m, idx: list[int], steps, seed: int, cb, samples: int = 1) -> np.ndarray:
+    """The slices ``idx`` reconstructed on worker ``w``: ``(B, *image)``; with ``samples`` > 1,
+    ``samples`` independent draws per slice (streams ``(seed, k, d)``, draw 0 the plain one)
+    summarised as ``(B, 2, *image)``: their mean and standard deviation (Welford)."""
     import torch
 
     from medrecon.samplers import slice_generators
 
     y = torch.from_numpy(np.ascontiguousarray(m.y[idx])).to(w.dev)
-    gens = slice_generators(seed, idx)
-    x = sampler.sample(y, w.op.for_slices(idx), w.prior, steps=steps, generators=gens, progress=cb)
+    op = w.op.for_slices(idx)
     what = f"slices {idx[0]}..{idx[-1]}" if len(idx) > 1 else f"slice {idx[0]}"
-    out = _to_image(x, what)
     expect = (len(idx), *tuple(w.op.domain_shape))
-    if out.shape != expect:
-        raise MedreconError(f"sampler {sampler.name!r} returned shape {out.shape}, expected {expect}")
-    return out
+    mean = m2 = None
+    for d in range(samples):
+        dcb = cb if cb is None or samples == 1 else (
+            lambda done, total, d=d: cb(d * total + done, samples * total))
+        x = sampler.sample(y, op, w.prior, steps=steps, generators=slice_generators(seed, idx, d), progress=dcb)
+        out = _to_image(x, what)
+        if out.shape != expect:
+            raise MedreconError(f"sampler {sampler.name!r} returned shape {out.shape}, expected {expect}")
+        if samples == 1:
+            return out
+        out = out.astype(np.float64)
+        if mean is None:
+            mean, m2 = out, np.zeros_like(out)
+        else:
+            delta = out - mean
+            mean = mean + delta / (d + 1)
+            m2 = m2 + delta * (out - mean)
+    std = np.sqrt(m2 / (samples - 1))
+    return np.stack([mean, std], axis=1).astype(np.float32)
 
 
 def reconstruct(
@@ -566,6 +583,7 @@ def reconstruct(
     checkpoint_every_s: float = 60.0,
     num_parts: int = 1,
     part_id: int = 0,
+    samples: int = 1,
     _stop_after: int | None = None,
     _stop_after_steps: int | None = None,
 ):
@@ -620,6 +638,14 @@ def reconstruct(
         of the part are kept as with ``resume``, and the part that finds every slice finished
         writes the output.  All parts must use the same settings (as for ``resume``); the
         result is identical to one unsplit run.  Slice-coupled samplers cannot be split.
+    samples : int
+        Posterior draws per slice (diffusion samplers that work slice by slice): the result is
+        their mean, an estimate of the posterior mean E[x | y], which has a lower expected
+        squared error than any single draw (each draw adds its spread about the mean; see
+        docs/samplers.md), and ``vol.components["std"]`` their standard deviation (an
+        uncertainty map, physical units; written to :func:`component_path` ``(output, "std")``).
+        Draw ``d`` of slice ``k`` uses the stream ``(seed, k, d)``; draw 0 is the
+        ``samples=1`` result.  Costs ``samples`` times the time.
 
     Returns
     -------
@@ -629,7 +655,8 @@ def reconstruct(
         are still running, or another part is writing it).
         For an operator with image components (``us.haze``: tissue, haze) it is the first
         component, and ``vol.components`` maps each further name to its Volume (written to
-        :func:`component_path` of ``output``).
+        :func:`component_path` of ``output``).  With ``samples`` > 1 it is the mean of the
+        draws and ``vol.components["std"]`` their standard deviation.
 
     Example::
 
@@ -643,6 +670,7 @@ def reconstruct(
     if resume and output is None:
         raise InputError("resume needs output= (the checkpoints live next to the output)")
     num_parts, part_id = _check_parts(num_parts, part_id, output)
+    samples = positive_int("samples", samples)
     try:
         checkpoint_every_s = float(checkpoint_every_s)
     except (TypeError, ValueError):
@@ -671,6 +699,9 @@ def reconstruct(
         what = "the operator is 3D" if volume_mode_3d else f"sampler {smp.name!r} couples all slices"
         raise InputError(f"{what}: it cannot be split into parts; run it as one job (num_parts=1)")
     comps = component_names(op)
+    if samples > 1:
+        _check_samples(samples, smp, op, comps, volume_mode)
+        comps = ("mean", "std")  # each slice holds the draws' mean and standard deviation
     if output is not None:
         for name in comps[1:]:
             check_target(component_path(out_path, name), overwrite)
@@ -684,6 +715,8 @@ def reconstruct(
     if comps:  # each slice holds every component: (n_components, Y, X)
         slice_shape = (len(comps), *slice_shape)
     settings = run_settings(m, smp, prior_obj, eff_steps, seed, amp)
+    if samples > 1:  # (absent for one draw: checkpoints of earlier versions stay valid)
+        settings["samples"] = samples
     shash = _settings_hash(settings)
     if num_parts > z:
         raise InputError(f"num_parts={num_parts} is more than the {z} slice(s) of the measurement")
@@ -700,16 +733,20 @@ def reconstruct(
         return _run(m, op, smp, prior_obj, prior_name, devs, batch_size, eff_steps, seed, amp, progress,
                     settings, ck, z, slice_shape, volume_mode, volume_mode_3d, _stop_after,
                     out_path if output is not None else None, overwrite, like, mine if num_parts > 1 else None,
-                    {"every_s": checkpoint_every_s, "resume": bool(resume), "stop_after_steps": _stop_after_steps})
+                    {"every_s": checkpoint_every_s, "resume": bool(resume), "stop_after_steps": _stop_after_steps},
+                    comps, samples)
     finally:
         if ck is not None:
             ck.release()
 
 
 def _run(m, op, smp, prior_obj, prior_name, devs, batch_size, eff_steps, seed, amp, progress, settings, ck, z,
-         slice_shape, volume_mode, volume_mode_3d, _stop_after, out_path, overwrite, like, mine, vopts):
+         slice_shape, volume_mode, volume_mode_3d, _stop_after, out_path, overwrite, like, mine, vopts,
+         comps, samples):
     """Compute the slices not done yet (of ``mine``, a part's slices, when the run is split),
-    then assemble and write the output.  A part returns None unless it writes the output."""
+    then assemble and write the output.  A part returns None unless it writes the output.
+    ``comps``: the names of the channels each slice holds (an operator's image components, or
+    ``("mean", "std")`` for ``samples`` > 1), the first one returned, the others in ``components``."""
     from medrecon.volume import Volume
 
     result = np.zeros((z, *slice_shape), dtype=np.float32)
@@ -733,7 +770,8 @@ def _run(m, op, smp, prior_obj, prior_name, devs, batch_size, eff_steps, seed, a
                                   stacklevel=2)
                 _run_volume(workers[0], smp, m, eff_steps, seed, result, ck, prog, volume_mode_3d, z, **vopts)
             else:
-                _run_slices(workers, smp, m, todo, batch_size, eff_steps, seed, result, ck, prog, _stop_after)
+                _run_slices(workers, smp, m, todo, batch_size, eff_steps, seed, result, ck, prog, _stop_after,
+                            samples)
     elapsed = time.perf_counter() - t0
     if mine is not None:  # a part: write the output only when every slice is finished, exactly once
         computed = set(todo)
@@ -764,9 +802,11 @@ def _run(m, op, smp, prior_obj, prior_name, devs, batch_size, eff_steps, seed, a
         "seconds": round(elapsed, 3),
         "medrecon_version": medrecon.__version__,
     }
-    comps = component_names(op)
-    if comps:
+    if samples > 1:
+        meta["reconstruction"]["samples"] = samples
+    if comps and samples == 1:
         meta["component"] = comps[0]
+    if comps:
         meta["reconstruction"]["components"] = {
             name: str(component_path(out_path, name)) if out_path is not None and k else None
             for k, name in enumerate(comps)}
@@ -809,6 +849,20 @@ def _bind_intensity(prior, m, op, dev, batch_size: int):
                 x = x[:, 0]
             parts.append((x.abs() if x.is_complex() else x).float().cpu().numpy())
     return prior.for_volume(np.concatenate(parts))
+
+
+def _check_samples(samples: int, smp, op, comps, volume_mode: bool) -> None:
+    """``samples`` > 1 needs a stochastic (diffusion) sampler that works slice by slice on a
+    plain image: one clear sentence otherwise."""
+    if not getattr(smp, "needs_prior", False):
+        raise InputError(f"sampler {smp.name!r} is deterministic: {samples} samples would all be the same; "
+                         "use samples=1 (or a diffusion sampler: dds, dps, reddiff)")
+    if volume_mode:
+        raise InputError(f"samples={samples} needs a sampler that works slice by slice; {smp.name!r} with "
+                         f"operator {op.name!r} reconstructs the whole volume at once")
+    if comps:
+        raise InputError(f"samples={samples} is not available for operator {op.name!r}, whose image has "
+                         f"components ({', '.join(comps)})")
 
 
 def check_volume_geometry(m, smp) -> float | None:
@@ -927,7 +981,7 @@ def _run_volume(w, smp, m, steps, seed, result, ck, prog, volume_mode_3d: bool, 
     prog.slices_done(z)
 
 
-def _run_slices(workers, smp, m, todo, batch_size, steps, seed, result, ck, prog, stop_after) -> None:
+def _run_slices(workers, smp, m, todo, batch_size, steps, seed, result, ck, prog, stop_after, samples=1) -> None:
     batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
     stop = threading.Event()
     counter = {"n": 0}
@@ -949,7 +1003,7 @@ def _run_slices(workers, smp, m, todo, batch_size, steps, seed, result, ck, prog
         for idx in batches:
             if stop.is_set():
                 break
-            finish(idx, _run_batch(w, smp, m, idx, steps, seed, prog.step_callback(0)))
+            finish(idx, _run_batch(w, smp, m, idx, steps, seed, prog.step_callback(0), samples))
     else:
         q: queue.Queue = queue.Queue()
         for b in batches:
@@ -968,7 +1022,7 @@ def _run_slices(workers, smp, m, todo, batch_size, steps, seed, result, ck, prog
                 except queue.Empty:
                     return
                 try:
-                    finish(idx, _run_batch(w, smp, m, idx, steps, seed, cb))
+                    finish(idx, _run_batch(w, smp, m, idx, steps, seed, cb, samples))
                 except BaseException as exc:  # noqa: BLE001 - handed to the main thread
                     errors.append(exc)
                     stop.set()

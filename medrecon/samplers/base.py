@@ -253,11 +253,13 @@ class Sampler:
 
 
 # --------------------------------------------------------------------------- randomness
-def slice_generators(seed: int, indices: Sequence[int] | int) -> list[torch.Generator]:
+def slice_generators(seed: int, indices: Sequence[int] | int, draw: int = 0) -> list[torch.Generator]:
     """CPU generators seeded from ``(seed, slice index)``; ``indices`` an int means ``range(indices)``.
 
     The seed of slice ``i`` depends only on ``seed`` and ``i`` (through numpy's
     ``SeedSequence``), so a slice gets the same random numbers whatever batch it is in.
+    ``draw`` > 0 selects the independent stream ``(seed, i, draw)`` of a further posterior
+    sample of the same slice (``reconstruct(..., samples=N)``); draw 0 is the plain stream.
 
     >>> g = slice_generators(0, [5])[0]; h = slice_generators(0, range(3, 6))[2]
     >>> bool(torch.equal(torch.randn(3, generator=g), torch.randn(3, generator=h)))
@@ -269,7 +271,8 @@ def slice_generators(seed: int, indices: Sequence[int] | int) -> list[torch.Gene
         indices = range(indices)
     out = []
     for i in indices:
-        s = int(np.random.SeedSequence([int(seed) & (2**63 - 1), int(i)]).generate_state(1, np.uint64)[0])
+        entropy = [int(seed) & (2**63 - 1), int(i)] + ([int(draw)] if draw else [])
+        s = int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
         out.append(torch.Generator().manual_seed(s & (2**63 - 1)))
     return out
 
