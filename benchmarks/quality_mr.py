@@ -116,6 +116,7 @@ def run(args) -> dict:
            "git": _git(), "slices": idx.tolist(), "pixel_size_mm": px, "noise_rel": args.noise,
            "device": args.device, "dds_steps": args.dds_steps, "prior": args.prior, "samples": args.samples,
            "results": {}}
+    figure = {}  # acceleration -> {method: first evaluated slice}
     for accel in args.accels:
         tv_lam = args.tv_lam
         if "tv" in args.methods and tv_lam is None:  # pick on a training slice
@@ -178,8 +179,9 @@ def run(args) -> dict:
                                                                   volume_shape=(len(idx[sub]), *m.volume_shape[1:]))
             n_draws = args.samples if prior is not None else 1
             t0 = time.perf_counter()
-            x = medrecon.reconstruct(ms, name, prior, params=params, steps=steps, progress=False,
-                                     device=args.device, batch_size=len(idx), seed=0, samples=n_draws).data
+            vol = medrecon.reconstruct(ms, name, prior, params=params, steps=steps, progress=False,
+                                       device=args.device, batch_size=len(idx), seed=0, samples=n_draws)
+            x = vol.data
             sec = (time.perf_counter() - t0) / x.shape[0]
             row[meth] = {"psnr": round(psnr(x, ref[sub]), 2), "ssim": round(ssim(x, ref[sub]), 4),
                          "seconds_per_slice": round(sec, 2), "params": params, "samples": n_draws,
@@ -188,10 +190,66 @@ def run(args) -> dict:
                              x, ref[sub], window=(float(ref.min()), float(ref.max())))]}
             if sub != slice(None):
                 row[meth]["slices"] = idx[sub].tolist()
+            shown = figure.setdefault(f"{accel}x", {"reference": ref[0]})
+            shown[meth] = x[0]
+            if n_draws > 1:
+                shown[f"{meth} std"] = vol.components["std"].data[0]
             print(f"{accel}x {meth:6s} PSNR {row[meth]['psnr']:6.2f} dB  SSIM {row[meth]['ssim']:.4f}  "
                   f"{sec:.1f} s/slice", flush=True)
         out["results"][f"{accel}x"] = row
+    if args.png and not args.quick:
+        write_png(args.png, figure, out, int(idx[0]))
+        out["png"] = args.png
     return out
+
+
+NAMES = {"zf": "zero-filled", "sense": "SENSE", "tv": "SENSE + TV", "dds": "DDS", "dps": "DPS"}
+
+
+def write_png(path, figure, out, z):
+    """Per acceleration two rows: the images (reference window [min, max]) with their PSNR on
+    this slice, and |error| (0..20 % of the window); posterior std maps (``--samples``) in the
+    error row's scale."""
+    import matplotlib
+    import numpy as np
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from medrecon.metrics import psnr
+
+    cols = max(len(v) for v in figure.values())
+    fig, axes = plt.subplots(2 * len(figure), cols, figsize=(2.2 * cols, 4.6 * len(figure)), dpi=90, squeeze=False)
+    for r, (acc, shown) in enumerate(figure.items()):
+        ref = shown["reference"]
+        lo, hi = float(ref.min()), float(ref.max())
+        emax = 0.2 * (hi - lo)
+        for j in range(cols):
+            top, bottom = axes[2 * r, j], axes[2 * r + 1, j]
+            top.axis("off")
+            bottom.axis("off")
+            if j >= len(shown):
+                continue
+            name = list(shown)[j]
+            img = shown[name]
+            if name.endswith(" std"):
+                top.imshow(img, cmap="magma", vmin=0, vmax=emax)
+                meth = name[:-4]
+                top.set_title(f"{NAMES.get(meth, meth)} std\n{out['samples']} draws", fontsize=8)
+                continue
+            top.imshow(img, cmap="gray", vmin=lo, vmax=hi)
+            if name == "reference":
+                top.set_title(f"reference z={z}\n{acc}, 8 coils", fontsize=8)
+                bottom.text(0.5, 0.5, f"|error|\n0..{emax:.0f}", ha="center", va="center", fontsize=8,
+                            transform=bottom.transAxes)
+                continue
+            draws = f", mean of {out['samples']}" if out["samples"] > 1 and name in ("dds", "dps") else ""
+            top.set_title(f"{NAMES.get(name, name)}{draws}\n{psnr(img, ref, (lo, hi)):.2f} dB", fontsize=8)
+            bottom.imshow(np.abs(img - ref), cmap="magma", vmin=0, vmax=emax)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def main(argv=None) -> int:
@@ -218,6 +276,7 @@ def main(argv=None) -> int:
     ap.add_argument("--stack", default=None, help="folder of preprocessed float16 stacks (e.g. .gpu/mr) instead "
                     "of the series")
     ap.add_argument("--output", default=str(RESULTS / "quality_mr.json"))
+    ap.add_argument("--png", default=None, help="figure (default: the --output path with .png)")
     args = ap.parse_args(argv)
     if args.threads:
         import torch
@@ -229,6 +288,7 @@ def main(argv=None) -> int:
     if args.quick:
         args.slices, args.dds_steps, args.dps_steps = 1, 5, 5
     args.accels = [int(a) if float(a).is_integer() else a for a in args.accels]
+    args.png = args.png or str(Path(args.output).with_suffix(".png"))
     res = run(args)
     if not args.quick:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
