@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
 # One GPU lease (prepared in session 4, which had none): the open items of issue 6 that need a
-# GPU -- mri.sense slices per second on CUDA, and MR quality with DDS *and* DPS as the mean of
-# 4 posterior draws (reconstruct samples=4) at 100 DDS / 200 DPS steps -- then the cone-beam
-# quality3d run that no GPU session has done yet.
+# GPU.  1. mri.sense slices per second on CUDA (GPU otherwise idle); 2. a new MR prior trained
+# from scratch with rotation/zoom augmentation (`train-prior --rotate 10 --zoom 0.1`, the
+# 88-slice MR set overfits: fine-tuning mr-default longer made held-out slices worse) in the
+# background; 3. MR quality with DDS (100 steps) and DPS (200 steps, zeta 10) as the mean of 4
+# posterior draws (`--samples 4`) for mr-default, then for the new prior.
 #
 # Run through the device tool from the repo root, carrying .whl (monai wheel), .gpu/wheels
-# (einops) and .gpu/ct, .gpu/mr (float16 stacks from `python -m medrecon.priors.prepare`):
+# (einops) and .gpu/mr (float16 stacks from `python -m medrecon.priors.prepare`):
 #   bash benchmarks/gpu_session4.sh        # everything worth keeping goes under $OUT
+# Environment: TRAIN_MINUTES (default 5.0).  The cone-beam run is benchmarks/gpu_3d.sh.
 set -u
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-out/gpu}
-mkdir -p "$OUT"
+mkdir -p "$OUT" .gpu/out
 exec > >(tee "$OUT/gpu_session4.log") 2>&1
 T0=$(date +%s)
+TRAIN_MINUTES=${TRAIN_MINUTES:-5.0}
 
 echo "== machine"; date; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl .gpu/wheels/*.whl
@@ -21,18 +25,29 @@ python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . -e plug
   || echo "WARNING: editable install failed; plugin look-ups will fail"
 python3 -c "import torch, monai; print('torch', torch.__version__, 'monai', monai.__version__, torch.cuda.get_device_name())"
 
-echo "== mri.sense 15 coils 320x320: CPU and CUDA rows, ratio to a bare fft2 round trip"
+echo "== mri.sense 15 coils 320x320: CPU and CUDA rows, ratio to a bare fft2 round trip (GPU idle)"
 timeout 90 python3 benchmarks/operators.py --modality mri --device cuda --threads 4 \
   --json "$OUT/operators_mri_cuda.json" || echo "mri operators exit $?"
 
-echo "== MR quality, 4 held-out slices, 8 coils, 4x and 8x: DDS 100 steps and DPS 200 steps (zeta 10), mean of 4 draws"
-timeout 240 python3 benchmarks/quality_mr.py --stack .gpu/mr --device cuda --methods zf sense tv dds dps \
-  --dds-steps 100 --dps-steps 200 --dps-zeta 10 --samples 4 --output "$OUT/quality_mr_samples4.json" \
-  || echo "MR quality exit $?"
+echo "== MR prior from scratch with augmentation (${TRAIN_MINUTES} min cap, background)"
+python3 -m medrecon.priors.train --data .gpu/mr/train.npy --val-data .gpu/mr/holdout.npy --modality mr \
+  --size 256 --channels small --batch-size 32 --lr 3e-4 --ema-decay 0.995 --warmup 100 --steps 100000 \
+  --max-minutes "$TRAIN_MINUTES" --val-every 500 --ckpt-every 100000 --log-every 100 --seed 0 --device cuda \
+  --rotate 10 --zoom 0.1 --samples 8 --output .gpu/out/mr-aug > "$OUT/train-mr-aug.log" 2>&1 &
+P=$!
+
+MRQ="--stack .gpu/mr --device cuda --methods zf sense tv dds dps --dds-steps 100 --dps-steps 200 --dps-zeta 10 --samples 4"
+echo "== MR quality, mr-default (GPU shared with the training: seconds per slice are not clean)"
+timeout 200 python3 benchmarks/quality_mr.py $MRQ --prior mr-default --output "$OUT/quality_mr_samples4_mr-default.json" \
+  || echo "MR quality mr-default exit $?"
 echo "after $(( $(date +%s) - T0 )) s"
 
-echo "== cone beam quality3d (benchmarks/gpu_3d.sh's last step)"
-timeout 180 python3 benchmarks/quality3d.py --geometry cone --data .gpu/ct/holdout.npy --views 16 --device cuda \
-  --net-batch 32 --methods fdk,dds3d,tv3d,mbir3d --slices 32 --steps 50 --mbir-steps 100 --tv-iters 200 \
-  --tv-lams 2.5,5,10 --output "$OUT" || echo "quality3d cone exit $?"
-echo "== done after $(( $(date +%s) - T0 )) s"; ls -la "$OUT"
+wait $P; echo "MR training exit $?"; tail -n 5 "$OUT/train-mr-aug.log"
+mkdir -p "$OUT/mr-aug"
+cp .gpu/out/mr-aug/config.json .gpu/out/mr-aug/weights.safetensors .gpu/out/mr-aug/train_report.json \
+   .gpu/out/mr-aug/*.png "$OUT/mr-aug/" 2>/dev/null || echo "no new MR prior"
+
+echo "== MR quality, the augmented prior"
+timeout 200 python3 benchmarks/quality_mr.py $MRQ --prior .gpu/out/mr-aug --output "$OUT/quality_mr_samples4_mr-aug.json" \
+  || echo "MR quality mr-aug exit $?"
+echo "== done after $(( $(date +%s) - T0 )) s"; ls -la "$OUT" "$OUT"/*/

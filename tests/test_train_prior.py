@@ -82,6 +82,8 @@ def test_train_cap_and_patch(tmp_path):
         train_prior([tr], tmp_path / "q", steps=1, patch=64, device="cpu", channels="tiny", n_samples=0)
     with pytest.raises(InputError):
         train_prior([tr], tmp_path / "q", steps=1, modality="mr", device="cpu", channels="tiny", n_samples=0)
+    with pytest.raises(InputError, match="rotate"):
+        train_prior([tr], tmp_path / "q", steps=1, device="cpu", channels="tiny", n_samples=0, zoom=1.5)
 
 
 def test_augment_and_crop_shapes():
@@ -91,6 +93,35 @@ def test_augment_and_crop_shapes():
     x = torch.randn(5, 1, 32, 32)
     assert augment_batch(x, g, None, 4).shape == x.shape
     assert augment_batch(x, g, 16, 0).shape == (5, 1, 16, 16)
+
+
+def test_rotate_zoom_moves_half_the_batch_by_the_drawn_rotation():
+    """A disk off the centre: rotated about the centre its mass centre moves on a circle (radius
+    kept, up to the zoom), and slices not picked stay bit-identical."""
+    from medrecon.priors.train import augment_batch, rotate_zoom
+
+    n = 64
+    yy, xx = torch.meshgrid(torch.arange(n) - n / 2 + 0.5, torch.arange(n) - n / 2 + 0.5, indexing="ij")
+    disk = ((yy - 0) ** 2 + (xx - 16) ** 2 < 36).float()
+    x = disk.expand(16, 1, n, n).clone()
+    g = torch.Generator().manual_seed(3)
+    out = rotate_zoom(x, g, rotate_deg=90.0, zoom=0.0)
+    same = (out == x).flatten(1).all(1)
+    assert 3 <= int(same.sum()) <= 13  # about half untouched
+    moved = out[~same, 0]
+    inner = (yy ** 2 + xx ** 2 < 28 ** 2).float()  # corners sample reflected copies from outside the grid
+    w = (moved.clamp(min=0) * inner).flatten(1)
+    cy = (w * yy.flatten()).sum(1) / w.sum(1)
+    cx = (w * xx.flatten()).sum(1) / w.sum(1)
+    radius = (cy ** 2 + cx ** 2).sqrt()
+    assert torch.allclose(radius, torch.full_like(radius, 16.0), atol=0.6)  # rotated about the centre
+    assert float(torch.atan2(cy, cx).abs().max()) > 0.2  # and really rotated
+    assert torch.allclose(w.sum(1), disk.sum().expand(len(moved)), rtol=0.03)  # no zoom: same area
+    big = rotate_zoom(x, torch.Generator().manual_seed(4), rotate_deg=0.0, zoom=0.3)
+    areas = (big.clamp(min=0) * inner).sum((1, 2, 3)) / disk.sum()
+    assert float(areas.max()) > 1.05 or float(areas.min()) < 0.95  # zoomed ones change area
+    assert float(areas.max()) < 1.3 ** 2 + 0.05 and float(areas.min()) > 0.7 ** 2 - 0.05
+    assert augment_batch(x, g, None, 4, rotate_deg=10, zoom=0.1).shape == x.shape
 
 
 def test_immiscible_is_permutation():

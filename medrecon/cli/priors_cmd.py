@@ -36,6 +36,10 @@ def register(app: typer.Typer) -> None:
         ckpt_every: int = typer.Option(1000, "--ckpt-every"),
         log_every: int = typer.Option(50, "--log-every"),
         immiscible: bool = typer.Option(False, "--immiscible", help="Immiscible noise assignment (needs scipy)."),
+        rotate: float = typer.Option(0.0, "--rotate", help="Augmentation: rotate half of each batch by up to this "
+                                     "many degrees (0: off; small data sets)."),
+        zoom: float = typer.Option(0.0, "--zoom", help="Augmentation: scale half of each batch by up to 1 +- ZOOM "
+                                   "(0: off)."),
         n_samples: int = typer.Option(16, "--samples", help="Unconditional samples in samples.png (0: none)."),
         sample_steps: int = typer.Option(50, "--sample-steps", help="DDIM steps for samples.png."),
         ema_decay: float = typer.Option(0.999, "--ema-decay", help="EMA decay of the saved weights."),
@@ -60,6 +64,7 @@ def register(app: typer.Typer) -> None:
             max_minutes=max_minutes,
             patch=patch, channels=channels, schedule=schedule, prediction=prediction, val_every=val_every,
             ckpt_every=ckpt_every, log_every=log_every, immiscible=immiscible, n_samples=n_samples,
+            rotate_deg=rotate, zoom=zoom,
             ema_decay=ema_decay, warmup=warmup, bf16=not no_bf16, sample_steps=sample_steps,
         )
         typer.echo(f"prior written to {output} ({report['steps']} steps, {report['stopped_by']}, "

@@ -23,6 +23,7 @@ are imported when training from ``.npy`` stacks: no pydicom, nibabel or scipy.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import sys
@@ -66,13 +67,35 @@ def _crop_batch(x: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, h: int, w: 
     return x[bi, 0, rows[:, :, None], cols[:, None, :]][:, None]
 
 
-def augment_batch(x: torch.Tensor, gen: torch.Generator, patch: int | None, shift: int) -> torch.Tensor:
-    """Left-right flip (p = 0.5) and a random shift of up to ``shift`` px (reflect padded),
-    or a random ``patch`` x ``patch`` crop; all on x's device with ``gen``."""
+def rotate_zoom(x: torch.Tensor, gen: torch.Generator, rotate_deg: float, zoom: float) -> torch.Tensor:
+    """Half of the batch (chosen at random) rotated by a uniform angle in [-rotate_deg, rotate_deg]
+    about the image centre and scaled by a uniform factor in [1 - zoom, 1 + zoom]: bicubic
+    resampling, reflected at the border.  The other half is left untouched, so the prior keeps
+    seeing unresampled slices (resampling smooths a little).  x (B, 1, H, W) -> same shape."""
+    b = x.shape[0]
+    dev = x.device
+    u = torch.rand(3, b, generator=gen, device=dev)
+    ang = (2 * u[0] - 1) * math.radians(rotate_deg)
+    s = 1 + (2 * u[1] - 1) * zoom  # magnification; the sampling grid is scaled by 1 / s
+    cos, sin = torch.cos(ang) / s, torch.sin(ang) / s
+    zero = torch.zeros_like(cos)
+    theta = torch.stack([torch.stack([cos, -sin, zero], -1), torch.stack([sin, cos, zero], -1)], 1)
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    moved = F.grid_sample(x, grid, mode="bicubic", padding_mode="reflection", align_corners=False)
+    return torch.where((u[2] < 0.5)[:, None, None, None], moved, x)
+
+
+def augment_batch(x: torch.Tensor, gen: torch.Generator, patch: int | None, shift: int,
+                  rotate_deg: float = 0.0, zoom: float = 0.0) -> torch.Tensor:
+    """Left-right flip (p = 0.5), optionally :func:`rotate_zoom` (``rotate_deg`` or ``zoom`` > 0),
+    then a random shift of up to ``shift`` px (reflect padded) or a random ``patch`` x ``patch``
+    crop; all on x's device with ``gen``."""
     b, _, h, w = x.shape
     dev = x.device
     flip = torch.rand(b, generator=gen, device=dev) < 0.5
     x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    if rotate_deg > 0 or zoom > 0:
+        x = rotate_zoom(x, gen, rotate_deg, zoom)
     if patch is not None and patch < min(h, w):
         oy = torch.randint(0, h - patch + 1, (b,), generator=gen, device=dev)
         ox = torch.randint(0, w - patch + 1, (b,), generator=gen, device=dev)
@@ -245,6 +268,8 @@ def train_prior(
     ema_decay: float = 0.999,
     warmup: int = 200,
     shift: int = 8,
+    rotate_deg: float = 0.0,
+    zoom: float = 0.0,
     immiscible: bool = False,
     bf16: bool = True,
     weights_dtype: str = "float16",
@@ -259,6 +284,8 @@ def train_prior(
         (at most 32) are held back from training for validation.
     size : slice size S (volumes are resampled to S x S; stacks of another size are resampled).
     patch : train on random patch x patch crops (the CPU path); the prior still applies to any grid.
+    rotate_deg, zoom : augmentation for small data sets (:func:`rotate_zoom`): half of each batch
+        rotated by up to ``rotate_deg`` degrees and scaled by up to ``1 +- zoom``; 0 (default): off.
     channels : network preset name (see :data:`medrecon.priors.model.PRESETS`).
     max_minutes : wall-clock cap; training stops cleanly, saving, and records the steps done.
     resume : continue from ``output/checkpoint`` (steps is the total target).
@@ -277,6 +304,8 @@ def train_prior(
         raise InputError(f"unknown --channels preset {channels!r}; use one of {', '.join(PRESETS)}")
     if steps < 0 or batch_size < 1:
         raise InputError("steps must be >= 0 and batch size >= 1")
+    if not (0 <= rotate_deg <= 180) or not (0 <= zoom < 1):
+        raise InputError(f"--rotate must be 0..180 degrees and --zoom 0..<1, got {rotate_deg} and {zoom}")
     dev = resolve_device(device)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
@@ -389,7 +418,7 @@ def train_prior(
                 stopped_by = "max_minutes"
                 break
             idx = torch.randint(0, x_train.shape[0], (batch_size,), generator=gen, device=dev)
-            x0 = augment_batch(x_train[idx], gen, patch, shift)
+            x0 = augment_batch(x_train[idx], gen, patch, shift, rotate_deg, zoom)
             noise = torch.randn(x0.shape, generator=gen, device=dev)
             if immiscible:
                 noise = immiscible_assign(x0, noise)
@@ -448,6 +477,7 @@ def train_prior(
     final = DiffusionPrior(cfg, net=ema)
     training_info = {"steps": step, "target_steps": steps, "stopped_by": stopped_by, "batch_size": batch_size,
                      "patch": patch, "lr": lr, "seed": seed, "ema_decay": ema_decay, "immiscible": immiscible,
+                     "augment": {"flip": True, "shift": shift, "rotate_deg": rotate_deg, "zoom": zoom},
                      "data_sha256": data_sha, "final_val_loss": val_losses[-1]["mean"],
                      "train_seconds": round(train_seconds, 1), "device": str(dev)}
     final.config["training"] = training_info
