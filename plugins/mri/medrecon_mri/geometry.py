@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["phase_read_directions", "slice_geometry", "siemens_affine"]
+__all__ = ["frames_affine", "phase_read_directions", "siemens_affine", "siemens_frames", "slice_geometry"]
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 _PCS = ("dSag", "dCor", "dTra")
@@ -105,22 +105,51 @@ def slice_geometry(yaps: dict) -> list[dict[str, Any]] | None:
     return out or None
 
 
-def siemens_affine(geom: list[dict[str, Any]], shape: tuple[int, int], pixel_size_pe: float,
-                   pixel_size_readout: float) -> tuple[np.ndarray, list[float]]:
-    """The RAS+ affine (module docstring) of slices ``geom`` (in volume order) on a
-    ``(ny, nx)`` = (readout, phase encode) grid, and the slice positions along the first
-    slice's normal (mm)."""
+def frames_affine(frames: list[dict[str, Any]], shape: tuple[int, int], pixel_size_pe: float,
+                  pixel_size_readout: float) -> tuple[np.ndarray, list[float]]:
+    """The RAS+ affine of slices on a ``(ny, nx)`` = (readout rows, phase-encode columns) grid,
+    and the slice positions along the first slice's normal (mm).
+
+    ``frames`` (in volume order) give per slice, in the patient coordinate system (LPS, mm):
+    the centre ``position`` of the centre pixel ``(ny // 2, nx // 2)``, the unit vectors
+    ``row_dir`` (along which the row index j grows) and ``col_dir`` (column index i), the
+    ``normal`` and, optional, the ``thickness`` (the slice step of a single slice)::
+
+        affine[:3, 0] = F col_dir dx,   affine[:3, 1] = F row_dir dy,
+        affine[:3, 2] = F (p_1 - p_0)   (one slice: F normal thickness)
+        affine[:3, 3] = F p_0 - (nx // 2) affine[:3, 0] - (ny // 2) affine[:3, 1]
+
+    with ``F = diag(-1, -1, 1)`` (LPS -> RAS).
+    """
     ny, nx = (int(v) for v in shape)
-    g0 = geom[0]
-    gp, gr = phase_read_directions(g0["normal"], g0["inplane_rot"])
-    col_i = _LPS_TO_RAS @ (-gp) * float(pixel_size_pe)
-    col_j = _LPS_TO_RAS @ (-gr) * float(pixel_size_readout)
-    if len(geom) > 1:
-        step = _LPS_TO_RAS @ (geom[1]["position"] - g0["position"])
+    f0 = frames[0]
+    col_i = _LPS_TO_RAS @ np.asarray(f0["col_dir"], np.float64) * float(pixel_size_pe)
+    col_j = _LPS_TO_RAS @ np.asarray(f0["row_dir"], np.float64) * float(pixel_size_readout)
+    p0 = np.asarray(f0["position"], np.float64)
+    normal = np.asarray(f0["normal"], np.float64)
+    if len(frames) > 1:
+        step = _LPS_TO_RAS @ (np.asarray(frames[1]["position"], np.float64) - p0)
     else:
-        step = _LPS_TO_RAS @ g0["normal"] * (g0["thickness"] or float(pixel_size_readout))
+        step = _LPS_TO_RAS @ normal * (f0.get("thickness") or float(pixel_size_readout))
     aff = np.eye(4)
     aff[:3, 0], aff[:3, 1], aff[:3, 2] = col_i, col_j, step
-    aff[:3, 3] = _LPS_TO_RAS @ g0["position"] - (nx // 2) * col_i - (ny // 2) * col_j
-    positions = [float(np.dot(g["position"], g0["normal"])) for g in geom]
+    aff[:3, 3] = _LPS_TO_RAS @ p0 - (nx // 2) * col_i - (ny // 2) * col_j
+    positions = [float(np.dot(np.asarray(f["position"], np.float64), normal)) for f in frames]
     return aff, positions
+
+
+def siemens_affine(geom: list[dict[str, Any]], shape: tuple[int, int], pixel_size_pe: float,
+                   pixel_size_readout: float) -> tuple[np.ndarray, list[float]]:
+    """The RAS+ affine (module docstring) of Siemens protocol slices ``geom`` (in volume
+    order, :func:`slice_geometry`) on a ``(ny, nx)`` = (readout, phase encode) grid, and the
+    slice positions along the first slice's normal (mm): rows along ``-G_R``, columns along
+    ``-G_P`` (:func:`frames_affine`)."""
+    return frames_affine(siemens_frames(geom), shape, pixel_size_pe, pixel_size_readout)
+
+
+def siemens_frames(geom: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """:func:`frames_affine`'s slice frames of Siemens protocol slices: rows along ``-G_R``,
+    columns along ``-G_P`` (the first slice's directions; the module docstring)."""
+    gp, gr = phase_read_directions(geom[0]["normal"], geom[0]["inplane_rot"])
+    return [{"position": g["position"], "normal": g["normal"], "row_dir": -gr, "col_dir": -gp,
+             "thickness": g["thickness"]} for g in geom]

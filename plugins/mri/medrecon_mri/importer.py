@@ -1,4 +1,4 @@
-"""``mri.kspace``: import raw Cartesian k-space (fastMRI-style HDF5, numpy ``.npy``) as a measurement.
+"""``mri.kspace``: import raw Cartesian k-space (fastMRI HDF5, ISMRMRD HDF5, Siemens twix, ``.npy``) as a measurement.
 
 Readable inputs
 ---------------
@@ -6,6 +6,11 @@ Readable inputs
   (multi-coil) or ``(slices, readout, phase_encode)`` (single coil); optional ``mask``
   dataset (one 0/1 flag per phase-encode line) and ``ismrmrd_header`` (XML; the field of
   view and matrix sizes give the pixel size and the readout oversampling).
+* **ISMRMRD HDF5** (the ISMRM raw data format: a ``dataset`` group with the XML header and
+  one record per readout), Cartesian 2D, single- or multi-slice, read with h5py alone
+  (:mod:`medrecon_mri.ismrmrd`: line placement from the encoding counters and limits,
+  averages averaged, noise / navigator / calibration-only readouts skipped, slice
+  orientation from the readouts' position and direction cosines).
 * **Siemens twix** ``.dat`` (VB/VD/VE) through twixtools (``pip install 'medrecon-mri[twix]'``):
   the last measurement's image data, pixel size and slice thickness from the protocol
   (``MeasYaps``); repetitions of other loop counters are averaged (``Ave``) or their first
@@ -138,7 +143,8 @@ class KSpaceImporter:
 
     @classmethod
     def can_read(cls, path) -> bool:
-        """True for an HDF5 file with a 3D/4D ``kspace`` dataset, or a complex 2D-4D ``.npy`` (cheap)."""
+        """True for an HDF5 file with a 3D/4D ``kspace`` dataset or ISMRMRD acquisitions, a Siemens
+        twix ``.dat``, or a complex 2D-4D ``.npy`` (cheap)."""
         from medrecon.io.sniff import sniff_file
 
         def probe(p: Path) -> bool:
@@ -149,9 +155,13 @@ class KSpaceImporter:
                 return np.iscomplexobj(a) and 2 <= a.ndim <= 4
             import h5py
 
+            from medrecon_mri.ismrmrd import find_ismrmrd_group
+
             with h5py.File(p, "r") as f:
                 d = f.get("kspace")
-                return d is not None and hasattr(d, "shape") and len(d.shape) in (3, 4)
+                if d is not None and hasattr(d, "shape") and len(d.shape) in (3, 4):
+                    return True
+                return "kspace" not in f and find_ismrmrd_group(f) is not None
 
         return sniff_file(path, probe)
 
@@ -192,7 +202,7 @@ class KSpaceImporter:
         if os_factor < 1:
             raise InputError(f"oversampling must be a positive integer, got {oversampling!r}")
         Z = k.shape[0]
-        geom = info.get("slice_geometry")
+        geom = info.get("slice_frames")
         if geom is not None and len(geom) != Z:
             geom = None  # the protocol's slices do not match the data's: no orientation
         if slice is not None:
@@ -254,20 +264,21 @@ class KSpaceImporter:
         # (medrecon_mri.geometry), else a diagonal
         slice_positions = None
         if geom is not None:
-            from medrecon_mri.geometry import siemens_affine
+            from medrecon_mri.geometry import frames_affine
 
-            affine, slice_positions = siemens_affine(geom, (ny, nx), ps_pe, ps_ro)
+            affine, slice_positions = frames_affine(geom, (ny, nx), ps_pe, ps_ro)
         else:
             affine = np.diag([ps_pe, ps_ro, dz, 1.0])
         prov = {"source": str(p), "importer": self.name, "oversampling_removed": os_factor,
                 "slice": None if slice is None else int(slice), "coil_method": coil_method if multicoil else None,
                 "acceleration": op.acceleration, "calibration": op.mask_info["calibration"],
                 "undersample": undersample, "layout": "slices, coils, readout (rows), phase encode (columns)"}
-        prov["orientation"] = "protocol (sSliceArray)" if geom is not None else "none (diagonal affine)"
+        prov["orientation"] = info.get("orientation", "?") if geom is not None else "none (diagonal affine)"
         if slice_positions is not None and Z > 1:
             prov["slice_positions"] = slice_positions
-        if info.get("twix_dropped"):
-            prov["twix_dropped"] = info["twix_dropped"]
+        for key in ("twix_dropped", "ismrmrd_skipped", "ismrmrd_dropped", "averages"):
+            if info.get(key):
+                prov[key] = info[key]
         return Measurement(y=k if multicoil else k[:, 0], operator_spec=op.spec(), noise_std=0.0,
                            volume_shape=(Z, ny, nx), affine=affine, units="a.u.", provenance=prov, arrays=arrays)
 
@@ -336,11 +347,13 @@ class KSpaceImporter:
         except (KeyError, TypeError, ValueError, IndexError, ZeroDivisionError):
             pass
         try:
-            from medrecon_mri.geometry import slice_geometry
+            from medrecon_mri.geometry import siemens_frames, slice_geometry
 
-            info["slice_geometry"] = slice_geometry(scan["hdr"]["MeasYaps"])
+            geom = slice_geometry(scan["hdr"]["MeasYaps"])
+            info["slice_frames"] = siemens_frames(geom) if geom else None
+            info["orientation"] = "protocol (sSliceArray)"
         except (KeyError, TypeError, ValueError):
-            info["slice_geometry"] = None
+            info["slice_frames"] = None
         if dropped:
             info["twix_dropped"] = dropped
         return k, info
@@ -353,17 +366,35 @@ class KSpaceImporter:
             f = h5py.File(p, "r")
         except OSError as exc:
             raise FileFormatError(f"{str(p)!r} is not a readable HDF5 file") from exc
+        from medrecon_mri.ismrmrd import find_ismrmrd_group
+
         with f:
-            if "kspace" not in f:
-                raise FileFormatError(f"{str(p)!r} has no kspace dataset (not fastMRI-style k-space)")
-            k = f["kspace"][()]
-            mask = f["mask"][()] if "mask" in f else None
+            mrd = "kspace" not in f and find_ismrmrd_group(f) is not None
+            if "kspace" not in f and not mrd:
+                raise FileFormatError(f"{str(p)!r} has neither a kspace dataset (fastMRI-style k-space) nor "
+                                      "ISMRMRD acquisitions")
+            k = None if mrd else f["kspace"][()]
+            mask = f["mask"][()] if "mask" in f and not mrd else None
             info = {}
-            if "ismrmrd_header" in f:
+            if "ismrmrd_header" in f and not mrd:
                 h = f["ismrmrd_header"][()]
                 info = _header_info(h.decode() if isinstance(h, bytes) else str(h))
+        if mrd:
+            return KSpaceImporter._read_ismrmrd(p)
         if k.ndim == 3:
             return k[:, None], mask, info, False
         if k.ndim == 4:
             return k, mask, info, k.shape[1] > 1
         raise FileFormatError(f"{str(p)!r}: kspace must be (slices, [coils,] readout, phase encode), got {k.shape}")
+
+    @staticmethod
+    def _read_ismrmrd(p: Path):
+        """ISMRMRD HDF5 (:mod:`medrecon_mri.ismrmrd`): k-space, no mask dataset, header info."""
+        from medrecon_mri.ismrmrd import read_ismrmrd
+
+        k, raw = read_ismrmrd(p)
+        info = _header_info(raw["header_xml"])
+        info.update(slice_frames=raw["slice_frames"], orientation="ISMRMRD acquisition headers",
+                    ismrmrd_skipped=raw["skipped"], ismrmrd_dropped=raw["dropped"],
+                    averages=raw["averages"] if raw["averages"] > 1 else None)
+        return k, None, info, k.shape[1] > 1
