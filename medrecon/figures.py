@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["comparison_figure", "methods_figure", "bmode_figure"]
+__all__ = ["comparison_figure", "methods_figure", "bmode_figure", "overview_figure", "reconstruction_figure"]
 
 
 def _panels(vol, view: str) -> np.ndarray:
@@ -218,3 +218,90 @@ def bmode_figure(panels: dict[str, np.ndarray], *, spacing=(1.0, 1.0), origin=(0
         _save(fig, Path(path), dpi)
         plt.close(fig)
     return fig
+
+
+def overview_figure(panels: dict[str, np.ndarray], *, window, std: np.ndarray | None = None,
+                    spacing=(1.0, 1.0), title: str | None = None, path=None, dpi: int = 110):
+    """One slice, no reference: grey ``panels`` (name -> 2D array in physical units) on one
+    ``window`` (lo, hi), then, when given, the per-pixel standard deviation ``std`` of the
+    posterior draws on ``[0, its 99.5th percentile]`` (where the draws disagree).
+    ``spacing`` (row, column) in mm sets the aspect.  Returns the Figure (closed when saved)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    lo, hi = (float(v) for v in window)
+    names = list(panels)
+    ncol = len(names) + (std is not None)
+    fig, axes = plt.subplots(1, ncol, figsize=(3.3 * ncol, 3.9), squeeze=False, layout="constrained")
+    aspect = float(spacing[0]) / float(spacing[1])
+    for ax, name in zip(axes[0], names, strict=False):
+        ax.imshow(np.clip(np.asarray(panels[name], np.float64), lo, hi), cmap="gray", vmin=lo, vmax=hi,
+                  aspect=aspect, interpolation="nearest")
+        ax.set_title(name, fontsize=9)
+    if std is not None:
+        sd = np.asarray(std, np.float64)
+        top = float(np.percentile(sd, 99.5)) or float(sd.max()) or 1.0
+        im = axes[0, -1].imshow(sd, cmap="magma", vmin=0, vmax=top, aspect=aspect, interpolation="nearest")
+        axes[0, -1].set_title("std of the draws", fontsize=9)
+        fig.colorbar(im, ax=axes[0, -1], fraction=0.046, pad=0.02)
+    for ax in axes[0]:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title or f"window [{lo:.4g}, {hi:.4g}]", fontsize=9)
+    if path is not None:
+        _save(fig, Path(path), dpi)
+        plt.close(fig)
+    return fig
+
+
+def reconstruction_figure(m, vol, path, *, z: int | None = None, dpi: int = 110) -> dict[str, Any]:
+    """A look at a finished reconstruction without a reference: slice ``z`` (default the middle
+    one) of the operator's classical reconstruction (FBP, zero-filled, delay-and-sum), of
+    ``vol`` and, for ``samples`` > 1, of the draws' standard deviation (``vol.components["std"]``).
+
+    Window: CT in HU ``[-1000, 1000]``, otherwise the ``[0.5, 99.5]`` percentiles of the shown
+    reconstruction slice; ultrasound RF is shown as B-mode (:func:`bmode_figure`, 60 dB).  The
+    classical panel is left out for operators that reconstruct whole volumes at once (cone
+    beam), whose classical reconstruction would cost a full run.  Returns what was drawn.
+    """
+    import torch
+
+    from medrecon.metrics import default_window
+
+    data = np.asarray(vol.data)
+    Z = data.shape[0]
+    z = Z // 2 if z is None else int(z)
+    op = m.operator()
+    panels: dict[str, np.ndarray] = {}
+    if getattr(op, "per_slice", True) and np.asarray(m.y).shape[0] == Z:
+        with torch.no_grad():
+            c = op.for_slices([z]).classical(torch.from_numpy(np.ascontiguousarray(np.asarray(m.y)[[z]])))
+        c = c.detach().abs() if c.is_complex() else c.detach()
+        c = c.to("cpu", torch.float32).numpy()[0]
+        if c.shape == data.shape[1:]:
+            panels["classical"] = c
+    panels["reconstruction"] = data[z]
+    comps = getattr(vol, "components", None) or {}
+    std = comps["std"].data[z] if "std" in comps else None
+    dz, dy, dx = vol.spacing
+    rec = vol.meta.get("reconstruction") or {}
+    spec = rec.get("sampler")
+    bits = [f"slice {z} of {Z}", spec.get("name") if isinstance(spec, dict) else spec,
+            f"prior {rec['prior']}" if rec.get("prior") else None,
+            f"{rec['steps']} steps" if rec.get("steps") and rec.get("prior") else None,
+            f"mean of {rec['samples']} draws" if rec.get("samples") else None]
+    title = ", ".join(str(b) for b in bits if b)
+    if str(vol.meta.get("modality") or "").upper() == "US":
+        if std is not None:
+            panels["std of the draws (linear)"] = std
+        bmode_figure(panels, spacing=(dy, dx), image="rf", suptitle=title + ", B-mode 60 dB", path=path, dpi=dpi)
+        return {"slice": z, "panels": list(panels), "window": None}
+    if str(vol.meta.get("modality") or "").upper() == "CT" or str(vol.meta.get("units") or "").upper() == "HU":
+        lo, hi = default_window(data[z], meta=vol.meta)  # HU: [-1000, 1000]
+    else:
+        lo, hi = (float(v) for v in np.percentile(data[z], [0.5, 99.5]))
+        hi = hi if hi > lo else lo + 1.0
+    overview_figure(panels, window=(lo, hi), std=std, spacing=(dy, dx), title=title, path=path, dpi=dpi)
+    return {"slice": z, "panels": list(panels) + (["std"] if std is not None else []), "window": [lo, hi]}

@@ -119,10 +119,17 @@ def test_cli_samples(tmp_path, meas):
                                *map(str, args)], capture_output=True, text=True)
 
     p = cli("-s", "dds", "--prior", tmp_path / "prior", "--steps", 2, "--samples", 2, "--device", "cpu", "--quiet",
-            "-o", tmp_path / "r.nii.gz")
+            "-o", tmp_path / "r.nii.gz", "--png", tmp_path / "r.png")
     assert p.returncode == 0, p.stderr
     assert "mean of 2 draws" in p.stdout and "standard deviation of the 2 draws" in p.stdout
     assert (tmp_path / "r.std.nii.gz").exists()
+    assert "wrote figure" in p.stdout and "classical, reconstruction, std" in p.stdout
+    from matplotlib.image import imread
+
+    img = imread(tmp_path / "r.png")
+    assert img.ndim == 3 and img.shape[1] > 2 * img.shape[0] and img[..., :3].std() > 0.05  # three panels
+    p = cli("-s", "classical", "-o", tmp_path / "c.nii.gz", "--png", tmp_path / "c.jpg")
+    assert p.returncode == 2 and "--png" in p.stderr and not (tmp_path / "c.nii.gz").exists()
     p = cli("-s", "tv", "--samples", 2, "-o", tmp_path / "tv.nii.gz")
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1 and "deterministic" in p.stderr

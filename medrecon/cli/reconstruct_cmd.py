@@ -83,6 +83,8 @@ def register(app: typer.Typer) -> None:
         part_id: int = typer.Option(0, "--part-id", min=0,
                                     help="The part this job computes (0..N-1); the part that finishes the "
                                          "volume writes --output."),
+        png: Path = typer.Option(None, "--png", help="Also write a figure: the middle slice of the classical "
+                                                     "reconstruction, the result and (with --samples) the std."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
         stop_after: int = typer.Option(None, "--stop-after", hidden=True,
                                        help="Testing: stop after N slices, keeping the checkpoints."),
@@ -96,6 +98,8 @@ def register(app: typer.Typer) -> None:
             raise InputError(f"no such measurement file: {str(measurement)!r}")
         if like is not None and not like.exists():
             raise InputError(f"--like {str(like)!r} does not exist")
+        if png is not None and (png.suffix.lower() != ".png" or not png.absolute().parent.is_dir()):
+            raise InputError(f"--png needs a .png file in an existing folder, got {str(png)!r}")
         from medrecon.samplers import sampler_class
 
         cls = sampler_class(sampler)  # unknown names fail here, with a suggestion
@@ -145,6 +149,11 @@ def register(app: typer.Typer) -> None:
                 what = (f"the standard deviation of the {samples} draws" if samples > 1 and name == "std"
                         else f"the {name} component")
                 typer.echo(f"wrote {os.fspath(component_path(output, name))}: {what}")
+        if png is not None:
+            from medrecon.figures import reconstruction_figure
+
+            shown = reconstruction_figure(m, vol, png)
+            typer.echo(f"wrote figure {os.fspath(png)}: slice {shown['slice']}, {', '.join(shown['panels'])}")
 
     @app.command("reconstruct-many")
     def reconstruct_many_cmd(
