@@ -275,7 +275,8 @@ def main(argv=None) -> int:
     ap.add_argument("--prior", default="mr-default", help="prior name or folder (default mr-default)")
     ap.add_argument("--stack", default=None, help="folder of preprocessed float16 stacks (e.g. .gpu/mr) instead "
                     "of the series")
-    ap.add_argument("--output", default=str(RESULTS / "quality_mr.json"))
+    ap.add_argument("--output", default=None, help="JSON (default benchmarks/results/quality_mr.json; --quick "
+                    "writes only when given)")
     ap.add_argument("--png", default=None, help="figure (default: the --output path with .png)")
     args = ap.parse_args(argv)
     if args.threads:
@@ -288,9 +289,11 @@ def main(argv=None) -> int:
     if args.quick:
         args.slices, args.dds_steps, args.dps_steps = 1, 5, 5
     args.accels = [int(a) if float(a).is_integer() else a for a in args.accels]
+    write = args.output is not None or not args.quick
+    args.output = args.output or str(RESULTS / "quality_mr.json")
     args.png = args.png or str(Path(args.output).with_suffix(".png"))
     res = run(args)
-    if not args.quick:
+    if write:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(json.dumps(res, indent=2))
         print(f"wrote {args.output}")

@@ -30,3 +30,17 @@ def test_quality_quick(tmp_path):
     assert res["tv"]["mean"]["psnr_w1000"] > res["fbp"]["mean"]["psnr_w1000"] - 1.0
     assert out["git_commit"] is None or len(out["git_commit"]) == 40
     assert png.stat().st_size > 1000
+
+
+@pytest.mark.skipif(not Path("/work/shared/data/mr-t1-mprage-niivue").exists(),
+                    reason="needs /work/shared/data/mr-t1-mprage-niivue")
+def test_quality_mr_quick_through_quality_py(tmp_path):
+    """``quality.py --modality mr`` runs the MR protocol (benchmarks/quality_mr.py)."""
+    js = tmp_path / "mr.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quality.py"), "--modality", "mr", "--quick",
+                        "--accels", "4", "--threads", "1", "--output", str(js)], capture_output=True, text=True,
+                       timeout=600, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    row = json.loads(js.read_text())["results"]["4x"]
+    assert set(row) >= {"zf", "sense", "tv", "dds"} and 3 < row["acceleration_achieved"] < 5
+    assert row["tv"]["psnr"] > row["zf"]["psnr"]  # TV unfolds what zero filling leaves aliased
