@@ -129,7 +129,7 @@ def run(args) -> dict:
                 scores[lr] = psnr(x, tr)
             tv_lam = max(scores, key=scores.get)
             out.setdefault("tv_tuning", {})[str(accel)] = {str(k): round(v, 2) for k, v in scores.items()}
-        dds_params = dict(DDS_DEFAULT)
+        dds_params = {**DDS_DEFAULT, **(json.loads(args.dds_params) if args.dds_params else {})}
         if "dds" in args.methods and args.tune_dds:  # pick (gamma, eta) on the validation slice
             assert DDS_TUNE_SLICE not in idx
             tr = stack.data[[DDS_TUNE_SLICE]].astype(np.float32)
@@ -137,13 +137,13 @@ def run(args) -> dict:
             mt = _measure(tr, px, accel, args.noise)
             scores = {}
             for g, e in DDS_GRID:
-                x = medrecon.reconstruct(mt, "dds", args.prior, params={"gamma": g, "eta": e}, samples=args.samples,
+                x = medrecon.reconstruct(mt, "dds", args.prior, params={**dds_params, "gamma": g, "eta": e}, samples=args.samples,
                                          steps=args.dds_steps, progress=False, device=args.device, seed=0).data
                 scores[(g, e)] = psnr(x, tr)
                 print(f"{accel}x tune dds gamma {g:g} eta {e:g}: PSNR {scores[(g, e)]:.2f} dB (validation z {DDS_TUNE_SLICE})",
                       flush=True)
             g, e = max(scores, key=scores.get)
-            dds_params = {"gamma": g, "eta": e}
+            dds_params = {**dds_params, "gamma": g, "eta": e}
             out.setdefault("dds_tuning", {})[str(accel)] = {f"gamma={g:g},eta={e:g}": round(v, 2)
                                                            for (g, e), v in scores.items()}
         dps_params = {"zeta": args.dps_zeta} if args.dps_zeta is not None else dict(DPS_DEFAULT)
@@ -259,6 +259,8 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", nargs="+", default=["zf", "sense", "tv", "dds"],
                     choices=["zf", "sense", "tv", "dds", "dps"])
     ap.add_argument("--dds-steps", type=int, default=50)
+    ap.add_argument("--dds-params", default=None, help='JSON of DDS parameters over the defaults, e.g. '
+                    '\'{"cg_iters": 10}\' (--tune-dds still picks gamma and eta)')
     ap.add_argument("--tv-lam", type=float, default=None, help="TV lam_rel (default: picked on a training slice)")
     ap.add_argument("--noise", type=float, default=0.005)
     ap.add_argument("--tune-dds", action="store_true", help="pick DDS (gamma, eta) on the validation slice")
