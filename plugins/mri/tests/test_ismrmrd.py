@@ -121,6 +121,9 @@ def test_lines_averages_flags_and_geometry(tmp_path):
     centre = A @ np.array([ny // 2, nx // 4, 0, 1.0])  # the centre pixel of slice 0 is its position
     np.testing.assert_allclose(centre[:3], [-5.0, 3.0, 10.0], atol=1e-5)
     assert prov["slice_positions"] == pytest.approx([-10.0, -6.0])
+    one = load_input(path, slice=1)  # one slice keeps its own position
+    assert one.y.shape == (1, C, nx // 2, ny)
+    np.testing.assert_allclose((one.affine @ np.array([ny // 2, nx // 4, 0, 1.0]))[:3], [-5.0, 3.0, 6.0], atol=1e-5)
 
 
 def test_partial_fourier_and_asymmetric_echo(tmp_path):
