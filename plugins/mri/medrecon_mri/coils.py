@@ -39,7 +39,7 @@ import numpy as np
 
 from medrecon.errors import InputError
 from medrecon_mri.fft import ifft2c_np
-from medrecon_mri.masks import calibration_region
+from medrecon_mri.masks import calibration_region, parse_calib
 
 __all__ = ["estimate_coil_maps", "rss", "synthetic_coil_maps", "lowres_coil_images", "align_phase"]
 
@@ -95,8 +95,7 @@ def lowres_coil_images(kspace: np.ndarray, mask: np.ndarray | None = None, calib
         raise InputError(f"coil map estimation needs k-space shaped (coils, ny, nx), got {k.shape}")
     C, ny, nx = k.shape
     if calib is not None:
-        c = [calib, calib] if np.isscalar(calib) else list(calib)
-        h, w = int(c[0]), int(c[1])
+        h, w = parse_calib((ny, nx), calib)
         rs = slice((ny - h + 1) // 2, (ny - h + 1) // 2 + h)
         cs = slice((nx - w + 1) // 2, (nx - w + 1) // 2 + w)
     else:
@@ -143,6 +142,8 @@ def estimate_coil_maps(kspace, mask=None, *, method: str = "lowres", calib=None,
         mask = np.asarray(mask, dtype=bool)
         if mask.ndim == 1:
             mask = np.broadcast_to(mask[None, :], k.shape[-2:])
+    if isinstance(threshold, (bool, str)) or not isinstance(threshold, (int, float)) or not 0 <= threshold < 1:
+        raise InputError(f"the coil-map threshold must be a number in [0, 1), got {threshold!r}")
     m = lowres_coil_images(k, mask, calib)
     from scipy.ndimage import binary_fill_holes
 

@@ -51,12 +51,12 @@ _PCS = ("dSag", "dCor", "dTra")
 
 
 def _main_orientation(gs: np.ndarray) -> int:
-    """0 sagittal, 1 coronal, 2 transverse: the largest component of the normal (ties:
-    transverse, then coronal), as Siemens' ``fGSLClassOri``."""
+    """0 sagittal, 1 coronal, 2 transverse: the largest component of the normal (ties within
+    1e-6, Siemens' tolerance: transverse, then coronal), as Siemens' ``fGSLClassOri``."""
     a_s, a_c, a_t = (abs(float(v)) for v in gs)
-    if a_t >= a_s - 1e-12 and a_t >= a_c - 1e-12:
+    if a_t >= a_s - 1e-6 and a_t >= a_c - 1e-6:
         return 2
-    if a_c >= a_s - 1e-12:
+    if a_c >= a_s - 1e-6:
         return 1
     return 0
 

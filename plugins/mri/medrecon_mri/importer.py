@@ -27,10 +27,13 @@ What :meth:`KSpaceImporter.read` does
 1. Puts k-space in the plugin's layout ``(slices, coils, readout, phase_encode)``.
 2. The sampling mask: the file's ``mask`` dataset when present, else the phase-encode
    lines that are not all zero (over slices, coils and readout).
-3. Readout oversampling (``oversampling``, default from the header, else 2 for ``.npy``
-   Siemens data and 1 otherwise): inverse FFT along the readout, keep the central
-   ``1/oversampling`` of the image, FFT back (twix: always 2).  Exact, because every
-   measured line is fully sampled along the readout.  The image grid is the data's own (160 x 160 for the
+3. Readout oversampling (``oversampling``, default from the header, else 2 for a ``.npy``
+   whose file name carries Siemens axis names, and 1 otherwise, an explicit ``layout=``
+   included): inverse FFT along the readout, keep the central ``1/oversampling`` of the
+   image, FFT back (twix: always 2).  Exact when every measured line is fully sampled along
+   the readout; readout samples that were not acquired (an asymmetric echo, ISMRMRD
+   ``discard_pre/post``, twix echoes off centre) are placed by their centre sample and kept
+   out of the mask (:func:`crop_rows`).  The image grid is the data's own (160 x 160 for the
    shared GRE phantom), whatever the prior's size.
 4. ``undersample`` (a mask spec, :mod:`medrecon_mri.masks`): retrospective undersampling
    on top of the acquired mask.
@@ -78,14 +81,76 @@ def crop_readout(k: np.ndarray, factor: int, axis: int = -2) -> np.ndarray:
     n = k.shape[axis]
     keep = n // factor
     img = ifft1c_np(k, axis)
-    start = (n - keep + 1) // 2 if n % 2 else n // 2 - keep // 2
+    start = n // 2 - keep // 2  # the centre pixel n // 2 (centred FFT) becomes keep // 2
     img = np.take(img, np.arange(start, start + keep), axis=axis)
     return fft1c_np(img, axis)
+
+
+def crop_rows(rows: np.ndarray, factor: int) -> np.ndarray:
+    """Readout rows of the cropped grid that lie within the sampled k-space range of ``rows``.
+
+    ``rows`` (bool, ``n``): readout samples that were acquired on the oversampled grid (an
+    asymmetric echo leaves some out).  Keeping the central ``n' = n // factor`` image samples
+    makes the k-space spacing ``factor`` times coarser: row ``r'`` sits at ``k = (r' - n' // 2)
+    factor`` original steps from the centre and counts as sampled when ``k`` lies within the
+    first and last acquired rows.  (Near that edge the cropped samples mix in the unacquired
+    zeros: an approximation, exact when every row was acquired.)
+    """
+    rows = np.asarray(rows, bool)
+    n, factor = rows.size, max(int(factor), 1)
+    keep = n // factor
+    got = np.flatnonzero(rows)
+    if got.size == 0:
+        return np.zeros(keep, bool)
+    k = (np.arange(keep) - keep // 2) * factor
+    return (k >= got[0] - n // 2) & (k <= got[-1] - n // 2)
+
+
+def centre_kspace(k: np.ndarray, center_row: int | None, center_line: int | None, shape, what: str):
+    """Place ``k`` (``..., rows, lines``) on an encoded grid ``shape`` = (rows, lines) so that the
+    sample ``(center_row, center_line)`` lands on the centred FFT's zero frequency ``(R // 2,
+    L // 2)``; returns the placed k-space and the readout rows that hold acquired samples.
+    ``None`` or 0 centres mean a symmetric acquisition (``n // 2``).  Asymmetric echoes and
+    partial-Fourier line numbering leave unacquired rows / lines at zero."""
+    nr, nl = k.shape[-2:]
+    R, L = (max(int(v), n) for v, n in zip(shape, (nr, nl), strict=True))
+    sr = R // 2 - (int(center_row or 0) or nr // 2)
+    sl = L // 2 - (int(center_line or 0) or nl // 2)
+    if sr < 0 or sr + nr > R or sl < 0 or sl + nl > L:
+        raise FileFormatError(f"{what}: the k-space centre (sample {center_row}, line {center_line}) cannot be "
+                              f"placed on the {R} x {L} encoded grid")
+    rows = np.zeros(R, bool)
+    rows[sr:sr + nr] = True
+    if (sr, sl, R, L) == (0, 0, nr, nl):
+        return k, rows
+    out = np.zeros((*k.shape[:-2], R, L), k.dtype)
+    out[..., sr:sr + nr, sl:sl + nl] = k
+    return out, rows
 
 
 def infer_mask(k: np.ndarray) -> np.ndarray:
     """Phase-encode lines (last axis) that hold any non-zero sample, as a boolean vector."""
     return np.abs(k).reshape(-1, k.shape[-1]).max(axis=0) > 0
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _check_options(*, oversampling, slice, pixel_size, undersample) -> None:
+    """Importer options as they may arrive from ``--import-option key=value``: one sentence each."""
+    if oversampling is not None and not (_is_int(oversampling) and oversampling >= 1):
+        raise InputError(f"oversampling must be a positive integer (the readout oversampling factor), "
+                         f"got {oversampling!r}")
+    if slice is not None and not _is_int(slice):
+        raise InputError(f"slice must be an integer (a slice index), got {slice!r}")
+    if pixel_size is not None and (isinstance(pixel_size, (bool, str)) or not isinstance(pixel_size, (int, float))
+                                   or not np.isfinite(pixel_size) or pixel_size <= 0):
+        raise InputError(f"pixel_size must be a positive number of mm, got {pixel_size!r}")
+    if undersample is not None and not isinstance(undersample, dict) and (
+            isinstance(undersample, (bool, str)) or not isinstance(undersample, (int, float))):
+        raise InputError(f"undersample must be an acceleration or a mask spec such as "
+                         f'{{"kind": "random", "acceleration": 4}}, got {undersample!r}')
 
 
 def _layout_from_name(name: str) -> str | None:
@@ -182,6 +247,7 @@ class KSpaceImporter:
             raise FileFormatError(f"no such file: {str(p)!r}")
         if not isinstance(real_image, bool):
             raise InputError(f"real_image must be true or false, got {real_image!r}")
+        _check_options(oversampling=oversampling, slice=slice, pixel_size=pixel_size, undersample=undersample)
         info: dict[str, Any] = {}
         file_mask = None
         if p.suffix.lower() == ".dat":
@@ -192,21 +258,21 @@ class KSpaceImporter:
             k = np.load(p, allow_pickle=False)
             lay = layout or _layout_from_name(p.name)
             k, multicoil = self._to_layout(k, lay, p)
-            os_default = 2 if lay else 1
+            # a Siemens export named by its axes (gre_kspace_lin_cha_col.npy) carries the scanner's 2x
+            # readout oversampling; an explicit layout= says nothing about it (default 1)
+            os_default = 2 if layout is None and lay else 1
         else:
             k, file_mask, info, multicoil = self._read_h5(p)
             os_default = 1
         if not np.iscomplexobj(k):
             raise FileFormatError(f"{str(p)!r}: k-space must be complex, got {k.dtype}")
         os_factor = int(oversampling if oversampling is not None else info.get("oversampling", os_default))
-        if os_factor < 1:
-            raise InputError(f"oversampling must be a positive integer, got {oversampling!r}")
         Z = k.shape[0]
         geom = info.get("slice_frames")
         if geom is not None and len(geom) != Z:
             geom = None  # the protocol's slices do not match the data's: no orientation
         if slice is not None:
-            if isinstance(slice, bool) or not float(slice).is_integer() or not -Z <= int(slice) < Z:
+            if not -Z <= int(slice) < Z:
                 raise InputError(f"slice must be an integer in [0, {Z}), got {slice!r}")
             k = k[[int(slice) % Z]]
             if geom is not None:
@@ -216,9 +282,13 @@ class KSpaceImporter:
         if mask_cols.shape[0] != k.shape[-1]:
             raise FileFormatError(f"{str(p)!r}: the mask has {mask_cols.shape[0]} entries for "
                                   f"{k.shape[-1]} phase-encode lines")
+        rows = info.get("rows_sampled")  # readout rows acquired (an asymmetric echo leaves some out)
+        if rows is not None and len(rows) != k.shape[-2]:
+            rows = None
         k = crop_readout(k, os_factor, axis=-2).astype(np.complex64)
         ny, nx = k.shape[-2:]
-        mask2d = np.broadcast_to(mask_cols[None, :], (ny, nx)).copy()
+        row_mask = np.ones(ny, bool) if rows is None or np.all(rows) else crop_rows(rows, os_factor)
+        mask2d = row_mask[:, None] & mask_cols[None, :]
         if undersample is not None:
             from medrecon_mri.masks import make_mask
 
@@ -290,7 +360,7 @@ class KSpaceImporter:
                 return k[None, None], False
             if k.ndim == 3:
                 raise InputError(f"{str(p)!r}: a 3D .npy is ambiguous (slices or coils first?); give "
-                                 "layout=, e.g. cha_col_lin or slc_col_lin")
+                                 "layout=, e.g. cha_col_lin or slc_col_lin (and oversampling=2 for Siemens data)")
             return k, k.shape[1] > 1
         names = lay.split("_")
         if sorted(names) != sorted(set(names)) or any(n not in _AXES for n in names) or len(names) != k.ndim:
@@ -327,6 +397,9 @@ class KSpaceImporter:
         img.flags["squeeze_singletons"] = False
         dims = list(img.dims)
         k = np.asarray(img[:])
+        if "Par" in dims and k.shape[dims.index("Par")] > 1:
+            raise FileFormatError(f"{str(p)!r}: 3D encodings ({k.shape[dims.index('Par')]} partitions) are not "
+                                  "supported; only 2D (multi-slice) Cartesian data")
         dropped = {}
         for d in list(dims):
             if d in ("Sli", "Cha", "Col", "Lin"):
@@ -338,6 +411,16 @@ class KSpaceImporter:
             dims.pop(ax)
         k = np.transpose(k, [dims.index(a) for a in ("Sli", "Cha", "Col", "Lin")])
         info: dict[str, Any] = {"oversampling": 2}
+        # the k-space centre of the readouts (their CenterCol / CenterLin) onto the centred FFT's
+        # zero frequency of the encoded grid (2 x base resolution samples, lPhaseEncodingLines lines)
+        grid = list(k.shape[-2:])
+        try:
+            kspace = scan["hdr"]["MeasYaps"]["sKSpace"]
+            grid = [max(grid[0], 2 * int(kspace["lBaseResolution"])), max(grid[1], int(kspace["lPhaseEncodingLines"]))]
+        except (KeyError, TypeError, ValueError):
+            pass
+        k, info["rows_sampled"] = centre_kspace(k, getattr(img, "kspace_center_col", None),
+                                                getattr(img, "kspace_center_lin", None), grid, repr(str(p)))
         try:
             yaps = scan["hdr"]["MeasYaps"]
             sl = yaps["sSliceArray"]["asSlice"][0]
@@ -395,6 +478,7 @@ class KSpaceImporter:
         k, raw = read_ismrmrd(p)
         info = _header_info(raw["header_xml"])
         info.update(slice_frames=raw["slice_frames"], orientation="ISMRMRD acquisition headers",
+                    rows_sampled=raw["rows_sampled"],
                     ismrmrd_skipped=raw["skipped"], ismrmrd_dropped=raw["dropped"],
                     averages=raw["averages"] if raw["averages"] > 1 else None)
         return k, None, info, k.shape[1] > 1

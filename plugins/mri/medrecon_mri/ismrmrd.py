@@ -19,8 +19,9 @@ default) holding
   or asymmetric line numbering;
 * sample ``s`` of a readout goes to row ``s + nx // 2 - center_sample`` (``nx`` the
   encoded matrix ``x``, readout oversampling included): an asymmetric echo leaves the
-  rows it did not sample at zero.  Readouts flagged ``ACQ_IS_REVERSE`` are flipped first;
-  the ``discard_pre`` / ``discard_post`` samples are set to zero;
+  rows it did not sample at zero, and they are marked unsampled (``rows_sampled``; the
+  importer keeps them out of the operator's mask).  Readouts flagged ``ACQ_IS_REVERSE`` are
+  flipped first; the ``discard_pre`` / ``discard_post`` samples are set to zero and unsampled;
 * repeated readouts of one line are averaged when they differ only in the ``average``
   counter; of the other loop counters (``contrast``, ``phase``, ``repetition``, ``set``)
   the lowest index present is kept and the number of values dropped is reported (as for
@@ -119,7 +120,8 @@ def read_ismrmrd(p: Path) -> tuple[np.ndarray, dict[str, Any]]:
     """``(k, info)``: k-space ``(slices, coils, readout, phase_encode)`` complex64 of an ISMRMRD
     HDF5 file, and what the importer needs from it (see the module docstring): ``info`` has
     ``header_xml`` (the XML text), ``slice_frames`` (per slice: ``position``, ``row_dir``,
-    ``col_dir``, ``normal`` in LPS), ``skipped`` (readouts not used, by kind) and ``dropped``
+    ``col_dir``, ``normal`` in LPS), ``rows_sampled`` (bool per readout row of the encoded
+    grid: acquired by some readout), ``skipped`` (readouts not used, by kind) and ``dropped``
     (loop counters of which only the first index was kept)."""
     import h5py
 
@@ -180,6 +182,7 @@ def read_ismrmrd(p: Path) -> tuple[np.ndarray, dict[str, Any]]:
     slot = {int(s): i for i, s in enumerate(slices)}
     k = np.zeros((len(slices), C, nx, ny), np.complex128)
     hits = np.zeros((len(slices), ny), np.int64)
+    rows = np.zeros(nx, bool)  # readout rows that hold acquired samples (an asymmetric echo leaves some out)
     frames: dict[int, dict[str, Any]] = {}
     for a in np.flatnonzero(use):
         h = head[a]
@@ -203,6 +206,7 @@ def read_ismrmrd(p: Path) -> tuple[np.ndarray, dict[str, Any]]:
                                   f"encoded {nx} x {ny} matrix")
         z = slot[int(h["idx"]["slice"])]
         k[z, :, r0:r0 + ns, col] += d
+        rows[r0 + pre_:r0 + ns - post] = True
         hits[z, col] += 1
         if z not in frames:
             frames[z] = {"position": np.asarray(h["position"], np.float64),
@@ -212,5 +216,6 @@ def read_ismrmrd(p: Path) -> tuple[np.ndarray, dict[str, Any]]:
     k /= np.maximum(hits, 1)[:, None, None, :]  # averages of one line
     averages = int(hits.max())
     info: dict[str, Any] = {"header_xml": text, "skipped": skipped, "dropped": dropped, "averages": averages,
+                            "rows_sampled": rows,
                             "group": group, "slice_frames": [frames[z] for z in range(len(slices))]}
     return k.astype(np.complex64), info

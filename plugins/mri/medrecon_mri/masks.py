@@ -13,7 +13,9 @@ Mask specs
 ----------
 Every generator is deterministic given its ``seed`` (numpy ``default_rng(seed)``), so a
 spec such as ``{"kind": "random", "acceleration": 4, "center_fraction": 0.08, "seed": 0}``
-stored in a measurement file rebuilds the very same mask.  Kinds:
+stored in a measurement file rebuilds the very same mask.  The semantics follow fastMRI's
+``subsample.py``; its random stream (``RandomState``) does not: the same seed gives another
+mask than fastMRI's.  Kinds:
 
 ``random``
     fastMRI ``RandomMaskFunc`` semantics: ``n_low = round(n * center_fraction)`` central
@@ -37,7 +39,9 @@ stored in a measurement file rebuilds the very same mask.  Kinds:
     accepted when no accepted point lies closer than ``r(p) = r0 (1 + vd rho(p))``
     (``rho`` the normalised distance to the centre, ``vd`` default 1), ``r0`` found by
     bisection so that the total, including a fully sampled ``calib`` rectangle (default
-    ``round(center_fraction * n)`` on each axis), is ``ny nx / R`` within 2%.
+    ``round(center_fraction * n)`` on each axis, at most ``1/R`` of the points), is
+    ``ny nx / R`` within ``tol`` (2%); where the count jumps past the target (uniform
+    density, ``vd = 0``) the closest denser mask is thinned at random outside the calibration.
 
 :func:`mask_info` reports the achieved acceleration ``ny nx / n_sampled``.
 
@@ -63,6 +67,7 @@ __all__ = [
     "gaussian_mask",
     "make_mask",
     "mask_info",
+    "parse_calib",
     "poisson_disc_mask",
     "random_mask",
     "resolve_mask",
@@ -82,17 +87,32 @@ def _center(n: int, n_low: int) -> np.ndarray:
     return m
 
 
-def _check(acceleration, center_fraction) -> tuple[float, float]:
+def _number(value, what: str) -> float:
+    """``value`` as a finite float, or one sentence (a string from the command line is not a number)."""
+    if isinstance(value, (bool, str)) or value is None:
+        raise InputError(f"mask {what} must be a number, got {value!r}")
     try:
-        r, cf = float(acceleration), float(center_fraction)
+        v = float(value)
     except (TypeError, ValueError):
-        raise InputError(f"mask acceleration and center_fraction must be numbers, got {acceleration!r}, "
-                         f"{center_fraction!r}") from None
-    if not (math.isfinite(r) and r >= 1):
+        raise InputError(f"mask {what} must be a number, got {value!r}") from None
+    if not math.isfinite(v):
+        raise InputError(f"mask {what} must be finite, got {value!r}")
+    return v
+
+
+def _seed(seed) -> int:
+    if isinstance(seed, (bool, str)) or not isinstance(seed, (int, np.integer)) or int(seed) < 0:
+        raise InputError(f"mask seed must be a non-negative integer, got {seed!r}")
+    return int(seed)
+
+
+def _check(acceleration, center_fraction, one_d: bool = True) -> tuple[float, float]:
+    r, cf = _number(acceleration, "acceleration"), _number(center_fraction, "center_fraction")
+    if not r >= 1:
         raise InputError(f"mask acceleration must be >= 1, got {acceleration!r}")
     if not (0 <= cf < 1):
         raise InputError(f"mask center_fraction must be in [0, 1), got {center_fraction!r}")
-    if cf * r > 1 + 1e-9:
+    if one_d and cf * r > 1 + 1e-9:  # 2D masks compare the calibration area instead (poisson_disc_mask)
         raise InputError(f"a centre fraction of {cf} already samples more than 1/{r:g} of k-space; "
                          "lower center_fraction or acceleration")
     return r, cf
@@ -101,7 +121,7 @@ def _check(acceleration, center_fraction) -> tuple[float, float]:
 def random_mask(n: int, acceleration: float, center_fraction: float = 0.08, seed: int = 0) -> np.ndarray:
     """1D random mask (fastMRI RandomMaskFunc semantics), boolean ``(n,)``."""
     r, cf = _check(acceleration, center_fraction)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(_seed(seed))
     n_low = _n_low(n, cf)
     prob = (n / r - n_low) / max(n - n_low, 1)
     m = rng.uniform(size=n) < prob
@@ -116,7 +136,9 @@ def equispaced_mask(n: int, acceleration: int, center_fraction: float = 0.08, se
         raise InputError(f"an equispaced mask needs an integer acceleration, got {acceleration!r}")
     r = int(r)
     if offset is None:
-        offset = int(np.random.default_rng(seed).integers(0, r))
+        offset = int(np.random.default_rng(_seed(seed)).integers(0, r))
+    elif isinstance(offset, bool) or not float(_number(offset, "offset")).is_integer() or int(offset) < 0:
+        raise InputError(f"an equispaced mask offset must be a non-negative integer, got {offset!r}")
     m = np.zeros(n, dtype=bool)
     m[int(offset) % r::r] = True
     return m | _center(n, _n_low(n, cf))
@@ -130,7 +152,7 @@ def equispaced_fraction_mask(n: int, acceleration: float, center_fraction: float
     if n_low * r >= n:  # the centre alone reaches the target
         return _center(n, n_low)
     adjusted = r * (n_low - n) / (n_low * r - n)
-    offset = int(np.random.default_rng(seed).integers(0, max(int(round(adjusted)), 1)))
+    offset = int(np.random.default_rng(_seed(seed)).integers(0, max(int(round(adjusted)), 1)))
     m = np.zeros(n, dtype=bool)
     idx = np.around(np.arange(offset, n - 1, adjusted)).astype(int)
     m[idx[idx < n]] = True
@@ -141,9 +163,9 @@ def gaussian_mask(n: int, acceleration: float, center_fraction: float = 0.08, se
                   sigma: float = 0.3) -> np.ndarray:
     """1D variable-density mask: centre plus columns drawn from a Gaussian density (exact count)."""
     r, cf = _check(acceleration, center_fraction)
-    if not (float(sigma) > 0):
+    if not _number(sigma, "sigma") > 0:
         raise InputError(f"gaussian mask sigma must be > 0, got {sigma!r}")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(_seed(seed))
     m = _center(n, _n_low(n, cf))
     extra = int(round(n / r)) - int(m.sum())
     cand = np.flatnonzero(~m)
@@ -155,14 +177,23 @@ def gaussian_mask(n: int, acceleration: float, center_fraction: float = 0.08, se
     return m
 
 
+def parse_calib(shape, calib, what: str = "calib") -> tuple[int, int]:
+    """A calibration size ``n`` or ``[rows, columns]`` as two integers within ``shape``, or one sentence."""
+    if isinstance(calib, (int, np.integer)) and not isinstance(calib, bool):
+        c = [calib, calib]
+    else:
+        c = list(calib) if isinstance(calib, (list, tuple, np.ndarray)) else []
+    if len(c) != 2 or any(isinstance(v, (bool, str)) or not isinstance(v, (int, np.integer)) or not 0 <= v <= n
+                          for v, n in zip(c, shape, strict=True)):
+        raise InputError(f"{what} must be a size or [rows, columns] within {list(shape)}, got {calib!r}")
+    return int(c[0]), int(c[1])
+
+
 def _calib_size(shape, calib, center_fraction) -> tuple[int, int]:
     ny, nx = shape
     if calib is None:
         return _n_low(ny, center_fraction), _n_low(nx, center_fraction)
-    c = [calib, calib] if np.isscalar(calib) else list(calib)
-    if len(c) != 2 or any(int(v) < 0 or int(v) > s for v, s in zip(c, shape, strict=False)):
-        raise InputError(f"poisson mask calib must be a size or [rows, columns] within {list(shape)}, got {calib!r}")
-    return int(c[0]), int(c[1])
+    return parse_calib(shape, calib, "poisson mask calib")
 
 
 def _dart_throw(shape, r0: float, vd: float, order: np.ndarray) -> np.ndarray:
@@ -189,31 +220,58 @@ def _dart_throw(shape, r0: float, vd: float, order: np.ndarray) -> np.ndarray:
 
 def poisson_disc_mask(shape, acceleration: float, center_fraction: float = 0.08, seed: int = 0,
                       calib=None, vd: float = 1.0, tol: float = 0.02) -> np.ndarray:
-    """2D variable-density Poisson-disc mask ``(ny, nx)`` with a fully sampled calibration rectangle."""
-    r, cf = _check(acceleration, center_fraction)
+    """2D variable-density Poisson-disc mask ``(ny, nx)`` with a fully sampled calibration rectangle.
+
+    The disc radius grows with the distance from the centre by ``1 + vd * rho`` (``vd >= 0``);
+    a bisection on the base radius hits ``ny nx / R`` sampled points within ``tol``.  Where the
+    count jumps past the target (a uniform density, ``vd = 0``, on a small grid), the closest
+    mask above it is thinned by random points outside the calibration region (distances only
+    grow).  A calibration rectangle holding more than ``1/R`` of k-space is refused in one
+    sentence.
+    """
+    r, cf = _check(acceleration, center_fraction, one_d=False)
     ny, nx = (int(s) for s in shape)
     ch, cw = _calib_size((ny, nx), calib, cf)
-    cal = np.zeros((ny, nx), dtype=bool)
-    cal[np.ix_(_center(ny, ch), _center(nx, cw))] = True
-    target = ny * nx / r
+    vd, tol = _number(vd, "vd"), _number(tol, "tol")
+    if vd < 0:
+        raise InputError(f"poisson mask vd must be >= 0 (density falling off from the centre), got {vd!r}")
+    if not 0 < tol < 1:
+        raise InputError(f"poisson mask tol must be in (0, 1), got {tol!r}")
     if r == 1:
         return np.ones((ny, nx), dtype=bool)
-    order = np.random.default_rng(seed).permutation(ny * nx)
+    target = ny * nx / r
+    if ch * cw > target * (1 + tol):
+        raise InputError(f"a {ch} x {cw} calibration region already samples more than 1/{r:g} of the {ny} x {nx} "
+                         "k-space; lower calib, center_fraction or the acceleration")
+    cal = np.zeros((ny, nx), dtype=bool)
+    cal[np.ix_(_center(ny, ch), _center(nx, cw))] = True
+    order = np.random.default_rng(_seed(seed)).permutation(ny * nx)
     lo, hi = 0.5, 2.0 * math.sqrt(r) + 1.0  # a disc of radius r0 holds about r0^2 grid points
-    best = None
+    best = above = None  # the closest mask, and the closest with at least the target count
     for _ in range(30):
         mid = 0.5 * (lo + hi)
-        m = _dart_throw((ny, nx), mid, float(vd), order) | cal
+        m = _dart_throw((ny, nx), mid, vd, order) | cal
         cnt = int(m.sum())
         if best is None or abs(cnt - target) < abs(int(best.sum()) - target):
             best = m
+        if cnt >= target and (above is None or cnt < int(above.sum())):
+            above = m
         if abs(cnt - target) <= tol * target:
-            break
+            return m
         if cnt > target:
             lo = mid
         else:
             hi = mid
-    return best
+    # the count jumps with the radius (uniform density, vd = 0, above all): thin the closest mask
+    # above the target by random points outside the calibration region; distances only grow
+    if above is None:
+        raise InputError(f"a Poisson-disc mask of the {ny} x {nx} grid cannot reach acceleration {r:g} "
+                         f"(closest {ny * nx / int(best.sum()):.2f})")
+    free = np.flatnonzero(above & ~cal)
+    n_drop = int(above.sum()) - int(round(target))
+    m = above.copy()
+    m.flat[np.random.default_rng([_seed(seed), 1]).choice(free, size=min(n_drop, free.size), replace=False)] = False
+    return m
 
 
 def make_mask(shape, spec: dict[str, Any]) -> np.ndarray:
@@ -224,6 +282,8 @@ def make_mask(shape, spec: dict[str, Any]) -> np.ndarray:
     if kind not in KINDS:
         raise InputError(f"unknown mask kind {kind!r}; use one of {', '.join(KINDS)}")
     ny, nx = (int(s) for s in shape)
+    if ny < 1 or nx < 1:
+        raise InputError(f"a mask needs a grid of at least 1 x 1, got {ny} x {nx}")
     known = {"kind", "acceleration", "center_fraction", "seed"}
     extra_keys = {"equispaced": {"offset"}, "gaussian": {"sigma"}, "poisson": {"calib", "vd", "tol"}}
     bad = set(spec) - known - extra_keys.get(kind, set())
@@ -232,7 +292,7 @@ def make_mask(shape, spec: dict[str, Any]) -> np.ndarray:
     if "acceleration" not in spec:
         raise InputError(f"mask kind {kind!r} needs an acceleration")
     args = dict(acceleration=spec["acceleration"], center_fraction=spec.get("center_fraction", 0.08),
-                seed=int(spec.get("seed", 0)))
+                seed=_seed(spec.get("seed", 0)))
     if kind == "poisson":
         return poisson_disc_mask((ny, nx), calib=spec.get("calib"), vd=spec.get("vd", 1.0),
                                  tol=spec.get("tol", 0.02), **args)

@@ -68,16 +68,24 @@ __all__ = ["CartesianMRI", "SenseMRI", "resolve_shape"]
 
 def resolve_shape(shape) -> list[int]:
     """``n`` or ``[ny, nx]`` -> ``[ny, nx]`` (positive integers)."""
-    s = [shape, shape] if isinstance(shape, (int, np.integer)) else list(shape) if shape is not None else []
-    if len(s) != 2 or any(isinstance(v, bool) or not float(v).is_integer() or int(v) < 1 for v in s):
+    if isinstance(shape, (int, np.integer)):
+        s = [shape, shape]
+    elif isinstance(shape, (list, tuple, np.ndarray)):
+        s = list(shape)
+    else:  # a string or None is not a shape (list("64") would be ["6", "4"])
+        s = []
+    if len(s) != 2 or any(isinstance(v, (bool, str)) or not isinstance(v, (int, float, np.integer, np.floating))
+                          or not float(v).is_integer() or int(v) < 1 for v in s):
         raise InputError(f"shape must be a positive integer or [ny, nx], got {shape!r}")
     return [int(v) for v in s]
 
 
 def _mask_param(mask: Any) -> Any:
     if hasattr(mask, "detach") or isinstance(mask, np.ndarray):
-        m = mask.detach().cpu().numpy() if hasattr(mask, "detach") else mask
-        return np.asarray(m).astype(int).tolist()
+        m = np.asarray(mask.detach().cpu().numpy() if hasattr(mask, "detach") else mask)
+        if m.dtype != bool and not np.all((m == 0) | (m == 1)):
+            raise InputError("an explicit mask must hold only 0 and 1")  # not truncated to 0/1 silently
+        return m.astype(int).tolist()
     return mask
 
 

@@ -147,3 +147,78 @@ def test_gre_twix_matches_the_numpy_export(shared_data):
     np.testing.assert_array_equal(m.y, ref.y)
     # 200 mm FOV / 160, 4 mm slice; oriented from the protocol (test_twix_geometry.py)
     assert np.allclose(np.linalg.norm(m.affine[:3, :3], axis=0), [1.25, 1.25, 4.0])
+
+
+@pytest.mark.parametrize("n, factor", [(9, 2), (13, 2), (17, 2), (13, 3), (19, 3), (16, 2), (15, 3), (20, 2)])
+def test_crop_readout_keeps_the_centre_pixel(n, factor):
+    from medrecon_mri.fft import fft1c_np, ifft1c_np
+
+    img = np.zeros((n, 1))
+    img[n // 2] = 1.0  # the centred FFT's centre pixel
+    out = ifft1c_np(crop_readout(fft1c_np(img, 0), factor, axis=-2), 0)
+    assert int(np.argmax(np.abs(out[:, 0]))) == (n // factor) // 2
+
+
+def test_rows_of_an_asymmetric_echo_after_oversampling_removal():
+    from medrecon_mri.importer import crop_rows
+
+    rows = np.ones(24, bool)
+    assert crop_rows(rows, 2).all() and crop_rows(rows, 1).all()
+    rows[:6] = False  # the first 6 of 24 oversampled readout samples were not acquired
+    got = crop_rows(rows, 2)  # 12 rows at twice the k-space step: k = -12, -10, ..., 10
+    assert got.tolist() == [False] * 3 + [True] * 9
+    assert crop_rows(rows, 1).tolist() == rows.tolist()
+
+
+def test_centre_kspace_places_the_echo_and_line_centres():
+    from medrecon_mri.importer import centre_kspace
+
+    from medrecon.errors import FileFormatError
+
+    rng = np.random.default_rng(0)
+    k = rng.standard_normal((1, 2, 20, 12)) + 0j  # 20 samples with the echo at sample 6, 12 lines, centre line 4
+    out, rows = centre_kspace(k, 6, 4, (28, 16), "test")
+    assert out.shape == (1, 2, 28, 16) and out[0, 0, 14, 8] == k[0, 0, 6, 4]
+    assert rows.tolist() == [False] * 8 + [True] * 20
+    same, rows = centre_kspace(k, 10, 6, (20, 12), "test")  # symmetric: untouched
+    assert same is k and rows.all()
+    with pytest.raises(FileFormatError, match="cannot be placed"):
+        centre_kspace(k, 2, 6, (20, 12), "test")
+
+
+def test_3d_twix_is_refused(tmp_path, monkeypatch):
+    """A 3D scan (Par > 1) is refused in one sentence, not cut to its first partition (the
+    shared data has no 3D twix file: twixtools' mapped scan is stood in for)."""
+    twixtools = pytest.importorskip("twixtools")
+
+    class Scan:
+        dims = ["Par", "Sli", "Lin", "Cha", "Col"]
+        flags: dict = {}
+
+        def __getitem__(self, key):
+            return np.ones((8, 1, 12, 2, 16), np.complex64)
+
+    monkeypatch.setattr(twixtools, "map_twix", lambda path, verbose=False: [{"image": Scan(), "hdr": {}}])
+    p = tmp_path / "scan3d.dat"
+    p.write_bytes(np.array([0, 1], "<u4").tobytes() + bytes(100))
+    from medrecon.errors import FileFormatError
+
+    with pytest.raises(FileFormatError, match="3D encodings .8 partitions"):
+        load_input(p)
+
+
+def test_an_explicit_layout_is_not_taken_as_oversampled(tmp_path, sl64c):
+    np.save(tmp_path / "k.npy", _raw(sl64c, n_coils=2, oversample=1))  # (cha, col, lin), 64 x 64
+    m = load_input(tmp_path / "k.npy", layout="cha_col_lin")
+    assert m.y.shape == (1, 2, 64, 64) and m.provenance["oversampling_removed"] == 1
+
+
+@pytest.mark.parametrize("opt", [dict(slice="a"), dict(oversampling=1.5), dict(oversampling="2"), dict(pixel_size=-1),
+                                 dict(undersample="4x"), dict(calib=[100, 100]), dict(calib=[8]),
+                                 dict(threshold="0.1")])
+def test_bad_import_options_are_one_sentence(tmp_path, sl64c, opt):
+    path = tmp_path / "scan_lin_cha_col.npy"
+    np.save(path, np.transpose(_raw(sl64c, n_coils=2), (2, 0, 1)))
+    with pytest.raises(InputError) as e:
+        load_input(path, **opt)
+    assert "\n" not in str(e.value)

@@ -81,3 +81,39 @@ def test_explicit_masks_and_errors():
         make_mask((8, 8), spec("equispaced", 2.5))
     rs, cs = calibration_region(make_mask((32, 32), spec("poisson", 4, calib=[8, 6])))
     assert rs.stop - rs.start >= 8 and cs.stop - cs.start >= 6
+
+
+@pytest.mark.parametrize("R", [2, 3, 4, 6, 8])
+def test_uniform_poisson_hits_the_acceleration_and_keeps_its_spacing(R):
+    """vd = 0: the count jumps with the radius; the closest mask above the target is thinned."""
+    m = make_mask((48, 48), spec("poisson", R, cf=0.0, seed=2, vd=0.0))
+    assert m.size / m.sum() == pytest.approx(R, rel=0.01)
+    ys, xs = np.nonzero(m)
+    d = np.hypot(ys[:, None] - ys[None], xs[:, None] - xs[None]) + np.eye(len(ys)) * 99
+    assert d.min() >= 1.0
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(kind="poisson", acceleration=8, calib=[24, 24]), "calibration region"),
+    (dict(kind="poisson", acceleration=4, vd=-1), "vd"),
+    (dict(kind="poisson", acceleration=4, tol="0.1"), "tol"),
+    (dict(kind="poisson", acceleration=4, calib=[8]), "calib"),
+    (dict(kind="random", acceleration=4, seed=-1), "seed"),
+    (dict(kind="random", acceleration=4, seed="3"), "seed"),
+    (dict(kind="random", acceleration="4"), "acceleration"),
+    (dict(kind="equispaced", acceleration=4, offset="1"), "offset"),
+    (dict(kind="gaussian", acceleration=4, sigma="0.3"), "sigma"),
+])
+def test_bad_mask_options_are_one_sentence(bad, match):
+    with pytest.raises(InputError, match=match) as e:
+        make_mask((48, 48), bad)
+    assert "\n" not in str(e.value)
+
+
+def test_a_2d_calibration_is_measured_by_area():
+    """R = 16 with a 5 x 5 calibration (0.6 % of the points) is a valid Poisson-disc mask
+    (the 1D rule center_fraction x R <= 1 does not apply in 2D)."""
+    m = make_mask((64, 64), spec("poisson", 16, cf=0.08, seed=0))
+    assert m.size / m.sum() == pytest.approx(16, rel=0.03)
+    with pytest.raises(InputError):
+        make_mask((0, 8), spec("random", 2))
