@@ -151,3 +151,13 @@ def test_bad_coil_maps():
         medrecon.get_operator("mri.sense", shape=[8, 8], coil_maps=np.ones((2, 4, 4)))
     with pytest.raises(InputError, match="synthetic"):
         medrecon.get_operator("mri.sense", shape=[8, 8], coil_maps={"synthetic": "helmet"})
+
+
+def test_array_masks_with_fractions_are_refused():
+    import medrecon
+    from medrecon.errors import InputError
+
+    with pytest.raises(InputError, match="0 and 1"):
+        medrecon.get_operator("mri.cartesian", shape=[4, 4], mask=np.array([1, 0.5, 0.7, 1]))
+    with pytest.raises(InputError, match="shape"):
+        medrecon.get_operator("mri.cartesian", shape="64")

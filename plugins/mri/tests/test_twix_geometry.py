@@ -81,3 +81,11 @@ def test_gre_twix_affine_from_the_protocol(shared_data):
     np.testing.assert_allclose(aff[:3, 2] / 4.0, ras @ normal, atol=1e-6)  # slice axis along the normal
     assert abs(aff[2, 2]) > 0.99 * 4.0  # this phantom scan is (nearly) transverse
     np.testing.assert_allclose(aff[:3, 0] / 1.25, ras @ -gp, atol=1e-6)
+
+
+def test_near_ties_follow_siemens_tolerance():
+    """|sag| and |cor| equal within 1e-6 (fGSLAlmEqual) count as a tie: coronal, not sagittal."""
+    from medrecon_mri.geometry import _main_orientation
+
+    assert _main_orientation(np.array([0.70710679, 0.70710677, 0.0])) == 1
+    assert _main_orientation(np.array([0.7072, 0.7070, 0.0])) == 0
