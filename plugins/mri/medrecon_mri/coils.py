@@ -185,6 +185,13 @@ def _espirit(k: np.ndarray, mask, calib) -> np.ndarray:
         _, cs = calibration_region(mask if mask is not None else np.abs(k).sum(0) > 0)
         width = cs.stop - cs.start
     else:
-        width = int(calib if np.isscalar(calib) else min(calib))
-    return np.asarray(EspiritCalib(k.astype(np.complex64), calib_width=int(width), thresh=0.02, crop=0.95,
-                                   show_pbar=False).run())
+        width = min(parse_calib(k.shape[-2:], calib))
+    # SigPy calibrates on the central width x width block with kernel_width^2 patches: with its
+    # default kernel (6) an 8-line ACS leaves 9 calibration rows for 36 C unknowns and every
+    # eigenvalue falls below the crop (all-zero maps); keep at least (width - kernel + 1)^2 >= 16
+    kernel = min(6, width // 2)
+    if kernel < 3:
+        raise InputError(f"a {width}-line calibration region is too small for ESPIRiT; use coil_method=lowres "
+                         "or sample more central lines")
+    return np.asarray(EspiritCalib(k.astype(np.complex64), calib_width=int(width), kernel_width=int(kernel),
+                                   thresh=0.02, crop=0.95, show_pbar=False).run())
