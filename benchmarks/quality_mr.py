@@ -115,6 +115,7 @@ def run(args) -> dict:
     out = {"command": " ".join(sys.argv), "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
            "git": _git(), "slices": idx.tolist(), "pixel_size_mm": px, "noise_rel": args.noise,
            "device": args.device, "dds_steps": args.dds_steps, "prior": args.prior, "samples": args.samples,
+           "antithetic": args.antithetic,
            "results": {}}
     figure = {}  # acceleration -> {method: first evaluated slice}
     for accel in args.accels:
@@ -137,7 +138,7 @@ def run(args) -> dict:
             mt = _measure(tr, px, accel, args.noise)
             scores = {}
             for g, e in DDS_GRID:
-                x = medrecon.reconstruct(mt, "dds", args.prior, params={**dds_params, "gamma": g, "eta": e}, samples=args.samples,
+                x = medrecon.reconstruct(mt, "dds", args.prior, params={**dds_params, "gamma": g, "eta": e}, samples=args.samples, antithetic=args.antithetic,
                                          steps=args.dds_steps, progress=False, device=args.device, seed=0).data
                 scores[(g, e)] = psnr(x, tr)
                 print(f"{accel}x tune dds gamma {g:g} eta {e:g}: PSNR {scores[(g, e)]:.2f} dB (validation z {DDS_TUNE_SLICE})",
@@ -155,7 +156,7 @@ def run(args) -> dict:
             scores = {}
             for zeta in args.dps_grid or DPS_GRID:
                 x = medrecon.reconstruct(mt, "dps", args.prior, params={"zeta": zeta}, steps=args.dps_steps,
-                                         samples=args.samples, progress=False, device=args.device, seed=0).data
+                                         samples=args.samples, antithetic=args.antithetic, progress=False, device=args.device, seed=0).data
                 scores[zeta] = psnr(x, tr)
                 print(f"{accel}x tune dps zeta {zeta:g}: PSNR {scores[zeta]:.2f} dB (validation z {DDS_TUNE_SLICE})",
                       flush=True)
@@ -180,7 +181,8 @@ def run(args) -> dict:
             n_draws = args.samples if prior is not None else 1
             t0 = time.perf_counter()
             vol = medrecon.reconstruct(ms, name, prior, params=params, steps=steps, progress=False,
-                                       device=args.device, batch_size=len(idx), seed=0, samples=n_draws)
+                                       device=args.device, batch_size=len(idx), seed=0, samples=n_draws,
+                                       antithetic=args.antithetic and n_draws > 1)
             x = vol.data
             sec = (time.perf_counter() - t0) / x.shape[0]
             row[meth] = {"psnr": round(psnr(x, ref[sub]), 2), "ssim": round(ssim(x, ref[sub]), 4),
@@ -271,6 +273,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dps-slices", type=int, default=None, help="evaluate DPS on the first K slices only")
     ap.add_argument("--samples", type=int, default=1,
                     help="posterior draws per slice for dds / dps: their mean is evaluated (reconstruct samples=N)")
+    ap.add_argument("--antithetic", action="store_true",
+                    help="with an even --samples: the draws in antithetic pairs (reconstruct antithetic=True)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--quick", action="store_true", help="1 slice, 64 x 64, 5 DDS steps (smoke run)")

@@ -530,10 +530,12 @@ def _to_image(x, what: str) -> np.ndarray:
     return out
 
 
-def _run_batch(w: _Worker, sampler, m, idx: list[int], steps, seed: int, cb, samples: int = 1) -> np.ndarray:
+def _run_batch(w: _Worker, sampler, m, idx: list[int], steps, seed: int, cb, samples: int = 1,
+               antithetic: bool = False) -> np.ndarray:
     """The slices ``idx`` reconstructed on worker ``w``: ``(B, *image)``; with ``samples`` > 1,
-    ``samples`` independent draws per slice (streams ``(seed, k, d)``, draw 0 the plain one)
-    summarised as ``(B, 2, *image)``: their mean and standard deviation (Welford)."""
+    ``samples`` draws per slice (streams ``(seed, k, d)``, draw 0 the plain one; ``antithetic``:
+    draw ``d`` uses stream ``d // 2``, negated for odd ``d``) summarised as ``(B, 2, *image)``:
+    their mean and standard deviation (Welford)."""
     import torch
 
     from medrecon.samplers import slice_generators
@@ -546,7 +548,9 @@ def _run_batch(w: _Worker, sampler, m, idx: list[int], steps, seed: int, cb, sam
     for d in range(samples):
         dcb = cb if cb is None or samples == 1 else (
             lambda done, total, d=d: cb(d * total + done, samples * total))
-        x = sampler.sample(y, op, w.prior, steps=steps, generators=slice_generators(seed, idx, d), progress=dcb)
+        gens = slice_generators(seed, idx, d // 2, antithetic=d % 2 == 1) if antithetic else \
+            slice_generators(seed, idx, d)
+        x = sampler.sample(y, op, w.prior, steps=steps, generators=gens, progress=dcb)
         out = _to_image(x, what)
         if out.shape != expect:
             raise MedreconError(f"sampler {sampler.name!r} returned shape {out.shape}, expected {expect}")
@@ -584,6 +588,7 @@ def reconstruct(
     num_parts: int = 1,
     part_id: int = 0,
     samples: int = 1,
+    antithetic: bool = False,
     _stop_after: int | None = None,
     _stop_after_steps: int | None = None,
 ):
@@ -646,6 +651,13 @@ def reconstruct(
         uncertainty map, physical units; written to :func:`component_path` ``(output, "std")``).
         Draw ``d`` of slice ``k`` uses the stream ``(seed, k, d)``; draw 0 is the
         ``samples=1`` result.  Costs ``samples`` times the time.
+    antithetic : bool
+        With ``samples`` even: the draws come in antithetic pairs, draw ``2j + 1`` running on
+        the negated noise of draw ``2j`` (stream ``(seed, k, j)``; every normal number the
+        sampler draws, initial and per step, negated).  Each draw is still a posterior sample;
+        the pair's noise cancels to first order in their mean, which lands much closer to
+        E[x | y] than the mean of two independent draws (docs/samplers.md).  The ``std``
+        component then overstates the spread (paired draws are anti-correlated by design).
 
     Returns
     -------
@@ -671,6 +683,10 @@ def reconstruct(
         raise InputError("resume needs output= (the checkpoints live next to the output)")
     num_parts, part_id = _check_parts(num_parts, part_id, output)
     samples = positive_int("samples", samples)
+    if not isinstance(antithetic, (bool, np.bool_)):
+        raise InputError(f"antithetic must be true or false, got {antithetic!r}")
+    if antithetic and samples % 2:
+        raise InputError(f"antithetic draws come in pairs: samples must be even, got {samples}")
     try:
         checkpoint_every_s = float(checkpoint_every_s)
     except (TypeError, ValueError):
@@ -717,6 +733,8 @@ def reconstruct(
     settings = run_settings(m, smp, prior_obj, eff_steps, seed, amp)
     if samples > 1:  # (absent for one draw: checkpoints of earlier versions stay valid)
         settings["samples"] = samples
+    if antithetic:
+        settings["antithetic"] = True
     shash = _settings_hash(settings)
     if num_parts > z:
         raise InputError(f"num_parts={num_parts} is more than the {z} slice(s) of the measurement")
@@ -734,7 +752,7 @@ def reconstruct(
                     settings, ck, z, slice_shape, volume_mode, volume_mode_3d, _stop_after,
                     out_path if output is not None else None, overwrite, like, mine if num_parts > 1 else None,
                     {"every_s": checkpoint_every_s, "resume": bool(resume), "stop_after_steps": _stop_after_steps},
-                    comps, samples)
+                    comps, samples, bool(antithetic))
     finally:
         if ck is not None:
             ck.release()
@@ -742,7 +760,7 @@ def reconstruct(
 
 def _run(m, op, smp, prior_obj, prior_name, devs, batch_size, eff_steps, seed, amp, progress, settings, ck, z,
          slice_shape, volume_mode, volume_mode_3d, _stop_after, out_path, overwrite, like, mine, vopts,
-         comps, samples):
+         comps, samples, antithetic=False):
     """Compute the slices not done yet (of ``mine``, a part's slices, when the run is split),
     then assemble and write the output.  A part returns None unless it writes the output.
     ``comps``: the names of the channels each slice holds (an operator's image components, or
@@ -771,7 +789,7 @@ def _run(m, op, smp, prior_obj, prior_name, devs, batch_size, eff_steps, seed, a
                 _run_volume(workers[0], smp, m, eff_steps, seed, result, ck, prog, volume_mode_3d, z, **vopts)
             else:
                 _run_slices(workers, smp, m, todo, batch_size, eff_steps, seed, result, ck, prog, _stop_after,
-                            samples)
+                            samples, antithetic)
     elapsed = time.perf_counter() - t0
     if mine is not None:  # a part: write the output only when every slice is finished, exactly once
         computed = set(todo)
@@ -804,6 +822,8 @@ def _run(m, op, smp, prior_obj, prior_name, devs, batch_size, eff_steps, seed, a
     }
     if samples > 1:
         meta["reconstruction"]["samples"] = samples
+    if antithetic:
+        meta["reconstruction"]["antithetic"] = True
     if comps and samples == 1:
         meta["component"] = comps[0]
     if comps:
@@ -981,7 +1001,8 @@ def _run_volume(w, smp, m, steps, seed, result, ck, prog, volume_mode_3d: bool, 
     prog.slices_done(z)
 
 
-def _run_slices(workers, smp, m, todo, batch_size, steps, seed, result, ck, prog, stop_after, samples=1) -> None:
+def _run_slices(workers, smp, m, todo, batch_size, steps, seed, result, ck, prog, stop_after, samples=1,
+                antithetic=False) -> None:
     batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
     stop = threading.Event()
     counter = {"n": 0}
@@ -1003,7 +1024,7 @@ def _run_slices(workers, smp, m, todo, batch_size, steps, seed, result, ck, prog
         for idx in batches:
             if stop.is_set():
                 break
-            finish(idx, _run_batch(w, smp, m, idx, steps, seed, prog.step_callback(0), samples))
+            finish(idx, _run_batch(w, smp, m, idx, steps, seed, prog.step_callback(0), samples, antithetic))
     else:
         q: queue.Queue = queue.Queue()
         for b in batches:
@@ -1022,7 +1043,7 @@ def _run_slices(workers, smp, m, todo, batch_size, steps, seed, result, ck, prog
                 except queue.Empty:
                     return
                 try:
-                    finish(idx, _run_batch(w, smp, m, idx, steps, seed, cb, samples))
+                    finish(idx, _run_batch(w, smp, m, idx, steps, seed, cb, samples, antithetic))
                 except BaseException as exc:  # noqa: BLE001 - handed to the main thread
                     errors.append(exc)
                     stop.set()

@@ -51,6 +51,7 @@ __all__ = [
     "prior_eps",
     "psnr",
     "randn_per_slice",
+    "AntitheticGenerator",
     "slice_generators",
     "tweedie_x0",
     "ddim_renoise",
@@ -253,13 +254,24 @@ class Sampler:
 
 
 # --------------------------------------------------------------------------- randomness
-def slice_generators(seed: int, indices: Sequence[int] | int, draw: int = 0) -> list[torch.Generator]:
+class AntitheticGenerator(torch.Generator):
+    """A generator whose normal draws :func:`randn_per_slice` negates: seeded like a plain one,
+    it gives the antithetic twin ``-z`` of every noise tensor ``z`` of that stream
+    (``reconstruct(..., samples=N, antithetic=True)``)."""
+
+    sign = -1.0
+
+
+def slice_generators(seed: int, indices: Sequence[int] | int, draw: int = 0,
+                     antithetic: bool = False) -> list[torch.Generator]:
     """CPU generators seeded from ``(seed, slice index)``; ``indices`` an int means ``range(indices)``.
 
     The seed of slice ``i`` depends only on ``seed`` and ``i`` (through numpy's
     ``SeedSequence``), so a slice gets the same random numbers whatever batch it is in.
     ``draw`` > 0 selects the independent stream ``(seed, i, draw)`` of a further posterior
     sample of the same slice (``reconstruct(..., samples=N)``); draw 0 is the plain stream.
+    ``antithetic`` returns :class:`AntitheticGenerator` s of the same streams: every normal
+    draw negated.
 
     >>> g = slice_generators(0, [5])[0]; h = slice_generators(0, range(3, 6))[2]
     >>> bool(torch.equal(torch.randn(3, generator=g), torch.randn(3, generator=h)))
@@ -273,7 +285,7 @@ def slice_generators(seed: int, indices: Sequence[int] | int, draw: int = 0) -> 
     for i in indices:
         entropy = [int(seed) & (2**63 - 1), int(i)] + ([int(draw)] if draw else [])
         s = int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
-        out.append(torch.Generator().manual_seed(s & (2**63 - 1)))
+        out.append((AntitheticGenerator if antithetic else torch.Generator)().manual_seed(s & (2**63 - 1)))
     return out
 
 
@@ -283,16 +295,19 @@ def randn_per_slice(generators: Sequence[torch.Generator], shape: Sequence[int],
 
     Drawn on the CPU (so a slice's numbers do not depend on the device) and then moved to
     ``device``.  Complex dtypes get independent real and imaginary parts of variance 1/2 each.
+    An :class:`AntitheticGenerator` gives the negated numbers of its stream.
     """
     shape = tuple(int(s) for s in shape)
     real = dtype.to_real() if dtype.is_complex else dtype
     parts = []
     for g in generators:
+        sign = getattr(g, "sign", 1.0)
         if dtype.is_complex:
-            z = torch.randn((*shape, 2), generator=g, dtype=real) * math.sqrt(0.5)
+            z = torch.randn((*shape, 2), generator=g, dtype=real) * (sign * math.sqrt(0.5))
             parts.append(torch.view_as_complex(z))
         else:
-            parts.append(torch.randn(shape, generator=g, dtype=real))
+            z = torch.randn(shape, generator=g, dtype=real)
+            parts.append(z if sign == 1.0 else sign * z)
     return torch.stack(parts).to(device=device)
 
 
