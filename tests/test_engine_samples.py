@@ -158,6 +158,12 @@ def test_cli_samples(tmp_path, meas):
 
     img = imread(tmp_path / "r.png")
     assert img.ndim == 3 and img.shape[1] > 2 * img.shape[0] and img[..., :3].std() > 0.05  # three panels
+    p = cli("-s", "dds", "--prior", tmp_path / "prior", "--steps", 2, "--samples", 2, "--antithetic", "--device",
+            "cpu", "--quiet", "-o", tmp_path / "a.nii.gz")
+    assert p.returncode == 0 and "mean of 2 draws, antithetic pairs" in p.stdout, p.stderr
+    p = cli("-s", "dds", "--prior", tmp_path / "prior", "--steps", 2, "--samples", 3, "--antithetic", "-o",
+            tmp_path / "odd.nii.gz")
+    assert p.returncode == 2 and "even" in p.stderr and "Traceback" not in p.stderr
     p = cli("-s", "classical", "-o", tmp_path / "c.nii.gz", "--png", tmp_path / "c.jpg")
     assert p.returncode == 2 and "--png" in p.stderr and not (tmp_path / "c.nii.gz").exists()
     p = cli("-s", "tv", "--samples", 2, "-o", tmp_path / "tv.nii.gz")
