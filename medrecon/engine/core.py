@@ -563,7 +563,9 @@ def _run_batch(w: _Worker, sampler, m, idx: list[int], steps, seed: int, cb, sam
             delta = out - mean
             mean = mean + delta / (d + 1)
             m2 = m2 + delta * (out - mean)
-    std = np.sqrt(m2 / (samples - 1))
+    # antithetic pairs: their mean is nearly exact (no degree of freedom spent on it), so the
+    # spread about it is divided by N, which is unbiased where the sampler is linear in its noise
+    std = np.sqrt(m2 / (samples if antithetic else samples - 1))
     return np.stack([mean, std], axis=1).astype(np.float32)
 
 
@@ -657,7 +659,8 @@ def reconstruct(
         sampler draws, initial and per step, negated).  Each draw is still a posterior sample;
         the pair's noise cancels to first order in their mean, which lands much closer to
         E[x | y] than the mean of two independent draws (docs/samplers.md).  The ``std``
-        component then overstates the spread (paired draws are anti-correlated by design).
+        component then divides by ``samples`` (not ``samples - 1``): unbiased where the
+        sampler is linear in its noise.
 
     Returns
     -------
