@@ -25,6 +25,8 @@ Usage::
 
     .venv/bin/python benchmarks/quality_mr.py                  # 4 held-out slices, 4x and 8x
     .venv/bin/python benchmarks/quality_mr.py --quick          # smoke run: 1 slice, 5 DDS steps
+    .venv/bin/python benchmarks/quality_mr.py --validation --accels 8 --methods dds --samples 2 --antithetic
+                                                               # choosing settings on the validation slices
     .venv/bin/python benchmarks/quality_mr.py --slices 8 --methods zf sense tv dds --device cuda
 
 Writes ``benchmarks/results/quality_mr.json``.  Skips (exit 0, a message) without the data.
@@ -57,6 +59,9 @@ TV_GRID = (0.00003, 0.0001, 0.0003, 0.001, 0.003, 0.01)
 #: held-out ones; see docs/quality.md.)
 DDS_GRID = ((100.0, 0.85), (100.0, 0.7), (100.0, 0.5))
 DDS_TUNE_SLICE = 66
+#: ``--validation``: held-out slices (not seen by ``mr-default``) that the 4-slice evaluation does not
+#: use, for choosing settings (steps, draws, CG iterations) before the evaluated slices are run
+VALIDATION_SLICES = (66, 73, 86, 93)
 DDS_DEFAULT = {"gamma": 100.0, "eta": 0.85}
 #: DPS step ``zeta`` grid searched with ``--tune-dps`` on the same validation slice (H100, session 3:
 #: 3 / 10 / 30 gave 28.42 / 30.86 / 29.86 dB at 4x, 25.50 / 26.61 / 25.76 at 8x with mr-default).
@@ -108,6 +113,9 @@ def run(args) -> dict:
         stack = stack_from_volume(MR_SOURCE, 256, "mr")
     a, b = HOLDOUT
     idx = np.linspace(a, b - 1, args.slices + 2)[1:-1].round().astype(int) if args.slices > 1 else np.array([80])
+    if args.validation:  # choosing settings: held-out slices that the evaluation does not use
+        idx = np.array(VALIDATION_SLICES)
+        assert not set(idx) & set(np.linspace(a, b - 1, 6)[1:-1].round().astype(int))
     ref = stack.data[idx].astype(np.float32)
     if args.quick:
         ref = ref[:, ::4, ::4]
@@ -278,6 +286,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--quick", action="store_true", help="1 slice, 64 x 64, 5 DDS steps (smoke run)")
+    ap.add_argument("--validation", action="store_true",
+                    help="run on the validation slices 66, 73, 86, 93 (choosing settings), not the evaluated ones")
     ap.add_argument("--prior", default="mr-default", help="prior name or folder (default mr-default)")
     ap.add_argument("--stack", default=None, help="folder of preprocessed float16 stacks (e.g. .gpu/mr) instead "
                     "of the series")
@@ -285,6 +295,8 @@ def main(argv=None) -> int:
                     "writes only when given)")
     ap.add_argument("--png", default=None, help="figure (default: the --output path with .png)")
     args = ap.parse_args(argv)
+    if args.validation and (args.tune_dds or args.tune_dps):
+        ap.error("--tune-dds / --tune-dps pick on validation slice 66, which --validation evaluates")
     if args.threads:
         import torch
 
