@@ -253,7 +253,8 @@ def write_png(path, figure, out, z):
                 bottom.text(0.5, 0.5, f"|error|\n0..{emax:.0f}", ha="center", va="center", fontsize=8,
                             transform=bottom.transAxes)
                 continue
-            draws = f", mean of {out['samples']}" if out["samples"] > 1 and name in ("dds", "dps") else ""
+            draws = (f", mean of {out['samples']}" + (" (antithetic)" if out.get("antithetic") else "")
+                     if out["samples"] > 1 and name in ("dds", "dps") else "")
             top.set_title(f"{NAMES.get(name, name)}{draws}\n{psnr(img, ref, (lo, hi)):.2f} dB", fontsize=8)
             bottom.imshow(np.abs(img - ref), cmap="magma", vmin=0, vmax=emax)
     fig.tight_layout()
