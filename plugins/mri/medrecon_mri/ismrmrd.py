@@ -191,13 +191,15 @@ def read_ismrmrd(p: Path) -> tuple[np.ndarray, dict[str, Any]]:
         if data.size != 2 * C * ns:
             raise FileFormatError(f"{str(p)!r}: readout {a} holds {data.size} values for {C} channels x {ns} samples")
         d = data.view(np.complex64).reshape(C, ns).astype(np.complex128)
-        if _flag(h["flags"], _REVERSE):
-            d = d[:, ::-1]
         pre_, post = int(h["discard_pre"]), int(h["discard_post"])
-        if pre_ or post:
+        if pre_ or post:  # counted in acquisition order, before a reversed readout is flipped
             d = d.copy()
             d[:, :pre_] = 0
             d[:, ns - post:] = 0
+        lo, hi = pre_, ns - post  # the kept samples
+        if _flag(h["flags"], _REVERSE):
+            d = d[:, ::-1]
+            lo, hi = post, ns - pre_
         r0 = nx // 2 - (int(h["center_sample"]) or ns // 2)  # centre 0: unset, a symmetric readout
         col = int(h["idx"]["kspace_encode_step_1"]) + ny // 2 - c1
         if r0 < 0 or r0 + ns > nx or not 0 <= col < ny:
@@ -206,7 +208,7 @@ def read_ismrmrd(p: Path) -> tuple[np.ndarray, dict[str, Any]]:
                                   f"encoded {nx} x {ny} matrix")
         z = slot[int(h["idx"]["slice"])]
         k[z, :, r0:r0 + ns, col] += d
-        rows[r0 + pre_:r0 + ns - post] = True
+        rows[r0 + lo:r0 + hi] = True
         hits[z, col] += 1
         if z not in frames:
             frames[z] = {"position": np.asarray(h["position"], np.float64),

@@ -211,3 +211,21 @@ def test_gre_phantom_through_ismrmrd_matches_the_numpy_export(shared_data, tmp_p
     np.testing.assert_array_equal(m.y, ref.y)
     np.testing.assert_array_equal(m.arrays["coil_maps"], ref.arrays["coil_maps"])
     assert np.allclose(np.linalg.norm(m.affine[:3, :2], axis=0), [1.25, 1.25])
+
+
+def test_discarded_samples_count_in_acquisition_order(tmp_path):
+    """discard_pre of a reversed readout drops the samples acquired first: the last rows once flipped."""
+    rng = np.random.default_rng(4)
+    C, nx, ny = 2, 16, 8
+    k = _kspace(rng, 1, C, nx, ny)[0]
+    acqs = []
+    for c in range(ny):
+        a = _acq(k[:, ::-1, c], c, flags=[REVERSE]) if c == 3 else _acq(k[:, :, c], c)
+        if c == 3:
+            a.discard_pre = 2
+        acqs.append(a)
+    path = tmp_path / "discard.h5"
+    _write(path, _header(nx, ny, nx, (64.0, 32.0, 3.0)), acqs)
+    y = load_input(path).y[0]
+    np.testing.assert_allclose(y[:, :nx - 2, 3], k[:, :nx - 2, 3], atol=1e-5 * np.abs(k).max())
+    assert np.abs(y[:, nx - 2:, 3]).max() == 0
