@@ -3,7 +3,7 @@
 # GPU.  1. mri.sense slices per second on CUDA (GPU otherwise idle); 2. a new MR prior trained
 # from scratch with rotation/zoom augmentation (`train-prior --rotate 10 --zoom 0.1`, the
 # 88-slice MR set overfits: fine-tuning mr-default longer made held-out slices worse) in the
-# background; 3. MR quality with DDS (100 steps, 10 CG iterations) and DPS (200 steps, zeta 10)
+# background; 3. MR quality with DDS (200 steps, 10 CG iterations) and DPS (200 steps, zeta 10)
 # as the mean of 4 posterior draws in antithetic pairs (`--samples 4 --antithetic`) for
 # mr-default, then for the new prior.
 #
@@ -38,7 +38,7 @@ python3 -m medrecon.priors.train --data .gpu/mr/train.npy --val-data .gpu/mr/hol
 P=$!
 
 # (session 5) draws in antithetic pairs: on the CPU validation slices one pair beat 8 independent draws
-MRQ="--stack .gpu/mr --device cuda --methods zf sense tv dds dps --dds-steps 100 --dps-steps 200 --dps-zeta 10 --samples 4 --antithetic --dds-params {\"cg_iters\":10}"
+MRQ="--stack .gpu/mr --device cuda --methods zf sense tv dds dps --dds-steps 200 --dps-steps 200 --dps-zeta 10 --samples 4 --antithetic --dds-params {\"cg_iters\":10}"
 echo "== MR quality, mr-default (GPU shared with the training: seconds per slice are not clean)"
 timeout 200 python3 benchmarks/quality_mr.py $MRQ --prior mr-default --output "$OUT/quality_mr_samples4_mr-default.json" \
   || echo "MR quality mr-default exit $?"
