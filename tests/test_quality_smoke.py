@@ -44,3 +44,18 @@ def test_quality_mr_quick_through_quality_py(tmp_path):
     row = json.loads(js.read_text())["results"]["4x"]
     assert set(row) >= {"zf", "sense", "tv", "dds"} and 3 < row["acceleration_achieved"] < 5
     assert row["tv"]["psnr"] > row["zf"]["psnr"]  # TV unfolds what zero filling leaves aliased
+
+
+def test_draws_benchmark_quick(tmp_path):
+    """benchmarks/draws.py (draws one after another vs side by side) runs on the shipped MR prior
+    and finds both ways give the same mean; no data needed (a synthetic phantom)."""
+    js = tmp_path / "d.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "draws.py"), "--size", "32", "--slices", "1",
+                        "--samples", "2", "--steps", "2", "--samplers", "dds,dps", "--threads", "1",
+                        "--output", str(js)], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    rows = json.loads(js.read_text())["rows"]
+    assert set(rows) == {"dds", "dps"}
+    for name, row in rows.items():
+        assert row["max_rel_difference"] < 1e-3, (name, row)
+        assert row["seconds_sequential"] > 0 and row["seconds_side_by_side"] > 0

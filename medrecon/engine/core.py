@@ -531,38 +531,51 @@ def _to_image(x, what: str) -> np.ndarray:
 
 
 def _run_batch(w: _Worker, sampler, m, idx: list[int], steps, seed: int, cb, samples: int = 1,
-               antithetic: bool = False) -> np.ndarray:
+               antithetic: bool = False, draw_batch: int = 1) -> np.ndarray:
     """The slices ``idx`` reconstructed on worker ``w``: ``(B, *image)``; with ``samples`` > 1,
     ``samples`` draws per slice (streams ``(seed, k, d)``, draw 0 the plain one; ``antithetic``:
     draw ``d`` uses stream ``d // 2``, negated for odd ``d``) summarised as ``(B, 2, *image)``:
-    their mean and standard deviation (Welford)."""
+    their mean and standard deviation (Welford).
+
+    ``draw_batch`` draws run together in one sampler call: the batch holds the slices ``idx``
+    once per draw (``len(idx) * draw_batch`` images), each copy with its draw's generator.
+    The samplers treat batch entries independently (per-slice norms, step sizes and streams),
+    so the result is the one of the draws run one after another, up to rounding."""
     import torch
 
     from medrecon.samplers import slice_generators
 
     y = torch.from_numpy(np.ascontiguousarray(m.y[idx])).to(w.dev)
-    op = w.op.for_slices(idx)
     what = f"slices {idx[0]}..{idx[-1]}" if len(idx) > 1 else f"slice {idx[0]}"
-    expect = (len(idx), *tuple(w.op.domain_shape))
+    B, image = len(idx), tuple(w.op.domain_shape)
+    g = max(1, min(int(draw_batch), samples))
+    groups = [list(range(d0, min(d0 + g, samples))) for d0 in range(0, samples, g)]
+    ops = {n: w.op.for_slices(idx * n) for n in {len(ds) for ds in groups}}
     mean = m2 = None
-    for d in range(samples):
-        dcb = cb if cb is None or samples == 1 else (
-            lambda done, total, d=d: cb(d * total + done, samples * total))
-        gens = slice_generators(seed, idx, d // 2, antithetic=d % 2 == 1) if antithetic else \
-            slice_generators(seed, idx, d)
-        x = sampler.sample(y, op, w.prior, steps=steps, generators=gens, progress=dcb)
+    n_done = 0
+    for j, ds in enumerate(groups):
+        gcb = cb if cb is None or len(groups) == 1 else (
+            lambda done, total, j=j: cb(j * total + done, len(groups) * total))
+        gens = []
+        for d in ds:
+            gens += slice_generators(seed, idx, d // 2, antithetic=d % 2 == 1) if antithetic else \
+                slice_generators(seed, idx, d)
+        yy = y if len(ds) == 1 else y.repeat(len(ds), *([1] * (y.dim() - 1)))
+        x = sampler.sample(yy, ops[len(ds)], w.prior, steps=steps, generators=gens, progress=gcb)
         out = _to_image(x, what)
-        if out.shape != expect:
-            raise MedreconError(f"sampler {sampler.name!r} returned shape {out.shape}, expected {expect}")
+        if out.shape != (len(ds) * B, *image):
+            raise MedreconError(f"sampler {sampler.name!r} returned shape {out.shape}, expected "
+                                f"{(len(ds) * B, *image)}")
         if samples == 1:
             return out
-        out = out.astype(np.float64)
-        if mean is None:
-            mean, m2 = out, np.zeros_like(out)
-        else:
-            delta = out - mean
-            mean = mean + delta / (d + 1)
-            m2 = m2 + delta * (out - mean)
+        for draw in out.astype(np.float64).reshape(len(ds), B, *image):
+            n_done += 1
+            if mean is None:
+                mean, m2 = draw, np.zeros_like(draw)
+            else:
+                delta = draw - mean
+                mean = mean + delta / n_done
+                m2 = m2 + delta * (draw - mean)
     # antithetic pairs: their mean is nearly exact (no degree of freedom spent on it), so the
     # spread about it is divided by N, which is unbiased where the sampler is linear in its noise
     std = np.sqrt(m2 / (samples if antithetic else samples - 1))
@@ -591,6 +604,7 @@ def reconstruct(
     part_id: int = 0,
     samples: int = 1,
     antithetic: bool = False,
+    draw_batch: int = 1,
     _stop_after: int | None = None,
     _stop_after_steps: int | None = None,
 ):
@@ -661,6 +675,12 @@ def reconstruct(
         E[x | y] than the mean of two independent draws (docs/samplers.md).  The ``std``
         component then divides by ``samples`` (not ``samples - 1``): unbiased where the
         sampler is linear in its noise.
+    draw_batch : int
+        With ``samples`` > 1: how many draws of a batch's slices run together in one sampler
+        call (a batch of ``batch_size * draw_batch`` images).  The result is that of 1 up to
+        floating-point rounding (the draws keep their streams); on a GPU, where a small batch
+        leaves the card mostly idle, it runs the draws side by side; on a CPU it is no faster
+        (docs/engine.md).  Memory grows ``draw_batch``-fold.
 
     Returns
     -------
@@ -690,6 +710,7 @@ def reconstruct(
         raise InputError(f"antithetic must be true or false, got {antithetic!r}")
     if antithetic and samples % 2:
         raise InputError(f"antithetic draws come in pairs: samples must be even, got {samples}")
+    draw_batch = positive_int("draw_batch", draw_batch)
     try:
         checkpoint_every_s = float(checkpoint_every_s)
     except (TypeError, ValueError):
@@ -755,7 +776,7 @@ def reconstruct(
                     settings, ck, z, slice_shape, volume_mode, volume_mode_3d, _stop_after,
                     out_path if output is not None else None, overwrite, like, mine if num_parts > 1 else None,
                     {"every_s": checkpoint_every_s, "resume": bool(resume), "stop_after_steps": _stop_after_steps},
-                    comps, samples, bool(antithetic))
+                    comps, samples, bool(antithetic), draw_batch)
     finally:
         if ck is not None:
             ck.release()
@@ -763,7 +784,7 @@ def reconstruct(
 
 def _run(m, op, smp, prior_obj, prior_name, devs, batch_size, eff_steps, seed, amp, progress, settings, ck, z,
          slice_shape, volume_mode, volume_mode_3d, _stop_after, out_path, overwrite, like, mine, vopts,
-         comps, samples, antithetic=False):
+         comps, samples, antithetic=False, draw_batch=1):
     """Compute the slices not done yet (of ``mine``, a part's slices, when the run is split),
     then assemble and write the output.  A part returns None unless it writes the output.
     ``comps``: the names of the channels each slice holds (an operator's image components, or
@@ -792,7 +813,7 @@ def _run(m, op, smp, prior_obj, prior_name, devs, batch_size, eff_steps, seed, a
                 _run_volume(workers[0], smp, m, eff_steps, seed, result, ck, prog, volume_mode_3d, z, **vopts)
             else:
                 _run_slices(workers, smp, m, todo, batch_size, eff_steps, seed, result, ck, prog, _stop_after,
-                            samples, antithetic)
+                            samples, antithetic, draw_batch)
     elapsed = time.perf_counter() - t0
     if mine is not None:  # a part: write the output only when every slice is finished, exactly once
         computed = set(todo)
@@ -1005,7 +1026,7 @@ def _run_volume(w, smp, m, steps, seed, result, ck, prog, volume_mode_3d: bool, 
 
 
 def _run_slices(workers, smp, m, todo, batch_size, steps, seed, result, ck, prog, stop_after, samples=1,
-                antithetic=False) -> None:
+                antithetic=False, draw_batch=1) -> None:
     batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
     stop = threading.Event()
     counter = {"n": 0}
@@ -1027,7 +1048,8 @@ def _run_slices(workers, smp, m, todo, batch_size, steps, seed, result, ck, prog
         for idx in batches:
             if stop.is_set():
                 break
-            finish(idx, _run_batch(w, smp, m, idx, steps, seed, prog.step_callback(0), samples, antithetic))
+            finish(idx, _run_batch(w, smp, m, idx, steps, seed, prog.step_callback(0), samples, antithetic,
+                                          draw_batch))
     else:
         q: queue.Queue = queue.Queue()
         for b in batches:
@@ -1046,7 +1068,7 @@ def _run_slices(workers, smp, m, todo, batch_size, steps, seed, result, ck, prog
                 except queue.Empty:
                     return
                 try:
-                    finish(idx, _run_batch(w, smp, m, idx, steps, seed, cb, samples, antithetic))
+                    finish(idx, _run_batch(w, smp, m, idx, steps, seed, cb, samples, antithetic, draw_batch))
                 except BaseException as exc:  # noqa: BLE001 - handed to the main thread
                     errors.append(exc)
                     stop.set()

@@ -132,7 +132,9 @@ class _MRIBase(Operator):
             return self._masked(fft2c(v))
         if not checkered:
             v = v * self.checker.to(v.real.dtype)
-        return torch.fft.fft2(v, norm="ortho") * self.signed_mask.to(v.real.dtype)
+        # in place on the FFT's own output: one C-image temporary fewer (the element-wise passes,
+        # not the FFTs, dominate on a multi-threaded CPU; benchmarks/operators.py)
+        return torch.fft.fft2(v, norm="ortho").mul_(self.signed_mask.to(v.real.dtype))
 
     def _kspace_to_image(self, y: torch.Tensor, checkered: bool = False) -> torch.Tensor:
         """``ifft2c(M y)``; ``checkered``: return ``C ifft2c(M y)`` (the caller applies ``C``)."""
@@ -140,7 +142,7 @@ class _MRIBase(Operator):
         if not self._shift_free:
             return ifft2c(self._masked(y))
         v = torch.fft.ifft2(y * self.signed_mask.to(y.real.dtype), norm="ortho")
-        return v if checkered else v * self.checker.to(v.real.dtype)
+        return v if checkered else v.mul_(self.checker.to(v.real.dtype))
 
     def _checker(self, x: torch.Tensor) -> torch.Tensor:
         """``C x`` on an even grid (the image checkerboard), ``x`` otherwise."""
@@ -257,7 +259,12 @@ class SenseMRI(_MRIBase):
 
     def _adjoint(self, y):
         # sum_c conj(S_c) F^H M y_c = C sum_c conj(S_c) ifft2(M' y_c)
-        return self._checker((self._maps().conj() * self._kspace_to_image(y, checkered=True)).sum(dim=1))
+        # the coil images are the ifft's fresh output: weighted in place (promoted first, so that
+        # complex64 data meets complex128 maps in complex128, as out of place), then summed
+        maps = self._maps()
+        v = self._kspace_to_image(y, checkered=True)
+        v = v.to(torch.promote_types(v.dtype, maps.dtype))
+        return self._checker(v.mul_(maps.conj()).sum(dim=1))
 
     def zero_filled_coils(self, y):
         """Zero-filled coil images ``F^H M y_c``, ``(B, C, ny, nx)``."""

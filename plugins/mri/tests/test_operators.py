@@ -84,6 +84,26 @@ def test_operators_equal_the_definition_with_shifts(shape):
     assert torch.allclose(C.adjoint(y[:, 0]), P.conj() * ifft2c(M * y[:, 0]), atol=1e-12)
 
 
+@pytest.mark.parametrize("shape", [[16, 12], [15, 12]])
+def test_inputs_are_not_modified_and_precision_is_promoted(shape):
+    """forward / adjoint work in place on their own FFT outputs only: the caller's arrays are
+    unchanged, per-slice maps included; complex64 data on a double operator gives complex128."""
+    g = torch.Generator().manual_seed(2)
+    maps = synthetic_coil_maps(tuple(shape), 3)
+    mask = {"kind": "random", "acceleration": 2, "center_fraction": 0.2, "seed": 3}
+    for cm in (maps, np.stack([maps, 0.5 * maps])):  # shared and per-slice maps
+        A = medrecon.get_operator("mri.sense", shape=shape, coil_maps=cm, mask=mask)
+        x = torch.randn(2, *shape, dtype=torch.complex64, generator=g)
+        y = torch.randn(2, 3, *shape, dtype=torch.complex64, generator=g)
+        x0, y0, m0 = x.clone(), y.clone(), A.coil_maps.clone()
+        A(x), A.adjoint(y), A.normal(x), A.classical(y)
+        assert torch.equal(x, x0) and torch.equal(y, y0) and torch.equal(A.coil_maps, m0)
+        D = medrecon.get_operator("mri.sense", shape=shape, coil_maps=cm, mask=mask).with_precision(True)
+        got = D.adjoint(y)
+        assert got.dtype == torch.complex128
+        assert torch.allclose(got, D.adjoint(y.to(torch.complex128)), atol=1e-12)
+
+
 def test_fully_sampled_sense_with_normalised_maps_is_an_isometry(sl64c):
     A = medrecon.get_operator("mri.sense", shape=64, coil_maps={"synthetic": "birdcage", "n_coils": 4})
     A.with_precision(True)
