@@ -135,6 +135,17 @@ def test_draws_side_by_side_use_each_slices_own_maps(meas, mr_prior, sampler):
     np.testing.assert_allclose(b.components["std"].data, a.components["std"].data, rtol=0, atol=1e-4 * scale)
 
 
+def test_dps_does_not_clamp_an_mr_prior_by_default(meas, mr_prior):
+    """An MR percentile prior leaves bright tissue beyond 1 in network units: dps's default
+    clip ("auto") is off for it, the same as clip=None and not the [-1, 1] clamp."""
+    a = run(meas, "dps", mr_prior, steps=3)
+    b = run(meas, "dps", mr_prior, steps=3, params={"clip": None})
+    c = run(meas, "dps", mr_prior, steps=3, params={"clip": 1.0})
+    scale = float(np.abs(a).max())
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * scale)
+    assert float(np.abs(a - c).max()) > 1e-3 * scale
+
+
 def test_volume_samplers_get_the_operator_for_all_slices(meas, mr_prior):
     """tv with dims=3 and dds3d couple the slices: one call with op.for_slices(range(Z))."""
     v = run(meas, "tv", params={"dims": 3}, steps=30)

@@ -12,7 +12,7 @@ from medrecon.errors import InputError, PluginError
 from medrecon.operators.matrix import MatrixOperator
 from medrecon.priors.gaussian import GaussianPrior, smooth_covariance
 from medrecon.samplers import get_sampler, sampler_from_spec, slice_generators
-from medrecon.samplers.base import cg, estimate_norm, randn_per_slice, vdot_per_slice
+from medrecon.samplers.base import cg, estimate_norm, randn_per_slice, tweedie_clip, vdot_per_slice
 from medrecon.samplers.tv import TV, div_nd, grad_nd, tune_tv
 
 NAMES = ["classical", "tv", "dds", "dps", "reddiff"]
@@ -66,6 +66,26 @@ def test_params_are_stored_json_able_and_typed():
     assert s.spec()["params"]["eta"] == 0.5 and s.cg_iters == 3 and s.noiseless is True
     assert get_sampler("tv", dims=3).per_slice is False
     assert get_sampler("tv").per_slice is True
+
+
+def test_tweedie_clip_auto_follows_the_priors_intensity_map(setup):
+    """dps clip="auto" (its default; dds accepts it too): 1 for a CT window or an intensity-free
+    prior (the official clamp to the data range), off for an MR percentile map, whose training
+    images reach beyond 1."""
+    from medrecon.priors.model import DiffusionPrior, default_config
+
+    ct = DiffusionPrior(default_config("ct", image_size=16, pixel_size_mm=0.8, preset="tiny"))
+    mr = DiffusionPrior(default_config("mr", image_size=16, pixel_size_mm=0.8, preset="tiny"))
+    assert tweedie_clip(ct, "auto") == 1.0 and tweedie_clip(mr, "auto") is None
+    assert tweedie_clip(setup[0], "auto") == 1.0  # a Gaussian prior: no intensity map
+    assert tweedie_clip(mr, 2.0) == 2.0 and tweedie_clip(ct, None) is None
+    assert get_sampler("dps").spec()["params"]["clip"] == "auto"
+    assert get_sampler("dps", clip=" AUTO ").spec()["params"]["clip"] == "auto"
+    assert get_sampler("dds", clip="auto").spec()["params"]["clip"] == "auto"
+    assert get_sampler("dds").spec()["params"]["clip"] is None
+    for bad in ("sometimes", 0, -1):
+        with pytest.raises(InputError, match="clip"):
+            get_sampler("dps", clip=bad)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -48,6 +48,7 @@ from medrecon.samplers.base import (
     randn_per_slice,
     sample_dtype,
     to_net_real,
+    tweedie_clip,
     tweedie_x0,
 )
 
@@ -69,8 +70,8 @@ class DDS(Sampler):
         "noiseless": Param(bool, False, "CG on the normal equations A^H A x = A^H y instead"),
         "spacing": Param(str, "leading", "timestep spacing over the training grid (leading = official DDS)",
                          choices=("leading", "trailing", "linspace")),
-        "clip": Param(float, None, "clamp the Tweedie estimate to [-clip, clip] in network units (None: no)",
-                      lo=0, lo_open=True, none_ok=True),
+        "clip": Param(float, None, "clamp the Tweedie estimate to [-clip, clip] in network units (None: no; "
+                      "auto: the prior's data range, as dps)", lo=0, lo_open=True, none_ok=True, auto_ok=True),
     }
 
     def _sample(self, y, operator, prior, steps, generators, progress, x_init):
@@ -100,13 +101,14 @@ class DDS(Sampler):
             else:
                 x = z
             x0_dc_phys = None
+            clip = tweedie_clip(prior, p["clip"])
             for i, t in enumerate(ts):
                 tt = torch.full((B,), t, dtype=torch.long, device=dev)
                 a_t = float(abar[t])
                 e = prior_eps(prior, x, tt).to(dtype)
                 x0 = tweedie_x0(x, e, a_t)
-                if p["clip"] is not None:
-                    x0 = x0.clamp(-p["clip"], p["clip"])
+                if clip is not None:
+                    x0 = x0.clamp(-clip, clip)
                 x0_phys = prior.from_net(x0)
                 if p["cg_iters"] > 0:
                     if p["noiseless"]:

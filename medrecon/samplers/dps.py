@@ -43,6 +43,7 @@ from medrecon.samplers.base import (
     randn_per_slice,
     sample_dtype,
     to_net_real,
+    tweedie_clip,
     tweedie_x0,
 )
 
@@ -58,8 +59,9 @@ class DPS(Sampler):
     default_steps = 1000
     params = {
         "zeta": Param(float, 1.0, "step on grad ||y - A x0_hat|| / (a ||A||) (dimensionless)", lo=0),
-        "clip": Param(float, 1.0, "clamp the Tweedie estimate to [-clip, clip] in network units (None: no)",
-                      lo=0, lo_open=True, none_ok=True),
+        "clip": Param(float, "auto", "clamp the Tweedie estimate to [-clip, clip] in network units (None: no; "
+                      "auto: 1 for CT / US priors, off for MR percentile priors)", lo=0, lo_open=True,
+                      none_ok=True, auto_ok=True),
         "variance": Param(str, "small", "ancestral variance: small = posterior beta-tilde, large = beta",
                           choices=("small", "large")),
         "spacing": Param(str, "linspace", "timestep spacing when steps < T", choices=("leading", "trailing",
@@ -74,7 +76,7 @@ class DPS(Sampler):
         dev, dtype = y.device, sample_dtype(y)
         abar = prior.alphas_cumprod.to(device=dev, dtype=torch.float64)
         B, shape = y.shape[0], tuple(operator.domain_shape)
-        zeta, clip = p["zeta"], p["clip"]
+        zeta, clip = p["zeta"], tweedie_clip(prior, p["clip"])
         with torch.no_grad():
             L = estimate_norm(operator, device=dev, real_domain=True)
             z = randn_per_slice(generators, shape, device=dev, dtype=dtype)
