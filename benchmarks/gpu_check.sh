@@ -15,13 +15,8 @@ exec > >(tee "$LOG") 2>&1
 TRAIN_MINUTES=${TRAIN_MINUTES:-4.8}
 BATCH=${BATCH:-32}
 
-echo "== machine"; date; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site:$PWD
-# install medrecon and its plugins (metadata only, no dependencies) so entry points resolve
-python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . -e plugins/ct -e plugins/template -e plugins/mri -e plugins/ultrasound \
-  || echo "WARNING: editable install failed; plugin look-ups will fail"
-python3 -c "import torch, monai; print('torch', torch.__version__, 'monai', monai.__version__, torch.cuda.get_device_name())"
+# medrecon and its plugins installed editable (metadata only, no dependencies) so entry points resolve
+GPU_PLUGINS="ct template mri ultrasound"; source benchmarks/gpu_env.sh
 
 echo "== training ct-default and mr-default concurrently (${TRAIN_MINUTES} min cap, batch ${BATCH})"
 COMMON="--size 256 --channels small --batch-size $BATCH --lr 3e-4 --ema-decay 0.995 --warmup 100 \

@@ -1,8 +1,6 @@
 set -u
 export PYTHONUNBUFFERED=1
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl .gpu/wheels/*.whl
-export PYTHONPATH=/tmp/site:$PWD
-python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . -e plugins/ct
+GPU_PLUGINS="ct"; source benchmarks/gpu_env.sh
 echo '{"reddiff": {"8": {"lam": 0.25, "lr": 0.5}, "16": {"lam": 0.25, "lr": 0.1}}}' > /tmp/ct_params.json
 nvidia-smi --query-gpu=name --format=csv,noheader
 timeout 150 python3 benchmarks/quality.py --stack .gpu/ct --device cuda --views 8 16 --slices 8 --batch 8 \

@@ -14,12 +14,7 @@ mkdir -p "$OUT" .gpu/out
 exec > >(tee "$OUT/gpu_session3.log") 2>&1
 FT_MINUTES=${FT_MINUTES:-4.0}
 
-echo "== machine"; date; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl .gpu/wheels/*.whl
-export PYTHONPATH=/tmp/site:$PWD
-python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . -e plugins/ct -e plugins/template -e plugins/mri -e plugins/ultrasound \
-  || echo "WARNING: editable install failed; plugin look-ups will fail"
-python3 -c "import torch, monai; print('torch', torch.__version__, 'monai', monai.__version__, torch.cuda.get_device_name())"
+GPU_PLUGINS="ct template mri ultrasound"; source benchmarks/gpu_env.sh
 
 echo "== MR prior: fine-tuning from mr-default (${FT_MINUTES} min cap, background)"
 python3 -m medrecon.priors.train --data .gpu/mr/train.npy --val-data .gpu/mr/holdout.npy --modality mr \

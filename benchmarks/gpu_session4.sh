@@ -19,12 +19,7 @@ exec > >(tee "$OUT/gpu_session4.log") 2>&1
 T0=$(date +%s)
 TRAIN_MINUTES=${TRAIN_MINUTES:-5.0}
 
-echo "== machine"; date; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl .gpu/wheels/*.whl
-export PYTHONPATH=/tmp/site:$PWD
-python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . -e plugins/ct -e plugins/mri \
-  || echo "WARNING: editable install failed; plugin look-ups will fail"
-python3 -c "import torch, monai; print('torch', torch.__version__, 'monai', monai.__version__, torch.cuda.get_device_name())"
+GPU_PLUGINS="ct mri"; source benchmarks/gpu_env.sh
 
 echo "== mri.sense 15 coils 320x320: CPU and CUDA rows, ratio to a bare fft2 round trip (GPU idle)"
 timeout 90 python3 benchmarks/operators.py --modality mri --device cuda --threads 4 \

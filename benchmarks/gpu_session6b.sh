@@ -10,11 +10,7 @@ mkdir -p "$OUT/val" "$OUT/eval"
 exec > >(tee "$OUT/gpu_session6b.log") 2>&1
 T0=$(date +%s)
 el() { echo "[$(( $(date +%s) - T0 )) s]"; }
-[ -d /tmp/site/monai ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
-  --target /tmp/site .whl/*.whl .gpu/wheels/*.whl
-export PYTHONPATH=/tmp/site:$PWD
-python3 -c "import medrecon_mri" 2>/dev/null || python3 -m pip install -q --no-index --no-deps \
-  --no-build-isolation -e . -e plugins/ct -e plugins/mri
+GPU_PLUGINS="ct mri"; source benchmarks/gpu_env.sh
 Q="python3 benchmarks/quality_mr.py --stack .gpu/mr --device cuda --accels 8"
 best=""; bp=0
 for z in 3 10 1; do

@@ -17,6 +17,10 @@ iteration) so that ``zeta`` is dimensionless: for data in [-1, 1] and a unit-nor
 operator (the official setting) it is exactly the official step.  Fewer than
 ``T`` steps use a respaced DDPM (the betas recomputed between kept timesteps).
 
+``clip="auto"`` (default) clamps x0 to the prior's data range: [-1, 1] for CT and ultrasound
+priors (the official clamp), none for MR percentile priors, whose training images reach
+beyond 1 (:func:`medrecon.samplers.base.tweedie_clip`; docs/samplers.md has the measurements).
+
 Differences from the official code (DPS2022/diffusion-posterior-sampling): its norm is
 ``torch.linalg.norm`` over the whole batch, which couples the slices of a batch (the step of
 each slice shrinks with the others' residuals); ours sums per-slice norms.  Its network
