@@ -77,9 +77,9 @@ def register(app: typer.Typer) -> None:
                                              "each on the negated noise of the first); their mean is much closer "
                                              "to the posterior mean."),
         draw_batch: int = typer.Option(1, "--draw-batch", min=1,
-                                       help="With --samples: draws run side by side in one batch of "
-                                            "batch-size x N images (same result; faster on a GPU, N times "
-                                            "the memory)."),
+                                       help="With --samples: N draws run side by side in one batch of "
+                                            "batch-size x N images (the same draws up to rounding; meant for a "
+                                            "GPU that a few slices leave idle; N times the memory)."),
         amp: bool = typer.Option(False, "--amp", help="bf16 autocast of the prior network on CUDA."),
         resume: bool = typer.Option(False, "--resume", help="Continue a killed run from OUT.partial/."),
         like: Path = typer.Option(None, "--like", help="DICOM folder whose patient/study tags a DICOM output keeps."),
