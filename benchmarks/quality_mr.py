@@ -98,6 +98,24 @@ def _measure(data, pixel_mm, accel, noise, seed=0):
     return m
 
 
+def _bound_prior(args, m, truth):
+    """The prior for measurement ``m``: its name (the engine binds the MR percentiles to the
+    zero-filled reconstruction) for ``--bind zf``; else the prior bound here to a SENSE-CG
+    reconstruction (``sense``, 10 iterations) or to the ground truth (``truth``: an oracle, to
+    size what the binding costs; never a reported method)."""
+    if args.bind == "zf":
+        return args.prior
+    import torch
+
+    import medrecon
+
+    if args.bind == "truth":
+        src = truth
+    else:
+        with torch.no_grad():
+            src = m.operator().sense(torch.from_numpy(m.y), iters=10).abs().numpy()
+    return medrecon.load_prior(args.prior).for_volume(src)
+
 def run(args) -> dict:
     import numpy as np
 
@@ -123,7 +141,7 @@ def run(args) -> dict:
     out = {"command": " ".join(sys.argv), "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
            "git": _git(), "slices": idx.tolist(), "pixel_size_mm": px, "noise_rel": args.noise,
            "device": args.device, "dds_steps": args.dds_steps, "prior": args.prior, "samples": args.samples,
-           "antithetic": args.antithetic,
+           "antithetic": args.antithetic, "bind": args.bind,
            "results": {}}
     figure = {}  # acceleration -> {method: first evaluated slice}
     for accel in args.accels:
@@ -146,7 +164,7 @@ def run(args) -> dict:
             mt = _measure(tr, px, accel, args.noise)
             scores = {}
             for g, e in DDS_GRID:
-                x = medrecon.reconstruct(mt, "dds", args.prior, params={**dds_params, "gamma": g, "eta": e},
+                x = medrecon.reconstruct(mt, "dds", _bound_prior(args, mt, tr), params={**dds_params, "gamma": g, "eta": e},
                                          samples=args.samples, antithetic=args.antithetic,
                                          draw_batch=args.draw_batch, steps=args.dds_steps, progress=False, device=args.device, seed=0).data
                 scores[(g, e)] = psnr(x, tr)
@@ -165,7 +183,7 @@ def run(args) -> dict:
             mt = _measure(tr, px, accel, args.noise)
             scores = {}
             for zeta in args.dps_grid or DPS_GRID:
-                x = medrecon.reconstruct(mt, "dps", args.prior, params={**dps_params, "zeta": zeta},
+                x = medrecon.reconstruct(mt, "dps", _bound_prior(args, mt, tr), params={**dps_params, "zeta": zeta},
                                          steps=args.dps_steps,
                                          samples=args.samples, antithetic=args.antithetic,
                                          draw_batch=args.draw_batch, progress=False, device=args.device, seed=0).data
@@ -177,13 +195,14 @@ def run(args) -> dict:
         m = _measure(ref, px, accel, args.noise)
         A = m.operator()
         row = {"acceleration_achieved": round(A.acceleration, 3)}
+        bound = _bound_prior(args, m, ref) if {"dds", "dps"} & set(args.methods) else None
         for meth in args.methods:
             name, params, prior, steps = {
                 "zf": ("classical", {}, None, None),
                 "sense": ("sense", {"iters": 10}, None, None),
                 "tv": ("tv", {"lam_rel": tv_lam}, None, None),
-                "dds": ("dds", dds_params, args.prior, args.dds_steps),
-                "dps": ("dps", dps_params, args.prior, args.dps_steps),
+                "dds": ("dds", dds_params, bound, args.dds_steps),
+                "dps": ("dps", dps_params, bound, args.dps_steps),
             }[meth]
             # DPS costs ~4x DDS per step and runs 200 steps: --dps-slices evaluates it (and
             # the comparison rows it is reported with) on the first K evaluated slices only
@@ -297,6 +316,9 @@ def main(argv=None) -> int:
     ap.add_argument("--validation", action="store_true",
                     help="run on the validation slices 66, 73, 86, 93 (choosing settings), not the evaluated ones")
     ap.add_argument("--prior", default="mr-default", help="prior name or folder (default mr-default)")
+    ap.add_argument("--bind", default="zf", choices=["zf", "sense", "truth"],
+                    help="what the MR prior's percentiles are bound to: the zero-filled reconstruction (zf, "
+                         "what the engine does), SENSE-CG, or the truth (an oracle, to size the binding's cost)")
     ap.add_argument("--stack", default=None, help="folder of preprocessed float16 stacks (e.g. .gpu/mr) instead "
                     "of the series")
     ap.add_argument("--output", default=None, help="JSON (default benchmarks/results/quality_mr.json; --quick "
