@@ -7,6 +7,8 @@
 #   3. DPS with the session-6 default clip="auto" (no clamp for MR priors): zeta in {5, 10, 20} at
 #      200 steps chosen per acceleration on the validation slices (one antithetic pair side by
 #      side), the pick on the evaluated slices as the mean of two pairs (--draw-batch 4).
+#   4. The MR percentile binding: DDS on the validation slices with the prior bound to zero-filled
+#      (the engine's choice), SENSE-CG or the truth (quality_mr.py --bind).
 # Run through the device tool from the repo root, carrying .whl (monai wheel), .gpu/wheels
 # (einops) and .gpu/mr (float16 stacks from `python -m medrecon.priors.prepare`):
 #   bash benchmarks/gpu_session7.sh        # everything worth keeping goes under $OUT
@@ -48,5 +50,12 @@ for a in 4 8; do
   timeout 75 python3 benchmarks/quality_mr.py --stack .gpu/mr --device cuda --accels $a \
     --methods zf sense tv dps --dps-steps 200 --dps-zeta $best --samples 4 --antithetic --draw-batch 4 \
     --output "$OUT/quality_mr_dps_${a}x_zeta${best}_samples4.json" 2>&1 | grep -v -i warn
+done
+# The MR percentile binding (docs/mri.md, session 6): DDS 50 steps on the validation slices with
+# the prior bound to the zero-filled reconstruction (the engine), SENSE-CG, or the truth (oracle).
+for b in zf sense truth; do
+  echo "== binding $b: DDS 8x validation $(el)"
+  timeout 40 python3 benchmarks/quality_mr.py --stack .gpu/mr --device cuda --validation --accels 8 \
+    --methods dds --bind $b --output "$OUT/val_dds_8x_bind_$b.json" 2>&1 | grep -v -i warn
 done
 echo "== done $(el)"; ls -la "$OUT"
