@@ -116,6 +116,7 @@ def _bound_prior(args, m, truth):
             src = m.operator().sense(torch.from_numpy(m.y), iters=10).abs().numpy()
     return medrecon.load_prior(args.prior).for_volume(src)
 
+
 def run(args) -> dict:
     import numpy as np
 
@@ -163,10 +164,11 @@ def run(args) -> dict:
             tr = tr[:, ::4, ::4] if args.quick else tr
             mt = _measure(tr, px, accel, args.noise)
             scores = {}
+            tune_prior = _bound_prior(args, mt, tr)
             for g, e in DDS_GRID:
-                x = medrecon.reconstruct(mt, "dds", _bound_prior(args, mt, tr), params={**dds_params, "gamma": g, "eta": e},
-                                         samples=args.samples, antithetic=args.antithetic,
-                                         draw_batch=args.draw_batch, steps=args.dds_steps, progress=False, device=args.device, seed=0).data
+                x = medrecon.reconstruct(mt, "dds", tune_prior, params={**dds_params, "gamma": g, "eta": e},
+                                         samples=args.samples, antithetic=args.antithetic, draw_batch=args.draw_batch,
+                                         steps=args.dds_steps, progress=False, device=args.device, seed=0).data
                 scores[(g, e)] = psnr(x, tr)
                 print(f"{accel}x tune dds gamma {g:g} eta {e:g}: PSNR {scores[(g, e)]:.2f} dB (validation z {DDS_TUNE_SLICE})",
                       flush=True)
@@ -182,10 +184,10 @@ def run(args) -> dict:
             tr = tr[:, ::4, ::4] if args.quick else tr
             mt = _measure(tr, px, accel, args.noise)
             scores = {}
+            tune_prior = _bound_prior(args, mt, tr)
             for zeta in args.dps_grid or DPS_GRID:
-                x = medrecon.reconstruct(mt, "dps", _bound_prior(args, mt, tr), params={**dps_params, "zeta": zeta},
-                                         steps=args.dps_steps,
-                                         samples=args.samples, antithetic=args.antithetic,
+                x = medrecon.reconstruct(mt, "dps", tune_prior, params={**dps_params, "zeta": zeta},
+                                         steps=args.dps_steps, samples=args.samples, antithetic=args.antithetic,
                                          draw_batch=args.draw_batch, progress=False, device=args.device, seed=0).data
                 scores[zeta] = psnr(x, tr)
                 print(f"{accel}x tune dps zeta {zeta:g}: PSNR {scores[zeta]:.2f} dB (validation z {DDS_TUNE_SLICE})",
