@@ -7,8 +7,8 @@
 #   3. DPS with the session-6 default clip="auto" (no clamp for MR priors): zeta in {7, 10, 14} at
 #      200 steps chosen per acceleration on the validation slices (one antithetic pair side by
 #      side), the pick on the evaluated slices as the mean of two pairs (--draw-batch 4).
-#      (Session 7 on the CPU, one draw, validation z 66 / 73: zeta 10 beat 20 at 4x and 7 at 8x,
-#      benchmarks/results/quality_mr_validation_session7.json, so the grid brackets 10.)
+#      (Session 7 on the CPU, one draw, validation z 66 / 73: zeta 10 beat 7 and 20 at 4x, beat 7
+#      and tied 14 at 8x, benchmarks/results/quality_mr_validation_session7.json; the grid brackets 10.)
 # The binding check planned in session 6 (DDS bound to SENSE-CG or the truth) is dropped: session 4
 # measured the truth binding for DDS (-0.04 dB) and session 7 SENSE-CG for DPS (8x -0.13 dB).
 # Run through the device tool from the repo root, carrying .whl (monai wheel), .gpu/wheels
