@@ -14,8 +14,8 @@
 # Run through the device tool from the repo root, carrying .whl (monai wheel), .gpu/wheels
 # (einops) and .gpu/mr (float16 stacks from `python -m medrecon.priors.prepare`):
 #   bash benchmarks/gpu_session7.sh        # everything worth keeping goes under $OUT
-# Whole run: about 6-7 minutes on an H100.  One process at a time: side-by-side processes time-slice the card (~9x slower each in
-# session 6).
+# Whole run: about 6-7 minutes on an H100.  One process at a time: side-by-side processes
+# time-slice the card (~9x slower each in session 6).
 set -u
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-out/gpu}
