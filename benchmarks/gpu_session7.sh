@@ -10,7 +10,7 @@
 #      (Session 7 on the CPU, one draw, validation z 66 / 73: zeta 10 beat 7 and 20 at 4x, beat 7
 #      and tied 14 at 8x, benchmarks/results/quality_mr_validation_session7.json; the grid brackets 10.)
 # The binding check planned in session 6 (DDS bound to SENSE-CG or the truth) is dropped: session 4
-# measured the truth binding for DDS (-0.04 dB) and session 7 SENSE-CG for DPS (8x -0.13 dB).
+# measured the truth binding for DDS (-0.04 dB) and session 7 SENSE-CG for DPS (4x -0.21, 8x -0.06 dB).
 # Run through the device tool from the repo root, carrying .whl (monai wheel), .gpu/wheels
 # (einops) and .gpu/mr (float16 stacks from `python -m medrecon.priors.prepare`):
 #   bash benchmarks/gpu_session7.sh        # everything worth keeping goes under $OUT
