@@ -213,10 +213,16 @@ def run(args) -> dict:
                 "dps": ("dps", dps_params, bound, args.dps_steps),
             }[meth]
             n_draws = args.samples if prior is not None else 1
+            keep = {}
+            if args.keep and prior is not None:  # one slice per batch, checkpointed: a killed run resumes
+                Path(args.keep).mkdir(parents=True, exist_ok=True)
+                keep = {"output": Path(args.keep) / f"{accel}x_{meth}.nii.gz", "resume": True, "overwrite": True,
+                        "batch_size": 1}
             t0 = time.perf_counter()
             vol = medrecon.reconstruct(ms, name, prior, params=params, steps=steps, progress=False,
-                                       device=args.device, batch_size=len(idx), seed=0, samples=n_draws,
-                                       antithetic=args.antithetic and n_draws > 1, draw_batch=args.draw_batch)
+                                       device=args.device, seed=0, samples=n_draws,
+                                       antithetic=args.antithetic and n_draws > 1, draw_batch=args.draw_batch,
+                                       **{"batch_size": len(idx), **keep})
             x = vol.data
             sec = (time.perf_counter() - t0) / x.shape[0]
             row[meth] = {"psnr": round(psnr(x, ref[sub]), 2), "ssim": round(ssim(x, ref[sub]), 4),
@@ -324,6 +330,9 @@ def main(argv=None) -> int:
                          "what the engine does), SENSE-CG, or the truth (an oracle, to size the binding's cost)")
     ap.add_argument("--stack", default=None, help="folder of preprocessed float16 stacks (e.g. .gpu/mr) instead "
                     "of the series")
+    ap.add_argument("--keep", default=None, help="folder: DDS / DPS rows are written there slice by slice "
+                    "(ACCELx_METHOD.nii.gz, checkpointed in .partial folders) and a killed run rerun with the same "
+                    "arguments resumes from the slices finished")
     ap.add_argument("--output", default=None, help="JSON (default benchmarks/results/quality_mr.json; --quick "
                     "writes only when given)")
     ap.add_argument("--png", default=None, help="figure (default: the --output path with .png)")
