@@ -59,3 +59,23 @@ def test_draws_benchmark_quick(tmp_path):
     for name, row in rows.items():
         assert row["max_rel_difference"] < 1e-3, (name, row)
         assert row["seconds_sequential"] > 0 and row["seconds_side_by_side"] > 0
+
+
+@pytest.mark.skipif(not Path("/work/shared/data/mr-t1-mprage-niivue").exists(),
+                    reason="needs /work/shared/data/mr-t1-mprage-niivue")
+def test_quality_mr_keep_writes_resumable_rows(tmp_path):
+    """``--keep DIR`` writes each diffusion row through the engine's checkpointed output
+    (ACCELx_METHOD.nii.gz and its std component) and evaluates the same numbers as a run
+    without it (resuming from the checkpoints is the engine's, tested in the engine's tests)."""
+    base = [sys.executable, str(ROOT / "benchmarks" / "quality_mr.py"), "--quick", "--accels", "4",
+            "--methods", "zf", "dds", "--samples", "2", "--antithetic", "--threads", "1"]
+    rows = []
+    for extra in ([], ["--keep", str(tmp_path / "keep")]):
+        js = tmp_path / f"mr{len(rows)}.json"
+        r = subprocess.run(base + extra + ["--output", str(js)], capture_output=True, text=True, timeout=600, cwd=ROOT)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        rows.append(json.loads(js.read_text())["results"]["4x"]["dds"])
+    assert (tmp_path / "keep" / "4x_dds.nii.gz").stat().st_size > 0
+    assert (tmp_path / "keep" / "4x_dds.std.nii.gz").stat().st_size > 0
+    assert not (tmp_path / "keep" / "4x_zf.nii.gz").exists()  # only the diffusion rows are kept
+    assert rows[0]["psnr"] == rows[1]["psnr"] and rows[0]["ssim"] == rows[1]["ssim"]
