@@ -26,13 +26,7 @@ el() { echo "[$(( $(date +%s) - T0 )) s]"; }
 
 GPU_PLUGINS="ct mri"; source benchmarks/gpu_env.sh
 
-echo "== mri.sense 15 coils 320x320, host CPU (4 threads) and CUDA $(el)"
-timeout 60 python3 benchmarks/operators.py --modality mri --device cuda --threads 4 \
-  --json "$OUT/operators_mri_cuda.json" || echo "mri operators exit $?"
-
-echo "== draws one after another vs side by side on CUDA $(el)"
-timeout 90 python3 benchmarks/draws.py --device cuda --size 256 --slices 4 --samples 4 --steps 50 \
-  --output "$OUT/draws_cuda.json" || echo "draws exit $?"
+gpu_mri_extras
 
 # DPS with clip="auto" (no clamp for the MR prior since session 6): zeta chosen again on the
 # validation slices (one antithetic pair, the two draws side by side), then the pick per

@@ -49,11 +49,6 @@ for a in $ACCELS; do
 done
 
 if [ "$EXTRA" = extra ] && [ $(( $(date +%s) - T0 )) -lt 400 ]; then
-  echo "== mri.sense 15 coils 320x320, host CPU (4 threads) and CUDA $(el)"
-  timeout 60 python3 benchmarks/operators.py --modality mri --device cuda --threads 4 \
-    --json "$OUT/operators_mri_cuda.json" || echo "mri operators exit $?"
-  echo "== draws one after another vs side by side on CUDA $(el)"
-  timeout 90 python3 benchmarks/draws.py --device cuda --size 256 --slices 4 --samples 4 --steps 50 \
-    --output "$OUT/draws_cuda.json" || echo "draws exit $?"
+  gpu_mri_extras
 fi
 echo "== done $(el)"; ls -la "$OUT"
