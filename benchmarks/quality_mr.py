@@ -222,6 +222,7 @@ def run(args) -> dict:
             vol = medrecon.reconstruct(ms, name, prior, params=params, steps=steps, progress=False,
                                        device=args.device, seed=0, samples=n_draws,
                                        antithetic=args.antithetic and n_draws > 1, draw_batch=args.draw_batch,
+                                       recommended=False,  # exactly the params recorded in the row
                                        **{"batch_size": len(idx), **keep})
             x = vol.data
             sec = (time.perf_counter() - t0) / x.shape[0]

@@ -65,9 +65,13 @@ def run(output: Path, views: int = 16, slices: str = "3:5", steps: int = 50, dev
             "ssim": round(float(ssim(rec.data, reference, window)), 4),
             "seconds": round(dt, 1),
             "output": str(output / f"{sampler}.nii.gz"),
+            # what the sampler ran with (for DDS: ct-default's recommended gamma / eta)
+            "params": rec.meta["reconstruction"]["sampler"]["params"],
         }
+        used = rec.meta["reconstruction"].get("recommended")
+        note = f", {', '.join(f'{k} {v:g}' for k, v in used['params'].items())} as ct-default recommends" if used else ""
         print(f"[demo] {label:<4} PSNR {results[label]['psnr_db']:6.2f} dB  SSIM {results[label]['ssim']:.3f}"
-              f"  ({dt:.0f} s)", flush=True)
+              f"  ({dt:.0f} s{note})", flush=True)
 
     k = (b - a) // 2
     per_slice = {name: {"psnr": psnr(img[k], reference[k], window), "ssim": ssim(img[k], reference[k], window)}

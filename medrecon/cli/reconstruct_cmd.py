@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from contextlib import nullcontext as _nullcontext
 from pathlib import Path
 
 import typer
@@ -36,6 +37,30 @@ def _line_progress(every_s: float = 10.0):
             typer.echo(f"medrecon: {done}/{total} slices done ({now - state['t0']:.0f} s)", err=True)
 
     return cb
+
+
+class _EchoHandler:
+    """Show the engine's notes (logger ``medrecon``, INFO: e.g. the settings a prior recommended)
+    on stderr as ``medrecon: ...`` lines while the command runs."""
+
+    def __enter__(self):
+        import logging
+
+        class H(logging.Handler):
+            def emit(self, record):
+                typer.echo(f"medrecon: {record.getMessage()}", err=True)
+
+        self.log, self.h = logging.getLogger("medrecon"), H(logging.INFO)
+        self.level = self.log.level
+        self.log.addHandler(self.h)
+        if self.log.getEffectiveLevel() > logging.INFO:
+            self.log.setLevel(logging.INFO)
+        return self
+
+    def __exit__(self, *exc):
+        self.log.removeHandler(self.h)
+        self.log.setLevel(self.level)
+        return False
 
 
 def _parse_window(text: str | None):
@@ -81,6 +106,9 @@ def register(app: typer.Typer) -> None:
                                             "batch-size x N images (the same draws up to rounding; meant for a "
                                             "GPU that a few slices leave idle; N times the memory)."),
         amp: bool = typer.Option(False, "--amp", help="bf16 autocast of the prior network on CUDA."),
+        no_recommended: bool = typer.Option(False, "--no-recommended",
+                                            help="Ignore the settings the prior recommends for the sampler (its "
+                                                 "config's 'recommended' section); use the sampler's defaults."),
         resume: bool = typer.Option(False, "--resume", help="Continue a killed run from OUT.partial/."),
         like: Path = typer.Option(None, "--like", help="DICOM folder whose patient/study tags a DICOM output keeps."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
@@ -122,14 +150,16 @@ def register(app: typer.Typer) -> None:
         try:
             m = load_input(measurement, **parse_params(import_option))
             try:
-                vol = reconstruct(
-                    m, sampler, prior, steps=steps, params=params, device=device, devices=devices,
-                    batch_size=batch_size, seed=seed, amp=amp, output=output, resume=resume,
-                    progress=False if quiet else (True if sys.stderr.isatty() else _line_progress()),
-                    overwrite=overwrite,
-                    like=str(like) if like is not None else None, num_parts=num_parts, part_id=part_id,
-                    samples=samples, antithetic=antithetic, draw_batch=draw_batch, _stop_after=stop_after,
-                )
+                with _EchoHandler() if not quiet else _nullcontext():
+                    vol = reconstruct(
+                        m, sampler, prior, steps=steps, params=params, device=device, devices=devices,
+                        batch_size=batch_size, seed=seed, amp=amp, output=output, resume=resume,
+                        progress=False if quiet else (True if sys.stderr.isatty() else _line_progress()),
+                        overwrite=overwrite,
+                        like=str(like) if like is not None else None, num_parts=num_parts, part_id=part_id,
+                        samples=samples, antithetic=antithetic, draw_batch=draw_batch,
+                        recommended=not no_recommended, _stop_after=stop_after,
+                    )
             except KeyboardInterrupt:
                 typer.echo(f"medrecon: interrupted; finished slices are kept in {partial_path(output)}; "
                            "continue with --resume", err=True)
@@ -148,8 +178,13 @@ def register(app: typer.Typer) -> None:
         resumed = info.get("resumed_slices", 0)
         extra = f", {resumed} resumed" if resumed else ""
         mean = (f" (mean of {samples} draws{', antithetic pairs' if antithetic else ''})" if samples > 1 else "")
+        rec, shown = info.get("recommended"), ""
+        if rec:
+            from medrecon.priors.recommended import Recommendation
+
+            shown = f" ({Recommendation(sampler, rec['params'], rec['steps']).describe()} recommended by the prior)"
         typer.echo(f"wrote {os.fspath(output)}: {vol.shape[0]} slice(s) {vol.shape[1]}x{vol.shape[2]}, "
-                   f"sampler {sampler}{mean}, {info.get('seconds', 0):.1f} s{extra}")
+                   f"sampler {sampler}{shown}{mean}, {info.get('steps')} steps, {info.get('seconds', 0):.1f} s{extra}")
         if getattr(vol, "components", None):
             from medrecon.engine.core import component_path
 
@@ -187,6 +222,8 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="Slices per sampler call (memory)."),
         seed: int = typer.Option(0, "--seed", help="Seed; slice k of every study is seeded from (seed, k)."),
         amp: bool = typer.Option(False, "--amp", help="bf16 autocast of the prior network on CUDA."),
+        no_recommended: bool = typer.Option(False, "--no-recommended",
+                                            help="Ignore the settings the prior recommends for the sampler."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Recompute studies whose output exists."),
     ) -> None:
         """Reconstruct many studies (one output each), in-process or on a Ray cluster; rerun to continue."""
@@ -194,7 +231,8 @@ def register(app: typer.Typer) -> None:
         from medrecon.engine.distributed import reconstruct_many
 
         params = parse_params(param)
-        opts = {"steps": steps, "params": params, "batch_size": batch_size, "seed": seed, "amp": amp}
+        opts = {"steps": steps, "params": params, "batch_size": batch_size, "seed": seed, "amp": amp,
+                "recommended": not no_recommended}
         if not use_ray:
             opts["device"] = device
         t0 = __import__("time").monotonic()

@@ -40,6 +40,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import math
 import os
 import queue
@@ -53,6 +54,8 @@ from typing import Any
 import numpy as np
 
 from medrecon.errors import FileFormatError, InputError, MedreconError, positive_int
+
+log = logging.getLogger("medrecon")
 
 __all__ = ["reconstruct", "load_input", "part_slices", "RunStopped", "PriorMismatchWarning", "run_settings",
            "check_volume_geometry", "component_names", "component_path"]
@@ -178,6 +181,28 @@ def _as_sampler(sampler, params: dict[str, Any] | None, m):
     return get_sampler(sampler, **params)
 
 
+def _with_recommended(smp, prior, steps, params, m):
+    """The sampler (and step count) with the settings ``prior`` recommends for it
+    (:mod:`medrecon.priors.recommended`): only parameters the caller did not set, and the
+    prior's step count only when the caller gave none.  Returns ``(sampler, steps, rec)``."""
+    from medrecon.priors.recommended import resolve
+
+    cfg = getattr(prior, "config", None)
+    if not isinstance(cfg, dict) or not cfg.get("recommended"):
+        return smp, steps, None
+    rec = resolve(cfg, type(smp), steps, dict(params or {}), (m.operator_spec or {}).get("name"))
+    if rec is None:
+        return smp, steps, None
+    if rec.params:
+        try:
+            smp = type(smp)(**{**smp.param_values, **rec.params})
+        except InputError as exc:
+            raise FileFormatError(f"the prior's recommended settings for {smp.name!r} are not valid: {exc}") from None
+    log.info("%s: %s recommended by the prior (%s); values you set win, and recommended=False "
+             "(CLI --no-recommended) turns this off", smp.name, rec.describe(), rec.source())
+    return smp, (rec.steps if rec.steps is not None else steps), rec
+
+
 def _as_prior(prior, sampler):
     if prior is None:
         if sampler.needs_prior:
@@ -228,8 +253,9 @@ def _prior_fingerprint(prior) -> str | None:
         return None
     h = hashlib.sha256(type(prior).__qualname__.encode())
     cfg = getattr(prior, "config", None)
-    if isinstance(cfg, dict):
-        h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
+    if isinstance(cfg, dict):  # what it recommends to samplers does not change its output
+        h.update(json.dumps({k: v for k, v in cfg.items() if k != "recommended"}, sort_keys=True,
+                            default=str).encode())
     sha = cfg.get("weights", {}).get("sha256") if isinstance(cfg, dict) else None
     if isinstance(prior, torch.nn.Module):
         if not sha:
@@ -605,6 +631,7 @@ def reconstruct(
     samples: int = 1,
     antithetic: bool = False,
     draw_batch: int = 1,
+    recommended: bool = True,
     _stop_after: int | None = None,
     _stop_after_steps: int | None = None,
 ):
@@ -681,6 +708,12 @@ def reconstruct(
         floating-point rounding (the draws keep their streams); on a GPU, where a small batch
         leaves the card mostly idle, it runs the draws side by side; on a CPU it is no faster
         (docs/engine.md).  Memory grows ``draw_batch``-fold.
+    recommended : bool
+        Apply the settings the prior recommends for this sampler (its config's ``recommended``
+        section, measured on held-out validation slices: :mod:`medrecon.priors.recommended`) to
+        the parameters ``params`` does not set, and its step count when ``steps`` is None.  Only
+        for a sampler given by name.  What was applied is logged (logger ``medrecon``) and kept
+        in ``vol.meta["reconstruction"]["recommended"]``.  False: the sampler's own defaults.
 
     Returns
     -------
@@ -717,9 +750,14 @@ def reconstruct(
         raise InputError(f"checkpoint_every_s must be a number of seconds, got {checkpoint_every_s!r}") from None
     if not checkpoint_every_s >= 0:
         raise InputError(f"checkpoint_every_s must be >= 0, got {checkpoint_every_s}")
+    if not isinstance(recommended, (bool, np.bool_)):
+        raise InputError(f"recommended must be true or false, got {recommended!r}")
     smp = _as_sampler(sampler, params, m)
+    rec = None
     if smp.needs_prior:
         prior_obj, prior_name = _as_prior(prior, smp)
+        if recommended and isinstance(sampler, str):
+            smp, steps, rec = _with_recommended(smp, prior_obj, steps, params, m)
     else:
         prior_obj, prior_name = None, None  # classical, tv: a prior given is not used (nor loaded)
     devs = _resolve_devices(device, devices)
@@ -776,7 +814,7 @@ def reconstruct(
                     settings, ck, z, slice_shape, volume_mode, volume_mode_3d, _stop_after,
                     out_path if output is not None else None, overwrite, like, mine if num_parts > 1 else None,
                     {"every_s": checkpoint_every_s, "resume": bool(resume), "stop_after_steps": _stop_after_steps},
-                    comps, samples, bool(antithetic), draw_batch)
+                    comps, samples, bool(antithetic), draw_batch, rec)
     finally:
         if ck is not None:
             ck.release()
@@ -784,7 +822,7 @@ def reconstruct(
 
 def _run(m, op, smp, prior_obj, prior_name, devs, batch_size, eff_steps, seed, amp, progress, settings, ck, z,
          slice_shape, volume_mode, volume_mode_3d, _stop_after, out_path, overwrite, like, mine, vopts,
-         comps, samples, antithetic=False, draw_batch=1):
+         comps, samples, antithetic=False, draw_batch=1, rec=None):
     """Compute the slices not done yet (of ``mine``, a part's slices, when the run is split),
     then assemble and write the output.  A part returns None unless it writes the output.
     ``comps``: the names of the channels each slice holds (an operator's image components, or
@@ -848,6 +886,8 @@ def _run(m, op, smp, prior_obj, prior_name, devs, batch_size, eff_steps, seed, a
         meta["reconstruction"]["samples"] = samples
     if antithetic:
         meta["reconstruction"]["antithetic"] = True
+    if rec is not None:
+        meta["reconstruction"]["recommended"] = rec.as_meta()
     if comps and samples == 1:
         meta["component"] = comps[0]
     if comps:

@@ -138,6 +138,10 @@ def validate_config(cfg: Any, where: str = "config") -> dict[str, Any]:
         bad("'intensity' window needs hi > lo")
     if cfg.get("padding", "reflect") not in ("reflect", "zeros"):
         bad("'padding' must be reflect or zeros")
+    if "recommended" in cfg:
+        from medrecon.priors.recommended import validate_recommended
+
+        validate_recommended(cfg["recommended"], where)
     return cfg
 
 
