@@ -104,7 +104,7 @@ def test_an_unknown_parameter_is_the_priors_fault():
 def test_the_shipped_priors_recommend_what_their_validation_picked():
     """The numbers in the shipped configs are those of docs/mri.md and docs/quality.md."""
     mr, ct = load_prior("mr-default").config, load_prior("ct-default").config
-    assert resolve(mr, DPS, None, {}, "mri.sense").params == {"zeta": 5.0}  # 1000 steps (session 9)
+    assert resolve(mr, DPS, None, {}, "mri.sense").params == {"zeta": 7.0}  # 1000 steps (session 9)
     assert resolve(mr, DPS, 200, {}, "mri.sense").params == {"zeta": 10.0}
     assert resolve(mr, DPS, 50, {}, "mri.cartesian").params == {"zeta": 20.0}
     r = resolve(ct, DPS, None, {}, "ct.parallel")

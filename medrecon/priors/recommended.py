@@ -2,7 +2,7 @@
 
 A sampler's generic defaults are the paper's (DPS: ``zeta`` 1 at 1000 steps; DDS: ``eta``
 0.85), and on our priors they can be far off: DPS with ``mr-default`` at ``zeta`` 1 pushes
-its data term a fifth as hard as the ``zeta`` 5 that validation picked (docs/mri.md).  What
+its data term a seventh as hard as the ``zeta`` 7 that validation picked (docs/mri.md).  What
 is best depends on the prior and the data it was trained on, so a prior's ``config.json``
 may say what was measured for it::
 
@@ -13,7 +13,7 @@ may say what was measured for it::
         "by_steps": [                       # measured points: steps and the best parameters
           {"steps": 50,   "params": {"zeta": 20.0}},
           {"steps": 200,  "params": {"zeta": 10.0}},
-          {"steps": 1000, "params": {"zeta": 5.0}}
+          {"steps": 1000, "params": {"zeta": 7.0}}
         ],
         "evidence": "docs/mri.md: zeta chosen on validation slices z 66 / 73 ..."
       }
@@ -26,8 +26,8 @@ the sampler's default):
 * only for an operator whose name starts with one of ``operators`` (all when absent);
 * at a listed step count, that entry's parameters;
 * between two listed step counts ``n1 < n < n2``, a positive number is interpolated
-  linearly in ``(log steps, log value)`` (``zeta`` falls roughly as ``steps^-0.45`` on MR:
-  20 / 10 / 5 at 50 / 200 / 1000), anything else is taken from the entry nearer in
+  linearly in ``(log steps, log value)`` (``zeta`` falls as the steps grow, less than in
+  proportion: 20 / 10 / 7 at 50 / 200 / 1000 on MR), anything else is taken from the entry nearer in
   ``log steps``;
 * outside ``[min, max]`` of the listed step counts nothing is applied: a recommendation
   is not extrapolated beyond what was measured.
