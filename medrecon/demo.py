@@ -69,7 +69,7 @@ def run(output: Path, views: int = 16, slices: str = "3:5", steps: int = 50, dev
             "params": rec.meta["reconstruction"]["sampler"]["params"],
         }
         used = rec.meta["reconstruction"].get("recommended")
-        note = f", {', '.join(f'{k} {v:g}' for k, v in used['params'].items())} as ct-default recommends" if used else ""
+        note = f", {', '.join(f'{k} {v}' for k, v in used['params'].items())} as ct-default recommends" if used else ""
         print(f"[demo] {label:<4} PSNR {results[label]['psnr_db']:6.2f} dB  SSIM {results[label]['ssim']:.3f}"
               f"  ({dt:.0f} s{note})", flush=True)
 

@@ -16,7 +16,7 @@ import torch
 
 import medrecon
 from medrecon.engine import reconstruct
-from medrecon.errors import FileFormatError
+from medrecon.errors import FileFormatError, InputError
 from medrecon.priors.model import DiffusionPrior, default_config, load_prior
 from medrecon.priors.recommended import resolve, validate_recommended
 from medrecon.samplers import get_sampler, sampler_class
@@ -58,7 +58,7 @@ def test_nothing_outside_the_measured_range(steps):
 def test_the_callers_values_win_and_the_operator_filter():
     assert resolve(cfg_with(MR_LIKE), DPS, 200, {"zeta": 3.0}, "mri.sense") is None
     assert resolve(cfg_with(MR_LIKE), DPS, 200, {}, "ct.parallel") is None  # evidence is for mri.* only
-    assert resolve(cfg_with(MR_LIKE), DPS, 200, {}, "mri.cartesian").params == {"zeta": 10.0}
+    assert resolve(cfg_with(MR_LIKE), DPS, 200, {}, "mri.cartesian").params == {"zeta": 10.0}  # a prefix
     assert resolve(cfg_with(MR_LIKE), DDS, 50, {}, "mri.sense") is None  # nothing for dds
     assert resolve({}, DPS, 200, {}, "mri.sense") is None
 
@@ -71,13 +71,40 @@ def test_recommended_steps_only_when_the_caller_gives_none():
     r = resolve(cfg_with(rec), DPS, 390, {"zeta": 1.0}, "ct.parallel")  # nearer 400 in log steps
     assert r.steps is None and r.params == {"variance": "small"}
     assert "steps=200" in resolve(cfg_with(rec), DPS, None, {}, None).describe()
+    # a zeta of one's own goes with the sampler's own 1000 steps, outside what was measured
+    assert resolve(cfg_with(rec), DPS, None, {"zeta": 1.0}, "ct.parallel") is None
+    # a parameter the prior does not recommend does not cancel its step count
+    assert resolve(cfg_with(rec), DPS, None, {"spacing": "leading"}, "ct.parallel").steps == 200
 
 
-def test_integer_parameters_stay_integers():
-    rec = {"dds": {"by_steps": [{"steps": 50, "params": {"cg_iters": 5}}, {"steps": 200, "params": {"cg_iters": 20}}]}}
-    r = resolve(cfg_with(rec), DDS, 100, {}, "x")
-    assert r.params == {"cg_iters": 10} and isinstance(r.params["cg_iters"], int)
-    get_sampler("dds", **r.params)  # a valid parameter value
+def test_between_two_points_only_what_both_list():
+    rec = {"dps": {"by_steps": [{"steps": 100, "params": {"zeta": 8.0, "variance": "large"}},
+                                {"steps": 400, "params": {"zeta": 4.0}}]}}
+    assert resolve(cfg_with(rec), DPS, 100, {}, "x").params == {"zeta": 8.0, "variance": "large"}
+    assert resolve(cfg_with(rec), DPS, 200, {}, "x").params == {"zeta": pytest.approx(8.0 / 2 ** 0.5)}
+
+
+def test_the_step_count_is_capped_at_the_priors_timesteps():
+    assert resolve(cfg_with(MR_LIKE), DPS, 1200, {}, "mri.sense") is None
+    assert resolve(cfg_with(MR_LIKE), DPS, 1200, {}, "mri.sense", num_timesteps=1000).params == {"zeta": 5.0}
+    with pytest.raises(FileFormatError, match="more than the prior's 1000 timesteps"):
+        validate_recommended({"dps": {"steps": 2000, "by_steps": [{"steps": 5, "params": {}}]}}, "p", 1000)
+
+
+@pytest.mark.parametrize("a, b", [(5, 20), (5.0, 20.0)])
+def test_integer_parameters_stay_integers(a, b):
+    """The parameter's declared type decides, not how the JSON writes the number."""
+    rec = {"dds": {"by_steps": [{"steps": 50, "params": {"cg_iters": a}}, {"steps": 200, "params": {"cg_iters": b}}]}}
+    for n in (70, 100, 150):
+        r = resolve(cfg_with(rec), DDS, n, {}, "x")
+        assert isinstance(r.params["cg_iters"], int)
+        get_sampler("dds", **r.params)  # a valid parameter value
+    assert resolve(cfg_with(rec), DDS, 100, {}, "x").params == {"cg_iters": 10}
+
+
+def test_float_parameters_written_as_json_integers_stay_floats():
+    rec = {"dps": {"by_steps": [{"steps": 50, "params": {"zeta": 20}}, {"steps": 200, "params": {"zeta": 10}}]}}
+    assert resolve(cfg_with(rec), DPS, 100, {}, "x").params["zeta"] == pytest.approx(20 / 2 ** 0.5, rel=1e-12)
 
 
 @pytest.mark.parametrize("section, words", [
@@ -106,10 +133,11 @@ def test_the_shipped_priors_recommend_what_their_validation_picked():
     mr, ct = load_prior("mr-default").config, load_prior("ct-default").config
     assert resolve(mr, DPS, None, {}, "mri.sense").params == {"zeta": 7.0}  # 1000 steps (session 9)
     assert resolve(mr, DPS, 200, {}, "mri.sense").params == {"zeta": 10.0}
-    assert resolve(mr, DPS, 50, {}, "mri.cartesian").params == {"zeta": 20.0}
+    assert resolve(mr, DPS, 50, {}, "mri.sense").params == {"zeta": 20.0}
+    assert resolve(mr, DPS, 50, {}, "mri.cartesian") is None  # measured with mri.sense only
     r = resolve(ct, DPS, None, {}, "ct.parallel")
     assert r.steps == 200 and r.params == {"zeta": 5.0}
-    assert resolve(ct, DDS, None, {}, "ct.parallel").params == {"gamma": 100.0, "eta": 0.5}
+    assert resolve(ct, DDS, None, {}, "ct.parallel").params == {"eta": 0.5}
     assert resolve(ct, DDS, 100, {}, "ct.parallel") is None  # measured at 50 steps only
     assert resolve(ct, DDS, None, {}, "ct.fan") is None  # measured on parallel beam only
 
@@ -156,6 +184,46 @@ def test_the_callers_settings_win(meas, prior):
     assert other.meta["reconstruction"]["sampler"]["params"]["zeta"] == 1.0
 
 
+def test_resume_keeps_them_and_a_mismatch_names_them(meas, prior, tmp_path):
+    """A partial run resumes with the recommendation it was started with; one started with other
+    values (here: without it, as before a prior's recommendation changed) is refused with the
+    values the prior supplied named, and resumes when they are turned off."""
+    from medrecon.engine import RunStopped
+
+    out, old = tmp_path / "r.nii.gz", tmp_path / "old.nii.gz"
+    with pytest.raises(RunStopped):  # the engine's test hook: stop after the first slice
+        reconstruct(meas, "dps", prior, output=out, batch_size=1, progress=False, _stop_after=1)
+    done = reconstruct(meas, "dps", prior, output=out, batch_size=1, resume=True, progress=False)
+    assert done.meta["reconstruction"]["resumed_slices"] == 1
+    whole = reconstruct(meas, "dps", prior, progress=False)
+    np.testing.assert_allclose(done.data, whole.data, rtol=0, atol=1e-4 * float(np.abs(whole.data).max()))
+
+    with pytest.raises(RunStopped):
+        reconstruct(meas, "dps", prior, steps=3, output=old, batch_size=1, recommended=False, progress=False,
+                    _stop_after=1)
+    with pytest.raises(InputError, match="zeta=7 from the prior's recommended settings.*--no-recommended") as e:
+        reconstruct(meas, "dps", prior, steps=3, output=old, resume=True, progress=False)
+    assert "\n" not in str(e.value)
+    got = reconstruct(meas, "dps", prior, steps=3, output=old, batch_size=1, resume=True, recommended=False,
+                      progress=False)
+    assert got.meta["reconstruction"]["resumed_slices"] == 1
+
+
+def test_reconstruct_many_passes_the_switch_on(meas, prior, tmp_path):
+    from medrecon.engine.distributed import reconstruct_many
+    from medrecon.measurement import save_measurement
+
+    save_measurement(meas, tmp_path / "m.h5")
+    for flag in (True, False):
+        reps = reconstruct_many([str(tmp_path / "m.h5")], "dps", prior, output_dir=tmp_path / str(flag),
+                                recommended=flag, steps=3, device="cpu")
+        assert [r["status"] for r in reps] == ["done"], reps
+    a, b = (medrecon.load_volume(tmp_path / f / "m.nii.gz").data for f in ("True", "False"))
+    one = reconstruct(meas, "dps", prior, progress=False).data
+    np.testing.assert_allclose(a, one, rtol=0, atol=1e-4 * float(np.abs(one).max()))
+    assert not np.allclose(a, b)
+
+
 def test_what_a_prior_recommends_is_not_part_of_its_fingerprint(prior):
     from medrecon.engine.core import _prior_fingerprint
 
@@ -180,6 +248,8 @@ def test_cli_reports_them_and_can_turn_them_off(meas, prior, tmp_path):
     assert p.returncode == 0, p.stderr
     assert "medrecon: dps: steps=3, zeta=7 recommended by the prior (a test)" in p.stderr
     assert "(steps=3, zeta=7 recommended by the prior)" in p.stdout and "3 steps" in p.stdout
+    p = cli("--steps", 3, "-q", "-o", tmp_path / "q.nii.gz")  # -q: no progress, the note stays
+    assert p.returncode == 0 and "zeta=7 recommended by the prior" in p.stderr, p.stderr
     p = cli("--steps", 3, "--no-recommended", "-q", "-o", tmp_path / "b.nii.gz")
     assert p.returncode == 0 and "recommended" not in p.stdout + p.stderr, p.stderr
     import nibabel as nib

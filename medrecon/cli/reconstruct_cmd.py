@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from contextlib import nullcontext as _nullcontext
 from pathlib import Path
 
 import typer
@@ -87,7 +86,8 @@ def register(app: typer.Typer) -> None:
         prior: str = typer.Option(None, "--prior", help="Prior name (ct-default, mr-default) or folder; "
                                   "needed by dds, dps, reddiff."),
         sampler: str = typer.Option("dds", "--sampler", "-s", help="classical, tv, dds, dps, reddiff, ..."),
-        steps: int = typer.Option(None, "--steps", min=1, help="Sampler steps (default: the sampler's own)."),
+        steps: int = typer.Option(None, "--steps", min=1, help="Sampler steps (default: the prior's recommended "
+                                  "count for the sampler, else the sampler's own)."),
         param: list[str] = typer.Option(None, "--param", "-p", help="Sampler parameter key=value (repeatable)."),
         device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto (cuda when available)."),
         devices: str = typer.Option(None, "--devices",
@@ -121,7 +121,8 @@ def register(app: typer.Typer) -> None:
                                          "volume writes --output."),
         png: Path = typer.Option(None, "--png", help="Also write a figure: the middle slice of the classical "
                                                      "reconstruction, the result and (with --samples) the std."),
-        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars (notes such as the prior's "
+                                   "recommended settings are still printed)."),
         stop_after: int = typer.Option(None, "--stop-after", hidden=True,
                                        help="Testing: stop after N slices, keeping the checkpoints."),
     ) -> None:
@@ -150,7 +151,7 @@ def register(app: typer.Typer) -> None:
         try:
             m = load_input(measurement, **parse_params(import_option))
             try:
-                with _EchoHandler() if not quiet else _nullcontext():
+                with _EchoHandler():
                     vol = reconstruct(
                         m, sampler, prior, steps=steps, params=params, device=device, devices=devices,
                         batch_size=batch_size, seed=seed, amp=amp, output=output, resume=resume,
@@ -205,7 +206,8 @@ def register(app: typer.Typer) -> None:
         output_dir: Path = typer.Option(..., "--output-dir", "-o", help="Folder for the results, one per study."),
         prior: str = typer.Option(None, "--prior", help="Prior name or folder (dds, dps, reddiff)."),
         sampler: str = typer.Option("dds", "--sampler", "-s", help="classical, tv, dds, dps, reddiff, ..."),
-        steps: int = typer.Option(None, "--steps", min=1, help="Sampler steps (default: the sampler's own)."),
+        steps: int = typer.Option(None, "--steps", min=1, help="Sampler steps (default: the prior's recommended "
+                                  "count for the sampler, else the sampler's own)."),
         param: list[str] = typer.Option(None, "--param", "-p", help="Sampler parameter key=value (repeatable)."),
         parts: int = typer.Option(1, "--parts-per-study", min=1,
                                   help="Cut each study into N slice blocks, run as separate tasks."),

@@ -190,7 +190,8 @@ def _with_recommended(smp, prior, steps, params, m):
     cfg = getattr(prior, "config", None)
     if not isinstance(cfg, dict) or not cfg.get("recommended"):
         return smp, steps, None
-    rec = resolve(cfg, type(smp), steps, dict(params or {}), (m.operator_spec or {}).get("name"))
+    rec = resolve(cfg, type(smp), steps, dict(params or {}), (m.operator_spec or {}).get("name"),
+                  getattr(prior, "num_timesteps", None))
     if rec is None:
         return smp, steps, None
     if rec.params:
@@ -198,8 +199,6 @@ def _with_recommended(smp, prior, steps, params, m):
             smp = type(smp)(**{**smp.param_values, **rec.params})
         except InputError as exc:
             raise FileFormatError(f"the prior's recommended settings for {smp.name!r} are not valid: {exc}") from None
-    log.info("%s: %s recommended by the prior (%s); values you set win, and recommended=False "
-             "(CLI --no-recommended) turns this off", smp.name, rec.describe(), rec.source())
     return smp, (rec.steps if rec.steps is not None else steps), rec
 
 
@@ -806,9 +805,19 @@ def reconstruct(
     if output is not None:
         from medrecon.engine.checkpoint import Checkpoint, partial_path
 
-        ck = Checkpoint.open(partial_path(out_path), settings, shash, z, slice_shape,
-                             resume=resume, discard=overwrite, shared=num_parts > 1, part=part_id)
+        try:
+            ck = Checkpoint.open(partial_path(out_path), settings, shash, z, slice_shape,
+                                 resume=resume, discard=overwrite, shared=num_parts > 1, part=part_id)
+        except InputError as exc:
+            if rec is None or "different settings" not in str(exc):
+                raise
+            raise InputError(f"{str(exc).rstrip('.')}; this run took {rec.describe()} from the prior's recommended "
+                             "settings: if the partial run used other values, pass them explicitly or turn "
+                             "the recommendation off (recommended=False, CLI --no-recommended)") from None
         ck.acquire()
+    if rec is not None:
+        log.info("%s: %s recommended by the prior (%s); values you set win, and recommended=False "
+                 "(CLI --no-recommended) turns this off", smp.name, rec.describe(), rec.source())
     try:
         return _run(m, op, smp, prior_obj, prior_name, devs, batch_size, eff_steps, seed, amp, progress,
                     settings, ck, z, slice_shape, volume_mode, volume_mode_3d, _stop_after,

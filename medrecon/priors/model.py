@@ -141,7 +141,7 @@ def validate_config(cfg: Any, where: str = "config") -> dict[str, Any]:
     if "recommended" in cfg:
         from medrecon.priors.recommended import validate_recommended
 
-        validate_recommended(cfg["recommended"], where)
+        validate_recommended(cfg["recommended"], where, sch.get("num_timesteps"))
     return cfg
 
 
