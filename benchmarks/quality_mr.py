@@ -225,7 +225,9 @@ def run(args) -> dict:
                                        recommended=False,  # exactly the params recorded in the row
                                        **{"batch_size": len(idx), **keep})
             x = vol.data
-            sec = (time.perf_counter() - t0) / x.shape[0]
+            # slices reloaded from --keep's checkpoints took no time in this run: per computed slice
+            resumed = int(vol.meta.get("reconstruction", {}).get("resumed_slices", 0))
+            sec = (time.perf_counter() - t0) / max(1, x.shape[0] - resumed)
             row[meth] = {"psnr": round(psnr(x, ref[sub]), 2), "ssim": round(ssim(x, ref[sub]), 4),
                          "seconds_per_slice": round(sec, 2), "params": params, "samples": n_draws,
                          # on the whole reference's [min, max], so subsets compare with the full rows
@@ -233,6 +235,8 @@ def run(args) -> dict:
                              x, ref[sub], window=(float(ref.min()), float(ref.max())))]}
             if sub != slice(None):
                 row[meth]["slices"] = idx[sub].tolist()
+            if resumed:
+                row[meth]["resumed_slices"] = resumed
             shown = figure.setdefault(f"{accel}x", {"reference": ref[0]})
             shown[meth] = x[0]
             if n_draws > 1:
