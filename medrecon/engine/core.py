@@ -555,8 +555,11 @@ def _to_image(x, what: str) -> np.ndarray:
     return out
 
 
+_TUNING_LOCK = threading.Lock()
+
+
 def _run_batch(w: _Worker, sampler, m, idx: list[int], steps, seed: int, cb, samples: int = 1,
-               antithetic: bool = False, draw_batch: int = 1) -> np.ndarray:
+               antithetic: bool = False, draw_batch: int = 1, tuning: dict | None = None) -> np.ndarray:
     """The slices ``idx`` reconstructed on worker ``w``: ``(B, *image)``; with ``samples`` > 1,
     ``samples`` draws per slice (streams ``(seed, k, d)``, draw 0 the plain one; ``antithetic``:
     draw ``d`` uses stream ``d // 2``, negated for odd ``d``) summarised as ``(B, 2, *image)``:
@@ -565,10 +568,14 @@ def _run_batch(w: _Worker, sampler, m, idx: list[int], steps, seed: int, cb, sam
     ``draw_batch`` draws run together in one sampler call: the batch holds the slices ``idx``
     once per draw (``len(idx) * draw_batch`` images), each copy with its draw's generator.
     The samplers treat batch entries independently (per-slice norms, step sizes and streams),
-    so the result is the one of the draws run one after another, up to rounding."""
+    so the result is the one of the draws run one after another, up to rounding.
+
+    ``tuning``: where a sampler that chose its weight per slice
+    (:mod:`medrecon.samplers.autotune`) leaves its choices, by slice index."""
     import torch
 
     from medrecon.samplers import slice_generators
+    from medrecon.samplers.autotune import pop_last_tuning
 
     y = torch.from_numpy(np.ascontiguousarray(m.y[idx])).to(w.dev)
     what = f"slices {idx[0]}..{idx[-1]}" if len(idx) > 1 else f"slice {idx[0]}"
@@ -586,7 +593,14 @@ def _run_batch(w: _Worker, sampler, m, idx: list[int], steps, seed: int, cb, sam
             gens += slice_generators(seed, idx, d // 2, antithetic=d % 2 == 1) if antithetic else \
                 slice_generators(seed, idx, d)
         yy = y if len(ds) == 1 else y.repeat(len(ds), *([1] * (y.dim() - 1)))
+        pop_last_tuning()
         x = sampler.sample(yy, ops[len(ds)], w.prior, steps=steps, generators=gens, progress=gcb)
+        rec = pop_last_tuning()
+        if rec is not None and tuning is not None and j == 0:
+            with _TUNING_LOCK:
+                tuning.setdefault("param", rec["param"])
+                tuning.setdefault("method", rec["method"])
+                tuning.setdefault("values", {}).update({str(k): rec["values"][i] for i, k in enumerate(idx)})
         out = _to_image(x, what)
         if out.shape != (len(ds) * B, *image):
             raise MedreconError(f"sampler {sampler.name!r} returned shape {out.shape}, expected "
@@ -846,6 +860,7 @@ def _run(m, op, smp, prior_obj, prior_name, devs, batch_size, eff_steps, seed, a
     todo = [k for k in wanted if k not in done]
 
     t0 = time.perf_counter()
+    tuning: dict = {}
     if todo:
         n_resumed = len(wanted) - len(todo)
         label = f"{smp.name}" + (f" ({n_resumed} resumed)" if n_resumed else "")
@@ -860,7 +875,7 @@ def _run(m, op, smp, prior_obj, prior_name, devs, batch_size, eff_steps, seed, a
                 _run_volume(workers[0], smp, m, eff_steps, seed, result, ck, prog, volume_mode_3d, z, **vopts)
             else:
                 _run_slices(workers, smp, m, todo, batch_size, eff_steps, seed, result, ck, prog, _stop_after,
-                            samples, antithetic, draw_batch)
+                            samples, antithetic, draw_batch, tuning)
     elapsed = time.perf_counter() - t0
     if mine is not None:  # a part: write the output only when every slice is finished, exactly once
         computed = set(todo)
@@ -897,6 +912,8 @@ def _run(m, op, smp, prior_obj, prior_name, devs, batch_size, eff_steps, seed, a
         meta["reconstruction"]["antithetic"] = True
     if rec is not None:
         meta["reconstruction"]["recommended"] = rec.as_meta()
+    if tuning:  # weights chosen per slice from the data (slices resumed from a checkpoint are not listed)
+        meta["reconstruction"]["auto_tuned"] = tuning
     if comps and samples == 1:
         meta["component"] = comps[0]
     if comps:
@@ -1075,7 +1092,7 @@ def _run_volume(w, smp, m, steps, seed, result, ck, prog, volume_mode_3d: bool, 
 
 
 def _run_slices(workers, smp, m, todo, batch_size, steps, seed, result, ck, prog, stop_after, samples=1,
-                antithetic=False, draw_batch=1) -> None:
+                antithetic=False, draw_batch=1, tuning=None) -> None:
     batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
     stop = threading.Event()
     counter = {"n": 0}
@@ -1098,7 +1115,7 @@ def _run_slices(workers, smp, m, todo, batch_size, steps, seed, result, ck, prog
             if stop.is_set():
                 break
             finish(idx, _run_batch(w, smp, m, idx, steps, seed, prog.step_callback(0), samples, antithetic,
-                                          draw_batch))
+                                   draw_batch, tuning))
     else:
         q: queue.Queue = queue.Queue()
         for b in batches:
@@ -1117,7 +1134,8 @@ def _run_slices(workers, smp, m, todo, batch_size, steps, seed, result, ck, prog
                 except queue.Empty:
                     return
                 try:
-                    finish(idx, _run_batch(w, smp, m, idx, steps, seed, cb, samples, antithetic, draw_batch))
+                    finish(idx, _run_batch(w, smp, m, idx, steps, seed, cb, samples, antithetic, draw_batch,
+                                           tuning))
                 except BaseException as exc:  # noqa: BLE001 - handed to the main thread
                     errors.append(exc)
                     stop.set()

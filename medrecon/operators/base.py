@@ -258,6 +258,31 @@ class Operator(torch.nn.Module):
         """The modality's classical reconstruction of ``y`` (FBP, zero-filled...)."""
         raise NotImplementedError(f"{type(self).__name__} has no classical reconstruction")
 
+    def complex_twin(self) -> "Operator | None":
+        """This operator on complex images, for an operator whose real image is a convention.
+
+        An MRI operator with ``real_image=True`` measures a real image whose phase it carries
+        itself (coil maps or a phase map); its twin measures a complex image the same way, so a
+        method that can afford a free phase (``sense``, ``tv``, ``l1wavelet``) solves for the
+        complex image and returns its magnitude.  None (the default) for operators whose image
+        is real by nature (CT, ultrasound) or already complex.
+        """
+        return None
+
+    def holdout_folds(self, n_folds: int, seed: int = 0) -> list[tuple["Operator", torch.Tensor]] | None:
+        """Measurement subsets for cross-validation, or None when the operator cannot hold out data.
+
+        An operator that supports it returns ``n_folds`` pairs ``(fit_op, held)``: ``held`` is
+        a boolean tensor broadcastable to ``(B, *range_shape)`` marking the measurements the
+        fold holds out (disjoint across folds, each measured by ``self``), and ``fit_op`` is
+        this operator measuring everything else (``fit_op(x)`` is zero where ``held``).  A
+        sampler then reconstructs from ``y * ~held`` with ``fit_op`` and scores how well
+        ``self`` applied to that reconstruction predicts ``y`` where ``held``
+        (:mod:`medrecon.samplers.autotune`).  The split is deterministic given ``seed`` and the
+        same for every slice.  The default: None.
+        """
+        return None
+
     def spec(self) -> dict[str, Any]:
         """A JSON-able dict from which :func:`medrecon.operator_from_spec` rebuilds this operator.
 

@@ -1,8 +1,8 @@
 """Samplers: from measurements (and a diffusion prior) to images.
 
 ``get_sampler(name, **params)`` builds a registered sampler (entry-point group
-``medrecon.samplers``): ``classical``, ``tv``, ``dds``, ``dps``, ``reddiff`` ship with
-medrecon.  The contract is :class:`~medrecon.samplers.base.Sampler`; see ``docs/samplers.md``
+``medrecon.samplers``): ``classical``, ``tv``, ``l1wavelet``, ``dds``, ``dps``, ``reddiff`` ship
+with medrecon.  The contract is :class:`~medrecon.samplers.base.Sampler`; see ``docs/samplers.md``
 for each sampler's update rule.
 
 >>> s = get_sampler("tv", lam=0.01)

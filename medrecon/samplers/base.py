@@ -146,6 +146,14 @@ class Sampler:
     params: ClassVar[dict[str, Param]] = {}
     #: True for samplers that reconstruct multi-component images (operators with ``component_names``)
     handles_components: ClassVar[bool] = False
+    #: ``(param, grid, fallback)``: a positive weight the sampler chooses per slice by
+    #: cross-validation on held-out measurements when the parameter is ``"auto"``
+    #: (:mod:`medrecon.samplers.autotune`), ``fallback`` where the operator cannot hold out data
+    tunable: ClassVar[tuple[str, tuple[float, ...], float] | None] = None
+    #: True for samplers that, given an operator whose real image is a convention (it has a
+    #: :meth:`~medrecon.operators.base.Operator.complex_twin`), solve for the complex image and
+    #: return its magnitude: a free phase costs a classical method nothing and fits real raw data
+    phase_free: ClassVar[bool] = False
 
     def __init__(self, **params: Any) -> None:
         unknown = sorted(set(params) - set(self.params))
@@ -198,7 +206,55 @@ class Sampler:
     ) -> torch.Tensor:
         """Reconstruct ``(B, *domain_shape)`` images (physical units) from ``y`` ``(B, *range_shape)``."""
         steps, generators, x_init = self._checked(y, operator, prior, steps, generators, x_init)
+        twin = operator.complex_twin() if self._phase_free() and not operator.domain_is_complex else None
+        if twin is not None:
+            x0 = None if x_init is None else x_init.to(twin.domain_dtype(x_init.real.dtype))
+            return self.sample(y, twin, prior, steps=steps, generators=generators, progress=progress,
+                               x_init=x0).abs()
+        if self._tunes():
+            return self._sample_tuned(y, operator, prior, steps, generators, progress, x_init)
         return self._sample(y, operator, prior, steps, generators, progress, x_init)
+
+    def _phase_free(self) -> bool:
+        """Whether :meth:`sample` solves for a complex image where the operator allows (``phase_free``)."""
+        return self.phase_free
+
+    def _tunes(self) -> bool:
+        """Whether :meth:`sample` chooses the ``tunable`` weight (it is ``"auto"``)."""
+        return self.tunable is not None and self._params.get(self.tunable[0]) == "auto"
+
+    def _with(self, **params: Any) -> "Sampler":
+        """A copy of this sampler with ``params`` changed."""
+        return type(self)(**dict(self._params, **params))
+
+    def _sample_tuned(self, y, operator, prior, steps, generators, progress, x_init):
+        """:meth:`sample` with the ``tunable`` weight chosen per slice (:mod:`medrecon.samplers.autotune`)."""
+        from medrecon.samplers.autotune import _record, tune_per_slice
+
+        name, grid, fallback = self.tunable
+        B = y.shape[0]
+
+        def run(w, yy, op):
+            return self._with(**{name: w})._sample(yy, op, prior, steps, generators, None, None)
+
+        values, table = tune_per_slice(run, grid, y, operator)
+        if values is None:
+            _record({"param": name, "values": [fallback] * B,
+                     "method": f"fallback: {operator.name} cannot hold out measurements"})
+            return self._with(**{name: fallback})._sample(y, operator, prior, steps, generators, progress, x_init)
+        _record({"param": name, "values": values, "method": "cross-validation on held-out measurements",
+                 "tried": sorted(table)})
+        if len(set(values)) == 1:
+            return self._with(**{name: values[0]})._sample(y, operator, prior, steps, generators, progress, x_init)
+        out = []
+        for b, w in enumerate(values):  # slices are independent: each with its own weight
+            op_b = operator.for_slices([b]) if operator.slice_varying else operator
+            out.append(self._with(**{name: w})._sample(
+                y[b:b + 1], op_b, prior, steps, generators[b:b + 1], None,
+                None if x_init is None else x_init[b:b + 1]))
+            if progress is not None:
+                progress(b + 1, B)
+        return torch.cat(out)
 
     def _checked(self, y, operator, prior, steps, generators, x_init, *, n_generators: int | None = None,
                  slice_prior: bool = True):

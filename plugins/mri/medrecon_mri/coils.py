@@ -1,9 +1,10 @@
 """Coil sensitivity maps: synthetic (for simulation) and estimated from the calibration region.
 
-Estimation methods (:func:`estimate_coil_maps`), all from the fully sampled centre of
+Estimation methods (:func:`estimate_coil_maps`; ``auto``, the default, is ``espirit`` where the
+calibration region holds at least 4 lines and ``lowres`` below that), all from the fully sampled centre of
 k-space (the auto-calibration signal, ACS, found with :func:`~medrecon_mri.masks.calibration_region`):
 
-``lowres`` (default; our own, the classic "ACS images over their root-sum-of-squares")
+``lowres`` (our own, the classic "ACS images over their root-sum-of-squares")
     1. Keep the ACS block (at most the central ``MAX_CALIB`` = 32 lines) of every coil's k-space, taper it with a separable Hann window
        (rows: for a 1D mask, whose readout is fully sampled, the window spans the same
        *fraction* of the readout axis as the ACS spans of the phase-encode axis, so the
@@ -23,8 +24,10 @@ k-space (the auto-calibration signal, ACS, found with :func:`~medrecon_mri.masks
     neighbourhood; its arbitrary phase is aligned to the low-resolution image (as above),
     restricted to the same support as ``lowres``.
 ``espirit``
-    ESPIRiT (Uecker et al., MRM 2014) through SigPy (``pip install 'medrecon-mri[espirit]'``),
-    phase-aligned the same way.
+    ESPIRiT (Uecker et al., MRM 2014; our implementation, :mod:`medrecon_mri.espirit`): the
+    dominant eigenvector per pixel of the image-space calibration kernels, zero where its
+    eigenvalue is below 0.95 (outside the object), phase-aligned the same way.  The kernel is
+    the largest of 3..6 that the calibration region supports.
 
 Synthetic maps (:func:`synthetic_coil_maps`): ``n_coils`` coils on a circle around the
 field of view ("birdcage-like"), Gaussian magnitude fall-off with a smooth phase,
@@ -43,7 +46,7 @@ from medrecon_mri.masks import calibration_region, parse_calib
 
 __all__ = ["estimate_coil_maps", "rss", "synthetic_coil_maps", "lowres_coil_images", "align_phase"]
 
-METHODS = ("lowres", "walsh", "espirit")
+METHODS = ("auto", "lowres", "walsh", "espirit")
 MAX_CALIB = 32  # at most this many central lines are used (more only sharpens the maps)
 
 
@@ -126,7 +129,23 @@ def align_phase(maps: np.ndarray, images: np.ndarray) -> np.ndarray:
     return maps * np.exp(1j * np.angle(comb))[None]
 
 
-def estimate_coil_maps(kspace, mask=None, *, method: str = "lowres", calib=None, threshold: float = 0.05,
+def resolve_method(method: str, shape, mask=None, calib=None) -> str:
+    """``auto`` -> ``espirit`` when the calibration region supports a 3 x 3 ESPIRiT kernel, else
+    ``lowres``; other methods unchanged.  ``shape``: the k-space grid ``(ny, nx)``."""
+    if method != "auto":
+        return method
+    from medrecon_mri.espirit import MAX_CALIB, min_calib
+
+    if calib is not None:
+        h, w = parse_calib(tuple(shape), calib)
+    else:
+        m = np.ones(tuple(shape), bool) if mask is None else np.broadcast_to(np.asarray(mask, bool), tuple(shape))
+        rs, cs = calibration_region(m)
+        h, w = rs.stop - rs.start, cs.stop - cs.start
+    return "espirit" if min(h, w, MAX_CALIB) >= min_calib(3) else "lowres"
+
+
+def estimate_coil_maps(kspace, mask=None, *, method: str = "auto", calib=None, threshold: float = 0.05,
                        kernel: int = 5) -> np.ndarray:
     """Coil maps ``(C, ny, nx)`` complex64 from k-space ``(C, ny, nx)`` (zeros where not sampled).
 
@@ -144,6 +163,9 @@ def estimate_coil_maps(kspace, mask=None, *, method: str = "lowres", calib=None,
             mask = np.broadcast_to(mask[None, :], k.shape[-2:])
     if isinstance(threshold, (bool, str)) or not isinstance(threshold, (int, float)) or not 0 <= threshold < 1:
         raise InputError(f"the coil-map threshold must be a number in [0, 1), got {threshold!r}")
+    if mask is None:
+        mask = np.abs(k).sum(0) > 0
+    method = resolve_method(method, k.shape[-2:], mask, calib)
     m = lowres_coil_images(k, mask, calib)
     from scipy.ndimage import binary_fill_holes
 
@@ -177,21 +199,18 @@ def _walsh(m: np.ndarray, kernel: int) -> np.ndarray:
 
 
 def _espirit(k: np.ndarray, mask, calib) -> np.ndarray:
-    try:
-        from sigpy.mri.app import EspiritCalib
-    except ImportError as exc:
-        raise InputError("method='espirit' needs SigPy: pip install 'medrecon-mri[espirit]' (or sigpy)") from exc
-    if calib is None:
-        _, cs = calibration_region(mask if mask is not None else np.abs(k).sum(0) > 0)
-        width = cs.stop - cs.start
+    """ESPIRiT maps (:mod:`medrecon_mri.espirit`) from the calibration region of ``mask`` (or ``calib``)."""
+    from medrecon_mri.espirit import MAX_CALIB, espirit_maps, min_calib
+
+    ny, nx = k.shape[-2:]
+    if calib is not None:  # centred as in lowres_coil_images
+        h, w = parse_calib((ny, nx), calib)
+        rs = slice((ny - h + 1) // 2, (ny - h + 1) // 2 + h)
+        cs = slice((nx - w + 1) // 2, (nx - w + 1) // 2 + w)
     else:
-        width = min(parse_calib(k.shape[-2:], calib))
-    # SigPy calibrates on the central width x width block with kernel_width^2 patches: with its
-    # default kernel (6) an 8-line ACS leaves 9 calibration rows for 36 C unknowns and every
-    # eigenvalue falls below the crop (all-zero maps); keep at least (width - kernel + 1)^2 >= 16
-    kernel = min(6, width // 2)
-    if kernel < 3:
-        raise InputError(f"a {width}-line calibration region is too small for ESPIRiT; use coil_method=lowres "
-                         "or sample more central lines")
-    return np.asarray(EspiritCalib(k.astype(np.complex64), calib_width=int(width), kernel_width=int(kernel),
-                                   thresh=0.02, crop=0.95, show_pbar=False).run())
+        rs, cs = calibration_region(mask if mask is not None else np.abs(k).sum(0) > 0)
+    # the largest kernel <= 6 that the (capped) region supports; espirit_maps raises the
+    # InputError (naming coil_method=lowres / calib=) when even 3 x 3 does not fit
+    n = min(rs.stop - rs.start, cs.stop - cs.start, MAX_CALIB)
+    kernel = max([kk for kk in range(3, 7) if min_calib(kk) <= n], default=3)
+    return espirit_maps(k, rs, cs, kernel=kernel, thresh=0.02, crop=0.95)[0]

@@ -22,11 +22,20 @@ Readable inputs
   ``col`` (readout samples), ``slc`` (slices), e.g. ``gre_kspace_lin_cha_col.npy``;
   without a name the fastMRI order is assumed.
 
+Ambiguous layouts are refused (one sentence naming ``--import-option layout=...``): a 3D
+``.npy``; an unnamed 4D ``.npy`` whose readout or phase-encode axis is shorter than its slice
+or coil axis; and a 3D HDF5 ``kspace`` whose first axis (2 or more) is at most the number of
+receiver channels in its ``ismrmrd_header`` (coils or slices?) unless the file is a fastMRI
+emulated single-coil one (``reconstruction_esc``).  ``layout`` names the axes of an HDF5
+``kspace`` dataset as it does for a ``.npy``.
+
 What :meth:`KSpaceImporter.read` does
 -------------------------------------
 1. Puts k-space in the plugin's layout ``(slices, coils, readout, phase_encode)``.
-2. The sampling mask: the file's ``mask`` dataset when present, else the phase-encode
-   lines that are not all zero (over slices, coils and readout).
+2. The sampling mask: the file's ``mask`` dataset when present, else (or with ``mask=infer``)
+   the phase-encode lines that are not all zero (over slices, coils and readout).  A file mask
+   that disagrees with the data (a sampled line that is all zero, or an unsampled one that
+   holds any non-zero sample) is refused, as is k-space with NaN or infinite samples.
 3. Readout oversampling (``oversampling``, default from the header, else 2 for a ``.npy``
    whose file name carries Siemens axis names, and 1 otherwise, an explicit ``layout=``
    included): inverse FFT along the readout, keep the central ``1/oversampling`` of the
@@ -38,7 +47,8 @@ What :meth:`KSpaceImporter.read` does
 4. ``undersample`` (a mask spec, :mod:`medrecon_mri.masks`): retrospective undersampling
    on top of the acquired mask.
 5. Coil maps from the calibration region (:func:`medrecon_mri.coils.estimate_coil_maps`,
-   ``coil_method`` default ``lowres``) for multi-coil data, stored in the measurement file
+   ``coil_method`` default ``auto``: ESPIRiT, or ``lowres`` for a calibration region under 4
+   lines) for multi-coil data, stored in the measurement file
    (``arrays/coil_maps``) and referenced from the ``mri.sense`` spec; single-coil data gets
    a low-resolution phase estimate (``arrays/phase``) for ``mri.cartesian``.
 6. ``real_image`` (default True): the maps (or the phase) carry the low-resolution image
@@ -69,6 +79,8 @@ from medrecon.errors import FileFormatError, InputError
 __all__ = ["KSpaceImporter", "crop_readout", "infer_mask"]
 
 _AXES = ("slc", "cha", "col", "lin")
+_MASK_OPTIONS = ("file", "infer")
+_MIN_CALIB = 4  # lines per side of the calibration region that every coil-map method needs (coils.lowres_coil_images)
 
 
 def crop_readout(k: np.ndarray, factor: int, axis: int = -2) -> np.ndarray:
@@ -137,8 +149,15 @@ def _is_int(v) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
-def _check_options(*, oversampling, slice, pixel_size, undersample) -> None:
+def _check_options(*, oversampling, slice, pixel_size, undersample, coil_method="auto", mask=None) -> None:
     """Importer options as they may arrive from ``--import-option key=value``: one sentence each."""
+    from medrecon_mri.coils import METHODS
+
+    if not isinstance(coil_method, str) or coil_method not in METHODS:
+        raise InputError(f"coil_method must be one of {', '.join(METHODS)}, got {coil_method!r}")
+    if mask is not None and mask not in _MASK_OPTIONS:
+        raise InputError(f"mask must be {' or '.join(_MASK_OPTIONS)} (infer: ignore the file's mask dataset and "
+                         f"take the phase-encode lines that hold data), got {mask!r}")
     if oversampling is not None and not (_is_int(oversampling) and oversampling >= 1):
         raise InputError(f"oversampling must be a positive integer (the readout oversampling factor), "
                          f"got {oversampling!r}")
@@ -151,6 +170,119 @@ def _check_options(*, oversampling, slice, pixel_size, undersample) -> None:
             isinstance(undersample, (bool, str)) or not isinstance(undersample, (int, float))):
         raise InputError(f"undersample must be an acceleration or a mask spec such as "
                          f'{{"kind": "random", "acceleration": 4}}, got {undersample!r}')
+
+
+def _check_finite(k: np.ndarray, p: Path, slice) -> None:
+    """Refuse k-space ``(slices, coils, readout, phase encode)`` with NaN or infinite samples in the slices to
+    import (all, or ``slice``): a corrupt file, which no option repairs (``slice=`` may skip the bad slices)."""
+    Z = k.shape[0]
+    if slice is not None:
+        if not -Z <= int(slice) < Z:
+            return  # read refuses the index in one sentence
+        k = k[[int(slice) % Z]]
+    bad = k[0].size - np.count_nonzero(np.isfinite(k).reshape(k.shape[0], -1), axis=1)
+    if bad.any():
+        clean = np.flatnonzero(bad == 0) if slice is None else []
+        which = np.flatnonzero(bad)
+        hint = (f" (only slice{'s' if len(which) > 1 else ''} {', '.join(map(str, which))} hold"
+                f"{'' if len(which) > 1 else 's'} them: --import-option slice=K imports one clean slice K, e.g. "
+                f"slice={clean[0]})" if len(clean) else "")
+        n = int(bad.sum())
+        raise FileFormatError(f"{str(p)!r}: {n} of {k.size} k-space samples {'is' if n == 1 else 'are'} NaN or "
+                              f"infinite; the file is corrupt and no --import-option can repair it{hint}")
+
+
+def _check_file_mask(k: np.ndarray, file_mask, p: Path) -> None:
+    """Refuse a file ``mask`` that disagrees with the data: a line marked sampled that is all zero in every
+    slice and coil, or one marked unsampled that holds any non-zero sample."""
+    m = np.asarray(file_mask).reshape(-1).astype(bool)
+    if m.shape[0] != k.shape[-1]:
+        return  # the entry count is checked (one sentence) where the mask is used
+    held = (k != 0).reshape(-1, k.shape[-1]).any(axis=0)  # as infer_mask, but a NaN counts as data
+    empty, extra = int(np.count_nonzero(m & ~held)), int(np.count_nonzero(~m & held))
+    if empty or extra:
+        parts = [f"{n} marked {what}" for n, what in ((empty, "sampled but all zero"),
+                                                     (extra, "unsampled but holding data")) if n]
+        raise FileFormatError(f"{str(p)!r}: the file's mask dataset disagrees with the k-space in {empty + extra} of "
+                              f"{m.size} phase-encode lines ({' and '.join(parts)}); fix or remove the mask dataset, "
+                              "or pass --import-option mask=infer to take the sampled lines from the data")
+
+
+def _check_calibration(mask2d: np.ndarray, calib, method: str | None, undersample) -> None:
+    """Refuse, before any estimation, a calibration region too small for the coil maps (``method``) or,
+    single-coil (``method`` None), for the phase estimate; the sentence names the options that help."""
+    from medrecon_mri.coils import resolve_method
+    from medrecon_mri.espirit import MAX_CALIB, min_calib
+    from medrecon_mri.masks import calibration_region, parse_calib
+
+    shape = mask2d.shape
+    if calib is not None:
+        h, w = parse_calib(shape, calib)
+    else:
+        rs, cs = calibration_region(mask2d)
+        h, w = rs.stop - rs.start, cs.stop - cs.start
+    more = (", or a larger center_fraction in --import-option undersample=" if undersample is not None else "")
+    what = (f"the {h} x {w} calibration region (the fully sampled centre of k-space"
+            f"{', from calib=' if calib is not None else ''})")
+    if min(h, w) < _MIN_CALIB:
+        if method is None:
+            raise InputError(f"{what} is too small to estimate the image phase, which needs at least {_MIN_CALIB} x "
+                             f"{_MIN_CALIB}; use --import-option real_image=false, or --import-option "
+                             f"calib=[rows,cols] to name a larger fully sampled centre{more}")
+        raise InputError(f"{what} is too small to estimate coil maps: every coil_method needs at least {_MIN_CALIB} "
+                         f"x {_MIN_CALIB} (coil_method=lowres and walsh included); use --import-option "
+                         f"calib=[rows,cols] to name a larger fully sampled centre{more}, or sample more central lines")
+    if method is not None and resolve_method(method, shape, mask2d, calib) == "espirit":
+        need = max(min_calib(3), _MIN_CALIB)
+        if min(h, w, MAX_CALIB) < need:
+            raise InputError(f"{what} is too small for ESPIRiT coil maps, which need at least {need} fully sampled "
+                             f"central lines on each side; use --import-option coil_method=lowres (which needs "
+                             f"{_MIN_CALIB}), or --import-option calib=[rows,cols] to name a larger fully sampled "
+                             f"centre{more}")
+
+
+def _receiver_channels(text) -> int | None:
+    """``acquisitionSystemInformation/receiverChannels`` of an ISMRMRD XML header, or None."""
+    try:
+        root = ET.fromstring(text.decode() if isinstance(text, bytes) else str(text))
+    except (ET.ParseError, UnicodeDecodeError):
+        return None
+    for e in root.iter():
+        if e.tag.rsplit("}", 1)[-1] == "receiverChannels":
+            try:
+                return int(float(e.text))
+            except (TypeError, ValueError):
+                return None
+    return None
+
+
+def _h5_kspace_shape(p: Path) -> tuple[tuple[int, ...], int | None, bool] | None:
+    """Cheap look at a fastMRI-style HDF5 file before reading it: the ``kspace`` dataset's shape, the
+    header's receiver channels and whether it is an emulated single-coil file (``reconstruction_esc``);
+    None when there is no such dataset or the file does not open (read reports that)."""
+    import h5py
+
+    try:
+        with h5py.File(p, "r") as f:
+            d = f.get("kspace")
+            if d is None or not hasattr(d, "shape"):
+                return None
+            h = f["ismrmrd_header"][()] if "ismrmrd_header" in f else None
+            esc = "reconstruction_esc" in f
+            return tuple(d.shape), (None if h is None else _receiver_channels(h)), esc
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+
+
+def _check_3d_h5(shape, channels: int | None, esc: bool, p: Path) -> None:
+    """A 3D ``kspace`` is fastMRI's single-coil ``(slices, readout, phase encode)``, unless its first axis could
+    be the coils the header lists: then the layout must be named (module docstring)."""
+    n = shape[0]
+    if len(shape) == 3 and not esc and channels is not None and 2 <= n <= channels:
+        raise InputError(f"{str(p)!r}: the 3D kspace dataset {tuple(shape)} is ambiguous, since its header lists "
+                         f"{channels} receiver channels and the first axis ({n}) may be coils rather than slices; "
+                         "pass --import-option layout=cha_col_lin (coils, readout, phase encode) or "
+                         "layout=slc_col_lin (single-coil slices)")
 
 
 def _layout_from_name(name: str) -> str | None:
@@ -231,13 +363,15 @@ class KSpaceImporter:
         return sniff_file(path, probe)
 
     def read(self, path, *, layout: str | None = None, oversampling: int | None = None, slice: int | None = None,
-             real_image: bool = True, coil_method: str = "lowres", calib=None, undersample=None,
-             pixel_size: float | None = None, threshold: float = 0.05):
+             real_image: bool = True, coil_method: str = "auto", calib=None, undersample=None,
+             pixel_size: float | None = None, threshold: float = 0.05, mask: str | None = None):
         """Read raw k-space; returns a :class:`medrecon.Measurement` (coil maps in its ``arrays``).
 
         Options (``--import-option key=value`` on the command line): ``layout`` (axis names
-        for ``.npy``, e.g. ``lin_cha_col``), ``oversampling`` (readout oversampling factor),
-        ``slice`` (keep one slice), ``real_image``, ``coil_method`` (lowres, walsh, espirit),
+        for ``.npy`` or an HDF5 ``kspace``, e.g. ``lin_cha_col``), ``oversampling`` (readout oversampling factor),
+        ``slice`` (keep one slice), ``real_image``, ``coil_method`` (auto: espirit, or lowres when the
+        calibration region is under 4 lines; lowres, walsh, espirit), ``mask`` (``infer``: ignore the
+        file's mask dataset and take the lines that hold data),
         ``calib`` (ACS size ``[rows, cols]``), ``undersample`` (mask spec for retrospective
         undersampling), ``pixel_size`` (mm, overrides the header), ``threshold`` (coil-map
         background fade, relative).
@@ -247,7 +381,8 @@ class KSpaceImporter:
             raise FileFormatError(f"no such file: {str(p)!r}")
         if not isinstance(real_image, bool):
             raise InputError(f"real_image must be true or false, got {real_image!r}")
-        _check_options(oversampling=oversampling, slice=slice, pixel_size=pixel_size, undersample=undersample)
+        _check_options(oversampling=oversampling, slice=slice, pixel_size=pixel_size, undersample=undersample,
+                       coil_method=coil_method, mask=mask)
         info: dict[str, Any] = {}
         file_mask = None
         if p.suffix.lower() == ".dat":
@@ -262,10 +397,20 @@ class KSpaceImporter:
             # readout oversampling; an explicit layout= says nothing about it (default 1)
             os_default = 2 if layout is None and lay else 1
         else:
+            probe = _h5_kspace_shape(p)  # None: ISMRMRD (or unreadable: _read_h5 says so)
+            if probe is not None and layout is None:
+                _check_3d_h5(*probe, p)
             k, file_mask, info, multicoil = self._read_h5(p)
+            if probe is not None and layout is not None:
+                k, multicoil = self._to_layout(k[:, 0] if len(probe[0]) == 3 else k, layout, p)
             os_default = 1
         if not np.iscomplexobj(k):
             raise FileFormatError(f"{str(p)!r}: k-space must be complex, got {k.dtype}")
+        _check_finite(k, p, slice)
+        if mask == "infer":
+            file_mask = None
+        elif file_mask is not None:
+            _check_file_mask(k, file_mask, p)
         os_factor = int(oversampling if oversampling is not None else info.get("oversampling", os_default))
         Z = k.shape[0]
         geom = info.get("slice_frames")
@@ -295,9 +440,11 @@ class KSpaceImporter:
             mask2d &= make_mask((ny, nx), undersample if isinstance(undersample, dict)
                                 else {"kind": "random", "acceleration": float(undersample), "seed": 0})
         k = k * mask2d  # zero-filled full grid
+        if multicoil or real_image:  # before any estimation: a calibration region too small, in one sentence
+            _check_calibration(mask2d, calib, coil_method if multicoil else None, undersample)
         from medrecon.measurement import Measurement, operator_arrays
         from medrecon_mri.arrays import array_sha256
-        from medrecon_mri.coils import estimate_coil_maps
+        from medrecon_mri.coils import estimate_coil_maps, resolve_method
 
         def per_slice(estimate) -> np.ndarray:
             """``estimate(k_s)`` for every slice: stacked on a slice axis when there are several."""
@@ -313,6 +460,8 @@ class KSpaceImporter:
             arrays["coil_maps"] = maps
             spec_params = dict(shape=[ny, nx], coil_maps={"array": "coil_maps", "sha256": array_sha256(maps)},
                                mask=mask_param, real_image=real_image)
+            if real_image:  # the maps carry an estimated phase: classical methods may solve for a complex image
+                spec_params["phase_estimated"] = True
             name = "mri.sense"
         else:
             spec_params = dict(shape=[ny, nx], mask=mask_param, real_image=real_image)
@@ -340,9 +489,11 @@ class KSpaceImporter:
         else:
             affine = np.diag([ps_pe, ps_ro, dz, 1.0])
         prov = {"source": str(p), "importer": self.name, "oversampling_removed": os_factor,
-                "slice": None if slice is None else int(slice), "coil_method": coil_method if multicoil else None,
+                "slice": None if slice is None else int(slice),
+                "coil_method": resolve_method(coil_method, (ny, nx), mask2d, calib) if multicoil else None,
                 "acceleration": op.acceleration, "calibration": op.mask_info["calibration"],
-                "undersample": undersample, "layout": "slices, coils, readout (rows), phase encode (columns)"}
+                "undersample": undersample, "layout": "slices, coils, readout (rows), phase encode (columns)",
+                "mask_source": "mask dataset" if file_mask is not None else "inferred from the data"}
         prov["orientation"] = info.get("orientation", "?") if geom is not None else "none (diagonal affine)"
         if slice_positions is not None and Z > 1:
             prov["slice_positions"] = slice_positions
@@ -359,8 +510,14 @@ class KSpaceImporter:
             if k.ndim == 2:
                 return k[None, None], False
             if k.ndim == 3:
-                raise InputError(f"{str(p)!r}: a 3D .npy is ambiguous (slices or coils first?); give "
-                                 "layout=, e.g. cha_col_lin or slc_col_lin (and oversampling=2 for Siemens data)")
+                raise InputError(f"{str(p)!r}: a 3D .npy is ambiguous (slices or coils first?); pass "
+                                 "--import-option layout=cha_col_lin or layout=slc_col_lin (and oversampling=2 "
+                                 "for Siemens data)")
+            if k.ndim == 4 and min(k.shape[2:]) < max(k.shape[:2]):
+                raise InputError(f"{str(p)!r}: a 4D .npy without axis names is read as (slices, coils, readout, "
+                                 f"phase encode), but its shape {k.shape} has a readout or phase-encode axis shorter "
+                                 "than a slice or coil axis; name the axes with --import-option layout=, e.g. "
+                                 "layout=slc_cha_col_lin or lin_cha_col_slc")
             return k, k.shape[1] > 1
         names = lay.split("_")
         if sorted(names) != sorted(set(names)) or any(n not in _AXES for n in names) or len(names) != k.ndim:

@@ -51,6 +51,7 @@ Example::
 
 from __future__ import annotations
 
+import copy
 from typing import Any, ClassVar
 
 import numpy as np
@@ -148,6 +149,80 @@ class _MRIBase(Operator):
         """``C x`` on an even grid (the image checkerboard), ``x`` otherwise."""
         return x * self.checker.to(x.real.dtype) if self._shift_free else x
 
+    def complex_twin(self):
+        """With ``real_image=True`` and ``phase_estimated=True`` (the image phase is an estimate the
+        maps carry, as for imported raw multi-coil data): this operator on complex images (same
+        maps, mask, slices); None otherwise -- a simulated real image has its phase exactly, and
+        the real constraint is information (:meth:`medrecon.operators.base.Operator.complex_twin`)."""
+        if self.domain_is_complex or not self._params.get("phase_estimated"):
+            return None
+        new = copy.copy(self)
+        new.__dict__["_params"] = dict(self._params, real_image=False)
+        new.domain_is_complex = True
+        return new
+
+    def holdout_folds(self, n_folds: int, seed: int = 0):
+        """Cross-validation folds (:meth:`medrecon.operators.base.Operator.holdout_folds`).
+
+        The sampled phase-encode lines (a 1D mask; single points for a 2D mask) outside the
+        calibration region are dealt into ``n_folds`` disjoint groups, stratified by distance
+        from the k-space centre (each run of ``n_folds`` lines in order of ``|k|`` goes to the
+        folds in an order drawn with ``seed``); fold ``f`` holds out group ``f`` (every coil, every readout sample of those
+        lines).  The calibration region is never held out: coil maps and the low
+        frequencies stay measured, as they are when the method runs on all the data.
+        None when fewer than ``2 n_folds`` lines (points) lie outside the calibration region.
+        """
+        from medrecon_mri.masks import calibration_region
+
+        m = self.mask.detach().cpu().numpy() > 0
+        rs, cs = calibration_region(m)
+        calib = np.zeros_like(m)
+        calib[rs, cs] = True
+        column = bool(np.all(m == m[:1]))
+        if column:
+            cand = np.flatnonzero(m[0] & ~calib[0])
+        else:
+            cand = np.flatnonzero((m & ~calib).ravel())
+        n_folds = int(n_folds)
+        if n_folds < 2 or cand.size < 2 * n_folds:
+            return None
+        # stratified by distance from the k-space centre: consecutive groups of n_folds candidates (in
+        # order of |k|) are dealt to the folds in a random order, so that every fold holds out a like mix
+        # of low and high frequencies (a fold that lost several lines next to the calibration region
+        # would be a much harder problem than the real one and would drag the choice to large weights)
+        rng = np.random.default_rng(int(seed))
+        ny, nx = m.shape
+        if column:
+            dist = np.abs(cand - nx // 2).astype(float)
+        else:
+            rr, cc = np.divmod(cand, nx)
+            dist = np.hypot((rr - ny // 2) / ny, (cc - nx // 2) / nx)
+        order = cand[np.lexsort((rng.random(cand.size), dist))]
+        label = np.concatenate([rng.permutation(n_folds) for _ in range(-(-order.size // n_folds))])[:order.size]
+        groups = [order[label == f] for f in range(n_folds)]
+        out = []
+        for g in groups:
+            held = np.zeros_like(m)
+            if column:
+                held[:, g] = True
+            else:
+                held.ravel()[g] = True
+            out.append((self._with_mask(m & ~held), torch.from_numpy(held).to(self.mask.device)))
+        return out
+
+    def _with_mask(self, m: np.ndarray) -> "_MRIBase":
+        """A shallow copy measuring with the 0/1 mask ``m`` (same maps, phase, slices)."""
+        new = copy.copy(self)
+        new.__dict__["_buffers"] = dict(self._buffers)
+        new.__dict__["_params"] = dict(self._params, mask=m.astype(int).tolist())
+        dev = self.mask.device
+        new._buffers["mask"] = torch.from_numpy(m.astype(np.float32)).to(dev)
+        if self._shift_free:
+            ny, nx = self.domain_shape
+            new._buffers["signed_mask"] = new._buffers["mask"] * checkerboard(ny, nx).to(dev) * centred_sign(ny, nx)
+        new.mask_info = mask_info(m)
+        return new
+
     def _per_slice(self, n_slices: int | None) -> None:
         """Slice-varying when the maps have a slice axis (``n_slices`` not None)."""
         self.slice_varying = n_slices is not None
@@ -214,16 +289,21 @@ class SenseMRI(_MRIBase):
     module docstring), in any array form of :mod:`medrecon_mri.arrays` -- a nested list,
     ``{"real", "imag"}``, a numpy array / tensor (stored as lists: small cases only),
     ``{"file": ...}``, ``{"array": name}`` (inside the measurement file) or
-    ``{"synthetic": "birdcage", "n_coils": 8, "width": 1.0}``.
+    ``{"synthetic": "birdcage", "n_coils": 8, "width": 1.0}``.  ``phase_estimated`` (with
+    ``real_image``): the image phase the maps carry is an estimate (raw data), so methods that
+    can afford a free phase solve for the complex image (:meth:`complex_twin`).
     """
 
     name: ClassVar[str] = "mri.sense"
     slice_buffers: ClassVar[tuple[str, ...]] = ("coil_maps",)
 
-    def __init__(self, shape, coil_maps, mask=None, real_image: bool = False):
+    def __init__(self, shape, coil_maps, mask=None, real_image: bool = False, phase_estimated: bool = False):
         coil_maps = as_param(coil_maps)
+        if not isinstance(phase_estimated, (bool, np.bool_)):
+            raise InputError(f"phase_estimated must be true or false, got {phase_estimated!r}")
+        extra = {"phase_estimated": True} if phase_estimated else {}  # specs without it stay as they were
         super().__init__(shape=resolve_shape(shape), coil_maps=coil_maps, mask=_mask_param(mask),
-                         real_image=real_image)
+                         real_image=real_image, **extra)
         self._setup(shape, self._params["mask"], real_image)
         ny, nx = self.domain_shape
         if isinstance(coil_maps, dict) and "synthetic" in coil_maps:

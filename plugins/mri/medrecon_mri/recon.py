@@ -48,8 +48,12 @@ class SenseCG(Sampler):
     default_steps = 30
     params = {
         "iters": Param(int, 30, "CG iterations (the steps argument overrides)", lo=1),
-        "lam": Param(float, 0.0, "Tikhonov weight relative to ||A||^2 (0: early-stopped CG)", lo=0),
+        "lam": Param(float, "auto", "Tikhonov weight relative to ||A||^2 (0: early-stopped CG; auto: chosen "
+                     "per slice by cross-validation on held-out lines, 0 where the operator cannot hold out data)",
+                     lo=0, auto_ok=True),
     }
+    phase_free = True
+    tunable = ("lam", (1e-4, 1e-3, 1e-2, 1e-1, 1.0), 0.0)
 
     def _sample(self, y, operator, prior, steps, generators, progress, x_init):
         iters = int(steps) if steps is not None else int(self._params["iters"])
