@@ -226,9 +226,11 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     if args.workers > 1:
         from concurrent.futures import ProcessPoolExecutor
+        from functools import partial
 
+        job = partial(evaluate_case, methods=args.methods, prior=args.prior, device=args.device)
         with ProcessPoolExecutor(args.workers) as ex:
-            results = list(ex.map(evaluate_case, cases, *zip(*[(args.methods, args.prior, args.device)] * len(cases))))
+            results = list(ex.map(job, cases))
     else:
         results = [evaluate_case(c, args.methods, args.prior, args.device) for c in cases]
     for r in results:

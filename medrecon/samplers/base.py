@@ -150,6 +150,8 @@ class Sampler:
     #: cross-validation on held-out measurements when the parameter is ``"auto"``
     #: (:mod:`medrecon.samplers.autotune`), ``fallback`` where the operator cannot hold out data
     tunable: ClassVar[tuple[str, tuple[float, ...], float] | None] = None
+    #: what the cross-validated weight is multiplied by (None: :data:`medrecon.samplers.autotune.CV_SCALE`)
+    tune_scale: ClassVar[float | None] = None
     #: True for samplers that, given an operator whose real image is a convention (it has a
     #: :meth:`~medrecon.operators.base.Operator.complex_twin`), solve for the complex image and
     #: return its magnitude: a free phase costs a classical method nothing and fits real raw data
@@ -229,7 +231,7 @@ class Sampler:
 
     def _sample_tuned(self, y, operator, prior, steps, generators, progress, x_init):
         """:meth:`sample` with the ``tunable`` weight chosen per slice (:mod:`medrecon.samplers.autotune`)."""
-        from medrecon.samplers.autotune import _record, tune_per_slice
+        from medrecon.samplers.autotune import CV_SCALE, _record, tune_per_slice
 
         name, grid, fallback = self.tunable
         B = y.shape[0]
@@ -237,7 +239,8 @@ class Sampler:
         def run(w, yy, op):
             return self._with(**{name: w})._sample(yy, op, prior, steps, generators, None, None)
 
-        values, table = tune_per_slice(run, grid, y, operator)
+        scale = CV_SCALE if self.tune_scale is None else self.tune_scale
+        values, table = tune_per_slice(run, grid, y, operator, scale=scale)
         if values is None:
             _record({"param": name, "values": [fallback] * B,
                      "method": f"fallback: {operator.name} cannot hold out measurements"})

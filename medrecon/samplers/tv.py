@@ -4,13 +4,15 @@ Solves, per slice (``dims=2``) or for the whole batch as a volume (``dims=3``)::
 
     min_x  1/(2 L^2) ||A x - y||^2  +  lam TV(x)   [+ indicator(x >= lower)]
 
-with ``L = ||A||`` (power iteration) and isotropic TV(x) = sum_pixels |grad x| (forward
-differences, Neumann boundary; complex images use |.| of complex differences).  Dividing
+with ``L = 1.02 ||A||`` (power iteration, which converges from below) and isotropic
+TV(x) = sum_pixels |grad x| (forward differences, Neumann boundary; complex images use |.| of complex differences).  Dividing
 the data term by ``L^2`` makes ``lam`` independent of the operator's scale (more views or
 a differently scaled projector do not change it); ``lam`` is then in image units (HU or
 1/mm for CT).  With ``lam=None`` (default) it is set per slice (per batch for ``dims=3``)
 to ``lam_rel`` times the robust range (99th - 1st percentile) of the classical
-reconstruction.
+reconstruction; ``lam_rel="auto"`` (default) chooses it per slice from held-out
+measurements where the operator can hold some out (:mod:`medrecon.samplers.autotune`),
+2e-4 otherwise.
 
 PDHG on K = [A/L; grad] (||K||^2 <= 1 + 4 dims), tau = 0.99 rho / ||K||,
 sigma = 0.99 / (rho ||K||), rho^2 = ``ratio`` (default 0.03 range / lam, clipped to [1, 1000]:
