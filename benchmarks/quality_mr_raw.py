@@ -19,7 +19,9 @@ coil maps of a real magnitude image.  This one does what a user with raw data me
 * **medrecon rows**: ``medrecon.reconstruct`` on the imported measurement with default
   settings, as a user runs it: zero-filled RSS (``classical``), ``sense``, ``tv``,
   ``l1wavelet`` (their weights chosen per slice by cross-validation on held-out lines,
-  :mod:`medrecon.samplers.autotune`), and optionally ``dds`` / ``dps`` with ``mr-default``.
+  :mod:`medrecon.samplers.autotune`), and ``dds`` (or ``dps``) with ``mr-default`` on the
+  magnitude with the phase of a ``tv`` reconstruction (``phase=data``), the mean of an
+  antithetic pair (``--samples 2``).
 * **SigPy rows** (0.1.27): ESPIRiT maps from the same undersampled k-space
   (``EspiritCalib(calib_width=ACS lines)``), then ``SenseRecon``, ``TotalVariationRecon`` and
   ``L1WaveletRecon`` with their default iterations, each at the weight of a grid
@@ -31,6 +33,7 @@ Usage::
     .venv/bin/python benchmarks/quality_mr_raw.py                       # every series, 4x and 8x, + GRE 2x
     .venv/bin/python benchmarks/quality_mr_raw.py --quick               # one slice, 4x (smoke)
     .venv/bin/python benchmarks/quality_mr_raw.py --methods zf sense tv l1wavelet dds --workers 2
+                                                                        # the table in docs/mri.md
 
 Writes ``benchmarks/results/quality_mr_raw.json``.  Skips (exit 0, a message) without the data.
 """
@@ -41,7 +44,6 @@ import argparse
 import datetime as _dt
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,12 +52,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.quality_mr import _git  # noqa: E402
+
 DATA_ROOT = Path(os.environ.get("MEDRECON_DATA", "/work/shared/data"))
 RESULTS = ROOT / "benchmarks" / "results"
-#: series -> (file or folder under DATA_ROOT, axial slice indices evaluated); mr-t1-mprage is the
-#: development series (mr-default trained on it; the classical methods were designed on it)
+#: series -> (file or folder under DATA_ROOT, axial slice indices evaluated).  mr-t1-mprage is the
+#: development series: the automatic weights' CV_SCALE was measured on its slices 40 and 80, and
+#: mr-default trained on it (slice 80 lies in the block the prior never saw); the others are
+#: evaluation series nothing here was tuned on (mr-brain-t2-niivue: local evaluation only)
 SERIES = {
-    "mr-t1-mprage-niivue": ("mr-t1-mprage-niivue", (40, 80)),
+    "mr-t1-mprage-niivue": ("mr-t1-mprage-niivue", (80,)),
     "mr-brain-t2-niivue": ("mr-brain-t2-niivue/T2w.nii.gz", (30, 40)),
     "mr-brain-tumor-pyradiomics": ("mr-brain-tumor-pyradiomics/brain1_image.nii.gz", (10, 14)),
     "mr-head-volrenderdata-stroke-T2": ("mr-head-volrenderdata/stroke_T2.nii.gz", (60, 80)),
@@ -67,14 +73,6 @@ SIGPY_GRID = {"sense": (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0),
               "tv": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
               "l1wavelet": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)}
 CLASSICAL = ("zf", "sense", "tv", "l1wavelet")
-
-
-def _git() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except Exception:  # noqa: BLE001
-        return None
 
 
 def psnr_ls(x, ref) -> float:
@@ -146,7 +144,7 @@ def sigpy_rows(ku, mask_cols, ref, methods) -> dict:
     return rows
 
 
-def evaluate_case(case: dict, methods, prior: str, device: str) -> dict:
+def evaluate_case(case: dict, methods, prior: str, device: str, samples: int = 1) -> dict:
     """One (series, slice, acceleration) case: medrecon and SigPy rows."""
     import numpy as np
     import torch
@@ -180,9 +178,11 @@ def evaluate_case(case: dict, methods, prior: str, device: str) -> dict:
             info = {}
         else:
             needs = meth in ("dds", "dps", "reddiff")
-            vol = medrecon.reconstruct(m, meth, prior if needs else None, progress=False, device=device, seed=0)
+            draws = {"samples": samples, "antithetic": samples % 2 == 0} if needs and samples > 1 else {}
+            vol = medrecon.reconstruct(m, meth, prior if needs else None, progress=False, device=device, seed=0,
+                                       **draws)
             x = vol.data[0]
-            info = {"auto_tuned": vol.meta["reconstruction"].get("auto_tuned")} if not needs else {}
+            info = {"auto_tuned": vol.meta["reconstruction"].get("auto_tuned")}
         out["medrecon"][meth] = {"psnr": round(psnr_ls(x, ref), 2), "seconds": round(time.perf_counter() - t0, 2),
                                  **info}
     ku = y[0] if y.ndim == 4 else y
@@ -211,6 +211,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-gre", action="store_true", help="leave the two-coil GRE phantom out")
     ap.add_argument("--quick", action="store_true", help="one slice of one series at 4x")
     ap.add_argument("--prior", default="mr-default")
+    ap.add_argument("--samples", type=int, default=2, help="diffusion rows: mean of this many draws "
+                    "(antithetic pairs when even)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--workers", type=int, default=1, help="cases run side by side (1 thread each)")
     ap.add_argument("--output", default=str(RESULTS / "quality_mr_raw.json"))
@@ -228,11 +230,12 @@ def main(argv=None) -> int:
         from concurrent.futures import ProcessPoolExecutor
         from functools import partial
 
-        job = partial(evaluate_case, methods=args.methods, prior=args.prior, device=args.device)
+        job = partial(evaluate_case, methods=args.methods, prior=args.prior, device=args.device,
+                      samples=args.samples)
         with ProcessPoolExecutor(args.workers) as ex:
             results = list(ex.map(job, cases))
     else:
-        results = [evaluate_case(c, args.methods, args.prior, args.device) for c in cases]
+        results = [evaluate_case(c, args.methods, args.prior, args.device, args.samples) for c in cases]
     for r in results:
         mine = " ".join(f"{k} {v['psnr']:.2f}" for k, v in r["medrecon"].items())
         theirs = " ".join(f"{k} {v['psnr']:.2f}" for k, v in r["sigpy"].items())

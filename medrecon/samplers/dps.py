@@ -36,6 +36,7 @@ import torch
 
 from medrecon.priors.schedule import ddim_timesteps
 from medrecon.samplers.base import (
+    PHASE_PARAM,
     Param,
     Sampler,
     apply_forward,
@@ -66,6 +67,7 @@ class DPS(Sampler):
         "clip": Param(float, "auto", "clamp the Tweedie estimate to [-clip, clip] in network units (None: no; "
                       "auto: 1 for CT / US priors, off for MR percentile priors)", lo=0, lo_open=True,
                       none_ok=True, auto_ok=True),
+        "phase": PHASE_PARAM,
         "variance": Param(str, "small", "ancestral variance: small = posterior beta-tilde, large = beta",
                           choices=("small", "large")),
         "spacing": Param(str, "linspace", "timestep spacing when steps < T", choices=("leading", "trailing",

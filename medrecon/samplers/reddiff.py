@@ -33,6 +33,7 @@ import torch
 
 from medrecon.priors.schedule import ddim_timesteps
 from medrecon.samplers.base import (
+    PHASE_PARAM,
     Param,
     Sampler,
     apply_forward,
@@ -58,6 +59,7 @@ class REDDiff(Sampler):
     params = {
         "lr": Param(float, 0.1, "Adam learning rate (network units)", lo=0, lo_open=True),
         "lam": Param(float, 0.25, "regulariser weight lambda", lo=0),
+        "phase": PHASE_PARAM,
         "weight": Param(str, "linear", "w(t): linear = sqrt(1-abar)/sqrt(abar), sqrt, square, const",
                         choices=("linear", "sqrt", "square", "const")),
         "spacing": Param(str, "leading", "timestep spacing over the training grid", choices=("leading",

@@ -161,6 +161,24 @@ class _MRIBase(Operator):
         new.domain_is_complex = True
         return new
 
+    def with_image_phase(self, phase):
+        """With a :meth:`complex_twin`: the real-image operator whose maps carry ``phase``
+        ``(B, ny, nx)`` (radians) on top of their own, slice-varying over the ``B`` slices
+        (:meth:`medrecon.operators.base.Operator.with_image_phase`)."""
+        if self.complex_twin() is None:
+            return None
+        fac = torch.exp(1j * torch.as_tensor(phase).to(self.coil_maps.device, torch.float64))
+        maps = self._maps() * fac[:, None].to(self.coil_maps.dtype)
+        if maps.shape[0] != fac.shape[0]:
+            raise InputError(f"the phase has {fac.shape[0]} slices for an operator of {maps.shape[0]}")
+        new = copy.copy(self)
+        new.__dict__["_buffers"] = dict(self._buffers, coil_maps=maps.contiguous())
+        new.__dict__["_params"] = dict(self._params, coil_maps={"array": "(maps x data phase)"})
+        for key in ("_slice_root", "_slice_indices"):
+            new.__dict__.pop(key, None)
+        new._per_slice(int(maps.shape[0]))
+        return new
+
     def holdout_folds(self, n_folds: int, seed: int = 0):
         """Cross-validation folds (:meth:`medrecon.operators.base.Operator.holdout_folds`).
 
