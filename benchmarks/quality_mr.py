@@ -207,7 +207,7 @@ def run(args) -> dict:
             bound = _bound_prior(args, ms, ref[sub]) if meth in ("dds", "dps") else None
             name, params, prior, steps = {
                 "zf": ("classical", {}, None, None),
-                "sense": ("sense", {"iters": 10}, None, None),
+                "sense": ("sense", {"iters": 10, "lam": 0.0}, None, None),  # early-stopped CG, as recorded
                 "tv": ("tv", {"lam_rel": tv_lam}, None, None),
                 "dds": ("dds", dds_params, bound, args.dds_steps),
                 "dps": ("dps", dps_params, bound, args.dps_steps),
