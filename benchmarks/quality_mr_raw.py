@@ -69,9 +69,9 @@ SERIES = {
 GRE = "mri-kspace-gre-phantom/gre_kspace_lin_cha_col.npy"
 #: SigPy weights tried (oracle pick): SENSE's lamda is scale-free (both terms scale with the data
 #: squared); TV's and L1's are multiplied by the reference's 99.5th percentile of the zero-filled image
-SIGPY_GRID = {"sense": (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0),
-              "tv": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
-              "l1wavelet": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)}
+SIGPY_GRID = {"sense": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0),
+              "tv": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0),
+              "l1wavelet": (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)}
 CLASSICAL = ("zf", "sense", "tv", "l1wavelet")
 
 
