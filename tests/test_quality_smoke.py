@@ -79,3 +79,22 @@ def test_quality_mr_keep_writes_resumable_rows(tmp_path):
     assert (tmp_path / "keep" / "4x_dds.std.nii.gz").stat().st_size > 0
     assert not (tmp_path / "keep" / "4x_zf.nii.gz").exists()  # only the diffusion rows are kept
     assert rows[0]["psnr"] == rows[1]["psnr"] and rows[0]["ssim"] == rows[1]["ssim"]
+
+
+@pytest.mark.skipif(not Path("/work/shared/data/mr-t1-mprage-niivue").exists(),
+                    reason="needs /work/shared/data/mr-t1-mprage-niivue")
+def test_quality_mr_raw_quick(tmp_path):
+    """benchmarks/quality_mr_raw.py --quick on one realistic raw slice: medrecon's automatic SENSE
+    beats zero-filled and comes within 1 dB of SigPy's SenseRecon at its best (oracle) weight on this
+    slice (the issue's 0.5 dB is on the mean over the evaluation series: docs/mri.md)."""
+    pytest.importorskip("sigpy")
+    js = tmp_path / "raw.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quality_mr_raw.py"), "--quick", "--no-gre",
+                        "--methods", "zf", "sense", "--output", str(js)], capture_output=True, text=True,
+                       timeout=600, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    case = json.loads(js.read_text())["cases"][0]
+    ours, sigpy = case["medrecon"], case["sigpy"]
+    assert case["coil_method"] == "espirit" and ours["sense"]["auto_tuned"]["param"] == "lam"
+    assert ours["sense"]["psnr"] > ours["zf"]["psnr"] + 1
+    assert ours["sense"]["psnr"] > sigpy["sense"]["psnr"] - 1.0
