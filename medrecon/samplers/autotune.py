@@ -76,14 +76,12 @@ def pop_last_tuning() -> dict | None:
 
 def _cv_errors(run, value: float, y: torch.Tensor, operator, folds) -> torch.Tensor:
     """Per-slice summed squared prediction error on the held-out data, ``(B,)`` float64."""
-    from medrecon.samplers.base import apply_forward
-
     err = torch.zeros(y.shape[0], dtype=torch.float64)
     for fit_op, held in folds:
         keep = (~held).to(y.real.dtype)
         x = run(value, y * keep, fit_op)
         with torch.no_grad():
-            r = (apply_forward(operator, x) - y) * held.to(y.real.dtype)
+            r = (operator(x) - y) * held.to(y.real.dtype)
         err += (r.abs() ** 2).reshape(y.shape[0], -1).sum(1).double().cpu()
     return err
 

@@ -208,8 +208,6 @@ class Sampler:
     ) -> torch.Tensor:
         """Reconstruct ``(B, *domain_shape)`` images (physical units) from ``y`` ``(B, *range_shape)``."""
         steps, generators, x_init = self._checked(y, operator, prior, steps, generators, x_init)
-        if self.needs_prior and self._params.get("phase") == "data" and not operator.domain_is_complex:
-            operator = phase_from_data(operator, y)
         twin = operator.complex_twin() if self._phase_free() and not operator.domain_is_complex else None
         if twin is not None:
             x0 = None if x_init is None else x_init.to(twin.domain_dtype(x_init.real.dtype))
@@ -320,45 +318,9 @@ class Sampler:
 
 
 # --------------------------------------------------------------------------- image phase from the data
-#: the ``phase`` parameter of the prior samplers (:func:`phase_from_data`)
+#: the ``phase`` parameter of the prior samplers (:func:`medrecon.samplers.phase.phase_from_data`)
 PHASE_PARAM = Param(str, "data", "image phase on raw MRI (an operator with a complex twin): data = the phase of a "
                     "tv reconstruction, maps = the low-resolution phase the coil maps carry", choices=("data", "maps"))
-
-
-def phase_from_data(operator, y: torch.Tensor):
-    """The operator a real (magnitude) prior should meet on raw data whose phase is an estimate.
-
-    For an operator with a :meth:`~medrecon.operators.base.Operator.complex_twin` (imported
-    multi-coil MRI: the maps carry the low-resolution phase of the calibration lines), the
-    image phase is re-estimated per slice as the phase of a complex ``tv`` reconstruction
-    (100 PDHG iterations, its weight chosen by cross-validation on held-out lines and *not*
-    halved: the CV minimiser is the complex-accurate one, and a smooth phase is what is
-    wanted), and the returned operator carries it
-    (:meth:`~medrecon.operators.base.Operator.with_image_phase`).  Its norm is taken to be
-    the original operator's, so step sizes do not depend on the batch.  Other operators are
-    returned unchanged.  On the development slices this raised DDS by 3.6 dB at 4x and
-    0.6 dB at 8x over the calibration-line phase (docs/mri.md).
-    """
-    twin = operator.complex_twin()
-    if twin is None:
-        return operator
-    from medrecon.samplers.autotune import _record, pop_last_tuning
-    from medrecon.samplers.tv import TV
-
-    dev = y.device
-    tv = TV(iters=100)
-    tv.tune_scale = 1.0
-    x = tv.sample(y, twin)
-    rec = pop_last_tuning()
-    new = operator.with_image_phase(torch.angle(x))
-    if new is None:
-        return operator
-    for real_domain in (True, False):
-        L = estimate_norm(operator, device=dev, real_domain=real_domain)
-        _NORM_CACHE.setdefault(new, {})[(50, bool(new.domain_is_complex) and not real_domain, str(dev))] = L
-    _record({"param": "phase", "method": "phase of a complex tv reconstruction (lam_rel by cross-validation)",
-             "values": (rec or {}).get("values", [None] * y.shape[0])})
-    return new
 
 
 # --------------------------------------------------------------------------- randomness

@@ -52,6 +52,7 @@ from medrecon.samplers.base import (
     tweedie_clip,
     tweedie_x0,
 )
+from medrecon.samplers.phase import phase_from_data
 
 __all__ = ["DDS"]
 
@@ -77,6 +78,8 @@ class DDS(Sampler):
     }
 
     def _sample(self, y, operator, prior, steps, generators, progress, x_init):
+        if self._params["phase"] == "data":  # raw MRI: the image phase from the data (samplers.phase)
+            operator = phase_from_data(operator, y)
         p = self._params
         steps = int(steps) if steps is not None else self.default_steps
         T = int(prior.num_timesteps)

@@ -45,6 +45,7 @@ from medrecon.samplers.base import (
     sample_dtype,
     to_net_real,
 )
+from medrecon.samplers.phase import phase_from_data
 
 __all__ = ["REDDiff"]
 
@@ -79,6 +80,8 @@ class REDDiff(Sampler):
         return 1.0
 
     def _sample(self, y, operator, prior, steps, generators, progress, x_init):
+        if self._params["phase"] == "data":  # raw MRI: the image phase from the data (samplers.phase)
+            operator = phase_from_data(operator, y)
         p = self._params
         T = int(prior.num_timesteps)
         steps = min(int(steps) if steps is not None else self.default_steps, T)

@@ -183,7 +183,7 @@ def test_with_image_phase_carries_the_phase_for_a_real_prior():
     x = (mag * torch.exp(1j * phase)).to(torch.complex64)
     assert torch.allclose(P(mag), A.complex_twin()(x), atol=1e-5)
     assert _sense(real_image=True).with_image_phase(phase) is None  # simulated: the phase is exact
-    from medrecon.samplers.base import phase_from_data
+    from medrecon.samplers.phase import phase_from_data
 
     ct = medrecon.get_operator("ct.parallel", shape=[32, 32], n_views=8)
     assert phase_from_data(ct, ct(torch.rand(1, 32, 32))) is ct
