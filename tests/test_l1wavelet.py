@@ -18,7 +18,8 @@ from medrecon.errors import InputError
 from medrecon.operators.wavelet import WAVELETS, Wavelet2D, daubechies, default_levels
 from medrecon.samplers import get_sampler, sampler_from_spec
 from medrecon.samplers.base import estimate_norm, psnr
-from medrecon.samplers.l1wavelet import L1Wavelet, robust_range, soft_threshold
+from medrecon.samplers.l1wavelet import L1Wavelet, soft_threshold
+from medrecon.samplers.tv import robust_range
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

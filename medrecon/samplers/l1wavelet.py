@@ -56,8 +56,9 @@ import torch
 from medrecon.errors import InputError
 from medrecon.operators.wavelet import WAVELETS, Wavelet2D
 from medrecon.samplers.base import Param, Sampler, apply_adjoint_real, apply_forward, estimate_norm
+from medrecon.samplers.tv import robust_range
 
-__all__ = ["L1Wavelet", "robust_range", "soft_threshold"]
+__all__ = ["L1Wavelet", "soft_threshold"]
 
 
 def soft_threshold(c: torch.Tensor, thr: torch.Tensor) -> torch.Tensor:
@@ -66,17 +67,6 @@ def soft_threshold(c: torch.Tensor, thr: torch.Tensor) -> torch.Tensor:
     mag = c.abs()
     scale = (1 - thr / mag.clamp(min=torch.finfo(mag.dtype).tiny)).clamp(min=0)
     return c * scale
-
-
-def robust_range(x: torch.Tensor) -> torch.Tensor:
-    """Per-slice ``p99 - p1`` of ``|x|`` (shape (B,), x's real dtype)."""
-    B = x.shape[0]
-    flat = (x.abs() if x.is_complex() else x).reshape(B, -1).to(torch.float64)
-    if flat.shape[1] > 4_000_000:  # torch.quantile's size limit: a regular subsample
-        flat = flat[:, :: -(-flat.shape[1] // 4_000_000)]
-    lo = torch.quantile(flat, 0.01, dim=1)
-    hi = torch.quantile(flat, 0.99, dim=1)
-    return (hi - lo).clamp(min=0).to(x.real.dtype)
 
 
 class L1Wavelet(Sampler):

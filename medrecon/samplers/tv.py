@@ -37,7 +37,7 @@ import torch
 from medrecon.errors import InputError
 from medrecon.samplers.base import Param, Sampler, apply_forward, estimate_norm, psnr
 
-__all__ = ["TV", "tune_tv", "grad_nd", "div_nd"]
+__all__ = ["TV", "tune_tv", "grad_nd", "div_nd", "robust_range"]
 
 
 def grad_nd(x: torch.Tensor, axes: Sequence[int]) -> torch.Tensor:
@@ -70,6 +70,20 @@ def div_nd(q: torch.Tensor, axes: Sequence[int]) -> torch.Tensor:
         d.narrow(ax, n - 1, 1).copy_(-qk.narrow(ax, n - 2, 1))
         out = out + d
     return out
+
+
+def robust_range(x: torch.Tensor, joint: bool = False) -> torch.Tensor:
+    """Per-slice ``p99 - p1`` of ``|x|``, shape ``(B,)`` in ``x``'s real dtype; ``joint``: one
+    range over the whole batch (repeated ``B`` times)."""
+    B = x.shape[0]
+    flat = (x.abs() if x.is_complex() else x).reshape(B, -1).to(torch.float64)
+    if joint:
+        flat = flat.reshape(1, -1)
+    if flat.shape[1] > 4_000_000:  # torch.quantile's size limit: a regular subsample
+        flat = flat[:, :: -(-flat.shape[1] // 4_000_000)]
+    lo = torch.quantile(flat, 0.01, dim=1).expand(B)
+    hi = torch.quantile(flat, 0.99, dim=1).expand(B)
+    return (hi - lo).clamp(min=0).to(x.real.dtype)
 
 
 class TV(Sampler):
@@ -187,15 +201,7 @@ class TV(Sampler):
         """Per-slice (B,) weight and robust image range (shared by all slices for dims=3)."""
         lam = self._params["lam"]
         B = x_cl.shape[0]
-        mag = x_cl.abs() if x_cl.is_complex() else x_cl
-        flat = mag.reshape(B, -1).to(torch.float64)
-        if dims == 3:
-            flat = flat.reshape(1, -1)
-        if flat.shape[1] > 4_000_000:  # torch.quantile's size limit: a regular subsample
-            flat = flat[:, :: -(-flat.shape[1] // 4_000_000)]
-        lo = torch.quantile(flat, 0.01, dim=1).expand(B)
-        hi = torch.quantile(flat, 0.99, dim=1).expand(B)
-        rng = (hi - lo).clamp(min=0).to(x_cl.real.dtype)
+        rng = robust_range(x_cl, joint=dims == 3)
         if lam is not None:
             return torch.full((B,), float(lam), dtype=x_cl.real.dtype, device=x_cl.device), rng
         lam_rel = self._params["lam_rel"]

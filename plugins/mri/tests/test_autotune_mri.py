@@ -191,3 +191,5 @@ def test_with_image_phase_carries_the_phase_for_a_real_prior():
     Q = phase_from_data(A, y)
     assert Q is not A and Q.n_slices == 1
     assert float((Q(mag[:1]) - y).abs().norm()) < 0.5 * float((A(mag[:1]) - y).abs().norm())
+    assert phase_from_data(A, y) is Q  # the next draw of the same batch: computed once
+    assert phase_from_data(A, 2 * y) is not Q
