@@ -279,3 +279,30 @@ def test_with_untrained_diffusion_prior_and_per_slice_intensity(name):
     x1 = get_sampler(name).sample(y[1:], A, second, steps=4, generators=slice_generators(0, [1]))
     # float32 batched BLAS rounding only (values ~ 10..30)
     assert torch.allclose(x[1:], x1, rtol=1e-3, atol=1e-3)
+
+
+def test_dds_started_from_tv_runs_only_the_steps_below_t_start(setup):
+    """init=tv: DDS starts from the TV reconstruction re-noised to t_start x T and runs only the DDIM
+    steps below it; t_start -> 0 returns (nearly) the TV solution refined by the data step."""
+    prior, A, y = setup
+    calls = []
+
+    class Counting(type(prior)):
+        def eps(self, x, t):
+            calls.append(int(t[0]))
+            return super().eps(x, t)
+
+    counted = Counting.__new__(Counting)
+    counted.__dict__.update(prior.__dict__)
+    gens = slice_generators(0, 3)
+    s = get_sampler("dds", init="tv", t_start=0.3)
+    out = s.sample(y, A, counted, steps=20, generators=gens)
+    T = int(prior.num_timesteps)
+    assert calls and max(calls) <= 0.3 * (T - 1) and len(calls) < 20
+    assert torch.isfinite(out).all() and out.shape == (3, 4, 4)
+    full = get_sampler("dds").sample(y, A, prior, steps=20, generators=slice_generators(0, 3))
+    assert not torch.allclose(out, full)
+    with pytest.raises(InputError):
+        get_sampler("dds", init="fbp")
+    with pytest.raises(InputError):
+        get_sampler("dds", init="tv", t_start=0.0)

@@ -558,8 +558,17 @@ def _to_image(x, what: str) -> np.ndarray:
 _TUNING_LOCK = threading.Lock()
 
 
+def _scores_fit(smp, prior, volume_mode) -> bool:
+    """Whether the run checks the prior's fit to the study (:mod:`medrecon.engine.prior_fit`): a
+    per-slice diffusion sampler with a prior whose config holds a fit reference or a validation loss."""
+    if volume_mode or prior is None or not getattr(smp, "needs_prior", False):
+        return False
+    cfg = getattr(prior, "config", None) or {}
+    return bool(cfg.get("fit_reference") or (cfg.get("training") or {}).get("final_val_loss"))
+
+
 def _run_batch(w: _Worker, sampler, m, idx: list[int], steps, seed: int, cb, samples: int = 1,
-               antithetic: bool = False, draw_batch: int = 1, tuning: dict | None = None) -> np.ndarray:
+               antithetic: bool = False, draw_batch: int = 1, records: dict | None = None) -> np.ndarray:
     """The slices ``idx`` reconstructed on worker ``w``: ``(B, *image)``; with ``samples`` > 1,
     ``samples`` draws per slice (streams ``(seed, k, d)``, draw 0 the plain one; ``antithetic``:
     draw ``d`` uses stream ``d // 2``, negated for odd ``d``) summarised as ``(B, 2, *image)``:
@@ -570,8 +579,9 @@ def _run_batch(w: _Worker, sampler, m, idx: list[int], steps, seed: int, cb, sam
     The samplers treat batch entries independently (per-slice norms, step sizes and streams),
     so the result is the one of the draws run one after another, up to rounding.
 
-    ``tuning``: where a sampler that chose its weight per slice
-    (:mod:`medrecon.samplers.autotune`) leaves its choices, by slice index."""
+    ``records``: where a sampler that chose its weight per slice
+    (:mod:`medrecon.samplers.autotune`) leaves its choices (``records["auto_tuned"]``) and the
+    prior-fit scores go (``records["prior_fit"]``, :mod:`medrecon.engine.prior_fit`), by slice index."""
     import torch
 
     from medrecon.samplers import slice_generators
@@ -596,11 +606,16 @@ def _run_batch(w: _Worker, sampler, m, idx: list[int], steps, seed: int, cb, sam
         pop_last_tuning()
         x = sampler.sample(yy, ops[len(ds)], w.prior, steps=steps, generators=gens, progress=gcb)
         rec = pop_last_tuning()
-        if rec is not None and tuning is not None and j == 0:
+        if rec is not None and records is not None and j == 0:
             with _TUNING_LOCK:
+                tuning = records.setdefault("auto_tuned", {})
                 tuning.setdefault("param", rec["param"])
                 tuning.setdefault("method", rec["method"])
                 tuning.setdefault("values", {}).update({str(k): rec["values"][i] for i, k in enumerate(idx)})
+        if j == 0 and records is not None and "prior_fit" in records:
+            from medrecon.engine.prior_fit import score_batch
+
+            score_batch(w.prior, y, ops[1] if 1 in ops else w.op.for_slices(idx), idx, records["prior_fit"])
         out = _to_image(x, what)
         if out.shape != (len(ds) * B, *image):
             raise MedreconError(f"sampler {sampler.name!r} returned shape {out.shape}, expected "
@@ -860,7 +875,7 @@ def _run(m, op, smp, prior_obj, prior_name, devs, batch_size, eff_steps, seed, a
     todo = [k for k in wanted if k not in done]
 
     t0 = time.perf_counter()
-    tuning: dict = {}
+    records: dict = {"prior_fit": {}} if _scores_fit(smp, prior_obj, volume_mode) else {}
     if todo:
         n_resumed = len(wanted) - len(todo)
         label = f"{smp.name}" + (f" ({n_resumed} resumed)" if n_resumed else "")
@@ -875,7 +890,7 @@ def _run(m, op, smp, prior_obj, prior_name, devs, batch_size, eff_steps, seed, a
                 _run_volume(workers[0], smp, m, eff_steps, seed, result, ck, prog, volume_mode_3d, z, **vopts)
             else:
                 _run_slices(workers, smp, m, todo, batch_size, eff_steps, seed, result, ck, prog, _stop_after,
-                            samples, antithetic, draw_batch, tuning)
+                            samples, antithetic, draw_batch, records)
     elapsed = time.perf_counter() - t0
     if mine is not None:  # a part: write the output only when every slice is finished, exactly once
         computed = set(todo)
@@ -912,8 +927,12 @@ def _run(m, op, smp, prior_obj, prior_name, devs, batch_size, eff_steps, seed, a
         meta["reconstruction"]["antithetic"] = True
     if rec is not None:
         meta["reconstruction"]["recommended"] = rec.as_meta()
-    if tuning:  # weights chosen per slice from the data (slices resumed from a checkpoint are not listed)
-        meta["reconstruction"]["auto_tuned"] = tuning
+    if records.get("auto_tuned"):  # weights chosen per slice from the data (resumed slices are not listed)
+        meta["reconstruction"]["auto_tuned"] = records["auto_tuned"]
+    if records.get("prior_fit"):
+        from medrecon.engine.prior_fit import summarise
+
+        meta["reconstruction"]["prior_fit"] = summarise(records["prior_fit"])
     if comps and samples == 1:
         meta["component"] = comps[0]
     if comps:
@@ -1092,7 +1111,7 @@ def _run_volume(w, smp, m, steps, seed, result, ck, prog, volume_mode_3d: bool, 
 
 
 def _run_slices(workers, smp, m, todo, batch_size, steps, seed, result, ck, prog, stop_after, samples=1,
-                antithetic=False, draw_batch=1, tuning=None) -> None:
+                antithetic=False, draw_batch=1, records=None) -> None:
     batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
     stop = threading.Event()
     counter = {"n": 0}
@@ -1115,7 +1134,7 @@ def _run_slices(workers, smp, m, todo, batch_size, steps, seed, result, ck, prog
             if stop.is_set():
                 break
             finish(idx, _run_batch(w, smp, m, idx, steps, seed, prog.step_callback(0), samples, antithetic,
-                                   draw_batch, tuning))
+                                   draw_batch, records))
     else:
         q: queue.Queue = queue.Queue()
         for b in batches:
@@ -1135,7 +1154,7 @@ def _run_slices(workers, smp, m, todo, batch_size, steps, seed, result, ck, prog
                     return
                 try:
                     finish(idx, _run_batch(w, smp, m, idx, steps, seed, cb, samples, antithetic, draw_batch,
-                                           tuning))
+                                           records))
                 except BaseException as exc:  # noqa: BLE001 - handed to the main thread
                     errors.append(exc)
                     stop.set()

@@ -14,7 +14,9 @@ optimizer moments, step, generator state, losses) are written every ``ckpt_every
 at the wall-clock cap and at the end; ``resume=True`` continues from them.  No pickle.
 
 Outputs in OUTPUT: ``config.json`` + ``weights.safetensors`` (the prior, EMA, float16),
-``train_report.json``, ``samples.png`` and ``checkpoint/``.
+``train_report.json``, ``samples.png`` and ``checkpoint/``.  config.json also records
+``fit_reference``: the saved prior's denoising loss on (up to 16) validation slices, the
+reference of the prior-fit diagnostic (:mod:`medrecon.priors.fit`).
 
 Only numpy, torch, monai, safetensors (and matplotlib for the PNG, rich for a bar on a TTY)
 are imported when training from ``.npy`` stacks: no pydicom, nibabel or scipy.
@@ -40,6 +42,8 @@ from medrecon.errors import FileFormatError, InputError
 VAL_TIMESTEPS = (50, 100, 250, 500, 750)
 VAL_SEED = 20240601
 MAX_VAL_SLICES = 32
+#: Validation slices the prior-fit reference (config.json ``fit_reference``) is computed on.
+FIT_REF_SLICES = 16
 
 
 def immiscible_assign(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -227,6 +231,27 @@ def validation_loss(net_fn, x_val: torch.Tensor, abar: torch.Tensor, prediction:
         out[str(t)] = tot / n
     out["mean"] = float(np.mean([out[str(t)] for t in VAL_TIMESTEPS]))
     return out
+
+
+def _record_fit_reference(out: Path, x_val: torch.Tensor, dev) -> dict:
+    """Add ``fit_reference`` (:mod:`medrecon.priors.fit`) to ``out/config.json``: the saved prior
+    (float16 EMA weights, as users load it) on at most FIT_REF_SLICES validation slices (network
+    range), 2 draws; config.json is rewritten atomically."""
+    from medrecon.io.atomic import atomic_file
+    from medrecon.priors.fit import fit_reference
+    from medrecon.priors.model import CONFIG_NAME, DiffusionPrior
+
+    prior = DiffusionPrior.load(out, device=dev)
+    n = x_val.shape[0]
+    idx = torch.linspace(0, n - 1, min(n, FIT_REF_SLICES)).round().long().to(x_val.device)
+    ref = fit_reference(prior, x_val[idx, 0], draws=2, net_range=True)
+    path = out / CONFIG_NAME
+    cfg = json.loads(path.read_text())
+    cfg["fit_reference"] = ref
+    with atomic_file(path, overwrite=True) as tmp:
+        tmp.write_text(json.dumps(cfg, indent=2) + "\n")
+        tmp.chmod(0o644)
+    return ref
 
 
 def _init_weights(net, cfg: dict, init_from) -> None:
@@ -482,6 +507,7 @@ def train_prior(
                      "train_seconds": round(train_seconds, 1), "device": str(dev)}
     final.config["training"] = training_info
     final.save(out, dtype=weights_dtype)
+    fit_ref = _record_fit_reference(out, x_val, dev) if x_val.shape[0] else None
 
     samples_png = None
     if n_samples:
@@ -509,6 +535,7 @@ def train_prior(
         "device": str(dev), "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor(),
         "torch": torch.__version__, "python": platform.python_version(), "bf16_autocast": use_ac,
         "resumed": bool(resume), "init_from": None if init_from is None else str(init_from), "samples_png": samples_png, "prior": str(out),
+        "fit_reference": fit_ref,
     }
     try:
         import monai

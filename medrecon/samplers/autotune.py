@@ -3,7 +3,7 @@
 A sampler whose weight is left at ``"auto"`` (``sense``'s ``lam``, ``tv``'s and
 ``l1wavelet``'s ``lam_rel``) picks it per slice when the operator can hold out part of its
 measurement (:meth:`medrecon.operators.base.Operator.holdout_folds`; the MRI operators hold
-out phase-encode lines).  With folds ``f = 1..K``, each holding out the measurements
+out phase-encode lines, the 2D CT projectors whole views).  With folds ``f = 1..K``, each holding out the measurements
 ``H_f`` (disjoint), and candidate weights ``w``::
 
     x_f(w)  = reconstruction from y restricted to the complement of H_f
@@ -20,7 +20,7 @@ measurements than the real one, which biases the choice slightly towards stronge
 regularisation.  Cost: ``K`` times the number of grid points
 reconstructions, plus the final one.
 
-Where the operator cannot hold out data (or has too few lines to split), the sampler's
+Where the operator cannot hold out data (too few lines or views to split; cone beam), the sampler's
 ``fallback`` value is used; :func:`pop_last_tuning` tells the engine what was chosen, and
 it records it in the output's metadata (``reconstruction.auto_tuned``).
 
@@ -112,16 +112,18 @@ def tune_per_slice(run: Callable[[float, torch.Tensor, object], torch.Tensor], g
     for w in grid:
         score(w)
     B = y.shape[0]
-    # refine around each slice's best decade: the half-decade neighbours
-    wanted = set()
+    # refine around each slice's best decade: the half-decade neighbours.  A slice's choice uses
+    # only its own candidates (the grid and its two neighbours), so it does not depend on which
+    # other slices share the batch
+    own = []
     for b in range(B):
         best = min(grid, key=lambda w: float(table[w][b]))
-        wanted.update({best / math.sqrt(10), best * math.sqrt(10)})
-    for w in sorted(wanted):
+        own.append(sorted({*grid, best / math.sqrt(10), best * math.sqrt(10)}))
+    for w in sorted(set().union(*own)):
         score(w)
     values = []
     for b in range(B):
-        tried = sorted(table)
+        tried = own[b]
         errs = [float(table[w][b]) for w in tried]
         i = min(range(len(tried)), key=errs.__getitem__)
         v = tried[i]

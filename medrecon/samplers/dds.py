@@ -75,6 +75,10 @@ class DDS(Sampler):
                          choices=("leading", "trailing", "linspace")),
         "clip": Param(float, None, "clamp the Tweedie estimate to [-clip, clip] in network units (None: no; "
                       "auto: the prior's data range, as dps)", lo=0, lo_open=True, none_ok=True, auto_ok=True),
+        "init": Param(str, "noise", "start from pure noise (official DDS) or from the TV reconstruction "
+                      "re-noised to t_start (tv: trusts the prior less on unfamiliar data)", choices=("noise", "tv")),
+        "t_start": Param(float, 1.0, "with init=tv: the noise level to start at, as a fraction of the prior's "
+                         "timesteps (only the DDIM steps below it run)", lo=0, hi=1, lo_open=True),
     }
 
     def _sample(self, y, operator, prior, steps, generators, progress, x_init):
@@ -85,6 +89,12 @@ class DDS(Sampler):
         T = int(prior.num_timesteps)
         steps = min(steps, T)
         ts = ddim_timesteps(steps, T, p["spacing"]).tolist()
+        if p["init"] == "tv":
+            ts = [t for t in ts if t <= p["t_start"] * (T - 1)] or ts[-1:]
+            if x_init is None:
+                from medrecon.samplers.tv import TV
+
+                x_init = TV().sample(y, operator)
         dev, dtype = y.device, sample_dtype(y)
         abar = prior.alphas_cumprod.to(device=dev, dtype=torch.float64)
         B, shape = y.shape[0], tuple(operator.domain_shape)

@@ -11,8 +11,8 @@ a differently scaled projector do not change it); ``lam`` is then in image units
 1/mm for CT).  With ``lam=None`` (default) it is set per slice (per batch for ``dims=3``)
 to ``lam_rel`` times the robust range (99th - 1st percentile) of the classical
 reconstruction; ``lam_rel="auto"`` (default) chooses it per slice from held-out
-measurements where the operator can hold some out (:mod:`medrecon.samplers.autotune`),
-2e-4 otherwise.
+measurements where the operator can hold some out (:mod:`medrecon.samplers.autotune`: MRI
+lines, 2D CT views), 2e-4 otherwise.
 
 PDHG on K = [A/L; grad] (||K||^2 <= 1 + 4 dims), tau = 0.99 rho / ||K||,
 sigma = 0.99 / (rho ||K||), rho^2 = ``ratio`` (default 0.03 range / lam, clipped to [1, 1000]:
@@ -105,7 +105,7 @@ class TV(Sampler):
                      none_ok=True),
         "lam_rel": Param(float, "auto", "automatic lam as a fraction of the classical recon's p99-p1 range "
                          "(auto: chosen per slice by cross-validation on held-out measurements where the operator "
-                         "can hold some out, e.g. MRI lines; 2e-4 otherwise)", lo=0, auto_ok=True),
+                         "can hold some out, e.g. MRI lines or CT views; 2e-4 otherwise)", lo=0, auto_ok=True),
         "dims": Param(int, 2, "2: TV within each slice; 3: also along the batch (slice) axis", choices=None,
                       lo=2, hi=3),
         "nonneg": Param(bool, False, "constrain x >= 0"),

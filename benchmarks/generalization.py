@@ -1,0 +1,450 @@
+"""Priors on series they never saw: the patient-level protocol (issue 19).
+
+Every number is measured on a *series* (patient, scanner, body region) that the prior did
+not train on, never on held-out slices of a training series:
+
+* ``--prior NAME`` (default ``ct-default`` / ``mr-default``): the given prior on every
+  series of its modality that its config.json does not list as training data; series it
+  trained on are reported apart (held-out slices, marked ``seen``).
+* ``--loso``: leave one series out.  For each series that may train a shipped prior
+  (:data:`SERIES`, role ``train``), a prior is trained on the *other* training series
+  (``medrecon train-prior``, options ``--train-*``) and evaluated on the one left out; the
+  evaluation-only series (role ``eval``, never trained on) are evaluated with a prior trained
+  on every training series.  Priors are kept under ``--work`` and reused (``--resume``).
+
+Measurement (``medrecon.simulate``, noise relative to the RMS of the noiseless data, seeded):
+
+* CT: ``ct.parallel`` on 256 x 256 slices at the prior's pixel size (2.148 mm for
+  ``ct-default``; a series with a smaller field of view is padded with air), 8 and 16 views
+  over 180 degrees, 1 % noise; PSNR and SSIM on [-1000, 1000] HU.
+* MR: ``mri.sense`` with 8 synthetic birdcage coils (real image), random 1D masks at 4x
+  and 8x with an 8 % centre, 0.5 % noise, 256 x 256 slices of the whole field of view;
+  PSNR and SSIM on each reference slice's [min, max].
+
+Methods (``medrecon.reconstruct``, the pipeline a user runs; ``--methods``):
+``classical`` (FBP / zero-filled), ``sense`` (MR), ``tv-train`` (TV whose weight is chosen
+from a grid on slices of the prior's *training* series, never on the evaluated one),
+``tv`` (the package default: weight chosen per study by cross-validation on held-out views or
+lines), ``dds`` (the prior's recommended settings), ``dds-tv`` (DDS started from the TV
+reconstruction at ``t_start``), ``dps``, ``reddiff``.  For each evaluated series the
+prior-fit score the engine records with a diffusion run is reported
+(:mod:`medrecon.engine.prior_fit`).
+
+Slices: ``--slices K`` per series, spread over the slices whose body fraction is at least
+half the series' largest (CT: pixels above -500 HU; MR: above 10 % of the 99th percentile),
+so that near-empty end slices are not evaluated.
+
+Usage::
+
+    .venv/bin/python benchmarks/generalization.py --modality ct                 # shipped prior, CPU form
+    .venv/bin/python benchmarks/generalization.py --modality mr --accels 4 8
+    .venv/bin/python benchmarks/generalization.py --modality ct --loso --device cuda \\
+        --train-steps 20000 --train-channels small --slices 8          # the full protocol (GPU)
+    .venv/bin/python benchmarks/generalization.py --quick               # smoke run (test suite)
+
+Writes ``benchmarks/results/generalization_{ct,mr}.json`` (command, commit, settings,
+per-slice numbers, means) and prints the markdown table of docs/quality.md.  Skips with a
+message (exit 0) when the data folder is absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+DATA_ROOT = Path(os.environ.get("MEDRECON_DATA", "/work/shared/data"))
+RESULTS = ROOT / "benchmarks" / "results"
+
+#: name -> modality, path under the data root, role (train: may train a shipped prior;
+#: eval: evaluation only, never trained on), HU offset to add (uncalibrated CT numbers)
+SERIES = {
+    "ct-pancreas": ("ct", "ct-pancreas-tcia", "train", 0.0),
+    "ct-abdomen-ts": ("ct", "ct-mr-body-totalsegmentator/example_ct.nii.gz", "train", 0.0),
+    "ct-upper-abdomen-ts": ("ct", "ct-mr-body-totalsegmentator/example_ct_dicom", "train", 0.0),
+    "ct-chest-4dct": ("ct", "ct-chest-4dct-itkelastix/chest_4dct_phase00_hu.nii.gz", "train", 0.0),
+    "ct-head-headsq": ("ct", "ct-head-vtk-headsq/headsq_quarter_raw.nii.gz", "eval", -1024.0),
+    "ct-chest-cta": ("ct", "ct-chest-cta-totalsegmentator/chest_cta_cropped.nii.gz", "eval", 0.0),
+    "mr-t1-mprage": ("mr", "mr-t1-mprage-niivue", "train", 0.0),
+    "mr-head-seg3d": ("mr", "mr-head-volrenderdata/seg3D_MR.nii.gz", "train", 0.0),
+    "mr-stroke-t1": ("mr", "mr-head-volrenderdata/stroke_T1.nii.gz", "train", 0.0),
+    "mr-cardiac-lge": ("mr", "mr-cardiac-lge-seg3d/example_dicom_mr.nii.gz", "train", 0.0),
+    "mr-brain-tumor-1": ("mr", "mr-brain-tumor-pyradiomics/brain1_image.nii.gz", "train", 0.0),
+    "mr-brain-tumor-2": ("mr", "mr-brain-tumor-pyradiomics/brain2_image.nii.gz", "train", 0.0),
+    "mr-abdomen-ts": ("mr", "ct-mr-body-totalsegmentator/example_mr_sm.nii.gz", "train", 0.0),
+    "mr-brain-t2": ("mr", "mr-brain-t2-niivue/T2w.nii.gz", "eval", 0.0),
+}
+CT_WINDOW = (-1000.0, 1000.0)
+TV_GRID = {"ct": (1.0, 2.5, 5.0, 10.0, 20.0), "mr": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)}
+STEPS = {"tv-train": 300, "tv": 300, "dds": 50, "dds-tv": 50, "dps": 200, "reddiff": 50}
+
+
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except Exception:  # noqa: BLE001
+        return None
+
+
+# ----------------------------------------------------------------------------- data
+_CACHE: dict = {}
+
+
+def series_stack(name: str, size: int, pixel_mm: float | None):
+    """The series as a float32 (N, size, size) stack in physical units (HU offset applied)."""
+    import numpy as np
+
+    from medrecon.priors.data import stack_from_volume
+
+    key = (name, size, pixel_mm)
+    if key not in _CACHE:
+        mod, rel, _, off = SERIES[name]
+        st = stack_from_volume(DATA_ROOT / rel, size, mod, pixel_mm)
+        _CACHE[key] = (np.asarray(st.data, np.float32) + np.float32(off), float(st.pixel_size_mm))
+    return _CACHE[key]
+
+
+def body_slices(data, modality: str, k: int, allowed=None) -> list[int]:
+    """``k`` slice indices spread over the slices with a body fraction >= half the largest."""
+    import numpy as np
+
+    if modality == "ct":
+        frac = (data > -500).mean((1, 2))
+    else:
+        frac = (data > 0.1 * np.percentile(data, 99)).mean((1, 2))
+    ok = np.flatnonzero(frac >= 0.5 * frac.max())
+    if allowed is not None:
+        ok = np.intersect1d(ok, np.asarray(list(allowed)))
+    if ok.size == 0:
+        return []
+    pos = np.linspace(0, ok.size - 1, k + 2)[1:-1] if ok.size > k else np.arange(ok.size)
+    return sorted({int(ok[int(round(p))]) for p in pos})
+
+
+def training_series(prior) -> list[str]:
+    """Series names a prior trained on: ``provenance.series`` or matched in ``provenance.data``."""
+    prov = (prior.config or {}).get("provenance", {}) or {}
+    if prov.get("series"):
+        return list(prov["series"])
+    text = json.dumps(prov.get("data", ""))
+    return [n for n, (_, rel, _, _) in SERIES.items() if rel.split("/")[0] in text and
+            (len(rel.split("/")) == 1 or rel.split("/")[1] in text)]
+
+
+# ----------------------------------------------------------------------------- measurement
+def measure(modality: str, x, pixel_mm: float, setting: int, noise: float, seed: int):
+    """A :class:`medrecon.Measurement` of the slices ``x`` (views or acceleration ``setting``)."""
+    import numpy as np
+
+    import medrecon
+
+    vol = medrecon.Volume(np.ascontiguousarray(x, np.float32), np.diag([pixel_mm, pixel_mm, 1.0, 1.0]),
+                          {"modality": modality.upper(), "units": "HU" if modality == "ct" else "arbitrary"})
+    if modality == "ct":
+        return medrecon.simulate(vol, "ct.parallel", {"n_views": int(setting)}, noise_std=noise,
+                                 relative=True, seed=seed)
+    params = {"coil_maps": {"synthetic": "birdcage", "n_coils": 8}, "real_image": True,
+              "mask": {"kind": "random", "acceleration": int(setting), "center_fraction": 0.08, "seed": seed}}
+    return medrecon.simulate(vol, "mri.sense", params, noise_std=noise, relative=True, seed=seed)
+
+
+def window(modality: str, ref):
+    if modality == "ct":
+        return [CT_WINDOW] * len(ref)
+    return [(float(r.min()), float(r.max())) for r in ref]
+
+
+def score(modality: str, x, ref) -> dict:
+    from medrecon.metrics import psnr_slices, ssim_slices
+
+    p, s = [], []
+    for xi, ri, w in zip(x, ref, window(modality, ref)):
+        p.append(float(psnr_slices(xi[None], ri[None], w)[0]))
+        s.append(float(ssim_slices(xi[None], ri[None], w)[0]))
+    return {"psnr": p, "ssim": s}
+
+
+# ----------------------------------------------------------------------------- methods
+def method_spec(method: str, modality: str, tv_weight=None):
+    """(sampler, params, needs prior) of a method name."""
+    tvkey = "lam" if modality == "ct" else "lam_rel"
+    return {
+        "classical": ("classical", {}, False),
+        "sense": ("sense", {}, False),
+        "tv": ("tv", {}, False),
+        "tv-train": ("tv", {tvkey: tv_weight}, False),
+        "dds": ("dds", {}, True),
+        "dds-tv": ("dds", {"init": "tv", "t_start": T_START}, True),
+        "dps": ("dps", {}, True),
+        "reddiff": ("reddiff", {}, True),
+    }[method]
+
+
+T_START = 0.2
+
+
+def run_method(m, method: str, modality: str, prior, args, tv_weight=None):
+    """Reconstruct the measurement ``m`` with ``method``; returns (x (B, H, W) float32, seconds)."""
+    import numpy as np
+
+    import medrecon
+
+    sampler, params, needs = method_spec(method, modality, tv_weight)
+    steps = args.steps.get(method, STEPS.get(method))
+    if args.quick and steps:
+        steps = min(steps, 5 if needs else 30)
+    t0 = time.perf_counter()
+    vol = medrecon.reconstruct(m, sampler, prior if needs else None, steps=steps, params=params,
+                               device=args.device, batch_size=args.batch, seed=args.seed, progress=False)
+    x = np.asarray(vol.data, np.float32)
+    return x, (time.perf_counter() - t0) / x.shape[0], vol.meta.get("reconstruction", {})
+
+
+def choose_tv_weight(modality: str, train_names: list[str], setting: int, args, log) -> float:
+    """The TV weight with the best mean PSNR on slices of the training series (never the evaluated)."""
+    import numpy as np
+
+    best, table = None, {}
+    cases = []
+    for name in train_names:
+        data, px = series_stack(name, args.size, args.pixel if modality == "ct" else None)
+        z = body_slices(data, modality, 1)
+        if z:
+            cases.append((data[z], px, name))
+    for w in TV_GRID[modality]:
+        vals = []
+        for ref, px, name in cases:
+            m = measure(modality, ref, px, setting, args.noise, args.seed)
+            x, _, _ = run_method(m, "tv-train", modality, None, args, tv_weight=w)
+            vals += score(modality, x, ref)["psnr"]
+        table[w] = float(np.mean(vals)) if vals else float("nan")
+        if best is None or table[w] > table[best]:
+            best = w
+    log(f"  tv-train weight for {setting}: {best} (grid {table} on {[c[2] for c in cases]})")
+    return best
+
+
+# ----------------------------------------------------------------------------- protocol
+def evaluate_series(name: str, prior, z_allowed, settings, methods, args, log, seen=False,
+                    tv_weights=None) -> dict:
+    import numpy as np
+
+    mod = SERIES[name][0]
+    data, px = series_stack(name, args.size, args.pixel if mod == "ct" else None)
+    z = body_slices(data, mod, args.slices, z_allowed)
+    ref = data[z]
+    out = {"series": name, "role": SERIES[name][2], "seen": seen, "slices": z, "pixel_mm": px, "results": {}}
+    for s in settings:
+        res = {}
+        m = measure(mod, ref, px, s, args.noise, args.seed)
+        for meth in methods:
+            if meth == "sense" and mod != "mr":
+                continue
+            x, sec, rec = run_method(m, meth, mod, prior, args, (tv_weights or {}).get(s))
+            res[meth] = {**score(mod, x, ref), "sec_per_slice": sec}
+            if rec.get("prior_fit") and "fit" not in res:  # the engine's check (medrecon.engine.prior_fit)
+                res["fit"] = [rec["prior_fit"]["per_slice"][str(k)] for k in range(len(z))]
+            log(f"  {name} {s}: {meth:9s} PSNR {np.mean(res[meth]['psnr']):6.2f} dB ({sec:.1f} s/slice)")
+        out["results"][str(s)] = res
+    return out
+
+
+def evaluate_prior(prior_name: str, modality: str, settings, methods, args, log) -> dict:
+    import medrecon
+
+    prior = medrecon.load_prior(prior_name, device=args.device)
+    seen = training_series(prior)
+    if args.pixel is None and modality == "ct":
+        args.pixel = float(prior.config.get("pixel_size_mm") or 2.1484375)
+    tv_w = {s: choose_tv_weight(modality, seen, s, args, log) for s in settings} if "tv-train" in methods else {}
+    names = [n for n in SERIES if SERIES[n][0] == modality and (not args.series or n in args.series)]
+    out = []
+    for n in names:
+        hold = (prior.config.get("provenance") or {}).get("holdout_slices_z") if n in seen else None
+        if n in seen and not hold:
+            continue
+        allowed = range(*hold) if n in seen else None
+        log(f"{n} ({'seen, held-out slices' if n in seen else SERIES[n][2]})")
+        out.append(evaluate_series(n, prior, allowed, settings, methods, args, log, seen=n in seen,
+                                   tv_weights=tv_w))
+    return {"prior": prior_name, "trained_on": seen, "tv_train_weights": tv_w, "series": out}
+
+
+def train_loso_prior(train_names: list[str], modality: str, folder: Path, args, log) -> Path:
+    """``medrecon train-prior`` on the given series (stacks prepared under ``folder``)."""
+    from medrecon.priors.data import stack_from_volume, write_stack
+
+    if (folder / "config.json").exists():
+        return folder
+    data_args = []
+    for n in train_names:
+        stack_path = folder.parent / "stacks" / f"{n}.npy"
+        if not stack_path.exists():
+            st = stack_from_volume(DATA_ROOT / SERIES[n][1], args.size, modality,
+                                   args.pixel if modality == "ct" else None)
+            write_stack(st, stack_path)
+        data_args += ["--data", str(stack_path)]
+    cmd = [sys.executable, "-m", "medrecon", "train-prior", *data_args, "--modality", modality,
+           "--output", str(folder), "--steps", str(args.train_steps), "--channels", args.train_channels,
+           "--batch-size", str(args.train_batch), "--device", args.device, "--samples", "0", "--resume"]
+    if args.train_patch:
+        cmd += ["--patch", str(args.train_patch)]
+    if args.train_zoom:
+        cmd += ["--zoom", str(args.train_zoom)]
+    log("  " + shlex.join(cmd))
+    subprocess.run(cmd, check=True)
+    return folder
+
+
+def evaluate_loso(modality: str, settings, methods, args, log) -> dict:
+    work = Path(args.work)
+    train_all = [n for n in SERIES if SERIES[n][0] == modality and SERIES[n][2] == "train"]
+    if args.series:
+        train_all = [n for n in train_all if n in args.series] or train_all
+    if args.pixel is None and modality == "ct":
+        args.pixel = 2.1484375
+    out = []
+    tv_w = {}
+    for left in [*train_all, None]:
+        names = [n for n in train_all if n != left]
+        folder = train_loso_prior(names, modality, work / f"{modality}-without-{left or 'none'}", args, log)
+        import medrecon
+
+        prior = medrecon.load_prior(folder, device=args.device)
+        if "tv-train" in methods:
+            tv_w = {s: choose_tv_weight(modality, names, s, args, log) for s in settings}
+        targets = [left] if left else [n for n in SERIES if SERIES[n][0] == modality and SERIES[n][2] == "eval"]
+        for n in targets:
+            log(f"{n} (left out; prior trained on {names})")
+            r = evaluate_series(n, prior, None, settings, methods, args, log, tv_weights=tv_w)
+            r["trained_on"] = names
+            out.append(r)
+    return {"prior": "leave-one-series-out", "series": out}
+
+
+def summarise(res: dict, methods, settings) -> dict:
+    """Means over the unseen series of each role, per setting and method."""
+    import numpy as np
+
+    summ = {}
+    for s in settings:
+        for group in ("train", "eval"):
+            rows = [r for r in res["series"] if r["role"] == group and not r["seen"]]
+            for meth in methods:
+                v = [np.mean(r["results"][str(s)][meth]["psnr"]) for r in rows if meth in r["results"][str(s)]]
+                if v:
+                    summ.setdefault(str(s), {}).setdefault(group, {})[meth] = float(np.mean(v))
+    return summ
+
+
+def markdown(res: dict, methods, settings, modality: str) -> str:
+    import numpy as np
+
+    unit = "views" if modality == "ct" else "x"
+    names = [r["series"] + (" (seen)" if r["seen"] else "") for r in res["series"]]
+    lines = []
+    for s in settings:
+        lines.append(f"\n{s} {unit}, PSNR dB (SSIM)\n")
+        lines.append("| method | " + " | ".join(names) + " |")
+        lines.append("|---" * (len(names) + 1) + "|")
+        for meth in methods:
+            cells = []
+            for r in res["series"]:
+                d = r["results"][str(s)].get(meth)
+                cells.append("-" if d is None else f"{np.mean(d['psnr']):.2f} ({np.mean(d['ssim']):.3f})")
+            lines.append(f"| {meth} | " + " | ".join(cells) + " |")
+        fits = [r["results"][str(s)].get("fit") for r in res["series"]]
+        if any(fits):
+            lines.append("| prior fit | " + " | ".join("-" if not f else f"{np.median(f):.2f}" for f in fits)
+                         + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--modality", choices=("ct", "mr"), default="ct")
+    ap.add_argument("--prior", default=None, help="prior to evaluate (default: ct-default / mr-default)")
+    ap.add_argument("--loso", action="store_true", help="leave-one-series-out: train a prior per left-out series")
+    ap.add_argument("--series", nargs="*", default=None, help="only these series (names in SERIES)")
+    ap.add_argument("--views", type=int, nargs="*", default=[8, 16])
+    ap.add_argument("--accels", type=int, nargs="*", default=[4, 8])
+    ap.add_argument("--methods", nargs="*", default=None)
+    ap.add_argument("--slices", type=int, default=2, help="slices per series")
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--pixel", type=float, default=None, help="CT pixel size mm (default: the prior's)")
+    ap.add_argument("--noise", type=float, default=None, help="relative noise (default 0.01 CT, 0.005 MR)")
+    ap.add_argument("--steps", nargs="*", default=[], help="per-method steps, e.g. dds=50 dps=200")
+    ap.add_argument("--t-start", type=float, default=0.2, help="dds-tv: the noise level to start from")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--work", default=str(ROOT / ".cache" / "generalization"), help="--loso: priors and stacks")
+    ap.add_argument("--train-steps", type=int, default=20000)
+    ap.add_argument("--train-channels", default="small")
+    ap.add_argument("--train-batch", type=int, default=32)
+    ap.add_argument("--train-patch", type=int, default=None)
+    ap.add_argument("--train-zoom", type=float, default=0.3)
+    ap.add_argument("--quick", action="store_true", help="smoke run: 64 x 64, 1 slice, 2 series, few steps")
+    ap.add_argument("--output", default=None, help="JSON to write (default: benchmarks/results/generalization_MOD.json)")
+    args = ap.parse_args(argv)
+    global T_START
+    T_START = args.t_start
+    args.steps = {k: int(v) for k, v in (s.split("=") for s in args.steps)}
+    mod = args.modality
+    if not DATA_ROOT.exists():
+        print(f"generalization: {DATA_ROOT} is absent; nothing to measure")
+        return 0
+    settings = args.views if mod == "ct" else args.accels
+    if args.noise is None:
+        args.noise = 0.01 if mod == "ct" else 0.005
+    methods = args.methods or (["classical", "tv-train", "tv", "dds", "dds-tv"] if mod == "ct"
+                               else ["classical", "sense", "tv-train", "tv", "dds", "dds-tv"])
+    if args.quick:
+        args.size, args.slices = 64, 1
+        args.series = args.series or [n for n in SERIES if SERIES[n][0] == mod][-2:]
+        settings = settings[:1]
+        if mod == "ct" and args.pixel is None:
+            args.pixel = 2.1484375 * 4
+
+    def log(msg):
+        print(msg, flush=True)
+
+    t0 = time.time()
+    if args.loso:
+        res = evaluate_loso(mod, settings, methods, args, log)
+    else:
+        res = evaluate_prior(args.prior or f"{mod}-default", mod, settings, methods, args, log)
+    res.update({
+        "command": "python benchmarks/generalization.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "commit": git_commit(), "modality": mod, "settings": settings, "methods": methods,
+        "noise_rel": args.noise, "slices_per_series": args.slices, "size": args.size, "device": args.device,
+        "t_start": T_START, "seconds": round(time.time() - t0, 1),
+        "summary": summarise(res, methods, settings),
+    })
+    table = markdown(res, methods, settings, mod)
+    res["markdown"] = table
+    out = Path(args.output) if args.output else RESULTS / f"generalization_{mod}.json"
+    if not args.quick or args.output:
+        from medrecon.io.atomic import atomic_file
+
+        with atomic_file(out, overwrite=True) as tmp:
+            tmp.write_text(json.dumps(res, indent=1))
+        log(f"wrote {out}")
+    print(table)
+    print(json.dumps(res["summary"], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
