@@ -41,6 +41,9 @@ Usage::
     .venv/bin/python benchmarks/generalization.py --modality ct --loso --device cuda \\
         --train-steps 20000 --train-channels small --slices 8          # the full protocol (GPU)
     .venv/bin/python benchmarks/generalization.py --quick               # smoke run (test suite)
+    .venv/bin/python benchmarks/generalization.py --modality ct --write-stacks .gpu/gen-ct
+                                     # float16 stacks to carry to a GPU machine (then --stacks .gpu/gen-ct;
+                                     # benchmarks/gpu.sh runs the protocol and trains the v2 priors there)
 
 Writes ``benchmarks/results/generalization_{ct,mr}.json`` (command, commit, settings,
 per-slice numbers, means) and prints the markdown table of docs/quality.md.  Skips with a
@@ -64,6 +67,7 @@ sys.path.insert(0, str(ROOT))
 
 DATA_ROOT = Path(os.environ.get("MEDRECON_DATA", "/work/shared/data"))
 RESULTS = ROOT / "benchmarks" / "results"
+STACKS = None  # --stacks: read the series from float16 stacks instead of DATA_ROOT
 
 #: name -> modality, path under the data root, role (train: may train a shipped prior;
 #: eval: evaluation only, never trained on), HU offset to add (uncalibrated CT numbers)
@@ -109,9 +113,37 @@ def series_stack(name: str, size: int, pixel_mm: float | None):
     key = (name, size, pixel_mm)
     if key not in _CACHE:
         mod, rel, _, off = SERIES[name]
-        st = stack_from_volume(DATA_ROOT / rel, size, mod, pixel_mm)
+        if STACKS is not None:  # float16 stacks written by --write-stacks (a machine without the data)
+            from medrecon.priors.data import read_stack, resize_stack
+
+            st = read_stack(Path(STACKS) / f"{name}.npy")
+            if st.data.shape[-1] != size:
+                st = resize_stack(st, size)
+            off = 0.0  # applied when the stack was written
+        else:
+            st = stack_from_volume(DATA_ROOT / rel, size, mod, pixel_mm)
         _CACHE[key] = (np.asarray(st.data, np.float32) + np.float32(off), float(st.pixel_size_mm))
     return _CACHE[key]
+
+
+def write_stacks(modality: str, folder: Path, size: int, pixel_mm: float | None, max_slices: int) -> list[Path]:
+    """Every series of ``modality`` as a float16 stack ``folder/NAME.npy`` (at most ``max_slices``
+    slices, evenly spaced; HU offsets applied) to carry to a machine without the data."""
+    import numpy as np
+
+    from medrecon.priors.data import SliceStack, stack_from_volume, write_stack
+
+    out = []
+    for name, (mod, rel, _, off) in SERIES.items():
+        if mod != modality:
+            continue
+        st = stack_from_volume(DATA_ROOT / rel, size, mod, pixel_mm if mod == "ct" else None)
+        keep = np.unique(np.linspace(0, len(st.data) - 1, min(max_slices, len(st.data))).round().astype(int))
+        meta = dict(st.meta, z_indices=[st.meta["z_indices"][i] for i in keep], series=name)
+        sub = SliceStack(st.data[keep] + np.float32(off), st.modality, st.pixel_size_mm,
+                         st.lo[keep] + off, st.hi[keep] + off, meta)
+        out.append(write_stack(sub, folder / f"{name}.npy"))
+    return out
 
 
 def body_slices(data, modality: str, k: int, allowed=None) -> list[int]:
@@ -288,15 +320,17 @@ def train_loso_prior(train_names: list[str], modality: str, folder: Path, args, 
         return folder
     data_args = []
     for n in train_names:
-        stack_path = folder.parent / "stacks" / f"{n}.npy"
+        stack_path = (Path(STACKS) if STACKS else folder.parent / "stacks") / f"{n}.npy"
         if not stack_path.exists():
             st = stack_from_volume(DATA_ROOT / SERIES[n][1], args.size, modality,
                                    args.pixel if modality == "ct" else None)
             write_stack(st, stack_path)
         data_args += ["--data", str(stack_path)]
-    cmd = [sys.executable, "-m", "medrecon", "train-prior", *data_args, "--modality", modality,
+    cmd = [sys.executable, "-m", "medrecon.priors.train", *data_args, "--modality", modality,
            "--output", str(folder), "--steps", str(args.train_steps), "--channels", args.train_channels,
-           "--batch-size", str(args.train_batch), "--device", args.device, "--samples", "0", "--resume"]
+           "--batch-size", str(args.train_batch), "--device", args.device, "--samples", "0"]
+    if (folder / "checkpoint").exists():  # an interrupted run of this prior
+        cmd.append("--resume")
     if args.train_patch:
         cmd += ["--patch", str(args.train_patch)]
     if args.train_zoom:
@@ -323,7 +357,8 @@ def evaluate_loso(modality: str, settings, methods, args, log) -> dict:
         prior = medrecon.load_prior(folder, device=args.device)
         if "tv-train" in methods:
             tv_w = {s: choose_tv_weight(modality, names, s, args, log) for s in settings}
-        targets = [left] if left else [n for n in SERIES if SERIES[n][0] == modality and SERIES[n][2] == "eval"]
+        targets = [left] if left else [n for n in SERIES if SERIES[n][0] == modality and SERIES[n][2] == "eval"
+                                       and (not args.series or n in args.series)]
         for n in targets:
             log(f"{n} (left out; prior trained on {names})")
             r = evaluate_series(n, prior, None, settings, methods, args, log, tv_weights=tv_w)
@@ -394,14 +429,23 @@ def main(argv=None) -> int:
     ap.add_argument("--train-batch", type=int, default=32)
     ap.add_argument("--train-patch", type=int, default=None)
     ap.add_argument("--train-zoom", type=float, default=0.3)
+    ap.add_argument("--stacks", default=None, help="read the series from float16 stacks in this folder")
+    ap.add_argument("--write-stacks", default=None, metavar="DIR",
+                    help="only write every series of --modality as a float16 stack into DIR (to carry to a GPU)")
+    ap.add_argument("--stack-slices", type=int, default=64, help="--write-stacks: slices per series (evenly spaced)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 64 x 64, 1 slice, 2 series, few steps")
     ap.add_argument("--output", default=None, help="JSON to write (default: benchmarks/results/generalization_MOD.json)")
     args = ap.parse_args(argv)
-    global T_START
-    T_START = args.t_start
+    global T_START, STACKS
+    T_START, STACKS = args.t_start, args.stacks
     args.steps = {k: int(v) for k, v in (s.split("=") for s in args.steps)}
     mod = args.modality
-    if not DATA_ROOT.exists():
+    if args.write_stacks:
+        paths = write_stacks(mod, Path(args.write_stacks), args.size, args.pixel or (2.1484375 if mod == "ct" else None),
+                             args.stack_slices)
+        print("\n".join(f"{p} {p.stat().st_size / 2**20:.1f} MiB" for p in paths))
+        return 0
+    if not DATA_ROOT.exists() and not STACKS:
         print(f"generalization: {DATA_ROOT} is absent; nothing to measure")
         return 0
     settings = args.views if mod == "ct" else args.accels
@@ -411,7 +455,12 @@ def main(argv=None) -> int:
                                else ["classical", "sense", "tv-train", "tv", "dds", "dds-tv"])
     if args.quick:
         args.size, args.slices = 64, 1
-        args.series = args.series or [n for n in SERIES if SERIES[n][0] == mod][-2:]
+        ours = [n for n in SERIES if SERIES[n][0] == mod]
+        if args.loso:  # three training series (three left-out priors) and one evaluation-only series
+            args.series = args.series or [n for n in ours if SERIES[n][2] == "train"][1:4] + \
+                [n for n in ours if SERIES[n][2] == "eval"][:1]
+            args.train_steps, args.train_channels, args.train_batch = 30, "tiny", 8
+        args.series = args.series or ours[-2:]
         settings = settings[:1]
         if mod == "ct" and args.pixel is None:
             args.pixel = 2.1484375 * 4

@@ -485,6 +485,9 @@ def evaluate(recon, reference, *, window=None, classical=None, json_path=None, p
         if cl_v.shape != ref_v.shape:
             raise InputError(f"classical reconstruction shape {cl_v.shape} differs from reference shape {ref_v.shape}")
         out["classical"] = compare(cl_v.data, ref_v.data, (lo, hi))
+    fit = ((rec_v.meta or {}).get("reconstruction") or {}).get("prior_fit")
+    if fit:  # recorded by the engine (medrecon.engine.prior_fit): how familiar the study was to the prior
+        out["prior_fit"] = {k: fit.get(k) for k in ("score", "warn_above", "warned", "reference")}
     if png is not None:
         from medrecon.figures import comparison_figure
 

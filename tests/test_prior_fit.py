@@ -224,3 +224,31 @@ def test_reconstruct_records_the_prior_fit_and_warns_on_unfamiliar_data(trained)
     # a prior-free sampler is not scored
     tv = medrecon.reconstruct(_measure(_disks(1)), "tv", progress=False)
     assert "prior_fit" not in tv.meta["reconstruction"]
+
+
+def test_cli_reconstruct_warns_and_evaluate_reports_the_fit(trained, tmp_path):
+    """Real CLI processes: a study unlike the prior's data prints the warning as one line, the
+    output records the fit, and ``medrecon evaluate`` reports it."""
+    import subprocess
+    import sys
+
+    import medrecon
+
+    images = _checkerboard(2)
+    m = _measure(images)
+    medrecon.save_measurement(m, tmp_path / "m.h5")
+    medrecon.save_volume(medrecon.Volume(images, np.diag([2.0, 2.0, 2.0, 1.0]), {"modality": "CT", "units": "HU"}),
+                         tmp_path / "ref.nii.gz")
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "medrecon.cli.main", *map(str, args)], capture_output=True,
+                              text=True, timeout=300)
+
+    p = cli("reconstruct", tmp_path / "m.h5", "--sampler", "dds", "--prior", trained[0], "--steps", 3,
+            "-o", tmp_path / "r.nii.gz")
+    assert p.returncode == 0, p.stderr
+    assert "unlike the data the prior was trained on" in p.stderr and "Traceback" not in p.stderr
+    p = cli("evaluate", tmp_path / "r.nii.gz", "--reference", tmp_path / "ref.nii.gz")
+    assert p.returncode == 0, p.stderr
+    line = [ln for ln in p.stdout.splitlines() if ln.startswith("prior fit:")]
+    assert line and float(line[0].split()[2]) > FIT_WARN

@@ -98,3 +98,41 @@ def test_quality_mr_raw_quick(tmp_path):
     assert case["coil_method"] == "espirit" and ours["sense"]["auto_tuned"]["param"] == "lam"
     assert ours["sense"]["psnr"] > ours["zf"]["psnr"] + 1
     assert ours["sense"]["psnr"] > sigpy["sense"]["psnr"] - 1.0
+
+
+def _generalization(tmp_path, *args):
+    js = tmp_path / "g.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "generalization.py"), "--quick", *args,
+                        "--output", str(js)], capture_output=True, text=True, timeout=900, cwd=ROOT,
+                       env={**__import__("os").environ, "MEDRECON_DATA": str(DATA.parent), "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    return json.loads(js.read_text()), r.stdout
+
+
+@pytest.mark.skipif(not (DATA.parent / "ct-head-vtk-headsq").exists(), reason="needs the evaluation CT series")
+def test_generalization_quick_evaluates_the_shipped_prior_on_series_it_never_saw(tmp_path):
+    """The patient-level protocol, short form: ct-default on two evaluation-only series (64 x 64, 5 steps)."""
+    out, stdout = _generalization(tmp_path, "--methods", "classical", "tv-train", "tv", "dds")
+    assert out["trained_on"] == ["ct-pancreas"]
+    names = [r["series"] for r in out["series"]]
+    assert names and "ct-pancreas" not in names and all(r["role"] == "eval" for r in out["series"])
+    for r in out["series"]:
+        res = r["results"]["8"]
+        assert set(res) >= {"classical", "tv-train", "tv", "dds", "fit"}
+        assert all(0 < v < 80 for m in ("classical", "tv", "dds") for v in res[m]["psnr"])
+        assert res["tv"]["psnr"][0] > res["classical"]["psnr"][0]  # TV beats FBP at 8 views
+        assert len(res["fit"]) == 1 and res["fit"][0] > 0
+    assert out["tv_train_weights"]["8"] in (1.0, 2.5, 5.0, 10.0, 20.0)
+    assert "| dds |" in out["markdown"] and "| prior fit |" in stdout
+
+
+@pytest.mark.skipif(not (DATA.parent / "ct-head-vtk-headsq").exists(), reason="needs the CT series")
+def test_generalization_quick_leave_one_series_out(tmp_path):
+    """LOSO, short form: a tiny prior trained (30 steps) per left-out series, never on that series."""
+    out, _ = _generalization(tmp_path, "--loso", "--work", str(tmp_path / "work"), "--methods", "classical", "dds")
+    left = [r for r in out["series"] if r["role"] == "train"]
+    assert len(left) == 3 and all(r["series"] not in r["trained_on"] for r in left)
+    ev = [r for r in out["series"] if r["role"] == "eval"]
+    assert ev and all(len(r["trained_on"]) == 3 for r in ev)
+    for r in left:
+        assert (tmp_path / "work" / f"ct-without-{r['series']}" / "config.json").exists()

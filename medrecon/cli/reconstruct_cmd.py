@@ -109,6 +109,9 @@ def register(app: typer.Typer) -> None:
         no_recommended: bool = typer.Option(False, "--no-recommended",
                                             help="Ignore the settings the prior recommends for the sampler (its "
                                                  "config's 'recommended' section); use the sampler's defaults."),
+        prior_scale: str = typer.Option("auto", "--prior-scale",
+                                        help="auto: run the prior at its own pixel size when the data's pixels are "
+                                             ">= 1.25x finer (detail from the data); native: at the data's grid."),
         resume: bool = typer.Option(False, "--resume", help="Continue a killed run from OUT.partial/."),
         like: Path = typer.Option(None, "--like", help="DICOM folder whose patient/study tags a DICOM output keeps."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
@@ -159,7 +162,7 @@ def register(app: typer.Typer) -> None:
                         overwrite=overwrite,
                         like=str(like) if like is not None else None, num_parts=num_parts, part_id=part_id,
                         samples=samples, antithetic=antithetic, draw_batch=draw_batch,
-                        recommended=not no_recommended, _stop_after=stop_after,
+                        recommended=not no_recommended, prior_scale=prior_scale, _stop_after=stop_after,
                     )
             except KeyboardInterrupt:
                 typer.echo(f"medrecon: interrupted; finished slices are kept in {partial_path(output)}; "
@@ -346,6 +349,10 @@ def _evaluate_reference(recon, reference, win, classical, json_out, png) -> None
     if "classical" in res:
         c = res["classical"]
         typer.echo(f"classical:      PSNR {fmt(c['psnr'])} dB, SSIM {c['ssim']:.4f}")
+    if res.get("prior_fit"):
+        f = res["prior_fit"]
+        typer.echo(f"prior fit:      {f['score']:.2f} (recorded by the reconstruction; above {f['warn_above']:g} "
+                   "the study was unlike the prior's training data)")
     n = len(res["psnr_per_slice"])
     if 1 < n <= 16:
         for k, (p, s) in enumerate(zip(res["psnr_per_slice"], res["ssim_per_slice"], strict=True)):

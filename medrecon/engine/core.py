@@ -354,10 +354,35 @@ def _check_measurement(m, op, volume_mode_3d: bool) -> None:
                              f"volume slices are {tuple(vshape[1:])}")
 
 
-def check_prior_fit(prior, m, op) -> list[str]:
+def _pixel_size(m) -> float | None:
+    """The measurement's in-plane pixel size in mm (geometric mean of the two axes), or None."""
+    aff = np.asarray(m.affine, dtype=np.float64)
+    dx, dy = float(np.linalg.norm(aff[:3, 0])), float(np.linalg.norm(aff[:3, 1]))
+    return math.sqrt(dx * dy) if dx > 0 and dy > 0 else None
+
+
+def _prior_scale(prior, m, mode: str) -> dict | None:
+    """``prior_scale="auto"``: the rescaling (:class:`medrecon.priors.rescaled.RescaledPrior`) when the
+    data's pixels are at least ``MIN_FACTOR`` times finer than the prior's ``pixel_size_mm``; None
+    otherwise (and always for ``"native"``)."""
+    from medrecon.priors.rescaled import MIN_FACTOR
+
+    if mode not in ("auto", "native"):
+        raise InputError(f"prior_scale must be 'auto' or 'native', got {mode!r}")
+    cfg = getattr(prior, "config", None)
+    train_px = cfg.get("pixel_size_mm") if isinstance(cfg, dict) else None
+    px = _pixel_size(m)
+    if mode == "native" or not (px and train_px) or float(train_px) / px < MIN_FACTOR:
+        return None
+    return {"factor": round(float(train_px) / px, 6), "data_pixel_mm": round(px, 6),
+            "prior_pixel_mm": float(train_px)}
+
+
+def check_prior_fit(prior, m, op, rescaled: bool = False) -> list[str]:
     """Warn (:class:`PriorMismatchWarning`) when the grid or pixel size is far from the prior's training.
 
-    Pixel size: more than 25% off the config's ``pixel_size_mm``.  Grid: the slice is more
+    Pixel size: more than 25% off the config's ``pixel_size_mm`` (not when the prior is
+    ``rescaled`` to the data's finer grid).  Grid: the slice is more
     than 2x larger or smaller than the config's ``image_size`` (skipped for priors trained on
     patches, ``training.patch``, which apply to any larger grid by design).
     Returns the warning sentences.
@@ -367,10 +392,10 @@ def check_prior_fit(prior, m, op) -> list[str]:
         return []
     msgs = []
     dshape = tuple(op.domain_shape)[-2:]
-    aff = np.asarray(m.affine, dtype=np.float64)
-    dx, dy = float(np.linalg.norm(aff[:3, 0])), float(np.linalg.norm(aff[:3, 1]))
-    px = math.sqrt(dx * dy) if dx > 0 and dy > 0 else None
+    px = _pixel_size(m)
     train_px = cfg.get("pixel_size_mm")
+    if rescaled:
+        return msgs
     if px and train_px and abs(math.log(px / float(train_px))) > math.log1p(0.25):
         msgs.append(f"pixel size {px:.3g} mm is far from the prior's training pixel size {float(train_px):.3g} mm; "
                     "resample the data or expect a weaker prior")
@@ -438,8 +463,12 @@ def _prior_copy(prior, dev, amp: bool, share: bool):
     """The prior for one worker: its own copy on ``dev`` (the original is never modified)."""
     import torch
 
+    from medrecon.priors.rescaled import RescaledPrior
+
     if prior is None:
         return None
+    if isinstance(prior, RescaledPrior):  # the wrapped prior is what holds weights and settings
+        return RescaledPrior(_prior_copy(prior.base, dev, amp, _same_device(prior.base, dev)), prior.factor)
     if isinstance(prior, torch.nn.Module):
         p = copy.copy(prior) if share else copy.deepcopy(prior)
         if not share:
@@ -660,6 +689,7 @@ def reconstruct(
     antithetic: bool = False,
     draw_batch: int = 1,
     recommended: bool = True,
+    prior_scale: str = "auto",
     _stop_after: int | None = None,
     _stop_after_steps: int | None = None,
 ):
@@ -742,6 +772,13 @@ def reconstruct(
         the parameters ``params`` does not set, and its step count when ``steps`` is None.  Only
         for a sampler given by name.  What was applied is logged (logger ``medrecon``) and kept
         in ``vol.meta["reconstruction"]["recommended"]``.  False: the sampler's own defaults.
+    prior_scale : {"auto", "native"}
+        ``"auto"``: when the data's pixels are at least 1.25x finer than the prior's
+        ``pixel_size_mm`` (e.g. a 512 x 512 CT at 0.5 mm and a 2.1 mm prior), the prior runs at
+        its own scale (:class:`medrecon.priors.rescaled.RescaledPrior`: the network sees the
+        image downsampled to its pixel size, finer detail comes from the data) and
+        ``vol.meta["reconstruction"]["prior_scale"]`` records the factor.  ``"native"``: the
+        network sees the data's grid as it is (a pixel-size warning is issued).
 
     Returns
     -------
@@ -811,8 +848,14 @@ def reconstruct(
     if output is not None:
         for name in comps[1:]:
             check_target(component_path(out_path, name), overwrite)
+    scale = None
     if prior_obj is not None:
-        check_prior_fit(prior_obj, m, op)
+        scale = _prior_scale(prior_obj, m, prior_scale)
+        if scale is not None:  # run the prior at its own pixel size (medrecon.priors.rescaled)
+            from medrecon.priors.rescaled import RescaledPrior
+
+            prior_obj = RescaledPrior(prior_obj, scale["factor"])
+        check_prior_fit(prior_obj, m, op, rescaled=scale is not None)
         prior_obj = _bind_intensity(prior_obj, m, op, devs[0], batch_size)
 
     eff_steps = int(steps) if steps is not None else getattr(smp, "default_steps", None)
@@ -821,6 +864,8 @@ def reconstruct(
     if comps:  # each slice holds every component: (n_components, Y, X)
         slice_shape = (len(comps), *slice_shape)
     settings = run_settings(m, smp, prior_obj, eff_steps, seed, amp)
+    if scale is not None:  # (absent at the prior's own scale: earlier checkpoints stay valid)
+        settings["prior_scale"] = scale
     if samples > 1:  # (absent for one draw: checkpoints of earlier versions stay valid)
         settings["samples"] = samples
     if antithetic:
@@ -927,6 +972,8 @@ def _run(m, op, smp, prior_obj, prior_name, devs, batch_size, eff_steps, seed, a
         meta["reconstruction"]["antithetic"] = True
     if rec is not None:
         meta["reconstruction"]["recommended"] = rec.as_meta()
+    if settings.get("prior_scale"):  # the prior ran at its own pixel size (medrecon.priors.rescaled)
+        meta["reconstruction"]["prior_scale"] = settings["prior_scale"]
     if records.get("auto_tuned"):  # weights chosen per slice from the data (resumed slices are not listed)
         meta["reconstruction"]["auto_tuned"] = records["auto_tuned"]
     if records.get("prior_fit"):
