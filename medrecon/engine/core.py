@@ -587,11 +587,11 @@ def _to_image(x, what: str) -> np.ndarray:
 _TUNING_LOCK = threading.Lock()
 
 
-def _scores_fit(smp, prior, volume_mode) -> bool:
+def _scores_fit(smp, prior, op, volume_mode) -> bool:
     """Whether the run checks the prior's fit to the study (:mod:`medrecon.engine.prior_fit`): a
     per-slice diffusion sampler with a prior whose config holds a fit reference or a validation loss."""
-    if volume_mode or prior is None or not getattr(smp, "needs_prior", False):
-        return False
+    if volume_mode or prior is None or not getattr(smp, "needs_prior", False) or component_names(op):
+        return False  # (an operator with image components, e.g. tissue + haze, has no single image to score)
     cfg = getattr(prior, "config", None) or {}
     return bool(cfg.get("fit_reference") or (cfg.get("training") or {}).get("final_val_loss"))
 
@@ -920,7 +920,7 @@ def _run(m, op, smp, prior_obj, prior_name, devs, batch_size, eff_steps, seed, a
     todo = [k for k in wanted if k not in done]
 
     t0 = time.perf_counter()
-    records: dict = {"prior_fit": {}} if _scores_fit(smp, prior_obj, volume_mode) else {}
+    records: dict = {"prior_fit": {}} if _scores_fit(smp, prior_obj, op, volume_mode) else {}
     if todo:
         n_resumed = len(wanted) - len(todo)
         label = f"{smp.name}" + (f" ({n_resumed} resumed)" if n_resumed else "")
