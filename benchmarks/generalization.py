@@ -65,6 +65,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.quality import git_commit  # noqa: E402  (one home for the run's commit)
+
 DATA_ROOT = Path(os.environ.get("MEDRECON_DATA", "/work/shared/data"))
 RESULTS = ROOT / "benchmarks" / "results"
 STACKS = None  # --stacks: read the series from float16 stacks instead of DATA_ROOT
@@ -90,14 +92,6 @@ SERIES = {
 CT_WINDOW = (-1000.0, 1000.0)
 TV_GRID = {"ct": (1.0, 2.5, 5.0, 10.0, 20.0), "mr": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)}
 STEPS = {"tv-train": 300, "tv": 300, "dds": 50, "dds-tv": 50, "dps": 200, "reddiff": 50}
-
-
-def git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except Exception:  # noqa: BLE001
-        return None
 
 
 # ----------------------------------------------------------------------------- data
@@ -200,7 +194,7 @@ def score(modality: str, x, ref) -> dict:
     from medrecon.metrics import psnr_slices, ssim_slices
 
     p, s = [], []
-    for xi, ri, w in zip(x, ref, window(modality, ref)):
+    for xi, ri, w in zip(x, ref, window(modality, ref), strict=True):
         p.append(float(psnr_slices(xi[None], ri[None], w)[0]))
         s.append(float(ssim_slices(xi[None], ri[None], w)[0]))
     return {"psnr": p, "ssim": s}
@@ -255,7 +249,7 @@ def choose_tv_weight(modality: str, train_names: list[str], setting: int, args, 
             cases.append((data[z], px, name))
     for w in TV_GRID[modality]:
         vals = []
-        for ref, px, name in cases:
+        for ref, px, _name in cases:
             m = measure(modality, ref, px, setting, args.noise, args.seed)
             x, _, _ = run_method(m, "tv-train", modality, None, args, tv_weight=w)
             vals += score(modality, x, ref)["psnr"]
@@ -475,7 +469,7 @@ def main(argv=None) -> int:
         res = evaluate_prior(args.prior or f"{mod}-default", mod, settings, methods, args, log)
     res.update({
         "command": "python benchmarks/generalization.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "commit": git_commit(), "modality": mod, "settings": settings, "methods": methods,
         "noise_rel": args.noise, "slices_per_series": args.slices, "size": args.size, "device": args.device,
         "t_start": T_START, "seconds": round(time.time() - t0, 1),

@@ -45,7 +45,7 @@ def score_batch(prior, y, operator, idx, record: dict) -> None:
     fit = fit_score(prior, x.detach().float().cpu().numpy())
     with _LOCK:
         record.setdefault("reference", fit.reference)
-        record.setdefault("per_slice", {}).update({str(k): round(float(v), 4) for k, v in zip(idx, fit.per_slice)})
+        record.setdefault("per_slice", {}).update({str(k): round(float(v), 4) for k, v in zip(idx, fit.per_slice, strict=True)})
 
 
 def summarise(record: dict) -> dict | None:

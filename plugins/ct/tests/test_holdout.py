@@ -25,7 +25,7 @@ def test_folds_partition_the_views_and_each_fit_operator_is_exact(name):
     assert sorted(sum(held_views, [])) == list(range(10))  # disjoint, covering every view
     assert all(len(v) >= 3 for v in held_views)  # 10 views dealt into 3 folds
     g = torch.Generator().manual_seed(0)
-    for (fit, held), views in zip(folds, held_views):
+    for (fit, _held), views in zip(folds, held_views, strict=True):
         x = torch.randn(2, 24, 24, generator=g, dtype=torch.float64)
         y = torch.randn(2, *A.range_shape, generator=g, dtype=torch.float64)
         fx = fit(x)
@@ -40,7 +40,7 @@ def test_folds_are_deterministic_spread_and_refused_when_too_few_views():
     A = medrecon.get_operator("ct.parallel", shape=16, n_views=8)
     a = [h for _, h in A.holdout_folds(4, seed=3)]
     b = [h for _, h in A.holdout_folds(4, seed=3)]
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     for h in a:  # each fold holds out one of every run of 4 consecutive views: spread over the arc
         v = torch.nonzero(h.any(-1)).flatten().tolist()
         assert v[0] < 4 <= v[1]
