@@ -199,3 +199,24 @@ def test_prepare_and_train_from_dicom(shared_data, tmp_path):
     r = train_prior([src], tmp_path / "p", size=32, steps=2, batch_size=2, device="cpu", channels="tiny",
                     n_samples=0, progress=False, val_every=0)
     assert r["steps"] == 2 and r["modality"] == "ct"
+
+
+def test_training_data_without_usable_slices_is_one_sentence_and_writes_nothing(tmp_path):
+    """All-air (constant) slices teach nothing: refused before the output folder exists; a few
+    constant slices among usable ones are left out with a warning."""
+    from medrecon.priors.train import train_prior
+
+    air = write_stack(SliceStack(np.full((4, 16, 16), -1000.0, np.float32), "ct", 2.0, np.full(4, -1000.0),
+                                 np.full(4, 2000.0), {"intensity": {"kind": "window"}}), tmp_path / "air.npy")
+    with pytest.raises(InputError, match="none of the 4 training slices is usable"):
+        train_prior([air], tmp_path / "out", steps=1, batch_size=2, device="cpu", channels="tiny", n_samples=0,
+                    progress=False)
+    assert not (tmp_path / "out").exists()
+    mixed = np.full((6, 16, 16), -1000.0, np.float32)
+    mixed[:4, 4:12, 4:12] = 50.0
+    st = write_stack(SliceStack(mixed, "ct", 2.0, np.full(6, -1000.0), np.full(6, 2000.0),
+                                {"intensity": {"kind": "window"}}), tmp_path / "mixed.npy")
+    with pytest.warns(UserWarning, match="2 of 6 training slices are constant"):
+        train_prior([st], tmp_path / "ok", steps=1, batch_size=2, device="cpu", channels="tiny", n_samples=0,
+                    progress=False, val_every=0, ckpt_every=0)
+    assert (tmp_path / "ok" / "config.json").exists()

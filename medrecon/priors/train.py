@@ -30,6 +30,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -267,6 +268,20 @@ def _init_weights(net, cfg: dict, init_from) -> None:
     net.load_state_dict(state)
 
 
+def _usable_slices(x: torch.Tensor) -> torch.Tensor:
+    """The training slices that vary (a constant slice, e.g. all air, teaches nothing); an
+    :class:`InputError` when none does, a warning when some were dropped."""
+    flat = x.reshape(x.shape[0], -1)
+    ok = torch.isfinite(flat).all(1) & (flat.std(1) > 1e-6)
+    if not bool(ok.any()):
+        raise InputError(f"none of the {x.shape[0]} training slices is usable (each is constant or not finite); "
+                         "check the data and its intensity window")
+    if not bool(ok.all()):
+        warnings.warn(f"{int((~ok).sum())} of {x.shape[0]} training slices are constant or not finite and were "
+                      "left out", stacklevel=3)
+    return x[ok]
+
+
 def train_prior(
     data,
     output,
@@ -333,13 +348,14 @@ def train_prior(
         raise InputError(f"--rotate must be 0..180 degrees and --zoom 0..<1, got {rotate_deg} and {zoom}")
     dev = resolve_device(device)
     out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out / "checkpoint"
 
     train_stack, prov = load_sources([str(p) for p in data], size, modality)
     modality = train_stack.modality
     size = train_stack.size
     x_all = torch.from_numpy(train_stack.to_net())[:, None]
+    x_all = _usable_slices(x_all)
+    out.mkdir(parents=True, exist_ok=True)  # only once the data are known to be usable
     if val_data:
         val_stack, val_prov = load_sources([str(p) for p in val_data], size, modality)
         x_val = torch.from_numpy(val_stack.to_net())[:, None]
