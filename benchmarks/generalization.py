@@ -25,8 +25,11 @@ Methods (``medrecon.reconstruct``, the pipeline a user runs; ``--methods``):
 ``classical`` (FBP / zero-filled), ``sense`` (MR), ``tv-train`` (TV whose weight is chosen
 from a grid on slices of the prior's *training* series, never on the evaluated one),
 ``tv`` (the package default: weight chosen per study by cross-validation on held-out views or
-lines), ``dds`` (the prior's recommended settings), ``dds-tv`` (DDS started from the TV
-reconstruction at ``t_start``), ``dps``, ``reddiff``.  For each evaluated series the
+lines), ``dds`` (the prior's recommended settings; on a grid finer than the prior's pixels the
+prior runs at its own scale), ``dds-native`` (the prior on the data's grid as it is), ``dds-tv``
+(DDS started from the TV reconstruction at ``t_start``), ``dps``, ``reddiff``.  ``--size 512
+--pixel 1.0742 --series ct-pancreas --methods tv dds dds-native`` measures the pixel-size
+handling on the prior's own patient at twice its resolution.  For each evaluated series the
 prior-fit score the engine records with a diffusion run is reported
 (:mod:`medrecon.engine.prior_fit`).
 
@@ -210,6 +213,7 @@ def method_spec(method: str, modality: str, tv_weight=None):
         "tv": ("tv", {}, False),
         "tv-train": ("tv", {tvkey: tv_weight}, False),
         "dds": ("dds", {}, True),
+        "dds-native": ("dds", {}, True),  # the prior on the data's grid even when it is finer (prior_scale)
         "dds-tv": ("dds", {"init": "tv", "t_start": T_START}, True),
         "dps": ("dps", {}, True),
         "reddiff": ("reddiff", {}, True),
@@ -231,7 +235,8 @@ def run_method(m, method: str, modality: str, prior, args, tv_weight=None):
         steps = min(steps, 5 if needs else 30)
     t0 = time.perf_counter()
     vol = medrecon.reconstruct(m, sampler, prior if needs else None, steps=steps, params=params,
-                               device=args.device, batch_size=args.batch, seed=args.seed, progress=False)
+                               device=args.device, batch_size=args.batch, seed=args.seed, progress=False,
+                               prior_scale="native" if method == "dds-native" else "auto")
     x = np.asarray(vol.data, np.float32)
     return x, (time.perf_counter() - t0) / x.shape[0], vol.meta.get("reconstruction", {})
 
