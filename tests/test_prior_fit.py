@@ -252,3 +252,19 @@ def test_cli_reconstruct_warns_and_evaluate_reports_the_fit(trained, tmp_path):
     assert p.returncode == 0, p.stderr
     line = [ln for ln in p.stdout.splitlines() if ln.startswith("prior fit:")]
     assert line and float(line[0].split()[2]) > FIT_WARN
+
+
+def test_the_warning_is_given_only_where_the_threshold_was_calibrated():
+    """CT: calibrated on real series, warns above FIT_WARN; MR: recorded, not judged (it did not separate)."""
+    import warnings
+
+    from medrecon.engine.prior_fit import PriorFitWarning, summarise
+
+    with pytest.warns(PriorFitWarning):
+        ct = summarise({"modality": "ct", "reference": "config", "per_slice": {"0": 2.0, "1": 2.2}})
+    assert ct["warned"] and ct["warn_above"] == FIT_WARN
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PriorFitWarning)
+        mr = summarise({"modality": "mr", "reference": "config", "per_slice": {"0": 2.0}})
+    assert not mr["warned"] and mr["warn_above"] is None and mr["score"] == 2.0
+    assert summarise({"per_slice": {}}) is None

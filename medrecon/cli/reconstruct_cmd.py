@@ -351,8 +351,9 @@ def _evaluate_reference(recon, reference, win, classical, json_out, png) -> None
         typer.echo(f"classical:      PSNR {fmt(c['psnr'])} dB, SSIM {c['ssim']:.4f}")
     if res.get("prior_fit"):
         f = res["prior_fit"]
-        typer.echo(f"prior fit:      {f['score']:.2f} (recorded by the reconstruction; above {f['warn_above']:g} "
-                   "the study was unlike the prior's training data)")
+        judged = (f"above {f['warn_above']:g} the study was unlike the prior's training data"
+                  if f.get("warn_above") else "no threshold is calibrated for this modality")
+        typer.echo(f"prior fit:      {f['score']:.2f} (recorded by the reconstruction; {judged})")
     n = len(res["psnr_per_slice"])
     if 1 < n <= 16:
         for k, (p, s) in enumerate(zip(res["psnr_per_slice"], res["ssim_per_slice"], strict=True)):

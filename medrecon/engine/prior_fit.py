@@ -7,7 +7,11 @@ measurement: TV (:class:`medrecon.samplers.tv.TV`) with its fixed fallback weigh
 influence (scoring the diffusion result would flatter the prior: it is pulled towards what the
 prior knows).  The score is recorded per slice in the output's metadata
 (``reconstruction.prior_fit``) and a :class:`PriorFitWarning` is issued when the median over
-the study's slices exceeds :data:`medrecon.priors.fit.FIT_WARN`.
+the study's slices exceeds :data:`medrecon.priors.fit.FIT_WARN`, for the modalities where that
+threshold was measured to separate familiar from unfamiliar series (:data:`CALIBRATED`: CT).
+For MR priors the score is recorded but not judged: on mr-default, scored this way, the
+prior's own held-out slices (1.17-1.36) did not separate from other patients' (0.90-1.50;
+docs/quality.md).
 
 Cost: ``TV_ITERS`` operator pairs plus ``2 x 4`` network evaluations per slice (a 50-step DDS
 run costs 50 network evaluations).
@@ -20,7 +24,10 @@ import warnings
 
 import numpy as np
 
-__all__ = ["PriorFitWarning", "TV_ITERS", "score_batch", "summarise"]
+__all__ = ["CALIBRATED", "PriorFitWarning", "TV_ITERS", "score_batch", "summarise"]
+
+#: modalities whose threshold (``FIT_WARN``) was measured on real series (benchmarks/generalization.py)
+CALIBRATED = ("ct",)
 
 #: PDHG iterations of the TV reconstruction that is scored
 TV_ITERS = 100
@@ -45,6 +52,7 @@ def score_batch(prior, y, operator, idx, record: dict) -> None:
     fit = fit_score(prior, x.detach().float().cpu().numpy())
     with _LOCK:
         record.setdefault("reference", fit.reference)
+        record.setdefault("modality", str((getattr(prior, "config", None) or {}).get("modality", "")).lower())
         record.setdefault("per_slice", {}).update({str(k): round(float(v), 4) for k, v in zip(idx, fit.per_slice, strict=True)})
 
 
@@ -55,11 +63,13 @@ def summarise(record: dict) -> dict | None:
     if not record.get("per_slice"):
         return None
     score = float(np.median(list(record["per_slice"].values())))
-    out = {"score": round(score, 4), "warn_above": FIT_WARN, "warned": score > FIT_WARN,
+    limit = FIT_WARN if record.get("modality") in CALIBRATED else None
+    warned = limit is not None and score > limit
+    out = {"score": round(score, 4), "warn_above": limit, "warned": warned,
            "reference": record.get("reference"),
            "scored": f"TV reconstruction (fallback weight, {TV_ITERS} iterations)",
            "per_slice": record["per_slice"]}
-    if score > FIT_WARN:
+    if warned:
         warnings.warn(f"prior fit {score:.2f} is above {FIT_WARN:g}: this study is unlike the data the prior was "
                       "trained on, so its result may be worse than --sampler tv; check it against TV "
                       "(docs/priors.md, prior fit)", PriorFitWarning, stacklevel=3)
