@@ -17,6 +17,11 @@ the level is unknown.)
 and the last step returns x0~.  ``eta`` here is DDS's, not DDIM's: eta = 1 re-noises with
 fresh noise only, eta = 0 reuses the predicted noise (deterministic DDIM).
 
+``init="tv"`` starts from the ``tv`` reconstruction re-noised to ``t_start`` T (x_t0 =
+sqrt(abar_t0) to_net(x_tv) + sqrt(1 - abar_t0) z) and runs only the DDIM steps at or below
+it (a warm start as in Chung et al., "Come-closer-diffuse-faster", CVPR 2022); measured in
+docs/samplers.md.
+
 ``g = gamma / ||A||^2`` (||A|| by power iteration): ``gamma`` is dimensionless, so the
 same value serves any operator scale and any physical units (the data term weight relative
 to the proximity term along A's top singular vector is ``gamma``).
