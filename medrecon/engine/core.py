@@ -361,23 +361,6 @@ def _pixel_size(m) -> float | None:
     return math.sqrt(dx * dy) if dx > 0 and dy > 0 else None
 
 
-def _prior_scale(prior, m, mode: str) -> dict | None:
-    """``prior_scale="auto"``: the rescaling (:class:`medrecon.priors.rescaled.RescaledPrior`) when the
-    data's pixels are at least ``MIN_FACTOR`` times finer than the prior's ``pixel_size_mm``; None
-    otherwise (and always for ``"native"``)."""
-    from medrecon.priors.rescaled import MIN_FACTOR
-
-    if mode not in ("auto", "native"):
-        raise InputError(f"prior_scale must be 'auto' or 'native', got {mode!r}")
-    cfg = getattr(prior, "config", None)
-    train_px = cfg.get("pixel_size_mm") if isinstance(cfg, dict) else None
-    px = _pixel_size(m)
-    if mode == "native" or not (px and train_px) or float(train_px) / px < MIN_FACTOR:
-        return None
-    return {"factor": round(float(train_px) / px, 6), "data_pixel_mm": round(px, 6),
-            "prior_pixel_mm": float(train_px)}
-
-
 def check_prior_fit(prior, m, op, rescaled: bool = False) -> list[str]:
     """Warn (:class:`PriorMismatchWarning`) when the grid or pixel size is far from the prior's training.
 
@@ -585,15 +568,6 @@ def _to_image(x, what: str) -> np.ndarray:
 
 
 _TUNING_LOCK = threading.Lock()
-
-
-def _scores_fit(smp, prior, op, volume_mode) -> bool:
-    """Whether the run checks the prior's fit to the study (:mod:`medrecon.engine.prior_fit`): a
-    per-slice diffusion sampler with a prior whose config holds a fit reference or a validation loss."""
-    if volume_mode or prior is None or not getattr(smp, "needs_prior", False) or component_names(op):
-        return False  # (an operator with image components, e.g. tissue + haze, has no single image to score)
-    cfg = getattr(prior, "config", None) or {}
-    return bool(cfg.get("fit_reference") or (cfg.get("training") or {}).get("final_val_loss"))
 
 
 def _run_batch(w: _Worker, sampler, m, idx: list[int], steps, seed: int, cb, samples: int = 1,
@@ -850,7 +824,9 @@ def reconstruct(
             check_target(component_path(out_path, name), overwrite)
     scale = None
     if prior_obj is not None:
-        scale = _prior_scale(prior_obj, m, prior_scale)
+        from medrecon.priors.rescaled import scale_for
+
+        scale = scale_for(prior_obj, _pixel_size(m), prior_scale)
         if scale is not None:  # run the prior at its own pixel size (medrecon.priors.rescaled)
             from medrecon.priors.rescaled import RescaledPrior
 
@@ -920,7 +896,9 @@ def _run(m, op, smp, prior_obj, prior_name, devs, batch_size, eff_steps, seed, a
     todo = [k for k in wanted if k not in done]
 
     t0 = time.perf_counter()
-    records: dict = {"prior_fit": {}} if _scores_fit(smp, prior_obj, op, volume_mode) else {}
+    from medrecon.engine.prior_fit import applies
+
+    records: dict = {"prior_fit": {}} if applies(smp, prior_obj, component_names(op), volume_mode) else {}
     if todo:
         n_resumed = len(wanted) - len(todo)
         label = f"{smp.name}" + (f" ({n_resumed} resumed)" if n_resumed else "")

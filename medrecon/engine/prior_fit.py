@@ -24,7 +24,7 @@ import warnings
 
 import numpy as np
 
-__all__ = ["CALIBRATED", "PriorFitWarning", "TV_ITERS", "score_batch", "summarise"]
+__all__ = ["CALIBRATED", "PriorFitWarning", "TV_ITERS", "applies", "score_batch", "summarise"]
 
 #: modalities whose threshold (``FIT_WARN``) was measured on real series (benchmarks/generalization.py)
 CALIBRATED = ("ct",)
@@ -36,6 +36,15 @@ _LOCK = threading.Lock()
 
 class PriorFitWarning(UserWarning):
     """The study is unlike the data the prior was trained on (prior-fit score above the threshold)."""
+
+
+def applies(sampler, prior, components, volume_mode: bool) -> bool:
+    """Whether a run is scored: a per-slice diffusion sampler, a plain image (no ``components``,
+    e.g. not tissue + haze) and a prior whose config holds a fit reference or a validation loss."""
+    if volume_mode or prior is None or not getattr(sampler, "needs_prior", False) or components:
+        return False
+    cfg = getattr(prior, "config", None) or {}
+    return bool(cfg.get("fit_reference") or (cfg.get("training") or {}).get("final_val_loss"))
 
 
 def score_batch(prior, y, operator, idx, record: dict) -> None:

@@ -34,7 +34,7 @@ import torch
 
 from medrecon.errors import InputError
 
-__all__ = ["RescaledPrior", "MIN_FACTOR"]
+__all__ = ["RescaledPrior", "MIN_FACTOR", "scale_for"]
 
 #: The engine runs a prior at its own scale when the data's pixels are at least this much finer
 MIN_FACTOR = 1.25
@@ -82,3 +82,22 @@ class RescaledPrior:
         x0_c = (xc - (1 - a_c).sqrt().view(view).to(x_t.dtype) * e_c) / a_c.sqrt().view(view).to(x_t.dtype)
         x0 = torch.nn.functional.interpolate(x0_c, size=(H, W), mode="bilinear", align_corners=False)
         return (x_t - a.sqrt().view(view).to(x_t.dtype) * x0) / (1 - a).sqrt().view(view).to(x_t.dtype)
+
+
+def scale_for(prior, pixel_mm: float | None, mode: str = "auto") -> dict | None:
+    """``mode="auto"``: the rescaling to apply (``{"factor", "data_pixel_mm", "prior_pixel_mm"}``)
+    when data of pixel size ``pixel_mm`` are at least :data:`MIN_FACTOR` times finer than the
+    prior's ``pixel_size_mm``; None otherwise, and always for ``"native"``.
+
+    >>> from medrecon.testing import tiny_network_prior
+    >>> scale_for(tiny_network_prior(16, pixel_size_mm=2.0), 0.5)["factor"], scale_for(tiny_network_prior(16), 0.8)
+    (4.0, None)
+    """
+    if mode not in ("auto", "native"):
+        raise InputError(f"prior_scale must be 'auto' or 'native', got {mode!r}")
+    cfg = getattr(prior, "config", None)
+    train_px = cfg.get("pixel_size_mm") if isinstance(cfg, dict) else None
+    if mode == "native" or not (pixel_mm and train_px) or float(train_px) / pixel_mm < MIN_FACTOR:
+        return None
+    return {"factor": round(float(train_px) / pixel_mm, 6), "data_pixel_mm": round(pixel_mm, 6),
+            "prior_pixel_mm": float(train_px)}
