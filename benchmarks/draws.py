@@ -1,7 +1,7 @@
 """Posterior draws one after another vs side by side (``reconstruct(..., draw_batch=N)``), one run.
 
     .venv/bin/python benchmarks/draws.py --threads 2 --output benchmarks/results/draws_cpu.json
-    python3 benchmarks/draws.py --device cuda --size 256 --steps 50 --output out/draws_cuda.json
+    python3 benchmarks/draws.py --device cuda --size 256 --slices 4 --steps 50 --output benchmarks/results/draws_cuda.json
 
 The measurement is the MR one of ``quality_mr.py`` (``mri.sense``, 8 synthetic birdcage coils,
 random 1D 8x, centre fraction 8 %, 0.5 % noise) of ``--slices`` slices of a synthetic MR-like
@@ -41,8 +41,10 @@ def main(argv=None) -> int:
     ap.add_argument("--samplers", default="dds,dps")
     ap.add_argument("--prior", default="mr-default")
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--output", default=None, help="JSON file")
+    ap.add_argument("--output", default=None, help="JSON file (default: benchmarks/results/draws_{cpu,cuda}.json)")
     a = ap.parse_args(argv)
+    if a.output is None:
+        a.output = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", f"draws_{'cuda' if a.device.startswith('cuda') else 'cpu'}.json")
     import numpy as np
     import torch
     from quality_mr import _measure

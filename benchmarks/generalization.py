@@ -325,7 +325,7 @@ def train_loso_prior(train_names: list[str], modality: str, folder: Path, args, 
                                    args.pixel if modality == "ct" else None)
             write_stack(st, stack_path)
         data_args += ["--data", str(stack_path)]
-    cmd = [sys.executable, "-m", "medrecon.priors.train", *data_args, "--modality", modality,
+    cmd = [sys.executable, "-m", "medrecon.cli.main", "train-prior", *data_args, "--modality", modality,
            "--output", str(folder), "--steps", str(args.train_steps), "--channels", args.train_channels,
            "--batch-size", str(args.train_batch), "--device", args.device, "--samples", "0"]
     if (folder / "checkpoint").exists():  # an interrupted run of this prior

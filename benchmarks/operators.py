@@ -103,7 +103,9 @@ def odl_ray_transform(n: int, angles_deg: np.ndarray, n_det: int, impl: str):
     ODL arrays are indexed [x, y]; ct.parallel images [row (down), column]:
     ``odl_array = flipud(image).T`` (see plugins/ct/README.md).
     """
-    import odl
+    from medrecon.errors import require
+
+    odl = require("odl", "odl")  # optional: MissingDependencyError names the extra, the caller reports it
     from odl.applications import tomo
 
     space = odl.uniform_discr([-n / 2, -n / 2], [n / 2, n / 2], (n, n), dtype="float32")
@@ -457,7 +459,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda: adds GPU rows")
     p.add_argument("--quick", action="store_true", help="small sizes and batches, short timings")
-    p.add_argument("--json", default="out/bench_operators.json", help="where to write the JSON results")
+    p.add_argument("--json", default=None, help="where to write the JSON results (default: benchmarks/results/"
+                   "operators_{ct,us,mri}_{cpu,cuda}.json by --modality and --device; --quick: out/bench_operators.json)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--peers", default="astra,skimage",
                    help="comma-separated ODL backends to compare with: astra, skimage, or none")
@@ -470,6 +473,10 @@ def main(argv=None) -> int:
         args.us_threads = [int(v) for v in args.us_threads.split(",") if v.strip()]
     except ValueError:
         p.error(f"--us-threads must be comma-separated integers, got {args.us_threads!r}")
+    if args.json is None:  # the kept results file of this modality and device kind
+        kind = "cuda" if args.device.startswith("cuda") else "cpu"
+        args.json = ("out/bench_operators.json" if args.quick else
+                     str(Path(__file__).resolve().parent / "results" / f"operators_{args.modality}_{kind}.json"))
     names = {"astra": "astra_cpu", "astra_cpu": "astra_cpu", "skimage": "skimage"}
     peers = [v.strip() for v in args.peers.split(",") if v.strip() and v.strip() != "none"]
     bad = [v for v in peers if v not in names]

@@ -4,7 +4,7 @@
     python benchmarks/priors.py --device cuda        # full grid: batch 1, 16, 64 x 128, 256 x fp32, bf16
     python benchmarks/priors.py --train-step --sizes 64 128 --batches 4   # ms per AdamW training step
 
-Runs from a source tree with ``PYTHONPATH=.``.  Writes JSON to --output (default: stdout only).
+Runs from a source tree with ``PYTHONPATH=.``.  Writes JSON to --output (default: benchmarks/results/priors_{cpu,cuda}.json by --device).
 """
 
 from __future__ import annotations
@@ -83,8 +83,10 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=None)
     ap.add_argument("--train-step", action="store_true", help="time a full AdamW step (fwd + bwd + update)")
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--output", default=None)
+    ap.add_argument("--output", default=None, help="JSON (default: benchmarks/results/priors_{cpu,cuda}.json)")
     a = ap.parse_args(argv)
+    if a.output is None:
+        a.output = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", f"priors_{'cuda' if a.device.startswith('cuda') else 'cpu'}.json")
 
     import torch
 

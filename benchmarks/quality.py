@@ -41,7 +41,7 @@ Usage::
 Writes ``benchmarks/results/quality_ct.json`` (command, date, git commit, parameters,
 per-slice numbers) and ``quality_ct.png`` (reference, FBP, TV, DDS, DPS, RED-Diff for one
 slice at the smallest view count, with error maps); ``--tune`` writes
-``quality_ct_tune.json``.  Skips (exit 0, a message) when the data folder is absent.
+``out/quality_ct_tune.json``.  Skips (exit 0, a message) when the data folder is absent.
 """
 
 from __future__ import annotations
@@ -72,16 +72,16 @@ WINDOWS = {"w1000": (-1000.0, 1000.0), "full": (-1000.0, 2000.0)}
 ALL_METHODS = ("fbp", "tv", "dds", "dps", "reddiff")
 
 # Parameters chosen by ``--tune --tune-on validation`` (held-out slices z 2, 15, 29, which the
-# evaluation at --slices 4 does not use; see docs/quality.md and
-# benchmarks/results/quality_ct_tune_session2.log).  Keyed by method, then by number of views (None:
+# evaluation at --slices 4 does not use; see docs/quality.md,
+# "Settings chosen on validation slices").  Keyed by method, then by number of views (None:
 # any).  Updated by hand from the tuning logs.  Tuning DDS on TRAINING slices (the prior has seen
 # them) picked eta 1.0 / gamma 1000, which lost 0.9 dB (8 views) and 0.8 dB (16 views) against the
 # defaults on the held-out slices: prior-trusting settings look best on slices the prior memorised.
-# DPS (session 3): zeta on the validation slice z 15 at 200 steps: 2.5 / 5 / 10 gave 26.74 / 28.58 /
+# DPS: zeta on the validation slice z 15 at 200 steps: 2.5 / 5 / 10 gave 26.74 / 28.58 /
 # 28.30 dB (8 views) and 27.52 / 30.44 / 30.00 dB (16 views): zeta 5 at both
-# (benchmarks/results/quality_ct_tune_session3.log).  The library default (1.0, the official value)
+# (docs/quality.md).  The library default (1.0, the official value)
 # is for its default 1000 steps; 200 steps push the data 5x less often.  RED-Diff: tuned per view
-# count in the same way (see the log).
+# count in the same way (docs/quality.md).
 TUNED = {
     "fbp": {None: {}},
     "tv": {8: {"lam": 5.0}, 16: {"lam": 1.25}},
@@ -473,7 +473,7 @@ def tune_ct(args, log, prior, size, steps_override) -> int:
            "command": " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
            "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), "git_commit": git_commit(),
            "threads": torch.get_num_threads(), "results": {str(k): v for k, v in table.items()}}
-    path = args.json or str(RESULTS / "quality_ct_tune.json")
+    path = args.json or str(ROOT / "out" / "quality_ct_tune.json")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     if Path(path).exists() and not args.quick:  # merge with earlier tuning runs (other methods / views)
         old = json.loads(Path(path).read_text())

@@ -87,7 +87,7 @@ def load_block(data: str | None, start: int, n: int, crop: int | None) -> np.nda
 
 
 def _series_spacing(path: str) -> float:
-    from medrecon.volume import load_volume
+    from medrecon.io import load_volume
 
     return float(load_volume(path).spacing[0])
 
@@ -403,7 +403,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-amp", action="store_true", help="fp32 network on CUDA (default: bf16 autocast)")
     ap.add_argument("--quick", action="store_true", help="CPU smoke test: 4 slices, 64^2 crop, 3 steps")
-    ap.add_argument("--output", default="out/quality3d")
+    ap.add_argument("--output", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"), help="folder for quality3d[_cone].json / .png")
     a = ap.parse_args(argv)
     if a.views is None:
         a.views = DEFAULT_VIEWS[a.geometry]

@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python benchmarks/sampling.py --quick                      # CPU: 4 x 32^2 slices
     PYTHONPATH=. python benchmarks/sampling.py --device cuda --size 256 --slices 256 \\
-        --data .gpu/ct/holdout.npy --output out/sampling.json              # GPU: a 256^3 volume
+        --data .gpu/ct/holdout.npy --output benchmarks/results/sampling_cuda.json  # GPU: a 256^3 volume
 
 The volume: with ``--data X.npy`` the held-out (N, S, S) HU stack, centre-cropped to
 ``--size`` and repeated along z (tiled: slice k is stack slice k mod N) to ``--slices``
@@ -94,7 +94,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-amp", action="store_true", help="fp32 network on CUDA (default: bf16 autocast)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--quick", action="store_true", help="CPU smoke test: 4 slices of 32^2, 3 steps")
-    ap.add_argument("--output", default=None, help="JSON file")
+    ap.add_argument("--output", default=None, help="JSON file (default: benchmarks/results/sampling_{cpu,cuda}.json; "
+                    "--quick: none)")
     ap.add_argument("--per-slice-2d", action="store_true",
                     help="time the 2D samplers per slice and their share outside the network (see above)")
     ap.add_argument("--views", type=int, default=16, help="--per-slice-2d: ct.parallel views")
@@ -103,6 +104,8 @@ def main(argv=None) -> int:
                     help="--per-slice-2d: steps timed when a sampler's default is longer (then extrapolated)")
     ap.add_argument("--samplers", default="classical,tv,dds,dps,reddiff", help="--per-slice-2d: samplers")
     a = ap.parse_args(argv)
+    if a.output is None and not a.quick:
+        a.output = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", f"sampling_{'cuda' if a.device.startswith('cuda') else 'cpu'}.json")
     if a.per_slice_2d:
         return main_2d(a, argv)
     if a.quick:

@@ -6,6 +6,10 @@ volumes with more than one slice, a second row with the middle coronal view
 the same grey window; the error panel shows ``|recon - reference|`` on
 ``[0, (hi - lo) / 4]`` so that small errors stay visible.
 
+Modality-specific displays (e.g. the ultrasound B-mode) come from plugins through the registry:
+:func:`reconstruction_figure` shows a volume of modality ``M`` with the ``display`` of a metric set
+registered for ``M`` (entry-point group ``medrecon.metrics``, :func:`medrecon.registry.find_metrics`).
+
 Uses matplotlib's Agg backend (no display needed); the PNG is written atomically.
 """
 
@@ -16,7 +20,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["comparison_figure", "methods_figure", "bmode_figure", "overview_figure", "reconstruction_figure"]
+from medrecon.intensity_window import default_window
+
+__all__ = ["comparison_figure", "methods_figure", "overview_figure", "reconstruction_figure", "save_png"]
 
 
 def _panels(vol, view: str) -> np.ndarray:
@@ -89,16 +95,16 @@ def comparison_figure(reference, recon, *, classical=None, window=(-1000.0, 1000
     fig.suptitle(sup, fontsize=10)
     fig.tight_layout()
     if path is not None:
-        _save(fig, Path(path), dpi)
+        save_png(fig, path, dpi)
         plt.close(fig)
     return fig
 
 
-def _save(fig, path: Path, dpi: int) -> None:
+def save_png(fig, path, dpi: int) -> None:
     """Write ``fig`` as a PNG atomically (temp file, then rename)."""
     from medrecon.io.atomic import atomic_file
 
-    with atomic_file(path, overwrite=True, suffix=".png") as tmp:
+    with atomic_file(Path(path), overwrite=True, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
 
 
@@ -141,81 +147,7 @@ def methods_figure(reference: np.ndarray, images: dict[str, np.ndarray], window=
         fig.colorbar(im, ax=axes[1, 1:].tolist(), fraction=0.02, pad=0.01)
     fig.suptitle(title or f"window [{lo:g}, {hi:g}]", fontsize=10)
     if path is not None:
-        _save(fig, Path(path), dpi)
-        plt.close(fig)
-    return fig
-
-
-def bmode_figure(panels: dict[str, np.ndarray], *, spacing=(1.0, 1.0), origin=(0.0, 0.0),
-                 dynamic_range_db: float = 60.0, image: str = "envelope", regions=(), units: str = "mm",
-                 titles: dict[str, str] | None = None, suptitle: str | None = None, path=None, dpi: int = 110):
-    """Ultrasound B-mode panels side by side (e.g. before, after, haze estimate), regions drawn.
-
-    Parameters
-    ----------
-    panels : dict name -> 2D array (nz, nx) = (depth, lateral)
-        Envelopes (``image="envelope"``) or RF images (``image="rf"``: envelope along depth).
-        Each is shown as ``20 log10(env / max)`` clipped to ``[-DR, 0]`` dB
-        (:func:`medrecon.bmode.log_compress`; 0 dB is each panel's own maximum).
-    spacing, origin : (dz, dx), (z0, x0)
-        Pixel spacing and the position of pixel [0, 0] in mm: the axes are depth and
-        lateral position in mm (depth increasing downwards, equal aspect).
-    regions : sequence of (target, background)
-        Regions as in :mod:`medrecon.region_eval` (``(z, x, r)`` discs, ``(z, x, r_in, r_out)``
-        annuli) in ``units`` (``"mm"`` or ``"px"``): targets in red, backgrounds dashed yellow.
-    titles : dict name -> str, optional
-        Panel titles (default: the names).
-
-    Returns the Figure (closed after saving when ``path`` is given).
-    """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Circle
-
-    from medrecon.bmode import envelope, log_compress
-
-    dr = float(dynamic_range_db)
-    dz, dx = (float(v) for v in spacing)
-    z0, x0 = (float(v) for v in origin)
-    names = list(panels)
-    first = np.asarray(panels[names[0]])
-    nz, nx = first.shape
-    extent = [x0 - dx / 2, x0 + (nx - 0.5) * dx, z0 + (nz - 0.5) * dz, z0 - dz / 2]
-    ratio = (extent[1] - extent[0]) / (extent[2] - extent[3])  # width / height of one panel
-    height = 6.0 if ratio < 0.6 else 4.0
-    width = max(min(max(1.6, height * ratio), 5.5) * len(names) + 1.2, 5.0)
-    fig, axes = plt.subplots(1, len(names), figsize=(width, height + 0.9), squeeze=False, layout="constrained")
-
-    def to_mm(reg):
-        if units == "px":
-            return (z0 + reg[0] * dz, x0 + reg[1] * dx, *(r * dx for r in reg[2:]))
-        return tuple(reg)
-
-    im = None
-    for ax, name in zip(axes[0], names, strict=True):
-        a = np.asarray(panels[name], dtype=np.float64)
-        env = envelope(a, axis=-2) if image == "rf" else np.abs(a)
-        im = ax.imshow(log_compress(env, dr), cmap="gray", vmin=-dr, vmax=0.0, extent=extent,
-                       interpolation="nearest", aspect="equal")
-        for k, (t, b) in enumerate(regions):
-            t, b = to_mm(t), to_mm(b)
-            ax.add_patch(Circle((t[1], t[0]), t[-1], fill=False, color="tab:red", lw=1.0))
-            ax.text(t[1] + t[-1], t[0] - t[-1], str(k + 1), color="tab:red", fontsize=7)
-            for r in b[2:]:
-                if r > 0:
-                    ax.add_patch(Circle((b[1], b[0]), r, fill=False, color="gold", lw=0.8, ls="--"))
-        ax.set_title((titles or {}).get(name, name), fontsize=9)
-        ax.set_xlabel("lateral (mm)", fontsize=8)
-        ax.tick_params(labelsize=7)
-    axes[0, 0].set_ylabel("depth (mm)", fontsize=8)
-    if im is not None:
-        cb = fig.colorbar(im, ax=axes[0].tolist(), fraction=0.03, pad=0.02)
-        cb.set_label("dB", fontsize=8)
-    fig.suptitle(suptitle or f"B-mode, dynamic range {dr:g} dB", fontsize=9)
-    if path is not None:
-        _save(fig, Path(path), dpi)
+        save_png(fig, path, dpi)
         plt.close(fig)
     return fig
 
@@ -251,7 +183,7 @@ def overview_figure(panels: dict[str, np.ndarray], *, window, std: np.ndarray | 
         ax.set_yticks([])
     fig.suptitle(title or f"window [{lo:.4g}, {hi:.4g}]", fontsize=9)
     if path is not None:
-        _save(fig, Path(path), dpi)
+        save_png(fig, path, dpi)
         plt.close(fig)
     return fig
 
@@ -262,13 +194,12 @@ def reconstruction_figure(m, vol, path, *, z: int | None = None, dpi: int = 110)
     ``vol`` and, for ``samples`` > 1, of the draws' standard deviation (``vol.components["std"]``).
 
     Window: CT in HU ``[-1000, 1000]``, otherwise the ``[0.5, 99.5]`` percentiles of the shown
-    reconstruction slice; ultrasound RF is shown as B-mode (:func:`bmode_figure`, 60 dB).  The
+    reconstruction slice; a modality with a registered display is drawn by it (ultrasound RF as
+    a 60 dB B-mode, from the ultrasound plugin; see :func:`_modality_display`).  The
     classical panel is left out for operators that reconstruct whole volumes at once (cone
     beam), whose classical reconstruction would cost a full run.  Returns what was drawn.
     """
     import torch
-
-    from medrecon.metrics import default_window
 
     data = np.asarray(vol.data)
     Z = data.shape[0]
@@ -293,11 +224,10 @@ def reconstruction_figure(m, vol, path, *, z: int | None = None, dpi: int = 110)
             f"{rec['steps']} steps" if rec.get("steps") and rec.get("prior") else None,
             f"mean of {rec['samples']} draws" if rec.get("samples") else None]
     title = ", ".join(str(b) for b in bits if b)
-    if str(vol.meta.get("modality") or "").upper() == "US":
-        if std is not None:
-            panels["std of the draws (linear)"] = std
-        bmode_figure(panels, spacing=(dy, dx), image="rf", suptitle=title + ", B-mode 60 dB", path=path, dpi=dpi)
-        return {"slice": z, "panels": list(panels), "window": None}
+    display = _modality_display(vol.meta.get("modality"))
+    if display is not None:  # e.g. ultrasound RF as B-mode
+        shown = display(panels, std=std, spacing=(dy, dx), title=title, path=path, dpi=dpi)
+        return {"slice": z, "panels": list(shown), "window": None}
     if str(vol.meta.get("modality") or "").upper() == "CT" or str(vol.meta.get("units") or "").upper() == "HU":
         lo, hi = default_window(data[z], meta=vol.meta)  # HU: [-1000, 1000]
     else:
@@ -305,3 +235,18 @@ def reconstruction_figure(m, vol, path, *, z: int | None = None, dpi: int = 110)
         hi = hi if hi > lo else lo + 1.0
     overview_figure(panels, window=(lo, hi), std=std, spacing=(dy, dx), title=title, path=path, dpi=dpi)
     return {"slice": z, "panels": list(panels) + (["std"] if std is not None else []), "window": [lo, hi]}
+
+
+def _modality_display(modality):
+    """The ``display`` of the metric set registered for ``modality`` (entry-point group
+    ``medrecon.metrics``), or None.  Contract: ``display(panels, *, std, spacing, title, path, dpi)``
+    draws the slices ``panels`` (name -> 2D array; ``std`` the draws' standard deviation or None)
+    and returns the names of the panels it drew."""
+    if not modality:
+        return None
+    from medrecon.registry import find_metrics
+
+    for metric_set in find_metrics(str(modality)).values():
+        if callable(getattr(metric_set, "display", None)):
+            return metric_set.display
+    return None

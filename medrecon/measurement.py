@@ -30,8 +30,8 @@ Datasets:
   ``meta``, so that a reconstruction can be written as a derived DICOM series
 * ``arrays/NAME`` -- optional group of datasets: large operator inputs (MRI coil
   maps) that the operator spec references as ``{"array": NAME, ...}`` instead of
-  holding them as JSON.  :meth:`Measurement.operator` makes them visible to the
-  operator's constructor (:func:`operator_arrays`, :func:`operator_array`).  Readers
+  holding them as JSON.  :meth:`Measurement.operator` passes them to the operator
+  (``operator_from_spec(spec, arrays=...)``).  Readers
   that do not know the group ignore it (an additive change within ``measurement/1``).
 
 (The JSON texts are datasets, not attributes, because HDF5 attributes are limited to
@@ -51,8 +51,6 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import json
 import os
 from dataclasses import dataclass, field
@@ -63,43 +61,10 @@ import numpy as np
 
 from medrecon.errors import FileFormatError, InputError
 
-__all__ = ["Measurement", "SCHEMA", "save_measurement", "load_measurement", "is_measurement_file",
-           "operator_arrays", "operator_array"]
+__all__ = ["Measurement", "SCHEMA", "save_measurement", "load_measurement", "is_measurement_file"]
 
 SCHEMA = "measurement/1"
 _SCHEMA_NAME, _SCHEMA_VERSION = SCHEMA.split("/")
-
-
-_ARRAYS: contextvars.ContextVar[dict[str, np.ndarray] | None] = contextvars.ContextVar(
-    "medrecon_operator_arrays", default=None)
-
-
-@contextlib.contextmanager
-def operator_arrays(arrays: dict[str, np.ndarray] | None):
-    """Within this context, operators built from a spec can read ``arrays`` by name.
-
-    ``Measurement.operator()`` uses it so that a spec entry ``{"array": "coil_maps"}``
-    resolves to the measurement file's ``arrays/coil_maps`` dataset.
-    """
-    token = _ARRAYS.set(dict(arrays or {}))
-    try:
-        yield
-    finally:
-        _ARRAYS.reset(token)
-
-
-def operator_array(name: str) -> np.ndarray:
-    """The array ``name`` of the measurement whose operator is being built (see :func:`operator_arrays`).
-
-    Raises :class:`InputError` when no measurement's arrays are in scope or it has no such array.
-    """
-    arrays = _ARRAYS.get()
-    if arrays is None:
-        raise InputError(f"the operator references the measurement array {name!r}; build it with "
-                         "Measurement.operator() (or inside medrecon.measurement.operator_arrays(...))")
-    if name not in arrays:
-        raise InputError(f"the measurement has no array {name!r} (it has: {', '.join(sorted(arrays)) or 'none'})")
-    return arrays[name]
 
 
 def _version() -> str:
@@ -181,12 +146,11 @@ class Measurement:
         self.arrays = arrays
 
     def operator(self, device=None):
-        """Rebuild the operator from ``operator_spec`` (via :func:`medrecon.operator_from_spec`),
-        optionally moved to ``device``."""
+        """Rebuild the operator from ``operator_spec`` and :attr:`arrays` (via
+        :func:`medrecon.operator_from_spec`), optionally moved to ``device``."""
         from medrecon.operators import operator_from_spec
 
-        with operator_arrays(self.arrays):
-            op = operator_from_spec(self.operator_spec)
+        op = operator_from_spec(self.operator_spec, arrays=self.arrays)
         return op.to(device) if device is not None else op
 
     @property

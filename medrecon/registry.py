@@ -1,6 +1,6 @@
 """Plugin discovery through Python entry points.
 
-Four groups hold medrecon's plugins:
+Six groups hold medrecon's plugins:
 
 ============================  ===========================================
 group                         an entry point names
@@ -9,6 +9,9 @@ group                         an entry point names
 ``medrecon.samplers``         a sampler class or factory
 ``medrecon.priors``           a function returning a prior folder path
 ``medrecon.importers``        an importer class for a raw scanner format
+``medrecon.metrics``          a metric set: a modality's evaluation (see below)
+``medrecon.intensities``      an intensity kind: a prior's map between physical
+                              units and the network range (see below)
 ============================  ===========================================
 
 The entry name is what users type (``ct.parallel``, ``dds``).  Discovery reads
@@ -17,6 +20,21 @@ not torch.  A plugin is imported the first time it is used; if that import
 fails the error names the plugin and its distribution, and other plugins keep
 working.  Two distributions that claim the same name in one group are an error
 naming both.
+
+**Metric sets** (``medrecon.metrics``, :func:`metric`, :func:`find_metrics`) are objects (a
+class with static methods, or an instance) with ``modality`` (the Volume modality they score,
+e.g. ``"US"``) and any of: ``evaluate_regions(recon, *, targets, backgrounds, classical, haze,
+reference, units, dynamic_range_db, image, frame, json_path, png) -> dict`` and
+``read_regions_file(path) -> (targets, backgrounds, units)`` (``medrecon evaluate --regions``),
+and ``display(panels, *, std, spacing, title, path, dpi) -> list of panel names`` (how
+:func:`medrecon.figures.reconstruction_figure` shows that modality).
+
+**Intensity kinds** (``medrecon.intensities``, :func:`intensity_kind`; the entry name is the
+``intensity.kind`` of a prior's config.json) are objects with ``bound`` (True when the map
+needs the data before use), ``problem(intensity) -> str | None``, ``bind(data, intensity) ->
+(lo, hi)``, ``compress(v, intensity)`` / ``expand(u, intensity)`` (applied after / before the
+affine map onto [-1, 1]) and optionally ``modality`` with ``default() -> dict`` (the intensity
+section of a new prior of that modality); see :mod:`medrecon.priors.intensity`.
 """
 
 from __future__ import annotations
@@ -29,8 +47,10 @@ from typing import Any
 
 from medrecon.errors import PluginError
 
-GROUPS = ("medrecon.operators", "medrecon.samplers", "medrecon.priors", "medrecon.importers")
-_KIND = {g: g.split(".", 1)[1].rstrip("s") for g in GROUPS}
+METRICS = "medrecon.metrics"
+INTENSITIES = "medrecon.intensities"
+GROUPS = ("medrecon.operators", "medrecon.samplers", "medrecon.priors", "medrecon.importers", METRICS, INTENSITIES)
+_KIND = {g: g.split(".", 1)[1].rstrip("s") for g in GROUPS} | {METRICS: "metric set", INTENSITIES: "intensity kind"}
 
 
 @dataclass(frozen=True)
@@ -122,6 +142,46 @@ def _load_cached(info: PluginInfo) -> Any:
         ) from exc
 
 
+def metric(name: str) -> Any:
+    """The metric set registered as ``name`` in ``medrecon.metrics`` (imported on first use)."""
+    return load(METRICS, name)
+
+
+def find_metrics(modality: str | None = None) -> dict[str, Any]:
+    """Every registered metric set, name -> object, or those whose ``modality`` is ``modality``
+    (case-insensitive).  Imports them; one that fails to import is left out with a warning naming it."""
+    found = _load_group(METRICS)
+    if modality is None:
+        return found
+    return {n: m for n, m in found.items() if str(getattr(m, "modality", "")).upper() == str(modality).upper()}
+
+
+def intensity_kind(name: str) -> Any:
+    """The intensity kind registered as ``name`` in ``medrecon.intensities`` (imported on first use)."""
+    return load(INTENSITIES, name)
+
+
+def intensity_kinds() -> dict[str, Any]:
+    """Every registered intensity kind, name -> object.  Imports them; one that fails to import is
+    left out with a warning naming it."""
+    return _load_group(INTENSITIES)
+
+
+def _load_group(group: str) -> dict[str, Any]:
+    """name -> loaded object for every name in ``group``; a name claimed twice raises
+    :class:`PluginError` (naming both), a plugin that fails to import is warned about and left out."""
+    import warnings
+
+    found = {}
+    for name in sorted({i.name for i in discover(group)}):
+        info = lookup(group, name)
+        try:
+            found[name] = info.load()
+        except PluginError as exc:
+            warnings.warn(str(exc), stacklevel=3)
+    return found
+
+
 def status(info: PluginInfo) -> str:
     """'ok' if the plugin imports, otherwise the one-line reason it does not."""
     try:
@@ -148,3 +208,23 @@ def lazy_exports(package: str, where: dict[str, str]):
         raise AttributeError(f"module {package!r} has no attribute {name!r}")
 
     return __getattr__
+
+
+@functools.lru_cache(maxsize=1)
+def _module_distributions() -> dict[str, list[str]]:
+    from importlib.metadata import packages_distributions
+
+    try:
+        return dict(packages_distributions())
+    except Exception:  # noqa: BLE001 - broken metadata must not break spec()
+        return {}
+
+
+def providing_distribution(cls: type) -> str | None:
+    """The installed distribution whose files hold ``cls``'s top-level module, or None
+    (unknown, or several claim it)."""
+    top = (getattr(cls, "__module__", "") or "").split(".", 1)[0]
+    if not top or top in ("__main__", "builtins"):
+        return None
+    dists = sorted(set(_module_distributions().get(top, [])))
+    return dists[0] if len(dists) == 1 else None

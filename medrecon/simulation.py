@@ -10,10 +10,12 @@ is measured independently; slices go through the operator in batches
 seeded by ``(seed, k)`` with ``k`` the slice's index in the source volume, so a
 slice's noise does not depend on the batch size or on the slice range chosen.
 
+The operator is ``Operator.for_grid(grid, spacing, **params)``: its image shape and pixel
+size are filled in from the volume's grid (:mod:`medrecon.operators.params`).
+
 A 3D operator (``per_slice`` false, e.g. ``ct.cone``) measures the whole volume (or the
 chosen slab) ``(Z, Y, X)`` at once: its ``shape`` / ``voxel_size`` parameters are filled in
-from the volume (:func:`fill_volume_shape`, :func:`fill_voxel_size`), its domain must be the
-volume's ``(Z, Y, X)``, and ``y`` is shaped ``range_shape`` (no slice axis), which is what the
+from the volume, its domain must be the volume's ``(Z, Y, X)``, and ``y`` is shaped ``range_shape`` (no slice axis), which is what the
 engine's 3D mode reconstructs.  Its noise comes from one generator seeded by
 ``(seed, start)``, ``start`` the first measured slice.
 
@@ -48,7 +50,6 @@ Example::
 from __future__ import annotations
 
 import datetime as _dt
-import inspect
 from typing import Any
 
 import numpy as np
@@ -57,83 +58,7 @@ from medrecon.errors import InputError
 from medrecon.measurement import Measurement
 from medrecon.volume import Volume
 
-__all__ = ["simulate", "fill_image_shape", "fill_pixel_size", "fill_volume_shape", "fill_voxel_size",
-           "resample_inplane", "parse_shape"]
-
-# constructor parameter names through which operators take their image shape
-_SHAPE_PARAMS = ("shape", "image_shape", "img_shape")
-_SIZE_PARAMS = ("n", "size", "image_size")
-
-
-def fill_image_shape(cls: type, params: dict[str, Any], ny: int, nx: int) -> dict[str, Any]:
-    """Return ``params`` with the operator's image-shape parameter set to ``(ny, nx)``
-    when the operator class takes one (``shape`` / ``image_shape`` as ``[ny, nx]``,
-    or ``n`` / ``size`` for a square image) and the caller did not give it."""
-    out = dict(params)
-    try:
-        sig = inspect.signature(cls.__init__)
-    except (TypeError, ValueError):
-        return out
-    names = set(sig.parameters)
-    for p in _SHAPE_PARAMS:
-        if p in names:
-            out.setdefault(p, [int(ny), int(nx)])
-            return out
-    for p in _SIZE_PARAMS:
-        if p in names and p not in out:
-            if ny != nx:
-                raise InputError(
-                    f"operator {getattr(cls, 'name', cls.__name__)!r} takes a square image size {p!r} "
-                    f"but the volume's slices are {ny}x{nx}")
-            out[p] = int(ny)
-            return out
-    return out
-
-
-def fill_pixel_size(cls: type, params: dict[str, Any], spacing_yx: tuple[float, float]) -> dict[str, Any]:
-    """Return ``params`` with ``pixel_size`` (mm) set from the volume's in-plane spacing
-    when the operator takes one, the caller did not give it and the pixels are square,
-    so that simulated line integrals are in physical units (value x mm)."""
-    out = dict(params)
-    try:
-        names = set(inspect.signature(cls.__init__).parameters)
-    except (TypeError, ValueError):
-        return out
-    dy, dx = (float(v) for v in spacing_yx)
-    if "pixel_size" in names and "pixel_size" not in out and abs(dy - dx) <= 1e-6 * max(dy, dx):
-        out["pixel_size"] = dx
-    return out
-
-
-def _init_params(cls: type) -> set[str]:
-    try:
-        return set(inspect.signature(cls.__init__).parameters)
-    except (TypeError, ValueError):
-        return set()
-
-
-def fill_volume_shape(cls: type, params: dict[str, Any], shape_zyx: tuple[int, int, int]) -> dict[str, Any]:
-    """For a 3D operator: return ``params`` with its volume-shape parameter (``shape`` /
-    ``image_shape`` / ``img_shape``) set to ``[Z, Y, X]`` when it takes one and the caller did
-    not give it."""
-    out = dict(params)
-    names = _init_params(cls)
-    for p in _SHAPE_PARAMS:
-        if p in names:
-            out.setdefault(p, [int(v) for v in shape_zyx])
-            break
-    return out
-
-
-def fill_voxel_size(cls: type, params: dict[str, Any], spacing_zyx: tuple[float, float, float]) -> dict[str, Any]:
-    """For a 3D operator: return ``params`` with ``voxel_size`` (mm, ``[dz, dy, dx]``) set from
-    the volume's spacing when the operator takes one and the caller did not give it, so that
-    simulated line integrals are in physical units (value x mm)."""
-    out = dict(params)
-    if "voxel_size" in _init_params(cls) and "voxel_size" not in out:
-        out["voxel_size"] = [float(v) for v in spacing_zyx]
-    return out
-
+__all__ = ["simulate", "resample_inplane", "parse_shape"]
 
 def _axis_weights(n_in: int, n_out: int) -> np.ndarray:
     """``(n_out, n_in)`` matrix taking a 1D signal on ``n_in`` pixels to ``n_out`` pixels
@@ -274,14 +199,12 @@ def _parse_slices(slices: Any, z: int) -> tuple[int, int]:
     return start, stop
 
 
-def _slice_operator(name: str, cls: type, params: dict[str, Any], volume: Volume, start: int, stop: int):
+def _slice_operator(name: str, params: dict[str, Any], volume: Volume, start: int, stop: int):
     """The per-slice operator for the volume's slices ``start:stop`` (shape and pixel size filled in)."""
-    from medrecon.operators import get_operator
+    from medrecon.operators import operator_for_grid
 
     z, ny, nx = volume.shape
-    params = fill_image_shape(cls, params, ny, nx)
-    params = fill_pixel_size(cls, params, tuple(volume.spacing[1:]))
-    op = get_operator(name, **params)
+    op = operator_for_grid(name, (ny, nx), tuple(volume.spacing[1:]), **params)
     if tuple(op.domain_shape) != (ny, nx):
         raise InputError(
             f"operator {name!r} takes images shaped {tuple(op.domain_shape)} but the volume's "
@@ -294,13 +217,11 @@ def _slice_operator(name: str, cls: type, params: dict[str, Any], volume: Volume
     return op
 
 
-def _volume_operator(name: str, cls: type, params: dict[str, Any], shape_zyx, spacing_zyx):
+def _volume_operator(name: str, params: dict[str, Any], shape_zyx, spacing_zyx):
     """The 3D operator for a slab shaped ``shape_zyx`` (volume shape and voxel size filled in)."""
-    from medrecon.operators import get_operator
+    from medrecon.operators import operator_for_grid
 
-    params = fill_volume_shape(cls, params, shape_zyx)
-    params = fill_voxel_size(cls, params, spacing_zyx)
-    op = get_operator(name, **params)
+    op = operator_for_grid(name, shape_zyx, spacing_zyx, **params)
     zyx = tuple(int(v) for v in shape_zyx)
     if tuple(op.domain_shape) != zyx:
         raise InputError(
@@ -358,12 +279,12 @@ def simulate(volume: Volume, operator_name: str, params: dict[str, Any] | None =
     operator_name : str
         A registered operator (``"ct.parallel"``, ``"template.scale"``, ...).
     params : dict
-        Operator parameters.  The image shape is filled in from the volume's
-        ``(Y, X)`` when the operator takes ``shape`` / ``image_shape`` (or a square
-        ``n`` / ``size``) and it is not given; a given shape must match.  A
-        ``pixel_size`` parameter (mm) is filled in from the volume's square pixels.
-        A 3D operator gets ``shape = [Z, Y, X]`` (of the measured slab) and
-        ``voxel_size = [dz, dy, dx]`` (mm) instead.
+        Operator parameters.  The operator is ``for_grid((Y, X), (dy, dx), **params)``
+        (:meth:`medrecon.operators.Operator.for_grid`): the image shape is filled in
+        from the volume's ``(Y, X)`` when not given (a given shape must match), a pixel
+        size (mm) from the volume's square pixels.  A 3D operator gets
+        ``for_grid((Z, Y, X), (dz, dy, dx))``: the measured slab's shape and its voxel
+        size (mm).
     noise_std : float
         Noise level: absolute std in units of ``y`` or, with ``relative=True``, a
         fraction of the RMS of ``A x`` (see module docstring).
@@ -411,10 +332,10 @@ def simulate(volume: Volume, operator_name: str, params: dict[str, Any] | None =
     is_3d = not getattr(cls, "per_slice", True)
     dev = resolve_device(device) if isinstance(device, str) else device
     if is_3d:
-        op = _volume_operator(operator_name, cls, params, data.shape, tuple(volume.spacing)).to(dev)
+        op = _volume_operator(operator_name, params, data.shape, tuple(volume.spacing)).to(dev)
         y = _measure_volume(op, data, dev)
     else:
-        op = _slice_operator(operator_name, cls, params, volume, start, stop).to(dev)
+        op = _slice_operator(operator_name, params, volume, start, stop).to(dev)
         y = _measure_slices(op, data, dev, int(batch_size))
     y = y.astype(np.complex64 if np.iscomplexobj(y) else np.float32, copy=False)
 

@@ -1,9 +1,11 @@
 """The conformance kit: every contract test, runnable on any operator.
 
 ``check_operator(op)`` runs the checks below and returns a :class:`Report`;
-``medrecon plugins check NAME`` prints it as a table and exits non-zero on a
-failure.  First-party plugins run it in their test suites; plugin authors run
-it on theirs.
+``check_installed()`` runs them on the ``example()`` of every installed operator.
+``medrecon plugins check NAME`` (or ``module:Class``) prints a report as a table,
+``medrecon plugins check --all`` one line per installed operator; both exit
+non-zero on a failure.  First-party plugins run it in their test suites; plugin
+authors run it on theirs.
 
 Checks
 ------
@@ -41,6 +43,9 @@ for-slices
 
 A slice-varying operator takes batches of exactly ``n_slices`` slices, so every check
 above runs it on a batch of ``n_slices`` (``batch`` is ignored; the gradient check too).
+normal
+    ``normal(x)`` equals ``adjoint(forward(x))`` (relative difference <= 1e-10 in float64),
+    so that an operator's cheaper ``_normal`` computes ``A^H A``.
 device-roundtrip
     With CUDA present: the operator on the GPU gives the CPU's result, and
     moving back to the CPU works.  Skipped without CUDA.
@@ -60,8 +65,8 @@ import torch
 from medrecon.errors import InputError
 from medrecon.operators.base import Operator
 
-__all__ = ["CheckResult", "Report", "check_operator", "disk_phantom", "dot_product_error", "random_like_domain",
-           "smooth_gaussian_prior",
+__all__ = ["CheckResult", "Report", "check_installed", "check_operator", "check_operator_class", "disk_phantom", "dot_product_error", "random_like_domain",
+           "smooth_gaussian_prior", "summary_table",
            "tiny_network_prior"]
 
 
@@ -149,14 +154,16 @@ def _device_of(op: Operator) -> torch.device:
 
 
 def _rebuild_default(op: Operator, spec: dict) -> Operator:
-    """The registry's rebuild of ``spec``, or ``type(op).from_spec`` for an operator that is
-    not installed as a plugin."""
+    """The registry's rebuild of ``spec`` with the arrays ``op`` was built with
+    (``op.spec_arrays``), or ``type(op).from_spec`` for an operator that is not installed as a
+    plugin."""
+    arrays = getattr(op, "spec_arrays", None) or None
     try:
         from medrecon.operators import operator_from_spec
 
-        return operator_from_spec(spec)
+        return operator_from_spec(spec, arrays=arrays)
     except Exception:  # noqa: BLE001 - not installed as a plugin
-        return type(op).from_spec(spec)
+        return type(op).from_spec(spec, arrays=arrays) if arrays else type(op).from_spec(spec)
 
 
 def check_operator(op: Operator, *, batch: int = 2, seed: int = 0, rebuild=None) -> Report:
@@ -302,6 +309,13 @@ def check_operator(op: Operator, *, batch: int = 2, seed: int = 0, rebuild=None)
         detail = f"worst {worst} {errs[worst]:.1e}" + ("" if all(raised) else ", a bad batch or index did not raise")
         return ("pass" if ok else "FAIL"), detail
 
+    def normal():
+        x = random_like_domain(op64, batch, torch.float64, seed=seed + 6).to(_device_of(op64))
+        with torch.no_grad():
+            ref = op64.adjoint(op64(x))
+            d = float(torch.linalg.vector_norm(op64.normal(x) - ref) / (torch.linalg.vector_norm(ref) + 1e-300))
+        return ("pass" if d <= 1e-10 else "FAIL"), f"normal vs adjoint(forward) {d:.1e}"
+
     def device_roundtrip():
         if not torch.cuda.is_available():
             return "skip", "CUDA not available"
@@ -332,9 +346,63 @@ def check_operator(op: Operator, *, batch: int = 2, seed: int = 0, rebuild=None)
     run("gradient", gradient)
     run("slice-independence", slice_independence)
     run("for-slices", for_slices)
+    run("normal", normal)
     run("device-roundtrip", device_roundtrip)
     run("bad-shape", bad_shape)
     return report
+
+
+def check_operator_class(cls: type, *, device="cpu", label: str | None = None) -> Report:
+    """:func:`check_operator` on ``cls.example()`` moved to ``device``; a class that is not an
+    :class:`Operator` or whose example does not build gives a report whose ``example`` check fails."""
+    label, t0 = label or getattr(cls, "name", None) or getattr(cls, "__name__", repr(cls)), time.perf_counter()
+    try:
+        if not (isinstance(cls, type) and issubclass(cls, Operator)):
+            raise TypeError(f"{cls!r} is not a medrecon Operator subclass")
+        op = cls.example().to(device)
+    except Exception as exc:  # noqa: BLE001 - a broken plugin is a failed check, not a crash
+        return Report(label, [CheckResult("example", "FAIL", f"{type(exc).__name__}: {exc}",
+                                          time.perf_counter() - t0)])
+    report = check_operator(op)
+    report.operator = label
+    report.results.insert(0, CheckResult("example", "pass", f"{tuple(op.domain_shape)} -> {tuple(op.range_shape)}",
+                                         time.perf_counter() - t0))
+    return report
+
+
+def check_installed(*, device="cpu", names=None) -> list[Report]:
+    """One :class:`Report` per installed operator plugin (entry point group ``medrecon.operators``,
+    or those of ``names``), each from :func:`check_operator_class`; a plugin that fails to import
+    (or whose name two distributions claim) gives a report with a failed ``import`` check."""
+    from medrecon import registry
+    from medrecon.errors import PluginError
+
+    infos = registry.discover("medrecon.operators")
+    wanted = sorted({i.name for i in infos} if names is None else set(names))
+    reports = []
+    for name in wanted:
+        try:
+            cls = registry.load("medrecon.operators", name)
+        except PluginError as exc:
+            reports.append(Report(name, [CheckResult("import", "FAIL", str(exc))]))
+            continue
+        reports.append(check_operator_class(cls, device=device, label=name))
+    return reports
+
+
+def summary_table(reports: list[Report]) -> str:
+    """One line per report: operator, pass/FAIL, the failed checks (or the count passed), seconds."""
+    w = max([len(r.operator) for r in reports] + [8])
+    lines = [f"{'operator':<{w}}  result  seconds  detail"]
+    for r in reports:
+        failed = [c.name for c in r.results if not c.passed]
+        detail = f"failed: {', '.join(failed)}" if failed else f"{sum(c.status == 'pass' for c in r.results)} passed"
+        lines.append(f"{r.operator:<{w}}  {'pass' if r.passed else 'FAIL':<6}  "
+                     f"{sum(c.seconds for c in r.results):7.1f}  {detail}")
+    n_bad = sum(not r.passed for r in reports)
+    lines.append(f"{len(reports) - n_bad} of {len(reports)} operators PASSED" if n_bad == 0 else
+                 f"FAILED: {n_bad} of {len(reports)} operators")
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------ small fixtures for sampler and engine tests

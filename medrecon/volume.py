@@ -1,4 +1,4 @@
-"""The :class:`Volume` (array + affine + metadata) and its readers / writers.
+"""The :class:`Volume` (array + affine + metadata) and its geometry conventions.
 
 Conventions (see also ``docs/volumes.md``)
 ------------------------------------------
@@ -15,7 +15,7 @@ Conventions (see also ``docs/volumes.md``)
   its centre at ``affine @ [i, j, k, 1]``.  Note the order: the array is indexed
   ``[k, j, i]`` while the affine takes ``(i, j, k)``.
 * This is exactly the NIfTI convention once the array is transposed: a NIfTI
-  file written by :func:`save_volume` holds ``data.transpose(2, 1, 0)`` (shape
+  file written by :func:`medrecon.save_volume` holds ``data.transpose(2, 1, 0)`` (shape
   ``(X, Y, Z)``) with ``volume.affine`` as sform and qform, and nibabel /
   FSL / ITK-SNAP / 3D Slicer place it where the DICOM series says.
 * DICOM uses LPS+ (+x = Left, +y = Posterior, +z = Superior); the readers and
@@ -25,6 +25,8 @@ Conventions (see also ``docs/volumes.md``)
   (row spacing, column spacing), ``P0`` the ImagePositionPatient of the first
   slice and ``step`` the difference of consecutive slice positions.  Slices are
   sorted so that ``k`` increases along the slice normal ``R x C``.
+* Reading and writing files is :mod:`medrecon.io` (``medrecon.load_volume`` /
+  ``medrecon.save_volume``); this module imports nothing from it.
 
 Example::
 
@@ -37,17 +39,16 @@ Example::
 from __future__ import annotations
 
 import copy
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from medrecon.errors import FileFormatError, InputError
+from medrecon.errors import InputError
 
-__all__ = ["Volume", "load_volume", "save_volume", "volume_format"]
+__all__ = ["Volume", "LPS_TO_RAS"]
 
+# DICOM patient coordinates (LPS+) <-> RAS+: flip x and y (the matrix is its own inverse)
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
@@ -151,104 +152,3 @@ class Volume:
         dz, dy, dx = self.spacing
         return (f"Volume(shape={self.shape} (Z, Y, X), spacing=({dz:.4g}, {dy:.4g}, {dx:.4g}) mm, "
                 f"modality={self.modality!r}, units={self.units!r})")
-
-
-# ---------------------------------------------------------------- dispatch
-def volume_format(path: str | os.PathLike) -> str:
-    """``"nifti"`` for ``.nii`` / ``.nii.gz``, ``"dicom"`` for a folder or ``.dcm`` file,
-    ``"dicom"`` also for any other existing file (tried as DICOM)."""
-    p = Path(path)
-    name = p.name.lower()
-    if name.endswith(".nii") or name.endswith(".nii.gz"):
-        return "nifti"
-    if name.endswith((".h5", ".hdf5")):
-        return "measurement"
-    return "dicom"
-
-
-def load_volume(path: str | os.PathLike, series: str | int | None = None) -> Volume:
-    """Read a DICOM series folder (searched recursively), a DICOM file, or a NIfTI file.
-
-    Parameters
-    ----------
-    path : str or Path
-        A folder of DICOM files, one DICOM file, or ``.nii`` / ``.nii.gz``.
-    series : str or int, optional
-        For a folder holding several series: the index in the listing, the
-        SeriesInstanceUID (with ``#n`` for one orientation / matrix group of a
-        series that mixes them) or the SeriesDescription.  Without it a folder
-        with several series raises :class:`InputError` listing them.
-
-    Returns
-    -------
-    Volume
-        ``data`` float32 ``(Z, Y, X)`` in physical units (RescaleSlope /
-        RescaleIntercept applied per slice), ``affine`` RAS+ mm for voxel
-        ``(i=column, j=row, k=slice)``.
-
-    Example::
-
-        vol = medrecon.load_volume("scans/ct_series/")      # DICOM folder
-        vol = medrecon.load_volume("brain.nii.gz")
-    """
-    p = Path(path)
-    if not p.exists():
-        raise FileFormatError(f"no such file or folder: {str(p)!r}")
-    fmt = volume_format(p)
-    if fmt == "nifti":
-        if p.is_dir():
-            raise FileFormatError(f"{str(p)!r} is a folder, not a NIfTI file")
-        from medrecon.io import nifti
-
-        return nifti.read_nifti(p)
-    if fmt == "measurement":
-        raise FileFormatError(f"{str(p)!r} is a measurement file, not a volume; use load_measurement")
-    from medrecon.io import dicom
-
-    return dicom.read_dicom(p, series=series)
-
-
-def save_volume(volume: Volume, path: str | os.PathLike, overwrite: bool = False, like: Any = None) -> Path:
-    """Write ``volume`` as NIfTI (``.nii`` / ``.nii.gz``) or as a derived DICOM series folder.
-
-    Parameters
-    ----------
-    volume : Volume
-    path : str or Path
-        ``*.nii`` / ``*.nii.gz`` -> NIfTI-1 (float32, or int16 when every value is an
-        integer in int16 range; sform = qform = ``volume.affine``, codes 1 =
-        scanner; ``volume.meta`` kept in a JSON header extension).  Any other name
-        -> a folder of DICOM files ``IM0001.dcm`` ...: a new derived series (new
-        SeriesInstanceUID and SOPInstanceUIDs, ImageType DERIVED\\SECONDARY,
-        geometry from the affine, values as int16 with one RescaleSlope /
-        RescaleIntercept for the series so that the error is at most slope / 2).
-    overwrite : bool
-        Replace an existing output.  Without it an existing path raises InputError.
-    like : Volume, dict, str or Path, optional
-        Where the DICOM writer takes patient / study / frame-of-reference tags
-        from: another Volume, a ``meta`` dict (e.g. ``Measurement.reference_meta``)
-        or a DICOM file / folder.  Default: ``volume.meta``.  Ignored for NIfTI.
-
-    The output is written to a temporary sibling and renamed into place.
-    Returns the path written.
-    """
-    if not isinstance(volume, Volume):
-        raise InputError(f"save_volume needs a Volume, got {type(volume).__name__}")
-    if not np.all(np.isfinite(volume.data)):
-        raise InputError("the volume holds NaN or infinite values; they cannot be written")
-    p = Path(path)
-    fmt = volume_format(p)
-    if fmt == "nifti":
-        from medrecon.io import nifti
-
-        return nifti.write_nifti(volume, p, overwrite=overwrite)
-    if fmt == "measurement":
-        raise InputError(f"{str(p)!r} names an HDF5 file; use save_measurement for measurements")
-    if p.suffix.lower() not in ("", ".dcm", ".dicom") and not p.is_dir():
-        raise InputError(
-            f"cannot tell the output format of {str(p)!r}: use .nii / .nii.gz for NIfTI "
-            "or a folder name (no extension) for a DICOM series"
-        )
-    from medrecon.io import dicom
-
-    return dicom.write_dicom_series(volume, p, overwrite=overwrite, like=like)

@@ -207,7 +207,7 @@ def test_user_errors_are_one_sentence(meas, tmp_path):
 
 
 def test_importer_is_used_for_raw_files(monkeypatch, tmp_path, meas):
-    from medrecon.engine import core
+    from medrecon.engine import inputs as core
 
     class FakeImporter:
         def can_read(self, path):

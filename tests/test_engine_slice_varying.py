@@ -44,10 +44,7 @@ def _images() -> np.ndarray:
 def _measurement(maps: np.ndarray, noise: float = 0.5) -> Measurement:
     spec_params = dict(shape=[N, N], coil_maps={"array": "coil_maps", "sha256": array_sha256(maps)}, mask=MASK,
                        real_image=True)
-    from medrecon.measurement import operator_arrays
-
-    with operator_arrays({"coil_maps": maps}):
-        op = medrecon.get_operator("mri.sense", **spec_params)
+    op = medrecon.get_operator("mri.sense", arrays={"coil_maps": maps}, **spec_params)
     y = op(torch.from_numpy(_images())).numpy()
     rng = np.random.default_rng(0)
     y = (y + noise * (rng.normal(size=y.shape) + 1j * rng.normal(size=y.shape)) * op.mask.numpy()).astype(
@@ -157,7 +154,7 @@ def test_volume_samplers_get_the_operator_for_all_slices(meas, mr_prior):
 
 
 def test_norm_estimate_is_the_largest_over_all_slices(meas):
-    from medrecon.samplers.base import estimate_norm
+    from medrecon.operators.linalg import estimate_norm
 
     op = meas.operator().with_precision(True)
     each = [estimate_norm(op.for_slices([k]).with_precision(True), iters=100) for k in range(Z)]

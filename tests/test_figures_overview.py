@@ -1,6 +1,6 @@
 """``medrecon.figures.reconstruction_figure``: the no-reference look at a finished run
-(classical slice, result, std of the draws), per modality: CT in HU, MR by percentiles,
-ultrasound RF as B-mode."""
+(classical slice, result, std of the draws), per modality: CT in HU, MR by percentiles
+(ultrasound, shown by the plugin's registered display: plugins/ultrasound/tests/test_us_figures.py)."""
 
 from __future__ import annotations
 
@@ -39,23 +39,3 @@ def test_mr_percentile_window(tmp_path):
     lo, hi = shown["window"]
     assert shown["panels"] == ["classical", "reconstruction"]
     assert -20 < lo < 20 and 250 < hi < 350  # the image's range, not HU
-
-
-def test_ultrasound_is_shown_as_bmode(tmp_path):
-    pytest.importorskip("medrecon_us")
-    import torch
-    from medrecon_us.simulate import planewave_params
-
-    from medrecon.measurement import Measurement
-
-    params = planewave_params((48, 24), [10.0, 11.8], [-1.8, 1.8], {"n_elements": 32})
-    op = medrecon.get_operator("us.planewave", **params)
-    x = torch.zeros(2, 48, 24)
-    x[:, 20, 12] = 1.0
-    m = Measurement(y=op(x).numpy(), operator_spec=op.spec(), noise_std=0.0, volume_shape=(2, 48, 24),
-                    affine=np.diag([0.15, 0.0375, 1.0, 1.0]), units="reflectivity", provenance={"source": "test"})
-    vol = medrecon.reconstruct(m, "classical", progress=False)
-    assert str(vol.meta.get("modality")).upper() == "US"
-    shown = reconstruction_figure(m, vol, tmp_path / "us.png")
-    assert shown["window"] is None and shown["panels"] == ["classical", "reconstruction"]
-    assert (tmp_path / "us.png").stat().st_size > 1000

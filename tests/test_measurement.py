@@ -176,3 +176,31 @@ def test_large_spec_and_meta_round_trip(tmp_path):
     m = _m(operator_spec=spec, reference_meta=ref)
     back = medrecon.load_measurement(medrecon.save_measurement(m, tmp_path / "big.h5"))
     assert back.operator_spec == spec and back.reference_meta == ref
+
+
+def test_measurement_arrays_reach_the_operator_explicitly(tmp_path):
+    """Coil maps stored in the file are passed to the operator (``arrays=``), not found through a
+    global: without them a spec that refers to an array is one clear error."""
+    from medrecon import registry
+    from medrecon.errors import InputError
+
+    try:
+        registry.load("medrecon.operators", "mri.sense")
+        from medrecon_mri.arrays import array_sha256
+        from medrecon_mri.coils import synthetic_coil_maps
+    except Exception:  # noqa: BLE001
+        pytest.skip("mri.sense is not available")
+    maps = synthetic_coil_maps((8, 6), 2)
+    ref = {"array": "coil_maps", "sha256": array_sha256(maps)}
+    op = medrecon.get_operator("mri.sense", shape=[8, 6], coil_maps=ref, arrays={"coil_maps": maps})
+    m = medrecon.Measurement(y=np.zeros((1, 2, 8, 6), np.complex64), operator_spec=op.spec(), volume_shape=(1, 8, 6),
+                             arrays={"coil_maps": maps})
+    back = medrecon.load_measurement(medrecon.save_measurement(m, tmp_path / "m.h5"))
+    assert np.array_equal(back.operator().coil_maps.numpy(), op.coil_maps.numpy())
+    assert np.array_equal(medrecon.operator_from_spec(back.operator_spec, arrays=back.arrays).coil_maps.numpy(),
+                          op.coil_maps.numpy())
+    with pytest.raises(InputError, match="measurement array 'coil_maps'"):
+        medrecon.operator_from_spec(back.operator_spec)
+    import medrecon.measurement as mm
+
+    assert not hasattr(mm, "operator_arrays")  # no context variable any more

@@ -1,4 +1,4 @@
-"""Metrics against known values: PSNR of a known MSE, SSIM of identical images, gCNR of known overlaps."""
+"""Metrics against known values: PSNR of a known MSE (NumPy and torch), SSIM of identical images."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from medrecon.metrics import (
     compare,
     default_window,
     evaluate,
-    gcnr,
     psnr,
     psnr_slices,
     ssim,
@@ -65,16 +64,6 @@ def test_ssim_matches_skimage_per_slice_and_identity():
     assert ssim_slices(x[:, :5, :5], r[:, :5, :5], (0, 1)).shape == (2,)  # small images: smaller window
 
 
-def test_gcnr_known_values():
-    assert gcnr(np.zeros(100), np.ones(100)) == pytest.approx(1.0)
-    a = np.linspace(0, 1, 1000, endpoint=False)
-    assert gcnr(a, a.copy(), bins=10) == pytest.approx(0.0)
-    # uniform on [0, 1) vs [0.5, 1.5): half of each histogram overlaps
-    assert gcnr(a, a + 0.5, bins=np.linspace(0, 1.5, 7)) == pytest.approx(0.5)
-    with pytest.raises(InputError):
-        gcnr([], [1.0])
-
-
 def test_errors_are_one_sentence():
     with pytest.raises(InputError, match="shape"):
         psnr(np.zeros((2, 2)), np.zeros((3, 3)))
@@ -100,3 +89,29 @@ def test_default_window_and_evaluate_writes_json_and_png(tmp_path):
     assert len(res["ssim_per_slice"]) == 3
     assert json.loads((tmp_path / "m.json").read_text())["psnr"] == pytest.approx(res["psnr"])
     assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_psnr_of_torch_tensors_unclipped_and_per_slice():
+    import torch
+
+    from medrecon.metrics import psnr_slices
+
+    g = torch.Generator().manual_seed(0)
+    ref = torch.rand(3, 8, 8, generator=g, dtype=torch.float64)
+    x = ref + 0.3 * torch.randn(3, 8, 8, generator=g, dtype=torch.float64)  # leaves the reference's range
+    # unclipped, L = the reference's peak-to-peak range: the tuning convention (computed in float64)
+    L = float(ref.max() - ref.min())
+    expect = 10 * math.log10(L**2 / float(torch.mean((x - ref) ** 2)))
+    assert psnr(x, ref, clip=False) == expect
+    assert psnr(x.float(), ref.float(), clip=False) == pytest.approx(expect, abs=1e-4)
+    assert psnr(x, ref) > expect  # clipping to the window removes the overshoot
+    assert psnr(x, ref, (0, 1)) == psnr(x.numpy(), ref.numpy(), (0, 1))  # torch and NumPy agree
+    assert psnr(torch.complex(ref, ref), torch.complex(ref, ref), clip=False) == math.inf
+    # per slice on the network range [-1, 1] (L = 2), in the input's dtype, MSE floored at 1e-12
+    xb, rb = (2 * v[:, None].float() - 1 for v in (x, ref))
+    per = psnr_slices(xb, rb, (-1, 1), clip=False)
+    assert per.dtype == torch.float32 and per.shape == (3,)
+    assert torch.equal(per, 10 * torch.log10(4.0 / ((xb - rb) ** 2).flatten(1).mean(1).clamp(min=1e-12)))
+    assert bool(torch.isfinite(psnr_slices(rb, rb, (-1, 1), clip=False)).all())
+    with pytest.raises(InputError, match="shape"):
+        psnr(torch.zeros(2, 2), torch.zeros(3, 3))

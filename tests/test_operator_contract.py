@@ -131,3 +131,93 @@ def test_with_precision_does_not_touch_the_original():
     report = check_operator(op, rebuild=_rebuild)
     assert report.passed
     assert op.params == {"shape": [5, 6], "wrong_adjoint": False, "leak": False}
+
+
+# ------------------------------------------------------------------ the declared contract
+class _Shift(Operator):
+    """A declared operator: ``y = x + roll(x)`` (``wrong_adjoint``: an adjoint that is not one)."""
+
+    name = "test.shift"
+    PARAMS = (
+        medrecon.operators.Param("shape", check=lambda s: [int(v) for v in s], grid="shape", doc="pixels"),
+        medrecon.operators.Param("pixel_size", 1.0, check=float, grid="pixel_size", doc="mm"),
+        medrecon.operators.Param("wrong_adjoint", False, omit_default=True),
+    )
+
+    def _build(self, p):
+        self.domain_shape = self.range_shape = tuple(p["shape"])
+
+    @classmethod
+    def example(cls):
+        return cls([4, 5], wrong_adjoint=True)
+
+    def _forward(self, x):
+        return x + torch.roll(x, 1, dims=-1)
+
+    def _adjoint(self, y):
+        return y + torch.roll(y, 1 if self.params.get("wrong_adjoint") else -1, dims=-1)
+
+    def classical(self, y):
+        return y / 2
+
+
+def test_declared_params_give_constructor_spec_and_signature():
+    import inspect
+
+    op = _Shift([3, 4])
+    assert op.spec()["params"] == {"shape": [3, 4], "pixel_size": 1.0}  # omit_default leaves wrong_adjoint out
+    assert _Shift.from_spec(op.spec()).spec() == op.spec()
+    assert list(inspect.signature(_Shift).parameters) == ["shape", "pixel_size", "wrong_adjoint", "arrays"]
+    with pytest.raises(TypeError, match="unexpected parameter 'nonsense'"):
+        _Shift([3, 4], nonsense=1)
+    with pytest.raises(TypeError, match="missing the required parameter 'shape'"):
+        _Shift()
+
+
+def test_for_grid_fills_declared_grid_parameters_and_keeps_given_ones():
+    op = _Shift.for_grid((6, 7), (0.5, 0.5))
+    assert op.params == {"shape": [6, 7], "pixel_size": 0.5}
+    assert _Shift.for_grid((6, 7), (0.5, 0.7)).params["pixel_size"] == 1.0  # not square: the default
+    assert _Shift.for_grid((6, 7), (0.5, 0.5), shape=[2, 2], pixel_size=3).params == {"shape": [2, 2],
+                                                                                       "pixel_size": 3.0}
+    legacy = _Blur.for_grid((5, 6), (1.0, 1.0))  # an undeclared operator: by constructor argument name
+    assert legacy.domain_shape == (5, 6)
+
+
+def test_normal_is_adjoint_of_forward_and_norm_is_cached():
+    op = medrecon.get_operator("template.scale", shape=[4, 4], factor=-3.0)
+    x = torch.randn(2, 4, 4, dtype=torch.float64)
+    assert torch.equal(op.normal(x), op.adjoint(op(x)))
+    assert op.norm() == pytest.approx(3.0) and op.norm() == op.norm()
+    blur, ones = _Blur(), torch.ones(1, 5, 6)
+    assert torch.equal(blur.normal(ones), blur.adjoint(blur(ones)))  # the default: adjoint(forward(x))
+    xr = torch.randn(1, 4, 4, requires_grad=True)  # differentiable
+    op.normal(xr).sum().backward()
+    assert torch.allclose(xr.grad, torch.full((1, 4, 4), 9.0))
+
+
+def test_kit_fails_a_declared_operator_with_a_wrong_adjoint():
+    from medrecon.testing import check_operator_class
+
+    report = check_operator_class(_Shift)
+    assert report["example"].status == "pass"
+    assert report["adjoint-float64"].status == "FAIL" and not report.passed
+    assert check_operator_class(int)["example"].status == "FAIL"
+
+
+@pytest.mark.parametrize("name", ["template.scale", "ct.parallel", "ct.fan", "ct.cone", "mri.cartesian",
+                                  "mri.sense", "us.planewave", "us.haze"])
+def test_every_builtin_example_passes_the_kit(name):
+    from medrecon.testing import check_operator_class
+
+    cls = medrecon.operators.operator_class(name)
+    report = check_operator_class(cls)
+    assert report.passed, report.table()
+    op = cls.example()
+    assert cls.from_spec(op.spec()).spec() == op.spec()
+
+
+def test_matrix_operator_example_passes_the_kit():
+    from medrecon.operators.matrix import MatrixOperator
+
+    assert check_operator(MatrixOperator.example(), rebuild=MatrixOperator.from_spec).passed

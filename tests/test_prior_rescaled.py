@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import medrecon
-from medrecon.engine.core import PriorMismatchWarning
+from medrecon.engine.checks import PriorMismatchWarning
 from medrecon.errors import InputError
 from medrecon.priors.rescaled import RescaledPrior
 from medrecon.testing import tiny_network_prior

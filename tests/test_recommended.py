@@ -225,12 +225,17 @@ def test_reconstruct_many_passes_the_switch_on(meas, prior, tmp_path):
 
 
 def test_what_a_prior_recommends_is_not_part_of_its_fingerprint(prior):
-    from medrecon.engine.core import _prior_fingerprint
+    """Nor how it was trained or its fit reference: only what changes its output counts."""
+    from medrecon.engine.settings import prior_fingerprint
 
     cfg = copy.deepcopy(prior.config)
     cfg.pop("recommended")
+    cfg["training"] = {"note": "retold"}
+    cfg["provenance"] = {"data": "described differently"}
     bare = DiffusionPrior(cfg, net=prior.net)
-    assert _prior_fingerprint(bare) == _prior_fingerprint(prior)
+    assert prior_fingerprint(bare) == prior_fingerprint(prior)
+    cfg["intensity"] = {**cfg["intensity"], "units": "changed"}
+    assert prior_fingerprint(DiffusionPrior(cfg, net=prior.net)) != prior_fingerprint(prior)
 
 
 def test_cli_reports_them_and_can_turn_them_off(meas, prior, tmp_path):

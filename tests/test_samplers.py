@@ -9,11 +9,13 @@ import pytest
 import torch
 
 from medrecon.errors import InputError, PluginError
+from medrecon.operators.linalg import cg, estimate_norm, vdot_per_slice
 from medrecon.operators.matrix import MatrixOperator
 from medrecon.priors.gaussian import GaussianPrior, smooth_covariance
 from medrecon.samplers import get_sampler, sampler_from_spec, slice_generators
-from medrecon.samplers.base import cg, estimate_norm, randn_per_slice, tweedie_clip, vdot_per_slice
+from medrecon.samplers.prior_ops import tweedie_clip
 from medrecon.samplers.tv import TV, div_nd, grad_nd, tune_tv
+from medrecon.streams import randn_per_slice
 
 NAMES = ["classical", "tv", "dds", "dps", "reddiff"]
 # few steps: these tests check the contract, not the quality

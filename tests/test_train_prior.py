@@ -87,7 +87,7 @@ def test_train_cap_and_patch(tmp_path):
 
 
 def test_augment_and_crop_shapes():
-    from medrecon.priors.train import augment_batch
+    from medrecon.priors.augment import augment_batch
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(5, 1, 32, 32)
@@ -98,7 +98,7 @@ def test_augment_and_crop_shapes():
 def test_rotate_zoom_moves_half_the_batch_by_the_drawn_rotation():
     """A disk off the centre: rotated about the centre its mass centre moves on a circle (radius
     kept, up to the zoom), and slices not picked stay bit-identical."""
-    from medrecon.priors.train import augment_batch, rotate_zoom
+    from medrecon.priors.augment import augment_batch, rotate_zoom
 
     n = 64
     yy, xx = torch.meshgrid(torch.arange(n) - n / 2 + 0.5, torch.arange(n) - n / 2 + 0.5, indexing="ij")
@@ -126,7 +126,7 @@ def test_rotate_zoom_moves_half_the_batch_by_the_drawn_rotation():
 
 def test_immiscible_is_permutation():
     pytest.importorskip("scipy")
-    from medrecon.priors.train import immiscible_assign
+    from medrecon.priors.augment import immiscible_assign
 
     g = torch.Generator().manual_seed(0)
     x0 = torch.randn(8, 1, 6, 6, generator=g)

@@ -173,3 +173,95 @@ def test_sample_is_reproducible_from_shared_data(shared_data, repo_root, tmp_pat
     assert rc == 0
     expect = json.loads((repo_root / "data_manifests" / "ct-pancreas-tcia.json").read_text())["sample"]["sha256"]
     assert hashlib.sha256((tmp_path / "s.nii.gz").read_bytes()).hexdigest() == expect
+
+
+# ------------------------------------------------ io package: readers as a list, no cycles
+def _module_imports(path: Path, module: str, known: set[str]) -> set[str]:
+    """Every medrecon module ``path`` imports, function-level imports included: ``from a
+    import b`` counts as ``a.b`` when that is a module, else as ``a``."""
+    import ast
+
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[:len(parts) - node.level + 1] + ([base] if base else []))
+            for a in node.names:
+                found.add(f"{base}.{a.name}" if f"{base}.{a.name}" in known else base)
+    return {m for m in found if m == "medrecon" or m.startswith("medrecon.")}
+
+
+def _io_import_graph(repo_root: Path) -> dict[str, set[str]]:
+    pkg = repo_root / "medrecon"
+    files = {"medrecon.volume": pkg / "volume.py", "medrecon.errors": pkg / "errors.py"}
+    for f in sorted((pkg / "io").rglob("*.py")):
+        parts = f.relative_to(repo_root).with_suffix("").parts
+        files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = f
+    known = set(files)
+    return {m: _module_imports(f, m, known) & known for m, f in files.items()}
+
+
+def test_io_modules_and_volume_have_no_import_cycle(repo_root):
+    graph = _io_import_graph(repo_root)
+    assert {"medrecon.io", "medrecon.io.registry", "medrecon.io.dicom.read"} <= set(graph)
+    assert graph["medrecon.volume"] <= {"medrecon.errors"}, "medrecon.volume must import nothing from medrecon.io"
+    state: dict[str, int] = {}  # 1 on the DFS stack, 2 done
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for n in sorted(graph[m]):
+            assert state.get(n) != 1, "import cycle: " + " -> ".join(path[path.index(n):] + [m, n])
+            if n not in state:
+                visit(n, path + [m])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [])
+
+
+def test_cycle_check_sees_function_level_imports(tmp_path):
+    (tmp_path / "m.py").write_text("def f():\n    from medrecon.io import dicom\n    from . import nifti\n")
+    known = {"medrecon.io.dicom", "medrecon.io.nifti"}
+    assert _module_imports(tmp_path / "m.py", "medrecon.io.m", known) == known
+
+
+def test_readers_and_writers_are_lists(tmp_path):
+    import medrecon.io as mio
+    from medrecon.io import dicom
+
+    assert medrecon.load_volume is mio.load_volume and medrecon.save_volume is mio.save_volume
+    assert [r.name for r in mio.READERS] == ["nifti", "measurement", "dicom"]
+    assert [w.name for w in mio.WRITERS] == ["nifti", "measurement", "dicom"]
+    for name, fmt in [("a.nii", "nifti"), ("a.NII.GZ", "nifti"), ("m.h5", "measurement"), ("m.hdf5", "measurement"),
+                      ("d", "dicom"), ("x.dcm", "dicom"), ("x.png", "dicom")]:
+        assert mio.volume_format(tmp_path / name) == fmt
+    # the public names of medrecon.io.dicom survive the split into a package
+    for name in ("GeometryWarning", "SeriesInfo", "scan_series", "select_series", "read_dicom",
+                 "write_dicom_series", "KEEP_TAGS", "INFO_TAGS"):
+        assert hasattr(dicom, name)
+    with pytest.raises(FileFormatError, match="measurement file"):
+        (tmp_path / "m.h5").write_bytes(b"")
+        medrecon.load_volume(tmp_path / "m.h5")
+    with pytest.raises(InputError, match="save_measurement"):
+        medrecon.save_volume(_vol(), tmp_path / "o.h5")
+    (tmp_path / "d.nii").mkdir()
+    with pytest.raises(FileFormatError, match="is a folder"):
+        medrecon.load_volume(tmp_path / "d.nii")
+
+    # a new format is one entry placed before the DICOM fallback
+    seen = []
+    reader = mio.VolumeReader("toy", lambda p: p.suffix == ".toy", lambda p, series=None: seen.append(p) or _vol())
+    (tmp_path / "v.toy").write_bytes(b"")
+    mio.READERS.insert(0, reader)
+    try:
+        assert mio.volume_format(tmp_path / "v.toy") == "toy"
+        assert medrecon.load_volume(tmp_path / "v.toy").shape == (3, 4, 5) and seen == [tmp_path / "v.toy"]
+    finally:
+        mio.READERS.remove(reader)
+    assert mio.volume_format(tmp_path / "v.toy") == "dicom"

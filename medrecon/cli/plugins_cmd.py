@@ -1,4 +1,4 @@
-"""``medrecon plugins list`` and ``medrecon plugins check NAME``."""
+"""``medrecon plugins list`` and ``medrecon plugins check NAME | --all``."""
 
 from __future__ import annotations
 
@@ -39,17 +39,36 @@ def register(app: typer.Typer) -> None:
 
     @plugins.command("check")
     def check(
-        name: str = typer.Argument(..., help="Operator name, e.g. ct.parallel."),
-        param: list[str] = typer.Option(None, "--param", "-p", help="Operator parameter key=value (repeatable)."),
+        name: str = typer.Argument(None, help="Operator name (ct.parallel) or module:Class; omit with --all."),
+        all_: bool = typer.Option(False, "--all", help="Check the example() of every installed operator."),
+        param: list[str] = typer.Option(None, "--param", "-p",
+                                        help="Operator parameter key=value (repeatable); default: its example()."),
         device: str = typer.Option("cpu", help="Device to build the operator on (cpu, cuda, cuda:N)."),
     ) -> None:
-        """Run the conformance kit on operator NAME; exit 1 if any check fails."""
+        """Run the conformance kit on operator NAME (its example() unless --param is given), or on
+        every installed operator with --all; exit 1 if any check fails."""
         from medrecon.cli.params import parse_params
         from medrecon.devices import resolve_device
-        from medrecon.operators import get_operator
-        from medrecon.testing import check_operator
+        from medrecon.errors import InputError
+        from medrecon.operators import get_operator, operator_class
+        from medrecon.testing import check_installed, check_operator, check_operator_class, summary_table
 
-        op = get_operator(name, **parse_params(param)).to(resolve_device(device))
-        report = check_operator(op)
+        if all_ == (name is not None):
+            raise InputError("give an operator NAME or --all (not both)")
+        if all_ and param:
+            raise InputError("--param applies to one operator NAME, not to --all")
+        params = parse_params(param)
+        dev = resolve_device(device)
+        if all_:
+            reports = check_installed(device=dev)
+            for r in reports:
+                if not r.passed:
+                    typer.echo(r.table() + "\n")
+            typer.echo(summary_table(reports))
+            raise typer.Exit(0 if all(r.passed for r in reports) else 1)
+        if params:
+            report = check_operator(get_operator(name, **params).to(dev))
+        else:
+            report = check_operator_class(operator_class(name), device=dev, label=name)
         typer.echo(report.table())
         raise typer.Exit(0 if report.passed else 1)

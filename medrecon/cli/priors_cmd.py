@@ -1,8 +1,13 @@
-"""``medrecon train-prior``, ``medrecon sample-prior``, ``medrecon prepare-slices``, ``medrecon prior-info``."""
+"""``medrecon train-prior``, ``medrecon sample-prior``, ``medrecon prepare-slices``, ``medrecon prior-info``.
+
+``python -m medrecon.cli.priors_cmd ...`` runs the train-prior command alone (:func:`train_main`).
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
 import typer
@@ -93,7 +98,9 @@ def register(app: typer.Typer) -> None:
         if npy is not None:
             import numpy as np
 
-            phys = imgs if p.config["intensity"]["kind"] in ("percentile", "mulaw") else p.from_net(imgs)
+            from medrecon.priors.intensity import bound_kinds
+
+            phys = imgs if p.config["intensity"]["kind"] in bound_kinds() else p.from_net(imgs)
             np.save(npy, phys[:, 0].numpy().astype(np.float32))
         typer.echo(f"wrote {output}")
 
@@ -135,3 +142,23 @@ def register(app: typer.Typer) -> None:
 
         p = load_prior(prior)
         typer.echo(json.dumps(p.config, indent=1))
+
+
+def train_main(argv: list[str] | None = None) -> None:
+    """The train-prior command alone (same options), importing none of the other command
+    modules (for a bare GPU machine running from source); ``argv`` defaults to ``sys.argv[1:]``."""
+    from medrecon.errors import MedreconError
+
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    register(app)
+    try:
+        app(args=["train-prior", *(sys.argv[1:] if argv is None else argv)], standalone_mode=True)
+    except MedreconError as exc:
+        if os.environ.get("MEDRECON_DEBUG"):
+            raise
+        print(f"medrecon: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":  # pragma: no cover
+    train_main()

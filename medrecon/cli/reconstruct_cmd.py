@@ -126,6 +126,9 @@ def register(app: typer.Typer) -> None:
                                                      "reconstruction, the result and (with --samples) the std."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars (notes such as the prior's "
                                    "recommended settings are still printed)."),
+        dry_run: bool = typer.Option(False, "--dry-run", help="Resolve every decision of the run and print the "
+                                     "plan as JSON (sampler with the prior's recommendations, effective steps, "
+                                     "devices, parts, outputs, settings hash); compute and write nothing."),
         stop_after: int = typer.Option(None, "--stop-after", hidden=True,
                                        help="Testing: stop after N slices, keeping the checkpoints."),
     ) -> None:
@@ -146,7 +149,7 @@ def register(app: typer.Typer) -> None:
         if getattr(cls, "needs_prior", False) and prior is None:
             raise InputError(f"sampler {sampler!r} needs a diffusion prior: pass --prior NAME|PATH "
                              "(e.g. --prior ct-default), or use --sampler classical or tv")
-        from medrecon.engine import load_input, partial_path, reconstruct
+        from medrecon.engine import execute, load_input, partial_path, plan
 
         old = warnings.showwarning
         warnings.showwarning = _warning_printer
@@ -155,15 +158,19 @@ def register(app: typer.Typer) -> None:
             m = load_input(measurement, **parse_params(import_option))
             try:
                 with _EchoHandler():
-                    vol = reconstruct(
+                    run = plan(
                         m, sampler, prior, steps=steps, params=params, device=device, devices=devices,
                         batch_size=batch_size, seed=seed, amp=amp, output=output, resume=resume,
                         progress=False if quiet else (True if sys.stderr.isatty() else _line_progress()),
                         overwrite=overwrite,
                         like=str(like) if like is not None else None, num_parts=num_parts, part_id=part_id,
                         samples=samples, antithetic=antithetic, draw_batch=draw_batch,
-                        recommended=not no_recommended, prior_scale=prior_scale, _stop_after=stop_after,
+                        recommended=not no_recommended, prior_scale=prior_scale,
                     )
+                    if dry_run:
+                        typer.echo(run.to_json())
+                        return
+                    vol = execute(run, _stop_after=stop_after)
             except KeyboardInterrupt:
                 typer.echo(f"medrecon: interrupted; finished slices are kept in {partial_path(output)}; "
                            "continue with --resume", err=True)
@@ -190,7 +197,7 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"wrote {os.fspath(output)}: {vol.shape[0]} slice(s) {vol.shape[1]}x{vol.shape[2]}, "
                    f"sampler {sampler}{shown}{mean}, {info.get('steps')} steps, {info.get('seconds', 0):.1f} s{extra}")
         if getattr(vol, "components", None):
-            from medrecon.engine.core import component_path
+            from medrecon.engine.checks import component_path
 
             for name in vol.components:
                 what = (f"the standard deviation of the {samples} draws" if samples > 1 and name == "std"
@@ -360,11 +367,29 @@ def _evaluate_reference(recon, reference, win, classical, json_out, png) -> None
             typer.echo(f"  slice {k:3d}: PSNR {fmt(p)} dB, SSIM {s:.4f}")
 
 
+def _region_metric_set():
+    """The installed metric set (entry-point group ``medrecon.metrics``) that scores regions
+    (``evaluate_regions`` and ``read_regions_file``; today the ultrasound plugin's ``us.regions``)."""
+    from medrecon import registry
+    from medrecon.errors import InputError
+
+    found = {name: m for name, m in registry.find_metrics().items()
+             if callable(getattr(m, "evaluate_regions", None)) and callable(getattr(m, "read_regions_file", None))}
+    if not found:
+        raise InputError("region metrics (--target, --background, --regions, --bmode) come from a plugin that "
+                         "registers them in medrecon.metrics (e.g. medrecon-ultrasound); none is installed")
+    if len(found) > 1:
+        raise InputError(f"several plugins register region metrics ({', '.join(sorted(found))}); "
+                         "uninstall all but one")
+    return next(iter(found.values()))
+
+
 def _evaluate_regions(recon, reference, classical, haze, target, background, regions, px, dynamic_range,
                       image, frame, json_out, png) -> None:
     from medrecon.errors import InputError
-    from medrecon.region_eval import evaluate_regions, read_regions_file
 
+    metric_set = _region_metric_set()
+    evaluate_regions, read_regions_file = metric_set.evaluate_regions, metric_set.read_regions_file
     targets, backgrounds = list(target or []), list(background or [])
     units = "px" if px else "mm"
     if regions is not None:

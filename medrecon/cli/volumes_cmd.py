@@ -68,7 +68,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Describe a volume, the series in a DICOM folder, or a measurement file."""
         from medrecon.errors import FileFormatError
-        from medrecon.volume import load_volume, volume_format
+        from medrecon.io import load_volume, volume_format
 
         if not path.exists():
             raise FileFormatError(f"no such file or folder: {str(path)!r}")
@@ -112,7 +112,7 @@ def register(app: typer.Typer) -> None:
                                   help="DICOM folder whose patient / study tags a DICOM output keeps."),
     ) -> None:
         """Convert between DICOM series and NIfTI (geometry and values preserved)."""
-        from medrecon.volume import load_volume, save_volume
+        from medrecon.io import load_volume, save_volume
 
         with _warnings_as_lines():
             vol = load_volume(input, series=series)
@@ -151,10 +151,10 @@ def register(app: typer.Typer) -> None:
         """Simulate y = A x (+ noise) for each slice of a volume (or the whole volume, 3D operators) and write a measurement file."""
         from medrecon.cli.params import parse_params
         from medrecon.errors import InputError
+        from medrecon.io import load_volume
         from medrecon.io.atomic import check_target
         from medrecon.measurement import save_measurement
         from medrecon.simulation import simulate as _simulate
-        from medrecon.volume import load_volume
 
         if output.suffix.lower() not in (".h5", ".hdf5"):
             raise InputError(f"the measurement output must end in .h5, got {str(output)!r}")

@@ -26,6 +26,6 @@ def ct_sample_path() -> Path:
 
 def load_ct_sample():
     """The shipped CT sample as a :class:`medrecon.Volume` (8 x 128 x 128, HU)."""
-    from medrecon.volume import load_volume
+    from medrecon.io import load_volume
 
     return load_volume(ct_sample_path())

@@ -40,13 +40,13 @@ import json
 import os
 import re
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from medrecon.errors import InputError
+from medrecon.io.atomic import tmp_sibling, write_bytes_atomic
 
 FORMAT = "medrecon-partial"
 VERSION = 1
@@ -72,19 +72,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _atomic_write_bytes(path: Path, write) -> None:
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _read_owner(path: Path) -> dict | None:
@@ -143,7 +130,7 @@ class Checkpoint:
         """Parts: create the folder with its ``state.json`` in one rename, or join an existing one."""
         if not self.folder.exists():
             self.folder.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.folder.parent / f".{self.folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            tmp = tmp_sibling(self.folder)
             tmp.mkdir()
             try:
                 self._write_state(tmp)
@@ -164,7 +151,7 @@ class Checkpoint:
         state = {"format": FORMAT, "version": VERSION, "settings_hash": self.settings_hash,
                  "settings": self.settings, "n_slices": self.n_slices, "slice_shape": list(self.slice_shape)}
         data = (json.dumps(state, indent=2, sort_keys=True) + "\n").encode()
-        _atomic_write_bytes((folder or self.folder) / STATE, lambda f: f.write(data))
+        write_bytes_atomic((folder or self.folder) / STATE, lambda f: f.write(data))
 
     def _check_state(self) -> None:
         path = self.folder / STATE
@@ -214,7 +201,7 @@ class Checkpoint:
                 warnings.warn(f"taking over {str(self.folder)!r} from a run on host {other.get('host')!r}",
                               stacklevel=3)
         data = json.dumps({"host": host, "pid": os.getpid()}).encode()
-        _atomic_write_bytes(self.folder / self.lock_name, lambda f: f.write(data))
+        write_bytes_atomic(self.folder / self.lock_name, lambda f: f.write(data))
 
     def release(self) -> None:
         try:
@@ -273,7 +260,7 @@ class Checkpoint:
     def save(self, k: int, arr: np.ndarray) -> None:
         """Write slice ``k`` atomically (temp file + rename)."""
         arr = np.ascontiguousarray(arr, dtype=np.float32)
-        _atomic_write_bytes(self.slice_path(k), lambda f: np.save(f, arr, allow_pickle=False))
+        write_bytes_atomic(self.slice_path(k), lambda f: np.save(f, arr, allow_pickle=False))
 
     # ------------------------------------------------------------------ volume sampler state
     def save_volume_state(self, state: dict[str, Any]) -> None:
@@ -308,7 +295,7 @@ class Checkpoint:
         meta = {"format": VOLUME_STATE_FORMAT, "settings_hash": self.settings_hash, "state": rest,
                 "lists": lists, "none": [k for k, v in rest.items() if v is None], "complex": complex_keys}
         data = save(tensors, metadata={"medrecon": json.dumps(meta, sort_keys=True)})
-        _atomic_write_bytes(self.folder / VOLUME_STATE, lambda f: f.write(data))
+        write_bytes_atomic(self.folder / VOLUME_STATE, lambda f: f.write(data))
 
     def load_volume_state(self, device=None) -> dict[str, Any] | None:
         """The saved volume sampler state (tensors on ``device``, generator states on the CPU),

@@ -96,7 +96,7 @@ def run_task(task: Task, sampler, prior, options: dict[str, Any]) -> dict[str, A
     """Run one task with :func:`medrecon.reconstruct`; never raises a medrecon error: the
     report says ``done`` (this task wrote the output), ``part done`` (its slices are finished,
     another part writes the output), ``exists`` (skipped) or ``failed`` with the sentence."""
-    from medrecon.engine.core import reconstruct
+    from medrecon.engine.execute import reconstruct
 
     rep: dict[str, Any] = {**asdict(task), "status": "", "seconds": 0.0, "host": _host()}
     opts = dict(options)

@@ -41,7 +41,7 @@ class PriorFitWarning(UserWarning):
 def applies(sampler, prior, components, volume_mode: bool) -> bool:
     """Whether a run is scored: a per-slice diffusion sampler, a plain image (no ``components``,
     e.g. not tissue + haze) and a prior whose config holds a fit reference or a validation loss."""
-    if volume_mode or prior is None or not getattr(sampler, "needs_prior", False) or components:
+    if volume_mode or prior is None or not sampler.needs_prior or components:
         return False
     cfg = getattr(prior, "config", None) or {}
     return bool(cfg.get("fit_reference") or (cfg.get("training") or {}).get("final_val_loss"))

@@ -2,6 +2,12 @@
 
 A reader never sees a half-written file or folder, and an existing output is
 replaced only when the caller passed ``overwrite=True``.
+
+* :func:`atomic_file` / :func:`atomic_dir` -- user-facing outputs (checked against
+  ``overwrite``, parent folders created);
+* :func:`write_bytes_atomic` / :func:`write_text_atomic` -- internal state files
+  (checkpoints, locks, training state) that are always replaced: written to a temporary
+  sibling in the same folder, optionally fsynced, then ``os.replace`` d onto the target.
 """
 
 from __future__ import annotations
@@ -10,12 +16,14 @@ import contextlib
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO, Any
 
 from medrecon.errors import InputError
 
-__all__ = ["check_target", "atomic_file", "atomic_dir"]
+__all__ = ["check_target", "atomic_file", "atomic_dir", "tmp_sibling", "write_bytes_atomic",
+           "write_text_atomic"]
 
 
 def check_target(path: Path, overwrite: bool) -> None:
@@ -35,7 +43,8 @@ def _make_parent(path: Path) -> None:
         raise InputError(f"cannot create the output folder {str(path.parent)!r}: {exc.strerror}") from exc
 
 
-def _tmp_sibling(path: Path, suffix: str = "") -> Path:
+def tmp_sibling(path: Path, suffix: str = "") -> Path:
+    """A fresh hidden name next to ``path``: ``.NAME.tmp-PID-RANDOM8`` + ``suffix``."""
     return path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}"
 
 
@@ -58,7 +67,7 @@ def atomic_file(path: Path, overwrite: bool = False, suffix: str = "") -> Iterat
     path = Path(path)
     check_target(path, overwrite)
     _make_parent(path)
-    tmp = _tmp_sibling(path, suffix)
+    tmp = tmp_sibling(path, suffix)
     try:
         yield tmp
         # os.replace cannot put a file over a folder: a folder is moved aside first
@@ -77,7 +86,7 @@ def atomic_dir(path: Path, overwrite: bool = False) -> Iterator[Path]:
     path = Path(path)
     check_target(path, overwrite)
     _make_parent(path)
-    tmp = _tmp_sibling(path)
+    tmp = tmp_sibling(path)
     tmp.mkdir()
     try:
         yield tmp
@@ -91,9 +100,37 @@ def _put_in_place(tmp: Path, path: Path, aside: bool) -> None:
     """Rename ``tmp`` to ``path``; with ``aside`` the old ``path`` is moved away first and
     deleted only once the new one is in place."""
     if aside:
-        old = _tmp_sibling(path, ".old")
+        old = tmp_sibling(path, ".old")
         os.replace(path, old)
         os.replace(tmp, path)
         _remove(old)
     else:
         os.replace(tmp, path)
+
+
+def write_bytes_atomic(path: Path, write: Callable[[IO[bytes]], Any], *, fsync: bool = True) -> None:
+    """Replace ``path`` atomically with what ``write(f)`` writes to a binary file ``f``.
+
+    ``write`` fills a temporary sibling in the same folder (so the rename stays on one file
+    system); with ``fsync`` the data reaches the disk before ``os.replace`` puts it in place,
+    so a crash leaves the old file or the new one, never a torn one.  The temporary file is
+    removed on error.  The folder must exist; an existing ``path`` is always replaced.
+    """
+    path = Path(path)
+    tmp = tmp_sibling(path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_text_atomic(path: Path, text: str, *, fsync: bool = False) -> None:
+    """Replace ``path`` atomically with ``text`` (UTF-8); see :func:`write_bytes_atomic`."""
+    data = text.encode("utf-8")
+    write_bytes_atomic(path, lambda f: f.write(data), fsync=fsync)

@@ -13,11 +13,18 @@ Subclasses implement three methods on validated tensors:
 * ``classical(y)`` -- the modality's classical reconstruction (FBP,
   zero-filled, delay-and-sum), used as a baseline and a starting point.
 
-The base class adds what every operator needs and nobody should write twice:
-shape checks with one-sentence errors, autograd whose backward *is* the
-adjoint (so a custom kernel never needs a hand-written gradient), the normal
-operator ``A^H A``, precision changes, and ``spec()`` / ``from_spec()`` so that a
-measurement file can rebuild the same operator a year later.
+and declare their parameters once, as ``PARAMS``, building themselves in ``_build(p)``
+(:mod:`medrecon.operators.params`).  The base class adds what every operator needs and
+nobody should write twice: shape checks with one-sentence errors, autograd whose backward
+*is* the adjoint (so a custom kernel never needs a hand-written gradient), precision
+changes, and
+
+* ``normal(x)`` -- ``A^H A x`` (override ``_normal`` with a cheaper form that gives the same
+  numbers), and ``norm()`` -- ``||A||`` by power iteration, cached;
+* ``spec()`` / ``from_spec(spec, arrays=None)`` -- so that a measurement file (its spec and
+  its ``arrays``, e.g. coil maps) rebuilds the same operator a year later;
+* ``for_grid(shape, spacing, **params)`` -- the operator for an image grid (pixels, mm);
+* ``example()`` -- a small valid instance, what ``medrecon plugins check`` runs.
 
 Slice-varying operators
 -----------------------
@@ -30,9 +37,9 @@ slices of its measurement, in order, and
   ``b`` measured by ``A_b`` (any other batch size is an :class:`InputError`);
 * ``for_slices(indices)`` returns the operator for those of its slices, in that order:
   ``op.for_slices([i, j])`` is ``diag(A_i, A_j)`` and takes batches of 2 (and
-  ``op.for_slices(range(S))`` is ``op`` itself).  Indices count
-  this operator's slices (``0 <= i < S``, repeats allowed), so selections compose:
-  ``op.for_slices(a).for_slices(b) == op.for_slices([a[k] for k in b])``;
+  ``op.for_slices(range(S))`` is ``op`` itself).  Indices count this operator's slices
+  (``0 <= i < S``, repeats allowed), so selections compose: ``op.for_slices(a).for_slices(b)
+  == op.for_slices([a[k] for k in b])``;
 * ``slice_root`` is the operator for all slices it was selected from (itself for an
   operator built from a spec without ``slices``), ``slice_indices`` the root's slices it
   holds (``None`` on the root);
@@ -56,83 +63,18 @@ Example (any registered operator)::
 from __future__ import annotations
 
 import copy
-import functools
-import json
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
 
-from medrecon.errors import InputError
+from medrecon.errors import InputError, PluginError
+from medrecon.operators.autograd import _AdjointFunction, _LinearFunction
+from medrecon.operators.params import Param, bind, grid_params, signature_of
+from medrecon.operators.params import as_json_params as as_json_params  # re-exported (its old home)
+from medrecon.registry import providing_distribution
 
-__all__ = ["Operator", "as_json_params"]
-
-
-def as_json_params(params: dict[str, Any]) -> dict[str, Any]:
-    """Return ``params`` with tuples, numpy and torch values turned into JSON types.
-
-    Raises :class:`InputError` if a value cannot be represented in JSON.
-    """
-
-    def conv(v):
-        if isinstance(v, torch.Tensor):
-            return conv(v.detach().cpu().tolist())
-        if hasattr(v, "tolist") and not isinstance(v, (str, bytes)):  # numpy
-            return conv(v.tolist())
-        if isinstance(v, (list, tuple)):
-            return [conv(e) for e in v]
-        if isinstance(v, dict):
-            return {str(k): conv(e) for k, e in v.items()}
-        if v is None or isinstance(v, (bool, int, float, str)):
-            return v
-        raise InputError(f"operator parameter value {v!r} cannot be stored in JSON")
-
-    out = {k: conv(v) for k, v in params.items()}
-    json.dumps(out)
-    return out
-
-
-class _LinearFunction(torch.autograd.Function):
-    """Autograd node for ``y = A x`` whose backward is ``A^H``.
-
-    For a linear map the vector-Jacobian product is the adjoint applied to the
-    incoming gradient (PyTorch's conjugate-Wirtinger convention makes this hold
-    for complex tensors too).  When ``x`` is real and ``A^H g`` complex (a real
-    image measured in k-space), the gradient is its real part.
-    """
-
-    @staticmethod
-    def forward(ctx, x, op):
-        ctx.op = op
-        ctx.x_is_complex = x.is_complex()
-        return op._forward(x)
-
-    @staticmethod
-    def backward(ctx, grad_y):
-        g = ctx.op._adjoint(grad_y)
-        if not ctx.x_is_complex and g.is_complex():
-            g = g.real
-        return g, None
-
-
-@functools.lru_cache(maxsize=1)
-def _module_distributions() -> dict[str, list[str]]:
-    from importlib.metadata import packages_distributions
-
-    try:
-        return dict(packages_distributions())
-    except Exception:  # noqa: BLE001 - broken metadata must not break spec()
-        return {}
-
-
-def providing_distribution(cls: type) -> str | None:
-    """The installed distribution whose files hold ``cls``'s top-level module, or None
-    (unknown, or several claim it)."""
-    top = (getattr(cls, "__module__", "") or "").split(".", 1)[0]
-    if not top or top in ("__main__", "builtins"):
-        return None
-    dists = sorted(set(_module_distributions().get(top, [])))
-    return dists[0] if len(dists) == 1 else None
+__all__ = ["Operator", "Param", "as_json_params"]
 
 
 class Operator(torch.nn.Module):
@@ -151,10 +93,16 @@ class Operator(torch.nn.Module):
         the names of its buffers whose axis 0 is the slice axis (module docstring); such
         an operator sets ``self.n_slices``.
 
-    Instance attributes the subclass sets in ``__init__``: ``domain_shape`` and
-    ``range_shape`` (tuples, without the batch axis).  It passes its
-    constructor's keyword arguments to ``super().__init__(**params)`` so that
-    ``spec()`` can rebuild it.
+    ``PARAMS``
+        The constructor's parameters, declared once (:mod:`medrecon.operators.params`): the
+        base class binds and checks them, calls ``_build(p)`` with the checked values and
+        stores them as the spec; the constructor also takes the keyword-only ``arrays``, the
+        measurement arrays that ``{"array": NAME}`` parameter values refer to (kept as
+        :attr:`spec_arrays`, never in the spec).
+
+    ``_build(p)`` sets ``domain_shape`` and ``range_shape`` (tuples, without the batch axis).
+    (An operator without ``PARAMS`` writes its own ``__init__``, passes its keyword
+    arguments to ``super().__init__(**params)`` and sets the shapes there.)
     """
 
     name: ClassVar[str] = "operator"
@@ -163,14 +111,80 @@ class Operator(torch.nn.Module):
     range_is_complex: ClassVar[bool] = False
     slice_varying: bool = False
     slice_buffers: ClassVar[tuple[str, ...]] = ()
+    #: names of the image's components (domain ``(n_components, *image)``), e.g. tissue and haze
+    component_names: tuple[str, ...] = ()
+    PARAMS: ClassVar[tuple[Param, ...]] = ()
 
     domain_shape: tuple[int, ...]
     range_shape: tuple[int, ...]
     n_slices: int | None = None
 
-    def __init__(self, **params: Any) -> None:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.PARAMS and "__init__" not in cls.__dict__:
+            cls.__signature__ = signature_of(cls.PARAMS)
+
+    def __init__(self, *args: Any, arrays: dict[str, Any] | None = None, **params: Any) -> None:
         super().__init__()
-        self._params = as_json_params(params)
+        self._spec_arrays = dict(arrays or {})
+        decl = type(self).PARAMS
+        if not decl:  # an operator with its own __init__ and no declaration
+            if args:
+                raise TypeError(f"{type(self).__name__} passes its parameters to Operator.__init__ by keyword")
+            self._params = as_json_params(params)
+            return
+        p = bind(type(self), decl, args, params)
+        self._build(p)
+        self._params = as_json_params({d.name: p[d.name] for d in decl if not (d.omit_default and d.is_default(p[d.name]))})
+
+    def _build(self, p: dict[str, Any]) -> None:  # pragma: no cover - abstract for declared operators
+        """Build the operator from its checked parameters ``p`` (class docstring)."""
+        raise NotImplementedError(f"{type(self).__name__} declares PARAMS but no _build(p)")
+
+    @property
+    def spec_arrays(self) -> dict[str, Any]:
+        """The measurement arrays this operator was built with (``arrays=``), by name: what
+        :func:`medrecon.operator_from_spec` needs besides :meth:`spec` to rebuild it."""
+        return dict(self.__dict__.get("_spec_arrays") or {})
+
+    # ------------------------------------------------------ building
+    @classmethod
+    def for_grid(cls, shape: Sequence[int], spacing: Sequence[float] | None = None, /,
+                 **params: Any) -> "Operator":
+        """The operator for an image grid ``shape`` (pixels: ``[ny, nx]``, or ``[Z, Y, X]`` for a
+        3D operator) with pixel sizes ``spacing`` (mm, one per axis), other parameters ``params``.
+
+        Fills the parameters declared with a ``grid`` role (:mod:`medrecon.operators.params`)
+        that ``params`` does not give: the image shape, a pixel size for square pixels, a voxel
+        size.  A given shape is kept (the caller checks it against the grid); ``shape`` and
+        ``spacing`` are positional, so ``params`` may hold parameters of those names.
+
+        >>> import medrecon
+        >>> cls = medrecon.operators.operator_class("template.scale")
+        >>> cls.for_grid((6, 5), (0.8, 0.8), factor=3.0).spec()["params"]
+        {'shape': [6, 5], 'factor': 3.0}
+        """
+        return cls(**grid_params(cls, shape, spacing, params))
+
+    @classmethod
+    def example(cls) -> "Operator":
+        """A small valid instance (small grid, synthetic arrays) for the conformance kit.
+
+        The default: :meth:`for_grid` on a 32 x 32 grid of 1 mm pixels (an 8 x 16 x 16 volume
+        for a 3D operator) with the other parameters at their defaults; an operator with
+        required parameters that no grid fills overrides it.  Raises
+        :class:`~medrecon.errors.PluginError` when that does not build.
+
+        >>> import medrecon
+        >>> medrecon.operators.operator_class("template.scale").example().domain_shape
+        (32, 32)
+        """
+        shape = (32, 32) if cls.per_slice else (8, 16, 16)
+        try:
+            return cls.for_grid(shape, (1.0,) * len(shape))
+        except (TypeError, InputError) as exc:
+            raise PluginError(f"operator {cls.name!r} has no example(): its class must define one "
+                              f"(building it for a {'x'.join(map(str, shape))} grid failed: {exc})") from exc
 
     # ------------------------------------------------------ slice-varying
     @property
@@ -251,8 +265,44 @@ class Operator(torch.nn.Module):
         return x
 
     def normal(self, x: torch.Tensor) -> torch.Tensor:
-        """Apply the normal operator ``A^H A`` (self-adjoint, positive semi-definite)."""
+        """Apply the normal operator ``A^H A`` (self-adjoint, positive semi-definite) to ``x``
+        ``(B, *domain_shape)``.
+
+        A real ``x`` for a complex-domain operator gives ``Re(A^H A x)``: the normal operator of
+        ``A`` restricted to real images (``x`` is cast to complex first).  Differentiable;
+        without autograd it runs :meth:`_normal`, which a subclass may override with a cheaper
+        form giving the same numbers.
+
+        >>> import torch, medrecon
+        >>> A = medrecon.get_operator("template.scale", shape=[2, 2], factor=3.0)
+        >>> A.normal(torch.ones(1, 2, 2))[0, 0, 0].item()
+        9.0
+        """
+        self._check(x, self.domain_shape, "image")
+        xin = x.to(x.dtype.to_complex()) if self.domain_is_complex and not x.is_complex() else x
+        if torch.is_grad_enabled() and x.requires_grad:
+            out = self.adjoint(self.forward(xin))
+        else:
+            out = self._normal(xin)
+        return out.real if not x.is_complex() and out.is_complex() else out
+
+    def _normal(self, x: torch.Tensor) -> torch.Tensor:
+        """``A^H A x`` on a validated image batch: ``adjoint(forward(x))``."""
         return self.adjoint(self.forward(x))
+
+    def norm(self, iters: int = 50, *, real_domain: bool | None = None) -> float:
+        """The operator 2-norm ``||A||`` (largest singular value, in units of y per unit of x)
+        by power iteration on ``A^H A`` (:func:`medrecon.operators.linalg.estimate_norm`:
+        one image from a fixed seed, cached per operator, device and precision; the largest
+        over all slices of a slice-varying operator).  ``real_domain``: over real images only.
+
+        >>> import medrecon
+        >>> round(medrecon.get_operator("template.scale", shape=[4, 4], factor=-3.0).norm(), 6)
+        3.0
+        """
+        from medrecon.operators.linalg import estimate_norm
+
+        return estimate_norm(self, iters, real_domain=real_domain)
 
     def classical(self, y: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         """The modality's classical reconstruction of ``y`` (FBP, zero-filled...)."""
@@ -311,10 +361,13 @@ class Operator(torch.nn.Module):
         return out
 
     @classmethod
-    def from_spec(cls, spec: dict[str, Any]) -> "Operator":
+    def from_spec(cls, spec: dict[str, Any], arrays: dict[str, Any] | None = None) -> "Operator":
         """Build the operator described by ``spec`` (the output of :meth:`spec`); a ``slices``
-        entry selects those slices of a slice-varying operator (:meth:`for_slices`)."""
-        op = cls(**spec.get("params", {}))
+        entry selects those slices of a slice-varying operator (:meth:`for_slices`).
+        ``arrays``: the measurement arrays (``Measurement.arrays``) that ``{"array": NAME}``
+        parameter values refer to (coil maps); ignored by an operator without ``PARAMS``."""
+        params = spec.get("params", {})
+        op = cls(**params, arrays=arrays) if cls.PARAMS else cls(**params)
         slices = spec.get("slices")
         if slices is None:
             return op
@@ -369,23 +422,6 @@ class Operator(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={_short(v)}" for k, v in self._params.items())
-
-
-class _AdjointFunction(torch.autograd.Function):
-    """Autograd node for ``x = A^H y`` whose backward is ``A``."""
-
-    @staticmethod
-    def forward(ctx, y, op):
-        ctx.op = op
-        ctx.y_is_complex = y.is_complex()
-        return op._adjoint(y)
-
-    @staticmethod
-    def backward(ctx, grad_x):
-        g = ctx.op._forward(grad_x)
-        if not ctx.y_is_complex and g.is_complex():
-            g = g.real
-        return g, None
 
 
 def _complex_of(dtype: torch.dtype) -> torch.dtype:

@@ -21,6 +21,7 @@ import torch
 
 from medrecon.errors import InputError
 from medrecon.operators.base import Operator
+from medrecon.operators.params import Param
 
 __all__ = ["MatrixOperator"]
 
@@ -42,8 +43,21 @@ class MatrixOperator(Operator):
 
     name = "matrix"
     per_slice = True
+    PARAMS = (
+        Param("matrix", doc="(M, N) matrix, real or complex (or its real part, with imag)"),
+        Param("shape", None, doc="image shape, product N (default [N])"),
+        Param("range_shape", None, doc="measurement shape, product M (default [M])"),
+        Param("imag", None, omit_default=True, doc="(M, N) imaginary part (how the spec stores a complex matrix)"),
+    )
 
-    def __init__(self, matrix, shape=None, range_shape=None, imag=None):
+    @classmethod
+    def example(cls) -> "MatrixOperator":
+        """A fixed random 12 x 16 matrix on 4 x 4 images (seed 0)."""
+        gen = torch.Generator().manual_seed(0)
+        return cls(torch.randn(12, 16, generator=gen, dtype=torch.float64), shape=[4, 4])
+
+    def _build(self, p) -> None:
+        matrix, shape, range_shape, imag = p["matrix"], p["shape"], p["range_shape"], p["imag"]
         m = torch.as_tensor(_to_tensorable(matrix))
         if m.ndim != 2 or min(m.shape) < 1:
             raise InputError(f"matrix operator needs a 2D matrix, got shape {tuple(m.shape)}")
@@ -65,10 +79,7 @@ class MatrixOperator(Operator):
             raise InputError(f"matrix operator image shape {shape} does not have {cols} elements")
         if math.prod(range_shape) != rows or min(range_shape) < 1:
             raise InputError(f"matrix operator range shape {range_shape} does not have {rows} elements")
-        params = {"matrix": re, "shape": shape, "range_shape": range_shape}
-        if im is not None:
-            params["imag"] = im
-        super().__init__(**params)
+        p.update(matrix=re, shape=shape, range_shape=range_shape, imag=im)  # the stored (spec) form
         self.domain_shape = tuple(shape)
         self.range_shape = tuple(range_shape)
         is_complex = im is not None

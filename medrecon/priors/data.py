@@ -45,15 +45,16 @@ class SliceStack:
 
     def to_net(self) -> np.ndarray:
         """float32 (N, S, S) in the network range: 2 (x - lo)/(hi - lo) - 1 per slice, then the
-        mu-law (:mod:`medrecon.priors.intensity`) when the intensity kind is ``mulaw`` (US)."""
+        intensity kind's companding (:mod:`medrecon.priors.intensity`; e.g. the ultrasound
+        plugin's mu-law; none for CT and MR)."""
         lo = self.lo.astype(np.float32)[:, None, None]
         hi = self.hi.astype(np.float32)[:, None, None]
         v = 2 * (self.data.astype(np.float32) - lo) / (hi - lo) - 1
         inten = self.meta.get("intensity") or {}
-        if inten.get("kind") == "mulaw":
-            from medrecon.priors.intensity import MU, mulaw
+        if inten.get("kind"):
+            from medrecon.priors.intensity import intensity_kind
 
-            v = mulaw(v, float(inten.get("mu", MU)))
+            v = intensity_kind(inten["kind"]).compress(v, inten)
         return v.astype(np.float32)
 
     @property
@@ -63,8 +64,10 @@ class SliceStack:
 
 def intensity_bounds(modality: str, data: np.ndarray, p_lo: float = 0.5, p_hi: float = 99.5):
     """(lo, hi, intensity dict) for a volume: CT the fixed HU window, MR the volume's percentiles,
-    US (beamformed RF) -s, s with s the 99.9th percentile of |x| (then mu-law, see the module docstring)."""
-    from medrecon.priors.model import CT_WINDOW, US_SCALE_PERCENTILE
+    another modality the registered intensity kind that declares it (its ``default()`` section,
+    bound to the data: the ultrasound plugin's mu-law with lo = -s, hi = s, s a percentile of |x|)."""
+    from medrecon.priors.config import CT_WINDOW
+    from medrecon.priors.intensity import default_intensity, intensity_kind
 
     if modality == "ct":
         lo, hi = CT_WINDOW
@@ -74,14 +77,12 @@ def intensity_bounds(modality: str, data: np.ndarray, p_lo: float = 0.5, p_hi: f
         if not hi > lo:
             raise InputError(f"MR volume has no intensity range (p{p_lo} = p{p_hi} = {lo})")
         return lo, hi, {"kind": "percentile", "p_lo": p_lo, "p_hi": p_hi}
-    if modality == "us":
-        from medrecon.priors.intensity import MU
-
-        s = float(np.percentile(np.abs(data.astype(np.float32)), US_SCALE_PERCENTILE))
-        if not s > 0:
-            raise InputError("the ultrasound data are all zero; there is no RF scale to normalise by")
-        return -s, s, {"kind": "mulaw", "mu": MU, "p_scale": US_SCALE_PERCENTILE}
-    raise InputError(f"unknown modality {modality!r}; use ct, mr or us")
+    inten = default_intensity(modality)
+    if inten is None:
+        raise InputError(f"unknown modality {modality!r}; use ct, mr or us")
+    inten = {k: v for k, v in inten.items() if k != "units"}
+    lo, hi = intensity_kind(inten["kind"]).bind(data, inten)
+    return lo, hi, inten
 
 
 def resample_slices(data: np.ndarray, pixel_yx, size: int, pixel_size_mm: float | None = None):
@@ -144,7 +145,7 @@ def stack_from_volume(path, size: int, modality: str | None = None, pixel_size_m
     MR percentiles are computed on the whole volume (before ``z`` is applied), so the training
     and held-out parts of one volume share the same normalisation.
     """
-    from medrecon.volume import load_volume
+    from medrecon.io import load_volume
 
     vol = load_volume(path)
     mod = (modality or (vol.meta.get("modality") or "")).lower()

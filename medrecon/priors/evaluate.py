@@ -25,6 +25,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medrecon.metrics import psnr_slices
+
+#: PSNR here is per slice on the network range [-1, 1] (data range 2, unclipped; medrecon.metrics.psnr_slices).
+NET_RANGE = (-1.0, 1.0)
 EVAL_TIMESTEPS = (100, 300, 500)
 EVIDENCE_T = 300
 SIGMA_GRID = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0)
@@ -41,12 +45,6 @@ def gaussian_filter(x: torch.Tensor, sigma: float) -> torch.Tensor:
     k = k / k.sum()
     x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
     return F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1))
-
-
-def psnr(x: torch.Tensor, ref: torch.Tensor, peak_to_peak: float = 2.0) -> torch.Tensor:
-    """Per-slice PSNR (dB) of (B, 1, H, W) images."""
-    mse = ((x - ref) ** 2).flatten(1).mean(1).clamp(min=1e-12)
-    return 10 * torch.log10(peak_to_peak**2 / mse)
 
 
 def _noisy(x0: torch.Tensor, t: int, abar: torch.Tensor, seed: int):
@@ -111,7 +109,7 @@ def evaluate_prior(prior, holdout, train=None, output=None, device=None, batch: 
         x0h = (xt - (1 - a).sqrt() * ep) / a.sqrt()
         res["denoising"][str(t)] = {"eps_mse": float(((ep - e) ** 2).mean()),
                                     "x0_mse": float(((x0h - x_hold) ** 2).mean()),
-                                    "x0_psnr_db": float(psnr(x0h, x_hold).mean())}
+                                    "x0_psnr_db": float(psnr_slices(x0h, x_hold, NET_RANGE, clip=False).mean())}
 
     # prior evidence at t = evidence_t
     t = evidence_t
@@ -119,13 +117,14 @@ def evaluate_prior(prior, holdout, train=None, output=None, device=None, batch: 
     sigma_n = float(((1 - a) / a).sqrt())
     xt_tr, _, _ = _noisy(x_train, t, abar, seed + 1)
     y_tr = xt_tr / a.sqrt()
-    scores = {s: float(psnr(gaussian_filter(y_tr, s), x_train).mean()) for s in SIGMA_GRID}
+    scores = {s: float(psnr_slices(gaussian_filter(y_tr, s), x_train, NET_RANGE, clip=False).mean())
+              for s in SIGMA_GRID}
     best_sigma = max(scores, key=scores.get)
     xt, _, _ = _noisy(x_hold, t, abar, seed)
     y = xt / a.sqrt()
     gauss = gaussian_filter(y, best_sigma)
     x0h = (xt - (1 - a).sqrt() * run_eps(xt, t)) / a.sqrt()
-    p_noisy, p_gauss, p_prior = psnr(y, x_hold), psnr(gauss, x_hold), psnr(x0h, x_hold)
+    p_noisy, p_gauss, p_prior = (psnr_slices(v, x_hold, NET_RANGE, clip=False) for v in (y, gauss, x0h))
     res["evidence"] = {
         "t": t, "abar": float(a), "noise_sigma_net": sigma_n, "gaussian_sigma_px": best_sigma,
         "gaussian_sigma_scores_train": {str(k): v for k, v in scores.items()},

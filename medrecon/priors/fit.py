@@ -7,7 +7,7 @@ x_0 = to_net(x) in the network range, and for each timestep t in ``timesteps`` a
     x_t  = sqrt(abar_t) x_0 + sqrt(1 - abar_t) e,    e ~ N(0, I) seeded by (seed, d, t)
     L(t) = mean over draws and pixels of (eps_hat(x_t, t) - e)^2          (dimensionless)
 
-eps_hat is the prior's noise prediction (:func:`medrecon.samplers.base.prior_eps`, as the samplers
+eps_hat is the prior's noise prediction (:func:`medrecon.samplers.prior_ops.prior_eps`, as the samplers
 call it; a v-prediction prior is compared in the epsilon parameterisation).  The noise field
 e (H, W) is the same for every slice of a call (common random numbers), so a slice's L is a
 function of that slice alone: independent of batch size, order and device (up to float rounding).
@@ -82,7 +82,7 @@ def denoising_loss(prior, images, *, timesteps=None, draws: int = 2, seed: int =
     images: (B, H, W) or (H, W), numpy or torch, in physical units (already in the network
     range with ``net_range=True``).  timesteps: None = :func:`fit_timesteps` of the prior.
     """
-    from medrecon.samplers.base import prior_eps, to_net_real
+    from medrecon.samplers.prior_ops import prior_eps, to_net_real
 
     T = int(prior.num_timesteps)
     ts = fit_timesteps(T) if timesteps is None else tuple(int(t) for t in timesteps)

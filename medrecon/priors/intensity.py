@@ -1,50 +1,120 @@
-"""Mu-law companding, the intensity transform of ultrasound priors (modality ``us``).
+"""Intensity kinds: the map of a prior between physical units and the network range.
 
-Beamformed RF is signed and spans a large dynamic range (speckle, bright point targets).
-Ultrasound priors (Stevens et al., "Dehazing ultrasound using diffusion models", IEEE TMI
-2024) see it through a robust scale ``s`` followed by mu-law companding (mu = 255)::
+A prior's ``config.json`` names its kind in ``intensity.kind``; the map is::
 
-    v = x / s                                   (x physical, arbitrary RF units)
-    u = C(v) = sign(v) ln(1 + mu |v|) / ln(1 + mu)            (network range)
-    v = C^-1(u) = sign(u) ((1 + mu)^|u| - 1) / mu
+    x_net = C(2 (x - lo) / (hi - lo) - 1)          (physical units -> network range)
+    x     = lo + (C^-1(x_net) + 1) (hi - lo) / 2   (exact inverse)
 
-``C`` maps [-1, 1] onto [-1, 1], is odd, strictly increasing and defined on the whole real
-line, so ``C^-1(C(v)) = v`` for every v (no clipping: the inverse is exact, unlike a clipped
-companding).  Works on numpy arrays and torch tensors alike.
+with ``C`` the kind's companding (``compress``; ``C^-1`` = ``expand``) and the bounds
+``lo``, ``hi`` either fixed in the config or **bound** to the data before use (``bind``):
 
->>> import numpy as np
->>> u = mulaw(np.array([-1.0, -0.01, 0.0, 0.5, 1.0, 3.0]))
->>> bool(np.allclose(mulaw_inv(u), [-1.0, -0.01, 0.0, 0.5, 1.0, 3.0]))
-True
+=============  ======  ========================================================  ==========
+kind           bound   lo, hi                                                    C
+=============  ======  ========================================================  ==========
+``window``     no      ``intensity.lo``, ``intensity.hi`` (CT: -1000, 2000 HU)   identity
+``percentile`` yes     the volume's ``p_lo``, ``p_hi`` percentiles (MR)           identity
+=============  ======  ========================================================  ==========
+
+Other kinds come from plugins (the ultrasound plugin's ``mulaw``: ``lo = -s, hi = s`` with
+``s`` a percentile of ``|x|``, then mu-law companding).  Every kind, these two included, is
+registered in the entry-point group ``medrecon.intensities`` and found through the registry
+(:func:`intensity_kind`); the contract a kind object meets:
+
+- ``bound``: True when ``bind`` needs the data (the engine binds it once per volume);
+- ``problem(intensity) -> str | None``: what is wrong with a config's intensity section;
+- ``bind(data, intensity) -> (lo, hi)``: the bounds for ``data`` (a NumPy array, physical units);
+- ``compress(v, intensity)`` / ``expand(u, intensity)``: ``C`` and ``C^-1``, elementwise,
+  NumPy arrays and torch tensors alike;
+- optional ``modality`` and ``default() -> dict``: the intensity section of a new prior of
+  that modality (:func:`default_intensity`).
+
+>>> WINDOW.bind(None, {"kind": "window", "lo": -1000, "hi": 2000})
+(-1000.0, 2000.0)
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-__all__ = ["MU", "mulaw", "mulaw_inv"]
-
-#: The paper's companding constant.
-MU = 255.0
+__all__ = ["WINDOW", "PERCENTILE", "intensity_kind", "intensity_problem", "bound_kinds", "default_intensity"]
 
 
-def _xp(a):
-    if hasattr(a, "detach"):  # torch tensor
-        import torch
+class Window:
+    """Intensity kind ``window``: fixed bounds ``intensity.lo`` < ``intensity.hi``, no companding."""
 
-        return torch
-    return np
+    name = "window"
+    bound = False
+
+    def problem(self, intensity: dict) -> str | None:
+        return None if float(intensity.get("hi", 0)) > float(intensity.get("lo", 0)) else \
+            "'intensity' window needs hi > lo"
+
+    def bind(self, data, intensity: dict) -> tuple[float, float]:  # noqa: ARG002 - the data do not matter
+        return float(intensity["lo"]), float(intensity["hi"])
+
+    def compress(self, v, intensity: dict):  # noqa: ARG002
+        return v
+
+    def expand(self, u, intensity: dict):  # noqa: ARG002
+        return u
 
 
-def mulaw(v, mu: float = MU):
-    """Mu-law compression ``sign(v) ln(1 + mu |v|) / ln(1 + mu)`` (elementwise; numpy or torch)."""
-    xp = _xp(v)
-    return xp.sign(v) * xp.log1p(mu * xp.abs(v)) / math.log1p(mu)
+class Percentile(Window):
+    """Intensity kind ``percentile``: ``lo``, ``hi`` = the data's ``intensity.p_lo`` and ``intensity.p_hi``
+    percentiles (computed in float32), no companding."""
+
+    name = "percentile"
+    bound = True
+
+    def problem(self, intensity: dict) -> str | None:  # noqa: ARG002
+        return None
+
+    def bind(self, data, intensity: dict) -> tuple[float, float]:
+        lo, hi = np.percentile(np.asarray(data).astype(np.float32), [intensity["p_lo"], intensity["p_hi"]])
+        return float(lo), float(hi)
 
 
-def mulaw_inv(u, mu: float = MU):
-    """Mu-law expansion ``sign(u) ((1 + mu)^|u| - 1) / mu``, the exact inverse of :func:`mulaw`."""
-    xp = _xp(u)
-    return xp.sign(u) * xp.expm1(xp.abs(u) * math.log1p(mu)) / mu
+#: The core kinds (registered under these names in medrecon's own pyproject.toml).
+WINDOW = Window()
+PERCENTILE = Percentile()
+
+
+def intensity_kind(name: str):
+    """The intensity kind registered as ``name`` (:func:`medrecon.registry.intensity_kind`);
+    :class:`~medrecon.errors.PluginError` naming the known kinds when there is none."""
+    from medrecon import registry
+
+    return registry.intensity_kind(str(name))
+
+
+def intensity_problem(intensity) -> str | None:
+    """What is wrong with a prior config's ``intensity`` section (no ``kind``, a kind nobody
+    registered, or the kind's own ``problem``), or None."""
+    from medrecon.errors import PluginError
+
+    if not isinstance(intensity, dict) or not isinstance(intensity.get("kind"), str):
+        return "'intensity.kind' is missing"
+    try:
+        kind = intensity_kind(intensity["kind"])
+    except PluginError as exc:
+        return f"'intensity.kind': {exc}"
+    return kind.problem(intensity)
+
+
+def bound_kinds() -> tuple[str, ...]:
+    """Names of the registered kinds whose map must be bound to the data (``bound`` is True), sorted."""
+    from medrecon import registry
+
+    return tuple(name for name, kind in registry.intensity_kinds().items() if getattr(kind, "bound", False))
+
+
+def default_intensity(modality: str) -> dict | None:
+    """The intensity section for a new prior of ``modality`` from the registered kind that declares
+    that ``modality`` (and a ``default()``), or None when no kind does."""
+    from medrecon import registry
+
+    for kind in registry.intensity_kinds().values():
+        if getattr(kind, "modality", None) == modality and callable(getattr(kind, "default", None)):
+            return kind.default()
+    return None
+

@@ -22,127 +22,30 @@ import torch.nn.functional as F
 
 from medrecon.datasets import sha256_file
 from medrecon.errors import FileFormatError, InputError
-from medrecon.priors.schedule import SCHEDULES, make_schedule
-
-FORMAT = "medrecon-prior"
-FORMAT_VERSION = 1
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "weights.safetensors"
-MODALITIES = ("ct", "mr", "us")
-PREDICTIONS = ("epsilon", "v")
-
-#: Network width presets (MONAI DiffusionModelUNet, 2D, 1 channel in/out, attention at the two
-#: lowest resolutions).  Parameter counts measured with monai 1.6.1.
-PRESETS: dict[str, dict[str, Any]] = {
-    # ~0.10M: tests only
-    "tiny": dict(channels=[8, 16, 16, 16], attention_levels=[False, False, False, True],
-                 num_res_blocks=1, num_head_channels=8, norm_num_groups=8),
-    # ~1.1M
-    "xs": dict(channels=[16, 32, 64, 64], attention_levels=[False, False, True, True],
-               num_res_blocks=1, num_head_channels=16, norm_num_groups=16),
-    # ~4.5M, 9.1 MB in float16: the shipped priors
-    "small": dict(channels=[32, 64, 128, 128], attention_levels=[False, False, True, True],
-                  num_res_blocks=1, num_head_channels=32, norm_num_groups=32),
-    # ~6.7M
-    "medium": dict(channels=[32, 64, 128, 128], attention_levels=[False, False, True, True],
-                   num_res_blocks=2, num_head_channels=32, norm_num_groups=32),
-}
-DEFAULT_PRESET = "small"
-
-#: CT window mapped linearly onto [-1, 1] (the pancreas CT spans -1000..1988 HU).
-CT_WINDOW = (-1000.0, 2000.0)
-#: MR percentiles (of the whole volume) mapped onto [-1, 1].
-MR_PERCENTILES = (0.5, 99.5)
-#: Ultrasound: percentile of |x| (beamformed RF) used as the robust scale s, then mu-law (mu = 255).
-US_SCALE_PERCENTILE = 99.9
-#: Intensity kinds whose map needs the data (a volume's percentiles, an RF scale) before use.
-BOUND_KINDS = ("percentile", "mulaw")
+from medrecon.priors.config import (  # noqa: F401 - re-exported: the config is part of the prior's API
+    CONFIG_NAME,
+    CT_WINDOW,
+    DEFAULT_PRESET,
+    FORMAT,
+    FORMAT_VERSION,
+    MODALITIES,
+    MR_PERCENTILES,
+    PREDICTIONS,
+    PRESETS,
+    WEIGHTS_NAME,
+    default_config,
+    validate_config,
+)
+from medrecon.priors.intensity import bound_kinds, intensity_kind
+from medrecon.priors.schedule import make_schedule
 
 
-def default_config(
-    modality: str = "ct",
-    image_size: int = 128,
-    pixel_size_mm: float | None = None,
-    preset: str = DEFAULT_PRESET,
-    schedule: str = "linear",
-    prediction: str = "epsilon",
-    num_timesteps: int = 1000,
-) -> dict[str, Any]:
-    """A complete, valid config.json dict.
-
-    ``intensity`` is ``{"kind": "window", "lo": -1000, "hi": 2000}`` for CT: x_net = 2 (x - lo)/(hi - lo) - 1.
-    For MR it is ``{"kind": "percentile", "p_lo": 0.5, "p_hi": 99.5}``: lo and hi are the
-    volume's own percentiles, supplied with the data (:meth:`DiffusionPrior.with_intensity`).
-    For ultrasound (beamformed RF) it is ``{"kind": "mulaw", "mu": 255, "p_scale": 99.9}``:
-    x_net = C(x / s) with the mu-law C (:mod:`medrecon.priors.intensity`) and s the p_scale
-    percentile of |x| over the data, supplied with it as lo = -s, hi = s.
-    """
-    if preset not in PRESETS:
-        raise InputError(f"unknown network preset {preset!r}; use one of {', '.join(PRESETS)}")
-    if modality == "ct":
-        intensity = {"kind": "window", "lo": CT_WINDOW[0], "hi": CT_WINDOW[1], "units": "HU"}
-    elif modality == "mr":
-        intensity = {"kind": "percentile", "p_lo": MR_PERCENTILES[0], "p_hi": MR_PERCENTILES[1],
-                     "units": "arbitrary"}
-    elif modality == "us":
-        from medrecon.priors.intensity import MU
-
-        intensity = {"kind": "mulaw", "mu": MU, "p_scale": US_SCALE_PERCENTILE, "units": "arbitrary"}
-    else:
-        raise InputError(f"unknown modality {modality!r}; use ct, mr or us")
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "modality": modality,
-        "image_size": int(image_size),
-        "pixel_size_mm": None if pixel_size_mm is None else float(pixel_size_mm),
-        "network": {"type": "monai.DiffusionModelUNet", "preset": preset, **copy.deepcopy(PRESETS[preset])},
-        "schedule": {"kind": schedule, "num_timesteps": int(num_timesteps), "beta_start": 1e-4, "beta_end": 0.02},
-        "prediction": prediction,
-        "intensity": intensity,
-        "padding": "reflect",
-        "weights": {"file": WEIGHTS_NAME, "dtype": "float32", "ema": True},
-        "training": {},
-    }
-
-
-def validate_config(cfg: Any, where: str = "config") -> dict[str, Any]:
-    """Check a config dict; raise a one-sentence :class:`FileFormatError` naming the problem."""
-    def bad(msg: str):
-        raise FileFormatError(f"{where} is not a valid medrecon prior config: {msg}")
-
-    if not isinstance(cfg, dict):
-        bad("it is not a JSON object")
-    if cfg.get("format") != FORMAT:
-        bad(f"'format' is {cfg.get('format')!r}, expected {FORMAT!r}")
-    if int(cfg.get("format_version", -1)) > FORMAT_VERSION:
-        bad(f"format_version {cfg.get('format_version')} is newer than this medrecon reads ({FORMAT_VERSION})")
-    if cfg.get("modality") not in MODALITIES:
-        bad(f"modality {cfg.get('modality')!r} is not one of {', '.join(MODALITIES)}")
-    net = cfg.get("network")
-    if not isinstance(net, dict) or not isinstance(net.get("channels"), list) or not net["channels"]:
-        bad("'network.channels' is missing")
-    if len(net.get("attention_levels", [])) != len(net["channels"]):
-        bad("'network.attention_levels' and 'network.channels' differ in length")
-    sch = cfg.get("schedule")
-    if not isinstance(sch, dict) or sch.get("kind") not in SCHEDULES:
-        bad(f"'schedule.kind' must be one of {', '.join(SCHEDULES)}")
-    if cfg.get("prediction", "epsilon") not in PREDICTIONS:
-        bad(f"'prediction' must be one of {', '.join(PREDICTIONS)}")
-    inten = cfg.get("intensity")
-    if not isinstance(inten, dict) or inten.get("kind") not in ("window", *BOUND_KINDS):
-        bad("'intensity.kind' must be window, percentile or mulaw")
-    if inten["kind"] == "mulaw" and not float(inten.get("mu", 0)) > 0:
-        bad("'intensity' mulaw needs mu > 0")
-    if inten["kind"] == "window" and not float(inten.get("hi", 0)) > float(inten.get("lo", 0)):
-        bad("'intensity' window needs hi > lo")
-    if cfg.get("padding", "reflect") not in ("reflect", "zeros"):
-        bad("'padding' must be reflect or zeros")
-    if "recommended" in cfg:
-        from medrecon.priors.recommended import validate_recommended
-
-        validate_recommended(cfg["recommended"], where, sch.get("num_timesteps"))
-    return cfg
+def __getattr__(name: str):
+    # BOUND_KINDS: the registered intensity kinds whose map needs the data (a volume's percentiles,
+    # an RF scale) before use (medrecon.priors.intensity.bound_kinds), computed on access.
+    if name == "BOUND_KINDS":
+        return bound_kinds()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def build_unet(net_cfg: dict[str, Any], flash: bool = True) -> torch.nn.Module:
@@ -182,8 +85,8 @@ class DiffusionPrior(torch.nn.Module):
       eps = sqrt(abar) v + sqrt(1 - abar) x_t.
     - ``to_net(x_phys)`` / ``from_net(x_net)``: x_net = 2 (x - lo)/(hi - lo) - 1, elementwise.
       ``scale`` = (hi - lo)/2 and ``offset`` = (hi + lo)/2 give x_phys = scale x_net + offset.
-      Ultrasound priors (intensity kind ``mulaw``) compand after the affine map:
-      x_net = C(2 (x - lo)/(hi - lo) - 1) with the mu-law C; exact inverses, not affine.
+      An intensity kind with companding (the ultrasound plugin's ``mulaw``) applies it after the
+      affine map: x_net = C(2 (x - lo)/(hi - lo) - 1); exact inverses, not affine.
 
     Also: ``config`` (dict), ``modality``, ``image_size``, ``pixel_size_mm``, ``net`` (the UNet),
     ``autocast`` (bf16 autocast of the network on CUDA; default True), ``x0(x_t, t)`` (Tweedie),
@@ -201,6 +104,7 @@ class DiffusionPrior(torch.nn.Module):
         self.register_buffer("alphas_cumprod", abar, persistent=False)
         self.autocast = True
         inten = self.config["intensity"]
+        self._intensity_kind = intensity_kind(inten["kind"])  # validated above
         self._lo = inten.get("lo")
         self._hi = inten.get("hi")
 
@@ -245,6 +149,15 @@ class DiffusionPrior(torch.nn.Module):
         other._lo, other._hi = lo, hi
         return other
 
+    @property
+    def bound_intensity(self) -> tuple | None:
+        """``(lo, hi)`` of an intensity map that needs the data (MR percentiles, the RF scale) once
+        bound to a volume (:meth:`for_volume`, :meth:`with_intensity`); None before that, and for a
+        fixed map (the CT window in the config)."""
+        if not self._intensity_kind.bound or self._lo is None or self._hi is None:
+            return None
+        return self._lo, self._hi
+
     def for_volume(self, volume) -> DiffusionPrior:
         """Bind the intensity map to a volume (array or Volume): MR uses its p_lo/p_hi percentiles,
         ultrasound (``mulaw``) the scale s = p_scale percentile of |x| (lo = -s, hi = s).
@@ -254,20 +167,13 @@ class DiffusionPrior(torch.nn.Module):
         spacing = getattr(volume, "spacing", None)
         if spacing is not None and len(spacing) == 3:
             self.check_pixel_size(float(min(spacing[1], spacing[2])))
-        if self.config["intensity"]["kind"] == "window":
+        if not self._intensity_kind.bound:
             return self
         import numpy as np
 
         data = getattr(volume, "data", volume)
         data = data.detach().cpu().numpy() if isinstance(data, torch.Tensor) else np.asarray(data)
-        inten = self.config["intensity"]
-        if inten["kind"] == "mulaw":
-            s = float(np.percentile(np.abs(data.astype(np.float32)), inten.get("p_scale", US_SCALE_PERCENTILE)))
-            if not s > 0:
-                raise InputError("the ultrasound data are all zero; there is no RF scale to normalise by")
-            return self.with_intensity(-s, s)
-        lo, hi = np.percentile(data.astype(np.float32), [inten["p_lo"], inten["p_hi"]])
-        return self.with_intensity(float(lo), float(hi))
+        return self.with_intensity(*self._intensity_kind.bind(data, self.config["intensity"]))
 
     def _lohi(self, like: torch.Tensor):
         if self._lo is None or self._hi is None:
@@ -292,28 +198,17 @@ class DiffusionPrior(torch.nn.Module):
         lo, hi = self._lohi(torch.zeros(()))
         return (hi + lo) / 2
 
-    @property
-    def _mu(self) -> float | None:
-        inten = self.config["intensity"]
-        return float(inten["mu"]) if inten["kind"] == "mulaw" else None
-
     def to_net(self, x_phys: torch.Tensor) -> torch.Tensor:
-        """Physical units -> network range: 2 (x - lo)/(hi - lo) - 1 (then mu-law for ``mulaw``)."""
+        """Physical units -> network range: C(2 (x - lo)/(hi - lo) - 1), C the intensity kind's
+        companding (identity for window / percentile; :mod:`medrecon.priors.intensity`)."""
         lo, hi = self._lohi(x_phys)
         v = 2 * (x_phys - lo) / (hi - lo) - 1
-        if self._mu is not None:
-            from medrecon.priors.intensity import mulaw
-
-            v = mulaw(v, self._mu)
-        return v
+        return self._intensity_kind.compress(v, self.config["intensity"])
 
     def from_net(self, x_net: torch.Tensor) -> torch.Tensor:
-        """Network range -> physical units: lo + (x + 1)(hi - lo)/2 (after mu-law expansion for ``mulaw``)."""
+        """Network range -> physical units: lo + (C^-1(x) + 1)(hi - lo)/2, the exact inverse of :meth:`to_net`."""
         lo, hi = self._lohi(x_net)
-        if self._mu is not None:
-            from medrecon.priors.intensity import mulaw_inv
-
-            x_net = mulaw_inv(x_net, self._mu)
+        x_net = self._intensity_kind.expand(x_net, self.config["intensity"])
         return lo + (x_net + 1) * (hi - lo) / 2
 
     # -- network ----------------------------------------------------------------------------

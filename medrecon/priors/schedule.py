@@ -15,6 +15,9 @@ Functions
 make_schedule(kind, num_timesteps)       -> abar (float64, (T,))
 ddim_timesteps(num_steps, T, spacing)    -> descending int64 steps, first ~T-1, last 0
 tweedie_x0(x_t, eps, abar_t)             -> x0_hat
+tweedie_x0_scalar(x_t, eps, abar_t: float) -> x0_hat (one timestep, float abar: the samplers)
+diffuse(x0, z, abar_t: float)            -> x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) z
+ddim_renoise(x0, eps, abar_s, eta, z)    -> x_s (DDS re-noising of a data-consistent x0)
 eps_from_x0(x_t, x0, abar_t)             -> eps consistent with (x_t, x0)
 ddim_step(x_t, eps, abar_t, abar_prev, eta, noise) -> x_{prev}
 dpmpp2m_sample(eps_fn, x_T, abar, timesteps) -> x_0 (DPM-Solver++ 2M, data prediction)
@@ -101,6 +104,43 @@ def eps_from_x0(x_t: torch.Tensor, x0: torch.Tensor, abar_t) -> torch.Tensor:
     """The noise consistent with ``x_t`` and ``x0``: ``(x_t - sqrt(abar_t) x0) / sqrt(1 - abar_t)``."""
     a = _bc(abar_t, x_t)
     return (x_t - a.sqrt() * x0) / (1 - a).sqrt()
+
+
+# ------------------------------------------------ one timestep for the whole batch (float abar)
+# The samplers step all slices of a batch through the same timestep and pass ``abar`` as a
+# Python float: these forms take the square roots in double precision (``math.sqrt``) and
+# scale the tensors by the rounded scalars, which is not bit-identical to the tensor forms
+# above (there the square roots are taken in the image's dtype).
+
+
+def diffuse(x0: torch.Tensor, z, abar_t: float) -> torch.Tensor:
+    """The forward (noising) process at one timestep, ``abar_t`` a float::
+
+        x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) z
+
+    ``z`` is standard Gaussian noise (network units, like ``x0``).
+    """
+    return math.sqrt(abar_t) * x0 + math.sqrt(1 - abar_t) * z
+
+
+def tweedie_x0_scalar(x_t: torch.Tensor, eps: torch.Tensor, abar_t: float) -> torch.Tensor:
+    """Tweedie's estimate of the clean image from ``x_t`` and the predicted noise (network
+    units) at one timestep, ``abar_t`` a float (:func:`tweedie_x0` takes tensors)::
+
+        x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)
+    """
+    return (x_t - math.sqrt(1 - abar_t) * eps) / math.sqrt(abar_t)
+
+
+def ddim_renoise(x0: torch.Tensor, eps: torch.Tensor, abar_s: float, eta: float, z) -> torch.Tensor:
+    """DDS's re-noising of a (data-consistent) clean estimate to timestep ``s``::
+
+        x_s = sqrt(abar_s) x0 + sqrt(1 - abar_s) (eta z + sqrt(1 - eta^2) eps)
+
+    ``z`` is fresh Gaussian noise (or 0 when ``eta`` is 0): eta = 1 uses fresh noise only,
+    eta = 0 reuses the predicted noise (deterministic DDIM).
+    """
+    return math.sqrt(abar_s) * x0 + math.sqrt(1 - abar_s) * (eta * z + math.sqrt(1 - eta**2) * eps)
 
 
 def ddim_step(

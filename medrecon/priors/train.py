@@ -11,7 +11,8 @@ autocast on CUDA.  Validation: MSE on held-out slices at fixed timesteps with fi
 
 Checkpoints (``OUTPUT/checkpoint/state.safetensors`` + ``state.json``: model, EMA,
 optimizer moments, step, generator state, losses) are written every ``ckpt_every`` steps,
-at the wall-clock cap and at the end; ``resume=True`` continues from them.  No pickle.
+at the wall-clock cap and at the end; ``resume=True`` continues from them.  No pickle
+(:mod:`medrecon.priors.train_checkpoint`).  Augmentation: :mod:`medrecon.priors.augment`.
 
 Outputs in OUTPUT: ``config.json`` + ``weights.safetensors`` (the prior, EMA, float16),
 ``train_report.json``, ``samples.png`` and ``checkpoint/``.  config.json also records
@@ -25,7 +26,6 @@ are imported when training from ``.npy`` stacks: no pydicom, nibabel or scipy.
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import sys
@@ -38,7 +38,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medrecon.errors import FileFormatError, InputError
+from medrecon.errors import InputError
+from medrecon.io.atomic import write_text_atomic
+from medrecon.priors.augment import augment_batch, immiscible_assign
+from medrecon.priors.train_checkpoint import load_checkpoint, save_checkpoint
+from medrecon.progress import make_bar, stderr_is_tty
 
 VAL_TIMESTEPS = (50, 100, 250, 500, 750)
 VAL_SEED = 20240601
@@ -47,152 +51,17 @@ MAX_VAL_SLICES = 32
 FIT_REF_SLICES = 16
 
 
-def immiscible_assign(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """Reorder ``noise`` within the batch to minimise the total L2 distance to ``x0`` (Immiscible Diffusion).
-
-    Solves the linear assignment on the (B, B) pairwise distance matrix with
-    scipy.optimize.linear_sum_assignment and returns ``noise[perm]``.
-    """
-    from medrecon.errors import require
-
-    opt = require("scipy.optimize", "core")
-    with torch.no_grad():
-        d = torch.cdist(x0.flatten(1).float(), noise.flatten(1).float())
-    _, col = opt.linear_sum_assignment(d.cpu().numpy())
-    perm = torch.as_tensor(col, device=noise.device, dtype=torch.long)
-    return noise[perm]
-
-
-def _crop_batch(x: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """Per-sample crops: x (B, 1, H, W), offsets (B,) -> (B, 1, h, w)."""
-    b = x.shape[0]
-    rows = oy[:, None] + torch.arange(h, device=x.device)[None]
-    cols = ox[:, None] + torch.arange(w, device=x.device)[None]
-    bi = torch.arange(b, device=x.device)[:, None, None]
-    return x[bi, 0, rows[:, :, None], cols[:, None, :]][:, None]
-
-
-def rotate_zoom(x: torch.Tensor, gen: torch.Generator, rotate_deg: float, zoom: float) -> torch.Tensor:
-    """Half of the batch (chosen at random) rotated by a uniform angle in [-rotate_deg, rotate_deg]
-    about the image centre and scaled by a uniform factor in [1 - zoom, 1 + zoom]: bicubic
-    resampling, reflected at the border.  The other half is left untouched, so the prior keeps
-    seeing unresampled slices (resampling smooths a little).  x (B, 1, H, W) -> same shape."""
-    b = x.shape[0]
-    dev = x.device
-    u = torch.rand(3, b, generator=gen, device=dev)
-    ang = (2 * u[0] - 1) * math.radians(rotate_deg)
-    s = 1 + (2 * u[1] - 1) * zoom  # magnification; the sampling grid is scaled by 1 / s
-    cos, sin = torch.cos(ang) / s, torch.sin(ang) / s
-    zero = torch.zeros_like(cos)
-    theta = torch.stack([torch.stack([cos, -sin, zero], -1), torch.stack([sin, cos, zero], -1)], 1)
-    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
-    moved = F.grid_sample(x, grid, mode="bicubic", padding_mode="reflection", align_corners=False)
-    return torch.where((u[2] < 0.5)[:, None, None, None], moved, x)
-
-
-def augment_batch(x: torch.Tensor, gen: torch.Generator, patch: int | None, shift: int,
-                  rotate_deg: float = 0.0, zoom: float = 0.0) -> torch.Tensor:
-    """Left-right flip (p = 0.5), optionally :func:`rotate_zoom` (``rotate_deg`` or ``zoom`` > 0),
-    then a random shift of up to ``shift`` px (reflect padded) or a random ``patch`` x ``patch``
-    crop; all on x's device with ``gen``."""
-    b, _, h, w = x.shape
-    dev = x.device
-    flip = torch.rand(b, generator=gen, device=dev) < 0.5
-    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    if rotate_deg > 0 or zoom > 0:
-        x = rotate_zoom(x, gen, rotate_deg, zoom)
-    if patch is not None and patch < min(h, w):
-        oy = torch.randint(0, h - patch + 1, (b,), generator=gen, device=dev)
-        ox = torch.randint(0, w - patch + 1, (b,), generator=gen, device=dev)
-        return _crop_batch(x, oy, ox, patch, patch)
-    if shift > 0:
-        xp = F.pad(x, (shift, shift, shift, shift), mode="reflect")
-        oy = torch.randint(0, 2 * shift + 1, (b,), generator=gen, device=dev)
-        ox = torch.randint(0, 2 * shift + 1, (b,), generator=gen, device=dev)
-        return _crop_batch(xp, oy, ox, h, w)
-    return x
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _save_checkpoint(folder: Path, net, ema, opt, step: int, gen: torch.Generator, state: dict) -> None:
-    from safetensors.torch import save_file
-
-    folder.mkdir(parents=True, exist_ok=True)
-    tensors = {}
-    for k, v in net.state_dict().items():
-        tensors[f"model.{k}"] = v.detach().cpu().contiguous()
-    for k, v in ema.state_dict().items():
-        tensors[f"ema.{k}"] = v.detach().cpu().contiguous()
-    opt_sd = opt.state_dict()
-    for pid, st in opt_sd["state"].items():
-        for key, val in st.items():
-            if torch.is_tensor(val):
-                tensors[f"opt.{pid}.{key}"] = val.detach().cpu().reshape(val.shape).contiguous()
-    tensors["rng.generator"] = gen.get_state().cpu()
-    tensors["rng.torch_cpu"] = torch.get_rng_state()
-    tmp = folder / "state.safetensors.tmp"
-    save_file(tensors, str(tmp))
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, folder / "state.safetensors")
-    meta = dict(state)
-    meta["step"] = step
-    meta["param_groups"] = [{k: v for k, v in g.items() if k != "params"} for g in opt_sd["param_groups"]]
-    meta["opt_state_keys"] = {str(pid): sorted(st.keys()) for pid, st in opt_sd["state"].items()}
-    _atomic_write_text(folder / "state.json", json.dumps(meta, indent=1) + "\n")
-
-
-def _load_checkpoint(folder: Path, net, ema, opt, gen: torch.Generator, device) -> dict:
-    from safetensors.torch import load_file
-
-    sp, jp = folder / "state.safetensors", folder / "state.json"
-    if not sp.is_file() or not jp.is_file():
-        raise FileFormatError(f"no checkpoint to resume from in {str(folder)!r}")
-    try:
-        tensors = load_file(str(sp))
-        meta = json.loads(jp.read_text())
-    except Exception as exc:  # noqa: BLE001
-        raise FileFormatError(f"checkpoint in {str(folder)!r} is unreadable ({exc})") from exc
-    try:
-        net.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
-    except RuntimeError as exc:
-        raise FileFormatError(
-            f"checkpoint in {str(folder)!r} does not match this network (use the same --channels preset)"
-        ) from exc
-    state = {}
-    for pid, keys in meta.get("opt_state_keys", {}).items():
-        state[int(pid)] = {k: tensors[f"opt.{pid}.{k}"].to(device) for k in keys}
-    groups = opt.state_dict()["param_groups"]
-    for g, saved in zip(groups, meta["param_groups"], strict=False):
-        g.update({k: v for k, v in saved.items() if k != "params"})
-    opt.load_state_dict({"state": state, "param_groups": groups})
-    for st in opt.state.values():  # AdamW keeps 'step' on the CPU unless capturable
-        if "step" in st:
-            st["step"] = st["step"].cpu()
-    gen.set_state(tensors["rng.generator"].to(torch.uint8))
-    torch.set_rng_state(tensors["rng.torch_cpu"].to(torch.uint8))
-    return meta
-
-
 class _Progress:
     """A rich progress bar on a TTY; plain log lines every ``log_every`` steps otherwise."""
 
     def __init__(self, total: int, start: int, log_every: int, enabled: bool | None):
         self.total, self.log_every = total, log_every
-        tty = sys.stderr.isatty()
+        tty = stderr_is_tty()
         self.use_bar = tty if enabled is None else (enabled and tty)
         self.quiet = enabled is False
         self._bar = None
         if self.use_bar:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self._bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=False)
+            self._bar = make_bar("train", info=True, stderr=False)
             self._bar.start()
             self._task = self._bar.add_task("train", total=total, completed=start, info="")
 
@@ -414,7 +283,7 @@ def train_prior(
     step = 0
     prev_seconds = 0.0
     if resume:
-        meta = _load_checkpoint(ckpt_dir, net, ema, opt, gen, dev)
+        meta = load_checkpoint(ckpt_dir, net, ema, opt, gen, dev)
         step = int(meta["step"])
         losses = meta.get("losses", [])
         val_losses = meta.get("val_losses", [])
@@ -442,7 +311,7 @@ def train_prior(
     def checkpoint():
         st = dict(common_state, losses=losses, val_losses=val_losses,
                   train_seconds=prev_seconds + time.time() - run_t0)
-        _save_checkpoint(ckpt_dir, net, ema, opt, step, gen, st)
+        save_checkpoint(ckpt_dir, net, ema, opt, step, gen, st)
 
     import signal
     import threading
@@ -559,29 +428,6 @@ def train_prior(
         report["monai"] = monai.__version__
     except ImportError:  # pragma: no cover
         pass
-    _atomic_write_text(out / "train_report.json", json.dumps(report, indent=1) + "\n")
+    write_text_atomic(out / "train_report.json", json.dumps(report, indent=1) + "\n")
     return report
 
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m medrecon.priors.train ...``: the train-prior command alone (same options), which
-    imports none of the other command modules (for a bare GPU machine running from source)."""
-    import typer
-
-    from medrecon.cli import priors_cmd
-    from medrecon.errors import MedreconError
-
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-    priors_cmd.register(app)
-    try:
-        app(args=["train-prior", *(sys.argv[1:] if argv is None else argv)], standalone_mode=True)
-    except MedreconError as exc:
-        if os.environ.get("MEDRECON_DEBUG"):
-            raise
-        print(f"medrecon: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-
-
-if __name__ == "__main__":
-    main()

@@ -15,7 +15,8 @@ from __future__ import annotations
 from typing import Any
 
 from medrecon.errors import InputError, MedreconError, PluginError
-from medrecon.samplers.base import Sampler, randn_per_slice, slice_generators
+from medrecon.samplers.base import Sampler
+from medrecon.streams import randn_per_slice, slice_generators
 
 __all__ = ["Sampler", "get_sampler", "randn_per_slice", "sampler_class", "sampler_from_spec", "slice_generators"]
 

@@ -48,27 +48,17 @@ randomness, progress, checkpoint / resume at step boundaries).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import torch
 
 from medrecon.errors import InputError
-from medrecon.priors.schedule import ddim_timesteps
-from medrecon.samplers.base import (
-    Param,
-    Sampler,
-    _normal,
-    apply_adjoint_real,
-    cg,
-    estimate_norm,
-    net_scale,
-    randn_per_slice,
-    sample_dtype,
-    to_net_real,
-    tweedie_x0,
-)
+from medrecon.operators.linalg import apply_adjoint_real, apply_forward, cg, estimate_norm, normal
+from medrecon.priors.schedule import ddim_timesteps, diffuse, tweedie_x0_scalar
+from medrecon.samplers.base import Param, Sampler
+from medrecon.samplers.prior_ops import net_scale, sample_dtype, to_net_real
+from medrecon.streams import randn_per_slice
 
 __all__ = ["ADMMTVz", "VolumeDiffusionSampler", "check_slice_geometry", "dz", "dzt", "shrink",
            "volume_slices"]
@@ -207,7 +197,7 @@ class ADMMTVz:
         self.u: list[torch.Tensor] | None = None
 
     def _apply(self, v: torch.Tensor) -> torch.Tensor:
-        out = _normal(self.op, v) / self.L2
+        out = normal(self.op, v) / self.L2
         for ax, _ in self.terms:
             out = out + self.rho * dzt(dz(v, ax), ax)
         if self.gamma is not None:
@@ -239,8 +229,6 @@ class ADMMTVz:
 
     def objective(self, x: torch.Tensor, y: torch.Tensor) -> float:
         """``1/(2 L^2) ||A x - y||^2 + lam ||D_z x||_1 [+ lam_xy (||D_y x||_1 + ||D_x x||_1)]`` (float64)."""
-        from medrecon.samplers.base import apply_forward
-
         r = apply_forward(self.op, x) - y
         reg = sum(lam * float(dz(x, ax).abs().sum().double()) for ax, lam in self.terms)
         return float(0.5 * (r.abs() ** 2).sum().double() / self.L2) + reg
@@ -314,6 +302,7 @@ class VolumeDiffusionSampler(Sampler):
     #: With a 3D operator on a (Z, H, W) volume it takes one generator per axial slice (the
     #: engine reads this to pass ``slice_generators(seed, range(Z))``).
     generators_per_axial_slice: ClassVar[bool] = True
+    resumable: ClassVar[bool] = True
 
     def sample(self, y, operator, prior=None, *, checkpoint: Callable[[dict], None] | None = None,
                resume_state: dict | None = None, slice_positions: Sequence[float] | None = None, **kw):
@@ -363,7 +352,7 @@ class VolumeDiffusionSampler(Sampler):
         if vol3d and x_init is not None:
             x_init = x_init[0]
         T = int(prior.num_timesteps)
-        steps = min(int(steps) if steps is not None else int(self.default_steps), T)
+        steps = self.resolve_steps(steps, prior)
         ts = ddim_timesteps(steps, T, p["spacing"]).tolist()
         dev, dtype = y.device, sample_dtype(y)
         abar = prior.alphas_cumprod.to(device=dev, dtype=torch.float64)
@@ -380,7 +369,7 @@ class VolumeDiffusionSampler(Sampler):
 
             a0 = float(abar[ts[0]])
             if x_init is not None:
-                x = math.sqrt(a0) * to_net_real(prior, x_init.to(dtype)) + math.sqrt(1 - a0) * x
+                x = diffuse(to_net_real(prior, x_init.to(dtype)), x, a0)
             start = 0
             if self._resume is not None:
                 start = self._load_resume(self._resume, generators, admm, x, len(ts))
@@ -391,7 +380,7 @@ class VolumeDiffusionSampler(Sampler):
                 tt = torch.full((Z,), t, dtype=torch.long, device=dev)
                 a_t = float(abar[t])
                 e = eps_chunked(prior, x, tt, nb).to(dtype)
-                x0 = prior.from_net(tweedie_x0(x, e, a_t))
+                x0 = prior.from_net(tweedie_x0_scalar(x, e, a_t))
                 x0_dc = data_consistency(x0)
                 if i + 1 < len(ts):
                     a_s = float(abar[ts[i + 1]])

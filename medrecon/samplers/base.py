@@ -1,4 +1,4 @@
-"""The sampler contract, and the numerical helpers every sampler shares.
+"""The sampler contract: :class:`Param` (a declared parameter) and :class:`Sampler`.
 
 A :class:`Sampler` turns measurements ``y`` of an :class:`~medrecon.operators.Operator`
 into images, optionally with a diffusion prior (:class:`~medrecon.priors.protocol.PriorProtocol`)::
@@ -9,10 +9,10 @@ into images, optionally with a diffusion prior (:class:`~medrecon.priors.protoco
   ``(B, *operator.domain_shape)`` in **physical units** (HU for CT), on ``y``'s device.
 * ``generators`` is a list of ``B`` CPU :class:`torch.Generator`, one per slice.  Every
   random number of slice ``b`` is drawn from ``generators[b]`` on the CPU and then moved to
-  the device (:func:`randn_per_slice`).  Together with per-slice inner products and norms
+  the device (:func:`~medrecon.streams.randn_per_slice`).  Together with per-slice inner products and norms
   (never batch-global ones), this makes the result of a slice independent of the batch it
   was sampled in and of the device: the engine seeds each slice from (seed, slice index)
-  with :func:`slice_generators`.
+  with :func:`~medrecon.streams.slice_generators`.
 * ``progress(step_done, total)`` is called after every step.
 * ``x_init`` (physical units) replaces the default starting point where a sampler has one
   (RED-Diff, TV); DPS and DDS noise it to their first timestep.
@@ -22,19 +22,19 @@ into images, optionally with a diffusion prior (:class:`~medrecon.priors.protoco
 
 Network calls: the prior's ``eps`` takes ``(B, 1, H, W)``; operators of 2D slices take
 ``(B, H, W)``.  Samplers keep images as ``(B, H, W)`` and add the channel axis only around
-``prior.eps`` (:func:`prior_eps`).  Data consistency is done in physical units:
+``prior.eps`` (:func:`~medrecon.samplers.prior_ops.prior_eps`).  Data consistency is done in physical units:
 ``x_phys = prior.from_net(x_net)``.
 
 Complex-domain operators (MRI) with a real prior: the prior-based samplers keep the image
 real and measure it as a complex image with zero imaginary part; the gradient and the normal
-operator then act on the real part (the operator base class handles this).  The baselines
+operator then act on the real part (the operator base class and
+:mod:`medrecon.operators.linalg` handle this).  The baselines
 (``classical``, ``tv``) work on complex images directly.
 """
 
 from __future__ import annotations
 
 import math
-import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
@@ -42,22 +42,7 @@ import torch
 
 from medrecon.errors import InputError
 
-__all__ = [
-    "Param",
-    "Sampler",
-    "cg",
-    "estimate_norm",
-    "net_scale",
-    "prior_eps",
-    "psnr",
-    "randn_per_slice",
-    "AntitheticGenerator",
-    "slice_generators",
-    "tweedie_clip",
-    "tweedie_x0",
-    "ddim_renoise",
-    "vdot_per_slice",
-]
+__all__ = ["PHASE_PARAM", "Param", "Sampler"]
 
 
 # --------------------------------------------------------------------------- parameters
@@ -156,6 +141,13 @@ class Sampler:
     #: :meth:`~medrecon.operators.base.Operator.complex_twin`), solve for the complex image and
     #: return its magnitude: a free phase costs a classical method nothing and fits real raw data
     phase_free: ClassVar[bool] = False
+    #: True for volume samplers whose ``sample`` takes ``checkpoint=fn`` (called with the state at
+    #: every step boundary) and ``resume_state=state`` (continue from it): the engine then saves
+    #: that state in the run's checkpoint folder and resumes from it
+    resumable: ClassVar[bool] = False
+    #: True for volume samplers that draw per axial slice of a 3D operator's volume (one generator
+    #: per axial slice, like a per-slice operator) rather than one generator for the volume
+    generators_per_axial_slice: ClassVar[bool] = False
 
     def __init__(self, **params: Any) -> None:
         unknown = sorted(set(params) - set(self.params))
@@ -259,6 +251,22 @@ class Sampler:
                 progress(b + 1, B)
         return torch.cat(out)
 
+    def resolve_steps(self, steps: int | None, prior=None) -> int | None:
+        """The steps this sampler runs: ``steps``, else ``default_steps``; for a diffusion sampler
+        (``needs_prior``) capped at the prior's schedule length ``T = prior.num_timesteps`` (a
+        DDIM-type sampler visits at most every timestep once).  The one place the step count is
+        resolved: the engine's plan records this value, the samplers run it.
+
+        >>> from medrecon.samplers import get_sampler
+        >>> from medrecon.testing import smooth_gaussian_prior
+        >>> get_sampler("dds").resolve_steps(5000, smooth_gaussian_prior(8))
+        1000
+        """
+        eff = int(steps) if steps is not None else self.default_steps
+        if eff is not None and prior is not None and self.needs_prior:
+            eff = min(int(eff), int(prior.num_timesteps))
+        return eff
+
     def _checked(self, y, operator, prior, steps, generators, x_init, *, n_generators: int | None = None,
                  slice_prior: bool = True):
         """The input checks of :meth:`sample` (one-sentence :class:`InputError` each); returns
@@ -323,328 +331,4 @@ PHASE_PARAM = Param(str, "data", "image phase on raw MRI (an operator with a com
                     "tv reconstruction, maps = the low-resolution phase the coil maps carry", choices=("data", "maps"))
 
 
-# --------------------------------------------------------------------------- randomness
-class AntitheticGenerator(torch.Generator):
-    """A generator whose normal draws :func:`randn_per_slice` negates: seeded like a plain one,
-    it gives the antithetic twin ``-z`` of every noise tensor ``z`` of that stream
-    (``reconstruct(..., samples=N, antithetic=True)``)."""
-
-    sign = -1.0
-
-
-def slice_generators(seed: int, indices: Sequence[int] | int, draw: int = 0,
-                     antithetic: bool = False) -> list[torch.Generator]:
-    """CPU generators seeded from ``(seed, slice index)``; ``indices`` an int means ``range(indices)``.
-
-    The seed of slice ``i`` depends only on ``seed`` and ``i`` (through numpy's
-    ``SeedSequence``), so a slice gets the same random numbers whatever batch it is in.
-    ``draw`` > 0 selects the independent stream ``(seed, i, draw)`` of a further posterior
-    sample of the same slice (``reconstruct(..., samples=N)``); draw 0 is the plain stream.
-    ``antithetic`` returns :class:`AntitheticGenerator` s of the same streams: every normal
-    draw negated.
-
-    >>> g = slice_generators(0, [5])[0]; h = slice_generators(0, range(3, 6))[2]
-    >>> bool(torch.equal(torch.randn(3, generator=g), torch.randn(3, generator=h)))
-    True
-    """
-    import numpy as np
-
-    if isinstance(indices, int):
-        indices = range(indices)
-    out = []
-    for i in indices:
-        entropy = [int(seed) & (2**63 - 1), int(i)] + ([int(draw)] if draw else [])
-        s = int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
-        out.append((AntitheticGenerator if antithetic else torch.Generator)().manual_seed(s & (2**63 - 1)))
-    return out
-
-
-def randn_per_slice(generators: Sequence[torch.Generator], shape: Sequence[int], *,
-                    device=None, dtype=torch.float32) -> torch.Tensor:
-    """A ``(B, *shape)`` standard normal tensor, slice ``b`` drawn from ``generators[b]`` on the CPU.
-
-    Drawn on the CPU (so a slice's numbers do not depend on the device) and then moved to
-    ``device``.  Complex dtypes get independent real and imaginary parts of variance 1/2 each.
-    An :class:`AntitheticGenerator` gives the negated numbers of its stream.
-    """
-    shape = tuple(int(s) for s in shape)
-    real = dtype.to_real() if dtype.is_complex else dtype
-    parts = []
-    for g in generators:
-        sign = getattr(g, "sign", 1.0)
-        if dtype.is_complex:
-            z = torch.randn((*shape, 2), generator=g, dtype=real) * (sign * math.sqrt(0.5))
-            parts.append(torch.view_as_complex(z))
-        else:
-            z = torch.randn(shape, generator=g, dtype=real)
-            parts.append(z if sign == 1.0 else sign * z)
-    return torch.stack(parts).to(device=device)
-
-
-# --------------------------------------------------------------------------- linear algebra
-def vdot_per_slice(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Hermitian inner products ``<a_b, b_b> = sum(conj(a_b) * b_b)``, one per slice: shape (B,)."""
-    prod = a.conj() * b if a.is_complex() else a * b
-    return prod.reshape(prod.shape[0], -1).sum(dim=1)
-
-
-def norm_per_slice(a: torch.Tensor) -> torch.Tensor:
-    """Euclidean norm of each slice (real output, shape (B,))."""
-    return torch.linalg.vector_norm(a.reshape(a.shape[0], -1), dim=1)
-
-
-def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return v.view(-1, *([1] * (like.ndim - 1)))
-
-
-def cg(apply: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, x0: torch.Tensor,
-       iters: int, tol: float = 0.0) -> torch.Tensor:
-    """Conjugate gradients for ``M x = b`` with ``M`` Hermitian positive (semi-)definite.
-
-    Each slice of the batch is an independent system: step lengths use per-slice Hermitian
-    inner products (:func:`vdot_per_slice`), so results do not depend on the batch and the
-    method is correct for complex images.  Starts at ``x0`` (not modified) and runs ``iters``
-    iterations; a slice whose residual norm falls below ``tol * ||b||`` stops moving.
-    """
-    x = x0.clone()
-    # stop a slice at a residual near rounding level: past it, p^H M p can underflow to
-    # rounding noise (singular M, e.g. A^H A with fewer measurements than unknowns)
-    tol = max(float(tol), 100 * torch.finfo(x.real.dtype).eps)
-    r = b - apply(x)
-    p = r.clone()
-    rs = vdot_per_slice(r, r).real
-    bn = norm_per_slice(b)
-    for _ in range(int(iters)):
-        if bool((rs.sqrt() <= tol * bn).all()):
-            break
-        ap = apply(p)
-        pap = vdot_per_slice(p, ap).real
-        active = (pap > 0) & (rs > (tol * bn) ** 2)
-        alpha = torch.where(active, rs / torch.where(pap > 0, pap, torch.ones_like(pap)), torch.zeros_like(rs))
-        x = x + _bcast(alpha, x).to(x.dtype) * p
-        r = r - _bcast(alpha, r).to(r.dtype) * ap
-        rs_new = vdot_per_slice(r, r).real
-        beta = torch.where(active & (rs > 0), rs_new / torch.where(rs > 0, rs, torch.ones_like(rs)),
-                           torch.zeros_like(rs))
-        p = r + _bcast(beta, p).to(p.dtype) * p
-        rs = torch.where(active, rs_new, rs)
-    return x
-
-
-_NORM_CACHE: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
-
-
-def tweedie_clip(prior, clip):
-    """The Tweedie clamp (network units) that ``clip`` means for ``prior``: a number or None as
-    given; ``"auto"``: the range the prior's intensity map gives its training images.  A CT
-    window (-1000..2000 HU, covering the data) and the ultrasound mu-law put them in [-1, 1],
-    so 1.0 (the official DPS clamp to the data range); an MR percentile map sends the volume's
-    p0.5 / p99.5 to -1 / 1 and leaves the brightest tissue above 1 (2.6 % of the held-out T1
-    slices' pixels, up to 3.2), so no clamp (clamping at 1 cost DPS 0.4-1 dB on the MR
-    validation slices, docs/samplers.md).  Priors without an intensity map: 1.0."""
-    if clip != "auto":
-        return clip
-    cfg = getattr(prior, "config", None)
-    kind = ((cfg.get("intensity") or {}).get("kind") if isinstance(cfg, dict) else None)
-    return None if kind == "percentile" else 1.0
-
-
-def estimate_norm(operator, iters: int = 50, *, device=None, real_domain: bool | None = None) -> float:
-    """Operator norm ``||A||`` (largest singular value) by power iteration on ``A^H A``.
-
-    Runs on a batch of ONE image from a fixed seed, so the estimate is the same whatever the
-    batch size (per-slice operators share one geometry).  ``real_domain`` restricts to real
-    images for a complex-domain operator (what a real prior meets).  The estimate slightly
-    under-estimates the norm (it converges from below); callers use it for step sizes and
-    scale-aware defaults with a safety margin.  Results are cached per operator object.
-
-    A slice-varying operator (``operator.slice_varying``, per-slice coil maps) has one norm
-    per slice; the estimate is the largest over *all* slices of its measurement
-    (``operator.slice_root``), whatever selection is passed, so a slice's step sizes do not
-    depend on the other slices of its batch: per-slice power iterations on the root's
-    slices from the same start image, cached on the root.
-    """
-    if device is None:
-        device = _device_of(operator)
-    complex_dom = bool(operator.domain_is_complex) and not real_domain
-    key = (int(iters), complex_dom, str(device))
-    if getattr(operator, "slice_varying", False):
-        operator = operator.slice_root
-    cache = _NORM_CACHE.setdefault(operator, {}) if _weakrefable(operator) else {}
-    if key in cache:
-        return cache[key]
-    if getattr(operator, "slice_varying", False):
-        val = _norm_over_slices(operator, int(iters), complex_dom)
-        cache[key] = val
-        return val
-    gen = torch.Generator().manual_seed(12345)
-    shape = (1, *operator.domain_shape)
-    dtype = torch.float64 if _is_double(operator) else torch.float32
-    x = randn_per_slice([gen], operator.domain_shape, dtype=torch.complex128 if complex_dom else torch.float64)
-    x = x.to(device=device, dtype=(dtype.to_complex() if complex_dom else dtype))
-    x = x.reshape(shape)
-    lam = 0.0
-    with torch.no_grad():
-        for _ in range(int(iters)):
-            n = torch.linalg.vector_norm(x)
-            if float(n) == 0:
-                break
-            x = x / n
-            z = _normal(operator, x)
-            lam = float(vdot_per_slice(x, z).real.sum())
-            x = z
-    val = math.sqrt(max(lam, 0.0))
-    cache[key] = val
-    return val
-
-
-def _device_of(operator) -> torch.device:
-    return next((t.device for t in list(operator.buffers()) + list(operator.parameters())), torch.device("cpu"))
-
-
-def _norm_over_slices(root, iters: int, complex_dom: bool, chunk: int | None = None) -> float:
-    """``max_s ||A_s||`` over the slices of a slice-varying operator: power iteration on
-    ``A_s^H A_s`` for each slice (normalised per slice), ``chunk`` slices per batch (default:
-    1 on the CPU, where larger batches fall out of the caches -- 16 slices of 15 coils at
-    320 x 320 took 6 s one at a time and 27 s eight at a time -- and 8 on a GPU), on the
-    operator's own device."""
-    dev = _device_of(root)
-    chunk = int(chunk) if chunk is not None else (1 if dev.type == "cpu" else 8)
-    gen = torch.Generator().manual_seed(12345)
-    dtype = torch.float64 if _is_double(root) else torch.float32
-    x0 = randn_per_slice([gen], root.domain_shape, dtype=torch.complex128 if complex_dom else torch.float64)
-    x0 = x0.to(device=dev, dtype=(dtype.to_complex() if complex_dom else dtype))
-    best = 0.0
-    with torch.no_grad():
-        for s0 in range(0, int(root.n_slices), chunk):
-            idx = list(range(s0, min(s0 + chunk, int(root.n_slices))))
-            op = root.for_slices(idx)
-            x = x0.expand(len(idx), *root.domain_shape).clone()
-            lam = torch.zeros(len(idx), dtype=torch.float64, device=dev)
-            for _ in range(iters):
-                n = norm_per_slice(x)
-                x = x / _bcast(torch.where(n > 0, n, torch.ones_like(n)), x)
-                z = _normal(op, x)
-                lam = vdot_per_slice(x, z).real.to(torch.float64)
-                x = z
-            best = max(best, float(lam.max()))
-    return math.sqrt(max(best, 0.0))
-
-
-def _weakrefable(obj) -> bool:
-    try:
-        weakref.ref(obj)
-        return True
-    except TypeError:
-        return False
-
-
-def _is_double(operator) -> bool:
-    for t in list(operator.buffers()) + list(operator.parameters()):
-        if t.dtype in (torch.float64, torch.complex128):
-            return True
-        if t.is_floating_point() or t.is_complex():
-            return False
-    return False
-
-
-def _normal(operator, x: torch.Tensor) -> torch.Tensor:
-    """``A^H A x`` keeping ``x``'s real/complex kind (real part for a real image)."""
-    xin = x
-    if operator.domain_is_complex and not x.is_complex():
-        xin = x.to(x.dtype.to_complex())
-    out = operator.adjoint(operator.forward(xin))
-    if not x.is_complex() and out.is_complex():
-        out = out.real
-    return out
-
-
-def apply_forward(operator, x: torch.Tensor) -> torch.Tensor:
-    """``A x`` for a real image ``x`` and a complex-domain operator too (cast to complex)."""
-    if operator.domain_is_complex and not x.is_complex():
-        x = x.to(x.dtype.to_complex())
-    return operator.forward(x)
-
-
-def apply_adjoint_real(operator, r: torch.Tensor, real: bool) -> torch.Tensor:
-    """``A^H r``, its real part when ``real`` (a real image measured by a complex operator)."""
-    out = operator.adjoint(r)
-    if real and out.is_complex():
-        out = out.real
-    return out
-
-
-# --------------------------------------------------------------------------- prior helpers
-def prior_eps(prior, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """``prior.eps`` on ``(B, H, W)`` images: adds and removes the channel axis."""
-    return prior.eps(x.unsqueeze(1), t)[:, 0]
-
-
-def net_scale(prior, like: torch.Tensor) -> torch.Tensor:
-    """Per-slice slope ``a`` of ``from_net`` (physical units per network unit), shape (B,).
-
-    ``from_net`` is affine per element (``x_phys = a x_net + b``), possibly with a per-slice
-    ``a`` (MR priors bound to a volume's percentiles).
-    """
-    with torch.no_grad():
-        one = prior.from_net(torch.ones_like(like))
-        zero = prior.from_net(torch.zeros_like(like))
-        d = (one - zero).reshape(like.shape[0], -1).mean(dim=1)
-    if bool((d.abs() == 0).any()):
-        raise InputError("the prior's from_net map is constant; it must be an invertible affine map")
-    return d.abs()
-
-
-def sample_dtype(y: torch.Tensor) -> torch.dtype:
-    """Real working precision: float64 when ``y`` is double, else float32."""
-    return torch.float64 if y.dtype in (torch.float64, torch.complex128) else torch.float32
-
-
-def to_net_real(prior, x_phys: torch.Tensor) -> torch.Tensor:
-    """``prior.to_net`` of an image, taking the real part of a complex image first."""
-    if x_phys.is_complex():
-        x_phys = x_phys.real
-    return prior.to_net(x_phys)
-
-
 # --------------------------------------------------------------------------- metrics
-def psnr(x: torch.Tensor, reference: torch.Tensor, data_range: float | None = None) -> float:
-    """Peak signal-to-noise ratio in dB of ``x`` against ``reference`` (magnitudes if complex).
-
-    ``data_range`` defaults to ``max(reference) - min(reference)``.
-    """
-    x = x.abs() if x.is_complex() else x
-    r = reference.abs() if reference.is_complex() else reference
-    x, r = x.to(torch.float64), r.to(torch.float64).to(x.device)
-    if data_range is None:
-        data_range = float(r.max() - r.min())
-    mse = float(torch.mean((x - r) ** 2))
-    if mse == 0:
-        return float("inf")
-    return 10 * math.log10(data_range**2 / mse)
-
-
-def as_image(x_phys: torch.Tensor, operator, dtype: torch.dtype) -> torch.Tensor:
-    """A real physical-units result in the operator's image dtype: a complex image domain gets
-    the complex dtype with a zero imaginary part (our priors are real-valued)."""
-    return x_phys.to(operator.domain_dtype(dtype)) if operator.domain_is_complex else x_phys
-
-
-# --------------------------------------------------------------------------- DDIM algebra
-def tweedie_x0(x: torch.Tensor, eps: torch.Tensor, abar_t: float) -> torch.Tensor:
-    """Tweedie's estimate of the clean image from ``x_t`` and the predicted noise (network units)::
-
-        x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)
-    """
-    return (x - math.sqrt(1 - abar_t) * eps) / math.sqrt(abar_t)
-
-
-def ddim_renoise(x0: torch.Tensor, eps: torch.Tensor, abar_s: float, eta: float, z) -> torch.Tensor:
-    """DDS's re-noising of a (data-consistent) clean estimate to timestep ``s``::
-
-        x_s = sqrt(abar_s) x0 + sqrt(1 - abar_s) (eta z + sqrt(1 - eta^2) eps)
-
-    ``z`` is fresh Gaussian noise (or 0 when ``eta`` is 0): eta = 1 uses fresh noise only,
-    eta = 0 reuses the predicted noise (deterministic DDIM).
-    """
-    return math.sqrt(abar_s) * x0 + math.sqrt(1 - abar_s) * (eta * z + math.sqrt(1 - eta**2) * eps)

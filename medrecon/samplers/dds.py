@@ -36,28 +36,14 @@ own operator's units (default 1.0); ours is relative to ||A||^2.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from medrecon.priors.schedule import ddim_timesteps
-from medrecon.samplers.base import (
-    PHASE_PARAM,
-    Param,
-    Sampler,
-    _normal,
-    apply_adjoint_real,
-    cg,
-    ddim_renoise,
-    estimate_norm,
-    prior_eps,
-    randn_per_slice,
-    sample_dtype,
-    to_net_real,
-    tweedie_clip,
-    tweedie_x0,
-)
+from medrecon.operators.linalg import apply_adjoint_real, cg, estimate_norm, normal
+from medrecon.priors.schedule import ddim_renoise, ddim_timesteps, diffuse, tweedie_x0_scalar
+from medrecon.samplers.base import PHASE_PARAM, Param, Sampler
 from medrecon.samplers.phase import phase_from_data
+from medrecon.samplers.prior_ops import prior_eps, sample_dtype, to_net_real, tweedie_clip
+from medrecon.streams import randn_per_slice
 
 __all__ = ["DDS"]
 
@@ -90,9 +76,8 @@ class DDS(Sampler):
         if self._params["phase"] == "data":  # raw MRI: the image phase from the data (samplers.phase)
             operator = phase_from_data(operator, y)
         p = self._params
-        steps = int(steps) if steps is not None else self.default_steps
         T = int(prior.num_timesteps)
-        steps = min(steps, T)
+        steps = self.resolve_steps(steps, prior)
         ts = ddim_timesteps(steps, T, p["spacing"]).tolist()
         if p["init"] == "tv":
             ts = [t for t in ts if t <= p["t_start"] * (T - 1)] or ts[-1:]
@@ -111,13 +96,13 @@ class DDS(Sampler):
             aty = apply_adjoint_real(operator, y, True)
             aty = aty.to(dtype)
 
-            def normal(v):
-                return _normal(operator, v)
+            def ata(v):
+                return normal(operator, v)
 
             z = randn_per_slice(generators, shape, device=dev, dtype=dtype)
             a0 = float(abar[ts[0]])
             if x_init is not None:
-                x = math.sqrt(a0) * to_net_real(prior, x_init.to(dtype)) + math.sqrt(1 - a0) * z
+                x = diffuse(to_net_real(prior, x_init.to(dtype)), z, a0)
             else:
                 x = z
             x0_dc_phys = None
@@ -126,15 +111,15 @@ class DDS(Sampler):
                 tt = torch.full((B,), t, dtype=torch.long, device=dev)
                 a_t = float(abar[t])
                 e = prior_eps(prior, x, tt).to(dtype)
-                x0 = tweedie_x0(x, e, a_t)
+                x0 = tweedie_x0_scalar(x, e, a_t)
                 if clip is not None:
                     x0 = x0.clamp(-clip, clip)
                 x0_phys = prior.from_net(x0)
                 if p["cg_iters"] > 0:
                     if p["noiseless"]:
-                        x0_dc_phys = cg(normal, aty, x0_phys, p["cg_iters"])
+                        x0_dc_phys = cg(ata, aty, x0_phys, p["cg_iters"])
                     else:
-                        x0_dc_phys = cg(lambda v: v + g * normal(v), x0_phys + g * aty, x0_phys, p["cg_iters"])
+                        x0_dc_phys = cg(lambda v: v + g * ata(v), x0_phys + g * aty, x0_phys, p["cg_iters"])
                 else:
                     x0_dc_phys = x0_phys
                 if i + 1 == len(ts):

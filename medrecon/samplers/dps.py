@@ -19,7 +19,7 @@ operator (the official setting) it is exactly the official step.  Fewer than
 
 ``clip="auto"`` (default) clamps x0 to the prior's data range: [-1, 1] for CT and ultrasound
 priors (the official clamp), none for MR percentile priors, whose training images reach
-beyond 1 (:func:`medrecon.samplers.base.tweedie_clip`; docs/samplers.md has the measurements).
+beyond 1 (:func:`medrecon.samplers.prior_ops.tweedie_clip`; docs/samplers.md has the measurements).
 
 Differences from the official code (DPS2022/diffusion-posterior-sampling): its norm is
 ``torch.linalg.norm`` over the whole batch, which couples the slices of a batch (the step of
@@ -34,24 +34,19 @@ import math
 
 import torch
 
-from medrecon.priors.schedule import ddim_timesteps
-from medrecon.samplers.base import (
-    PHASE_PARAM,
-    Param,
-    Sampler,
-    apply_forward,
+from medrecon.operators.linalg import apply_forward, estimate_norm, norm_per_slice
+from medrecon.priors.schedule import ddim_timesteps, diffuse, tweedie_x0_scalar
+from medrecon.samplers.base import PHASE_PARAM, Param, Sampler
+from medrecon.samplers.phase import phase_from_data
+from medrecon.samplers.prior_ops import (
     as_image,
-    estimate_norm,
     net_scale,
-    norm_per_slice,
     prior_eps,
-    randn_per_slice,
     sample_dtype,
     to_net_real,
     tweedie_clip,
-    tweedie_x0,
 )
-from medrecon.samplers.phase import phase_from_data
+from medrecon.streams import randn_per_slice
 
 __all__ = ["DPS"]
 
@@ -80,7 +75,7 @@ class DPS(Sampler):
             operator = phase_from_data(operator, y)
         p = self._params
         T = int(prior.num_timesteps)
-        steps = min(int(steps) if steps is not None else self.default_steps, T)
+        steps = self.resolve_steps(steps, prior)
         ts = ddim_timesteps(steps, T, p["spacing"]).tolist() if steps < T else list(range(T - 1, -1, -1))
         dev, dtype = y.device, sample_dtype(y)
         abar = prior.alphas_cumprod.to(device=dev, dtype=torch.float64)
@@ -92,7 +87,7 @@ class DPS(Sampler):
             scale = net_scale(prior, z) * max(L, 1e-30)  # (B,)
             a0 = float(abar[ts[0]])
             if x_init is not None:
-                x = math.sqrt(a0) * to_net_real(prior, x_init.to(dtype)) + math.sqrt(1 - a0) * z
+                x = diffuse(to_net_real(prior, x_init.to(dtype)), z, a0)
             else:
                 x = z
         for i, t in enumerate(ts):
@@ -105,7 +100,7 @@ class DPS(Sampler):
             x = x.detach().requires_grad_(True)
             with torch.enable_grad():
                 e = prior_eps(prior, x, tt).to(dtype)
-                x0 = tweedie_x0(x, e, a_t)
+                x0 = tweedie_x0_scalar(x, e, a_t)
                 if clip is not None:
                     x0 = x0.clamp(-clip, clip)
                 r = y - apply_forward(operator, prior.from_net(x0))

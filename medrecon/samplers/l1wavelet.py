@@ -5,7 +5,7 @@ The classical compressed-sensing baseline (Lustig, Donoho & Pauly 2007; SigPy's
 
     min_x  1/(2 L^2) ||A x - y||^2  +  lam ||W_d x||_1
 
-with ``L = ||A||`` (power iteration, :func:`~medrecon.samplers.base.estimate_norm`) and
+with ``L = ||A||`` (power iteration, :func:`~medrecon.operators.linalg.estimate_norm`) and
 ``W_d`` the detail bands of the orthonormal Daubechies wavelet transform with periodic
 boundary (:class:`~medrecon.operators.wavelet.Wavelet2D`): the coarsest approximation band is
 not penalised (it holds the image's mean and smooth content, which is not sparse), as is
@@ -54,8 +54,9 @@ import math
 import torch
 
 from medrecon.errors import InputError
+from medrecon.operators.linalg import apply_adjoint_real, apply_forward, estimate_norm
 from medrecon.operators.wavelet import WAVELETS, Wavelet2D
-from medrecon.samplers.base import Param, Sampler, apply_adjoint_real, apply_forward, estimate_norm
+from medrecon.samplers.base import Param, Sampler
 from medrecon.samplers.tv import robust_range
 
 __all__ = ["L1Wavelet", "soft_threshold"]

@@ -13,8 +13,8 @@ import weakref
 
 import torch
 
+from medrecon.operators.linalg import estimate_norm, set_norm
 from medrecon.samplers.autotune import _record, pop_last_tuning
-from medrecon.samplers.base import _NORM_CACHE, estimate_norm
 from medrecon.samplers.tv import TV
 
 __all__ = ["phase_from_data"]
@@ -55,7 +55,7 @@ def phase_from_data(operator, y: torch.Tensor):
         return operator
     for real_domain in (True, False):
         L = estimate_norm(operator, device=dev, real_domain=real_domain)
-        _NORM_CACHE.setdefault(new, {})[(50, bool(new.domain_is_complex) and not real_domain, str(dev))] = L
+        set_norm(new, L, device=dev, real_domain=real_domain)
     info = {"param": "phase", "method": "phase of a complex tv reconstruction (lam_rel by cross-validation)",
             "values": (rec or {}).get("values", [None] * y.shape[0])}
     _record(info)

@@ -31,21 +31,12 @@ import math
 
 import torch
 
-from medrecon.priors.schedule import ddim_timesteps
-from medrecon.samplers.base import (
-    PHASE_PARAM,
-    Param,
-    Sampler,
-    apply_forward,
-    as_image,
-    estimate_norm,
-    net_scale,
-    prior_eps,
-    randn_per_slice,
-    sample_dtype,
-    to_net_real,
-)
+from medrecon.operators.linalg import apply_forward, estimate_norm
+from medrecon.priors.schedule import ddim_timesteps, diffuse
+from medrecon.samplers.base import PHASE_PARAM, Param, Sampler
 from medrecon.samplers.phase import phase_from_data
+from medrecon.samplers.prior_ops import as_image, net_scale, prior_eps, sample_dtype, to_net_real
+from medrecon.streams import randn_per_slice
 
 __all__ = ["REDDiff"]
 
@@ -84,7 +75,7 @@ class REDDiff(Sampler):
             operator = phase_from_data(operator, y)
         p = self._params
         T = int(prior.num_timesteps)
-        steps = min(int(steps) if steps is not None else self.default_steps, T)
+        steps = self.resolve_steps(steps, prior)
         ts = ddim_timesteps(steps, T, p["spacing"]).tolist()
         dev, dtype = y.device, sample_dtype(y)
         abar = prior.alphas_cumprod.to(device=dev, dtype=torch.float64)
@@ -101,7 +92,7 @@ class REDDiff(Sampler):
             tt = torch.full((B,), t, dtype=torch.long, device=dev)
             with torch.no_grad():
                 z = randn_per_slice(generators, shape, device=dev, dtype=dtype)
-                xt = math.sqrt(a) * mu + math.sqrt(1 - a) * z
+                xt = diffuse(mu, z, a)
                 e = prior_eps(prior, xt, tt).to(dtype)
             with torch.enable_grad():
                 r = (y - apply_forward(operator, prior.from_net(mu))) / scale

@@ -35,7 +35,9 @@ from collections.abc import Sequence
 import torch
 
 from medrecon.errors import InputError
-from medrecon.samplers.base import Param, Sampler, apply_forward, estimate_norm, psnr
+from medrecon.metrics import psnr
+from medrecon.operators.linalg import apply_forward, estimate_norm
+from medrecon.samplers.base import Param, Sampler
 
 __all__ = ["TV", "tune_tv", "grad_nd", "div_nd", "robust_range"]
 
@@ -222,7 +224,7 @@ def tune_tv(y: torch.Tensor, operator, reference: torch.Tensor, lams: Sequence[f
     table, best = [], None
     for lam in lams:
         x = TV(lam=float(lam), **params).sample(y, operator)
-        v = psnr(x, reference)
+        v = psnr(x, reference, clip=False)
         table.append((float(lam), v))
         if best is None or v > best[1]:
             best = (float(lam), v, x)

@@ -85,6 +85,7 @@ import torch
 
 from medrecon.errors import InputError
 from medrecon.operators.base import Operator
+from medrecon.operators.params import Param, as_given
 from medrecon_ct.fbp import _filter, angle_weights, ramp_response
 from medrecon_ct.geometry import _finite, check_filter, resolve_angles
 from medrecon_ct.projector import CTProjector2D
@@ -202,13 +203,30 @@ class ConeBeam3D(Operator):
     device = CTProjector2D.device
     _prep = CTProjector2D._prep
 
-    def __init__(self, shape, voxel_size=1.0, n_views=None, angles=None, arc=None, source_to_center=None,
-                 source_to_detector=None, det_shape=None, det_spacing=None, det_offset=0.0,
-                 filter="ram-lak", max_points=None):
-        super().__init__(shape=shape, voxel_size=voxel_size, n_views=n_views, angles=angles, arc=arc,
-                         source_to_center=source_to_center, source_to_detector=source_to_detector,
-                         det_shape=det_shape, det_spacing=det_spacing, det_offset=det_offset,
-                         filter=filter, max_points=max_points)
+    PARAMS: ClassVar[tuple[Param, ...]] = (
+        Param("shape", check=as_given(_resolve_shape3), grid="shape", doc="volume size n or [nz, ny, nx], voxels"),
+        Param("voxel_size", 1.0, grid="spacing", doc="voxel size, mm: a number or [dz, dy, dx]"),
+        Param("n_views", None, doc="views over a full turn (default 360)"),
+        Param("angles", None, doc="explicit view angles, degrees"),
+        Param("arc", None, doc="[first, last) angle of the views, degrees (limited angle)"),
+        Param("source_to_center", None, doc="R, source to rotation axis, mm"),
+        Param("source_to_detector", None, doc="D, source to detector plane, mm (default 2 R)"),
+        Param("det_shape", None, doc="[n_rows, n_cols] detector pixels (default: see the whole volume)"),
+        Param("det_spacing", None, doc="[row, col] detector pitch, mm (default: one voxel magnified)"),
+        Param("det_offset", 0.0, doc="detector centre offset, mm: [row, col] or a column offset"),
+        Param("filter", "ram-lak", check=as_given(check_filter), doc="FDK window"),
+        Param("max_points", None, doc="samples per chunk (memory bound; default 2**22)"),
+    )
+
+    @classmethod
+    def example(cls) -> "ConeBeam3D":
+        """An 8 x 16 x 16 volume of 1 mm voxels, 8 views over a full turn."""
+        return cls(shape=[8, 16, 16], n_views=8)
+
+    def _build(self, p) -> None:
+        shape, voxel_size, det_shape, det_spacing = p["shape"], p["voxel_size"], p["det_shape"], p["det_spacing"]
+        source_to_center, source_to_detector = p["source_to_center"], p["source_to_detector"]
+        max_points = p["max_points"]
         self.vol_shape = _resolve_shape3(shape)
         nz, ny, nx = self.vol_shape
         self.voxel_size = _triple_or_pair("voxel_size", voxel_size, 3, True, "[dz, dy, dx] in mm")
@@ -229,14 +247,14 @@ class ConeBeam3D(Operator):
             self.det_spacing = (dz * D / R, min(dy, dx) * D / R)
         else:
             self.det_spacing = _triple_or_pair("det_spacing", det_spacing, 2, True, "[row, col] in mm")
-        self.det_offset = _det_offset(det_offset)
+        self.det_offset = _det_offset(p["det_offset"])
         self.det_shape = _det_shape(det_shape, self._default_det_shape())
-        self.filter = check_filter(filter)
+        self.filter = check_filter(p["filter"])
         if max_points is not None and (isinstance(max_points, bool) or not float(max_points).is_integer()
                                        or int(max_points) < 1):
             raise InputError(f"max_points must be a positive integer, got {max_points!r}")
         self.max_points = int(max_points) if max_points is not None else 1 << 22
-        self.angles_deg = resolve_angles(n_views, angles, arc, full=360.0)
+        self.angles_deg = resolve_angles(p["n_views"], p["angles"], p["arc"], full=360.0)
         self.step = 0.5 * min(self.voxel_size)  # mm, the ray sampling step h
         self.domain_shape = (nz, ny, nx)
         self.range_shape = (int(self.angles_deg.size), *self.det_shape)

@@ -15,7 +15,15 @@ from __future__ import annotations
 from typing import ClassVar
 
 from medrecon.errors import InputError
-from medrecon_ct.geometry import ParallelGeometry, _finite, default_n_det, resolve_angles, resolve_shape
+from medrecon.operators.params import Param, as_given
+from medrecon_ct.geometry import (
+    ParallelGeometry,
+    _finite,
+    check_filter,
+    default_n_det,
+    resolve_angles,
+    resolve_shape,
+)
 from medrecon_ct.projector import CTProjector2D
 
 __all__ = ["ParallelBeam2D"]
@@ -60,16 +68,30 @@ class ParallelBeam2D(CTProjector2D):
     """
 
     name: ClassVar[str] = "ct.parallel"
+    PARAMS: ClassVar[tuple[Param, ...]] = (
+        Param("shape", check=as_given(resolve_shape), grid="shape", doc="image size n or [ny, nx], pixels"),
+        Param("n_views", None, doc="views over 180 degrees (default 180)"),
+        Param("angles", None, doc="explicit view angles, degrees"),
+        Param("arc", None, doc="[first, last) angle of the views, degrees (limited angle)"),
+        Param("n_det", None, doc="detector bins (default: cover the circumscribed circle)"),
+        Param("det_spacing", None, doc="detector bin spacing, mm (default: the pixel size)"),
+        Param("pixel_size", 1.0, check=as_given(lambda v: _finite("pixel_size", v, positive=True)),
+              grid="pixel_size", doc="image pixel side, mm"),
+        Param("det_offset", 0.0, check=as_given(lambda v: _finite("det_offset", v)),
+              doc="detector centre offset from the rotation axis's projection, mm"),
+        Param("filter", "ram-lak", check=as_given(check_filter), doc="FBP window"),
+    )
 
-    def __init__(self, shape, n_views=None, angles=None, arc=None, n_det=None, det_spacing=None,
-                 pixel_size=1.0, det_offset=0.0, filter="ram-lak"):
-        super().__init__(shape=shape, n_views=n_views, angles=angles, arc=arc, n_det=n_det,
-                         det_spacing=det_spacing, pixel_size=pixel_size, det_offset=det_offset,
-                         filter=filter)
-        shp = resolve_shape(shape)
-        ps = _finite("pixel_size", pixel_size, positive=True)
-        ds = _finite("det_spacing", det_spacing, positive=True, allow_none=True) or ps
-        off = _finite("det_offset", det_offset)
-        ang = resolve_angles(n_views, angles, arc, full=180.0)
-        nd = _n_det(n_det, default_n_det(shp, ps, ds))
-        self._setup(ParallelGeometry(shp, ang, nd, ds, ps, off), filter)
+    def _build(self, p) -> None:
+        shp = resolve_shape(p["shape"])
+        ps = _finite("pixel_size", p["pixel_size"], positive=True)
+        ds = _finite("det_spacing", p["det_spacing"], positive=True, allow_none=True) or ps
+        off = _finite("det_offset", p["det_offset"])
+        ang = resolve_angles(p["n_views"], p["angles"], p["arc"], full=180.0)
+        nd = _n_det(p["n_det"], default_n_det(shp, ps, ds))
+        self._setup(ParallelGeometry(shp, ang, nd, ds, ps, off), p["filter"])
+
+    @classmethod
+    def example(cls) -> "ParallelBeam2D":
+        """32 x 32 pixels of 1 mm, 16 views over 180 degrees."""
+        return cls(shape=[32, 32], n_views=16)

@@ -8,7 +8,8 @@ array) in its spec, so the spec stays small and rebuilds the same operator:
 * ``{"file": "maps.npy"}`` or ``{"file": "maps.h5", "dataset": "coil_maps"}`` -- a file
   next to the data (``sha256`` optional: checked when present);
 * ``{"array": "coil_maps", "sha256": ...}`` -- an array stored inside the measurement file
-  (``arrays/coil_maps``), resolved by :meth:`medrecon.Measurement.operator`;
+  (``arrays/coil_maps``), passed to the operator as ``arrays=`` (what
+  :meth:`medrecon.Measurement.operator` does);
 * ``{"synthetic": "birdcage", ...}`` -- generated (coil maps only, :mod:`medrecon_mri.coils`).
 
 ``sha256`` is :func:`array_sha256` of the complex64 array: it puts the array's content into
@@ -48,8 +49,12 @@ def as_param(value: Any) -> Any:
     return value
 
 
-def load_array(value: Any, what: str) -> np.ndarray:
-    """The array a parameter value describes (complex128 or float64 numpy)."""
+def load_array(value: Any, what: str, arrays: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    """The array a parameter value describes (complex128 or float64 numpy).
+
+    ``arrays``: the measurement's arrays by name, which ``{"array": name}`` refers to (the
+    operator's ``spec_arrays``, given as ``arrays=`` when it is built).
+    """
     if isinstance(value, dict):
         if "real" in value:
             try:
@@ -61,9 +66,14 @@ def load_array(value: Any, what: str) -> np.ndarray:
                 raise InputError(f"{what}: 'real' {re.shape} and 'imag' {im.shape} differ in shape")
             return re + 1j * im
         if "array" in value:
-            from medrecon.measurement import operator_array
-
-            a = np.asarray(operator_array(str(value["array"])))
+            name = str(value["array"])
+            if arrays is None or not arrays:
+                raise InputError(f"{what} refers to the measurement array {name!r}; build the operator with the "
+                                 "measurement's arrays (Measurement.operator(), or arrays= of "
+                                 "operator_from_spec / get_operator)")
+            if name not in arrays:
+                raise InputError(f"the measurement has no array {name!r} (it has: {', '.join(sorted(arrays))})")
+            a = np.asarray(arrays[name])
         elif "file" in value:
             a = _read_file(Path(value["file"]), value.get("dataset"), what)
         else:

@@ -442,7 +442,7 @@ class KSpaceImporter:
         k = k * mask2d  # zero-filled full grid
         if multicoil or real_image:  # before any estimation: a calibration region too small, in one sentence
             _check_calibration(mask2d, calib, coil_method if multicoil else None, undersample)
-        from medrecon.measurement import Measurement, operator_arrays
+        from medrecon.measurement import Measurement
         from medrecon_mri.arrays import array_sha256
         from medrecon_mri.coils import estimate_coil_maps, resolve_method
 
@@ -474,8 +474,7 @@ class KSpaceImporter:
             name = "mri.cartesian"
         import medrecon
 
-        with operator_arrays(arrays):
-            op = medrecon.get_operator(name, **spec_params)  # validates the spec now, not at reconstruction
+        op = medrecon.get_operator(name, arrays=arrays, **spec_params)  # validates the spec now, not at reconstruction
         ps_ro = float(pixel_size or info.get("pixel_size_readout") or 1.0)
         ps_pe = float(pixel_size or info.get("pixel_size_pe") or ps_ro)
         dz = float(info.get("slice_thickness") or ps_ro)

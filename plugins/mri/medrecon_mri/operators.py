@@ -59,6 +59,7 @@ import torch
 
 from medrecon.errors import InputError
 from medrecon.operators.base import Operator
+from medrecon.operators.params import Param
 from medrecon_mri.arrays import as_param, load_array
 from medrecon_mri.coils import synthetic_coil_maps
 from medrecon_mri.fft import centred_sign, checkerboard, fft2c, ifft2c, shift_free
@@ -88,6 +89,20 @@ def _mask_param(mask: Any) -> Any:
             raise InputError("an explicit mask must hold only 0 and 1")  # not truncated to 0/1 silently
         return m.astype(int).tolist()
     return mask
+
+
+def _flag(name: str):
+    """A ``Param.check`` accepting only true or false."""
+
+    def check(v):
+        if not isinstance(v, (bool, np.bool_)):
+            raise InputError(f"{name} must be true or false, got {v!r}")
+        return bool(v)
+
+    return check
+
+
+_EXAMPLE_MASK = {"kind": "random", "acceleration": 4, "center_fraction": 0.08, "seed": 0}
 
 
 class _MRIBase(Operator):
@@ -144,6 +159,17 @@ class _MRIBase(Operator):
             return ifft2c(self._masked(y))
         v = torch.fft.ifft2(y * self.signed_mask.to(y.real.dtype), norm="ortho")
         return v if checkered else v.mul_(self.checker.to(v.real.dtype))
+
+    def _image_to_image(self, v: torch.Tensor, checkered: bool = False) -> torch.Tensor:
+        """``ifft2c(M fft2c(v))``, the numbers of ``_kspace_to_image(_image_to_kspace(v))`` (masking once
+        by ``M = M'^2`` equals masking twice by the +-1/0 ``M'``) with one k-space pass and copy fewer."""
+        if not self._shift_free:
+            return ifft2c(self._masked(fft2c(v)))
+        if not checkered:
+            v = v * self.checker.to(v.real.dtype)
+        k = torch.fft.fft2(v, norm="ortho").mul_(self.mask.to(v.real.dtype))
+        out = torch.fft.ifft2(k, norm="ortho")
+        return out if checkered else out.mul_(self.checker.to(out.real.dtype))
 
     def _checker(self, x: torch.Tensor) -> torch.Tensor:
         """``C x`` on an even grid (the image checkerboard), ``x`` otherwise."""
@@ -260,15 +286,24 @@ class CartesianMRI(_MRIBase):
 
     name: ClassVar[str] = "mri.cartesian"
     slice_buffers: ClassVar[tuple[str, ...]] = ("phase_factor",)
+    PARAMS: ClassVar[tuple[Param, ...]] = (
+        Param("shape", check=resolve_shape, grid="shape", doc="image n or [ny, nx], pixels"),
+        Param("mask", None, check=_mask_param, doc="sampling mask: None (full), 0/1 columns or grid, or a generator spec"),
+        Param("real_image", False, doc="real image domain (module docstring)"),
+        Param("phase", None, check=as_param, doc="phase map, radians: (ny, nx) or (S, ny, nx), an array form"),
+    )
 
-    def __init__(self, shape, mask=None, real_image: bool = False, phase=None):
-        phase = as_param(phase)
-        super().__init__(shape=resolve_shape(shape), mask=_mask_param(mask), real_image=real_image, phase=phase)
-        self._setup(shape, self._params["mask"], real_image)
+    @classmethod
+    def example(cls) -> "CartesianMRI":
+        """32 x 32, random 4x column undersampling with an 8 % calibration region."""
+        return cls(shape=[32, 32], mask=_EXAMPLE_MASK)
+
+    def _build(self, p) -> None:
+        self._setup(p["shape"], p["mask"], p["real_image"])
         self.range_shape = tuple(self.domain_shape)
         self._per_slice(None)
-        if phase is not None:
-            ph = load_array(phase, "phase")
+        if p["phase"] is not None:
+            ph = load_array(p["phase"], "phase", self.spec_arrays)
             ny, nx = self.domain_shape
             if ph.ndim not in (2, 3) or ph.shape[-2:] != (ny, nx) or 0 in ph.shape:
                 raise InputError(f"phase must be shaped ({ny}, {nx}) or (slices, {ny}, {nx}), got {ph.shape}")
@@ -292,6 +327,17 @@ class CartesianMRI(_MRIBase):
             x = x * self.phase_factor.conj()
         return x
 
+    def _normal(self, x):
+        """``A^H A x = conj(P) F^H M F (P x)`` (:meth:`_image_to_image`), the numbers of
+        ``adjoint(forward(x))``."""
+        x = self._cplx(x)
+        if self.phase_factor is not None:
+            x = x * self.phase_factor
+        out = self._image_to_image(x)
+        if self.phase_factor is not None:
+            out = out * self.phase_factor.conj()
+        return out if self.domain_is_complex else out.real
+
     def classical(self, y):
         """Zero-filled: complex ``conj(P) F^H M y``, or its magnitude for a real image."""
         self._check(y, self.range_shape, "measurement")
@@ -314,16 +360,23 @@ class SenseMRI(_MRIBase):
 
     name: ClassVar[str] = "mri.sense"
     slice_buffers: ClassVar[tuple[str, ...]] = ("coil_maps",)
+    PARAMS: ClassVar[tuple[Param, ...]] = (
+        CartesianMRI.PARAMS[0],
+        Param("coil_maps", check=as_param, doc="coil maps (C, ny, nx) or (S, C, ny, nx), an array form"),
+        *CartesianMRI.PARAMS[1:3],
+        Param("phase_estimated", False, check=_flag("phase_estimated"), omit_default=True,
+              doc="with real_image: the maps' image phase is an estimate (raw data)"),
+    )
 
-    def __init__(self, shape, coil_maps, mask=None, real_image: bool = False, phase_estimated: bool = False):
-        coil_maps = as_param(coil_maps)
-        if not isinstance(phase_estimated, (bool, np.bool_)):
-            raise InputError(f"phase_estimated must be true or false, got {phase_estimated!r}")
-        extra = {"phase_estimated": True} if phase_estimated else {}  # specs without it stay as they were
-        super().__init__(shape=resolve_shape(shape), coil_maps=coil_maps, mask=_mask_param(mask),
-                         real_image=real_image, **extra)
-        self._setup(shape, self._params["mask"], real_image)
+    @classmethod
+    def example(cls) -> "SenseMRI":
+        """32 x 32, 4 synthetic birdcage coils, random 4x column undersampling."""
+        return cls(shape=[32, 32], coil_maps={"synthetic": "birdcage", "n_coils": 4}, mask=_EXAMPLE_MASK)
+
+    def _build(self, p) -> None:
+        self._setup(p["shape"], p["mask"], p["real_image"])
         ny, nx = self.domain_shape
+        coil_maps = p["coil_maps"]
         if isinstance(coil_maps, dict) and "synthetic" in coil_maps:
             opts = {k: v for k, v in coil_maps.items() if k != "synthetic"}
             if coil_maps["synthetic"] != "birdcage":
@@ -333,7 +386,7 @@ class SenseMRI(_MRIBase):
             except TypeError as exc:
                 raise InputError(f"bad synthetic coil map options: {exc}") from None
         else:
-            maps = load_array(coil_maps, "coil_maps")
+            maps = load_array(coil_maps, "coil_maps", self.spec_arrays)
         if maps.ndim == 2:
             maps = maps[None]
         if maps.ndim not in (3, 4) or tuple(maps.shape[-2:]) != (ny, nx) or 0 in maps.shape:
@@ -363,6 +416,15 @@ class SenseMRI(_MRIBase):
         v = self._kspace_to_image(y, checkered=True)
         v = v.to(torch.promote_types(v.dtype, maps.dtype))
         return self._checker(v.mul_(maps.conj()).sum(dim=1))
+
+    def _normal(self, x):
+        """``A^H A x = sum_c conj(S_c) F^H M F (S_c x)`` (:meth:`_image_to_image`), the numbers of
+        ``adjoint(forward(x))`` with one pass over the coil images fewer."""
+        maps = self._maps()
+        v = self._image_to_image(self._checker(self._cplx(x))[:, None] * maps, checkered=True)
+        v = v.to(torch.promote_types(v.dtype, maps.dtype))
+        out = self._checker(v.mul_(maps.conj()).sum(dim=1))
+        return out if self.domain_is_complex else out.real
 
     def zero_filled_coils(self, y):
         """Zero-filled coil images ``F^H M y_c``, ``(B, C, ny, nx)``."""

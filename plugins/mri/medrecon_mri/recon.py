@@ -5,7 +5,7 @@ Solves, per slice, the (Tikhonov-regularised) normal equations::
     (A^H A + lam ||A||^2 I) x = A^H y
 
 by conjugate gradients started at zero (with ``lam = 0``: CGNE, whose early stopping after
-``iters`` iterations is the regulariser).  The CG is :func:`medrecon.samplers.base.cg`:
+``iters`` iterations is the regulariser).  The CG is :func:`medrecon.operators.linalg.cg`:
 per-slice Hermitian inner products (``sum(conj(a) b)``), so complex images are handled
 exactly and a slice's result does not depend on its batch.  For a real-image operator
 (``real_image=True``) the normal operator is ``Re(A^H A x)`` and the image stays real.
@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import torch
 
-from medrecon.samplers.base import Param, Sampler, _normal, apply_adjoint_real, cg, estimate_norm
+from medrecon.operators.linalg import apply_adjoint_real, cg, estimate_norm
+from medrecon.operators.linalg import normal as _normal
+from medrecon.samplers.base import Param, Sampler
 
 __all__ = ["SenseCG", "sense_cg"]
 

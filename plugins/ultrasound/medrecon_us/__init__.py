@@ -6,8 +6,10 @@ Registered through entry points (see ``pyproject.toml``): operators ``us.planewa
 :class:`~medrecon_us.haze.TissueHaze`), sampler ``dehaze``
 (:class:`~medrecon_us.dehaze.Dehaze`), importer ``us.rf``
 (:class:`~medrecon_us.importer.RFImporter`), priors ``us-tissue`` and ``us-haze``
-(:mod:`medrecon_us.priors`).  Importing this package does not import torch; the classes
-load on first access.
+(:mod:`medrecon_us.priors`), metric set ``us.regions`` (gCNR, KS, speckle size, B-mode display,
+:class:`~medrecon_us.regions.RegionMetrics`) and intensity kind ``mulaw``
+(:data:`~medrecon_us.intensity.MULAW`).  Importing this package does not import torch; the
+classes load on first access.
 """
 
 __all__ = ["Dehaze", "PlaneWaveRF", "RFImporter", "TissueHaze"]

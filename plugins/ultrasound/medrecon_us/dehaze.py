@@ -36,7 +36,7 @@ mu-law priors fail on real data: the tissue takes half of a strong haze's residu
 step, and the wire phantom's gCNR collapsed from 0.78 to 0.16 in our measurement.)
 
 Intensity: both priors work in their network range (mu-law companded RF for the shipped
-``us`` priors, :mod:`medrecon.priors.intensity`); data consistency is done in physical units
+``us`` priors, :mod:`medrecon_us.intensity`); data consistency is done in physical units
 through ``from_net`` / ``to_net``.  The haze prior is bound to the tissue prior's RF scale
 (``lo = -s, hi = s``: both components are in the units of y).  A ``mulaw`` tissue prior that
 is not bound yet (Python use without the engine) is bound per slice to
@@ -57,18 +57,12 @@ import math
 import torch
 
 from medrecon.errors import InputError
-from medrecon.priors.schedule import ddim_timesteps
-from medrecon.samplers.base import (
-    Param,
-    Sampler,
-    cg,
-    ddim_renoise,
-    estimate_norm,
-    prior_eps,
-    randn_per_slice,
-    sample_dtype,
-    tweedie_x0,
-)
+from medrecon.operators.linalg import cg, estimate_norm
+from medrecon.priors.schedule import ddim_renoise, ddim_timesteps
+from medrecon.priors.schedule import tweedie_x0_scalar as tweedie_x0
+from medrecon.samplers.base import Param, Sampler
+from medrecon.samplers.prior_ops import prior_eps, sample_dtype
+from medrecon.streams import randn_per_slice
 
 __all__ = ["Dehaze", "COMPONENTS"]
 
@@ -135,9 +129,9 @@ class Dehaze(Sampler):
     def _bound_priors(self, y, prior, haze):
         """Tissue and haze priors on one RF scale (module docstring)."""
         if self._needs_binding(prior) and getattr(prior, "_lo", None) is None:
-            from medrecon.priors.model import US_SCALE_PERCENTILE
+            from medrecon_us.intensity import SCALE_PERCENTILE
 
-            p = float(prior.config["intensity"].get("p_scale", US_SCALE_PERCENTILE))
+            p = float(prior.config["intensity"].get("p_scale", SCALE_PERCENTILE))
             s = torch.quantile(y.detach().abs().reshape(y.shape[0], -1).double(), p / 100, dim=1)
             if bool((s <= 0).any()):
                 raise InputError("a hazy RF image is all zero; there is no scale to normalise by")

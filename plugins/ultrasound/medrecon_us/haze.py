@@ -42,6 +42,7 @@ import torch
 
 from medrecon.errors import InputError
 from medrecon.operators.base import Operator
+from medrecon.operators.params import Param
 
 __all__ = ["TissueHaze", "haze_measurement"]
 
@@ -58,6 +59,16 @@ def _shape(shape) -> list[int]:
     return out
 
 
+def _pixel_mm(pixel_mm) -> list[float] | None:
+    if pixel_mm is None:
+        return None
+    if not isinstance(pixel_mm, (list, tuple, np.ndarray)) or len(pixel_mm) != 2 or not all(
+            isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+            and np.isfinite(v) and v > 0 for v in pixel_mm):
+        raise InputError(f"pixel_mm must be two positive sizes [dz, dx] in mm, got {pixel_mm!r}")
+    return [float(v) for v in pixel_mm]
+
+
 class TissueHaze(Operator):
     """``A [x; h] = x + h``: ``(B, 2, nz, nx) -> (B, nz, nx)``, real (module docstring).
 
@@ -72,23 +83,30 @@ class TissueHaze(Operator):
     #: The image's components along axis 1 of the domain; the engine writes one volume each.
     component_names: ClassVar[tuple[str, ...]] = ("tissue", "haze")
 
-    def __init__(self, shape, pixel_mm=None):
-        shape = _shape(shape)
-        if pixel_mm is not None:
-            if not isinstance(pixel_mm, (list, tuple, np.ndarray)) or len(pixel_mm) != 2 or not all(
-                    isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
-                    and np.isfinite(v) and v > 0 for v in pixel_mm):
-                raise InputError(f"pixel_mm must be two positive sizes [dz, dx] in mm, got {pixel_mm!r}")
-            pixel_mm = [float(v) for v in pixel_mm]
-        super().__init__(shape=shape, pixel_mm=pixel_mm)
-        self.domain_shape = (2, *shape)
-        self.range_shape = tuple(shape)
+    PARAMS: ClassVar[tuple[Param, ...]] = (
+        Param("shape", check=_shape, grid="shape", doc="[nz, nx] beamformed RF grid (depth x lateral), pixels"),
+        Param("pixel_mm", None, check=_pixel_mm, doc="[dz, dx] pixel size, mm (recorded for the affine)"),
+    )
+
+    @classmethod
+    def example(cls) -> "TissueHaze":
+        """A 16 x 16 grid."""
+        return cls(shape=[16, 16])
+
+    def _build(self, p) -> None:
+        self.domain_shape = (2, *p["shape"])
+        self.range_shape = tuple(p["shape"])
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return x[:, 0] + x[:, 1]
 
     def _adjoint(self, y: torch.Tensor) -> torch.Tensor:
         return torch.stack([y, y], dim=1)
+
+    def _normal(self, x: torch.Tensor) -> torch.Tensor:
+        """``A^T A [x; h] = [x + h; x + h]`` (the same numbers as ``adjoint(forward(.))``)."""
+        s = x[:, 0] + x[:, 1]
+        return torch.stack([s, s], dim=1)
 
     def classical(self, y: torch.Tensor) -> torch.Tensor:
         """``[y; 0]``: the hazy image as tissue, no haze (the baseline without dehazing)."""

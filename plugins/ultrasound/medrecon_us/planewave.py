@@ -69,6 +69,7 @@ import torch
 
 from medrecon.errors import InputError
 from medrecon.operators.base import Operator
+from medrecon.operators.params import Param
 from medrecon_us.geometry import (
     APODIZATIONS,
     TX_REFERENCES,
@@ -120,6 +121,32 @@ def _pair(v, name: str, n: int, *, low: float | None = None) -> list[float]:
     return [a, b]
 
 
+def _grid_shape(shape) -> list[int]:
+    if not isinstance(shape, (list, tuple, np.ndarray)) or len(shape) != 2:
+        raise InputError(f"shape must be [nz, nx], got {shape!r}")
+    return [_count(shape[0], "shape[0] (nz)"), _count(shape[1], "shape[1] (nx)")]
+
+
+def _angles(angles_deg) -> list[float]:
+    if isinstance(angles_deg, (int, float, np.integer, np.floating)) and not isinstance(angles_deg, bool):
+        angles_deg = [angles_deg]
+    if not isinstance(angles_deg, (list, tuple, np.ndarray)) or len(angles_deg) == 0:
+        raise InputError(f"angles_deg must be a non-empty list of steering angles in degrees, got {angles_deg!r}")
+    out = [_number(a, "every steering angle in angles_deg", low=-90.0, high=90.0) for a in angles_deg]
+    if any(abs(a) >= 90.0 for a in out):
+        raise InputError("every steering angle in angles_deg must lie strictly between -90 and 90 degrees")
+    return out
+
+
+def _choice(name: str, options):
+    def check(v):
+        if v not in options:
+            raise InputError(f"{name} must be one of {', '.join(options)}, got {v!r}")
+        return v
+
+    return check
+
+
 class PlaneWaveRF(Operator):
     """Plane-wave RF forward model (module docstring): ``(B, nz, nx) -> (B, n_angles, n_elements, n_samples)``.
 
@@ -162,44 +189,47 @@ class PlaneWaveRF(Operator):
     domain_is_complex: ClassVar[bool] = False
     range_is_complex: ClassVar[bool] = False
 
-    def __init__(self, shape, z_mm, x_mm, n_elements, pitch_mm, angles_deg, fs_hz, n_samples, c=1540.0,
-                 t0_s=0.0, f0_hz=5e6, bandwidth=0.6, f_number=1.5, apodization="hann",
-                 tx_reference="first_element", chunk=None):
-        if not isinstance(shape, (list, tuple, np.ndarray)) or len(shape) != 2:
-            raise InputError(f"shape must be [nz, nx], got {shape!r}")
-        nz, nx = _count(shape[0], "shape[0] (nz)"), _count(shape[1], "shape[1] (nx)")
-        z_mm = _pair(z_mm, "z_mm", nz, low=0.0)
-        x_mm = _pair(x_mm, "x_mm", nx)
-        n_elements = _count(n_elements, "n_elements")
-        pitch_mm = _number(pitch_mm, "pitch_mm", low=0.0)
-        if isinstance(angles_deg, (int, float, np.integer, np.floating)) and not isinstance(angles_deg, bool):
-            angles_deg = [angles_deg]
-        if not isinstance(angles_deg, (list, tuple, np.ndarray)) or len(angles_deg) == 0:
-            raise InputError(f"angles_deg must be a non-empty list of steering angles in degrees, got {angles_deg!r}")
-        angles_deg = [_number(a, "every steering angle in angles_deg", low=-90.0, high=90.0) for a in angles_deg]
-        if any(abs(a) >= 90.0 for a in angles_deg):
-            raise InputError("every steering angle in angles_deg must lie strictly between -90 and 90 degrees")
-        fs_hz = _number(fs_hz, "fs_hz (sampling rate)", low=0.0)
-        n_samples = _count(n_samples, "n_samples")
-        c = _number(c, "c (speed of sound, m/s)", low=300.0, high=10000.0, low_open=False)
-        t0_s = _number(t0_s, "t0_s")
-        f0_hz = _number(f0_hz, "f0_hz (pulse centre frequency)", low=0.0)
+    PARAMS: ClassVar[tuple[Param, ...]] = (
+        Param("shape", check=_grid_shape, grid="shape", doc="[nz, nx] image grid (depth x lateral), pixels"),
+        Param("z_mm", doc="[first, last] pixel-centre depth, mm (>= 0)"),
+        Param("x_mm", doc="[first, last] pixel-centre lateral position, mm"),
+        Param("n_elements", check=lambda v: _count(v, "n_elements"), doc="elements of the linear array"),
+        Param("pitch_mm", check=lambda v: _number(v, "pitch_mm", low=0.0), doc="element pitch, mm"),
+        Param("angles_deg", check=_angles, doc="plane-wave steering angles, degrees"),
+        Param("fs_hz", check=lambda v: _number(v, "fs_hz (sampling rate)", low=0.0), doc="sampling rate, Hz"),
+        Param("n_samples", check=lambda v: _count(v, "n_samples"), doc="samples per channel"),
+        Param("c", 1540.0, check=lambda v: _number(v, "c (speed of sound, m/s)", low=300.0, high=10000.0,
+                                                   low_open=False), doc="speed of sound, m/s"),
+        Param("t0_s", 0.0, check=lambda v: _number(v, "t0_s"), doc="time of sample 0, s"),
+        Param("f0_hz", 5e6, check=lambda v: _number(v, "f0_hz (pulse centre frequency)", low=0.0),
+              doc="pulse centre frequency, Hz"),
+        Param("bandwidth", 0.6, check=lambda v: _number(v, "bandwidth (fractional, -6 dB)", low=0.0, high=2.0),
+              doc="fractional -6 dB pulse bandwidth"),
+        Param("f_number", 1.5, check=lambda v: _number(v, "f_number", low=0.0), doc="receive f-number"),
+        Param("apodization", "hann", check=_choice("apodization", APODIZATIONS), doc="receive apodisation"),
+        Param("tx_reference", "first_element", check=_choice("tx_reference", TX_REFERENCES),
+              doc="time zero of a transmit"),
+        Param("chunk", None, check=lambda v: None if v is None else _count(v, "chunk"),
+              doc="(element, pixel) pairs per step (default by device)"),
+    )
+
+    @classmethod
+    def example(cls) -> "PlaneWaveRF":
+        """A 32 x 16 grid over 5..15 mm depth and +-3 mm, 16 elements of 0.3 mm, 3 angles, 512 samples at 20 MHz."""
+        return cls(shape=[32, 16], z_mm=[5, 15], x_mm=[-3, 3], n_elements=16, pitch_mm=0.3, angles_deg=[-5, 0, 5],
+                   fs_hz=20e6, n_samples=512)
+
+    def _build(self, p) -> None:
+        nz, nx = p["shape"]
+        p["z_mm"] = _pair(p["z_mm"], "z_mm", nz, low=0.0)
+        p["x_mm"] = _pair(p["x_mm"], "x_mm", nx)
+        n_elements, angles_deg, fs_hz, n_samples = p["n_elements"], p["angles_deg"], p["fs_hz"], p["n_samples"]
+        f0_hz, bandwidth = p["f0_hz"], p["bandwidth"]
         if f0_hz >= fs_hz / 2:
             raise InputError(f"f0_hz ({f0_hz:g} Hz) must be below half the sampling rate fs_hz / 2 ({fs_hz / 2:g} Hz)")
-        bandwidth = _number(bandwidth, "bandwidth (fractional, -6 dB)", low=0.0, high=2.0)
-        f_number = _number(f_number, "f_number", low=0.0)
-        if apodization not in APODIZATIONS:
-            raise InputError(f"apodization must be one of {', '.join(APODIZATIONS)}, got {apodization!r}")
-        if tx_reference not in TX_REFERENCES:
-            raise InputError(f"tx_reference must be one of {', '.join(TX_REFERENCES)}, got {tx_reference!r}")
-        chunk = None if chunk is None else _count(chunk, "chunk")
         if n_elements * (n_samples + 3) >= 2**31:
             raise InputError(f"n_elements x n_samples ({n_elements} x {n_samples}) is too large for one transmit "
                              f"(at most 2**31 samples)")
-        super().__init__(shape=[nz, nx], z_mm=z_mm, x_mm=x_mm, n_elements=n_elements, pitch_mm=pitch_mm,
-                         angles_deg=angles_deg, fs_hz=fs_hz, n_samples=n_samples, c=c, t0_s=t0_s, f0_hz=f0_hz,
-                         bandwidth=bandwidth, f_number=f_number, apodization=apodization,
-                         tx_reference=tx_reference, chunk=chunk)
         self.domain_shape = (nz, nx)
         self.range_shape = (len(angles_deg), n_elements, n_samples)
         taps = gaussian_pulse(f0_hz, bandwidth, fs_hz)

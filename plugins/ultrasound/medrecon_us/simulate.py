@@ -30,7 +30,7 @@ axial spectrum alone), and weighted by ``exp(-(z - z_top) / L)``, L 2 .. 10 mm.
 Scale.  Each tissue image is paired with one haze image; the haze level (ratio of RMS
 values) is log-uniform in [0.2, 2].  Both images of a pair are stored in the pair's
 physical units with the scale s of their *sum*, ``s = p99.9(|x + h|)``, as the intensity
-bounds ``lo = -s, hi = s`` (the ``mulaw`` intensity kind of :mod:`medrecon.priors.model`):
+bounds ``lo = -s, hi = s`` (the ``mulaw`` intensity kind, :mod:`medrecon_us.intensity`):
 at reconstruction the scale comes from the hazy measurement ``y = x + h``, so the priors see
 tissue and haze at the amplitudes they will meet.
 
@@ -197,10 +197,10 @@ def simulate_tissue(n: int, size: int, rng: np.random.Generator, *, probe: dict[
 
 
 def robust_scale(x: np.ndarray, percentile: float | None = None) -> float:
-    """``s = p(|x|)`` with p the US intensity percentile (99.9, :data:`medrecon.priors.model.US_SCALE_PERCENTILE`)."""
-    from medrecon.priors.model import US_SCALE_PERCENTILE
+    """``s = p(|x|)`` with p the US intensity percentile (99.9, :data:`medrecon_us.intensity.SCALE_PERCENTILE`)."""
+    from medrecon_us.intensity import SCALE_PERCENTILE
 
-    s = float(np.percentile(np.abs(x), US_SCALE_PERCENTILE if percentile is None else percentile))
+    s = float(np.percentile(np.abs(x), SCALE_PERCENTILE if percentile is None else percentile))
     if not s > 0:
         raise InputError("the RF image is all zero; there is no scale to normalise by")
     return s
@@ -229,15 +229,14 @@ def rf_stack(images: np.ndarray, scale, pixel_size_mm: float, meta: dict[str, An
     scales ``s`` (intensity ``mulaw``, lo = -s, hi = s); ``scale=None`` uses each image's own
     :func:`robust_scale`.  Write it with :func:`medrecon.priors.data.write_stack`."""
     from medrecon.priors.data import SliceStack
-    from medrecon.priors.intensity import MU
-    from medrecon.priors.model import US_SCALE_PERCENTILE
+    from medrecon_us.intensity import MU, SCALE_PERCENTILE
 
     images = np.asarray(images, np.float32)
     if images.ndim != 3 or images.shape[1] != images.shape[2]:
         raise InputError(f"RF images must be shaped (N, S, S), got {images.shape}")
     s = np.array([robust_scale(im) for im in images]) if scale is None else np.asarray(scale, np.float64)
     m = dict(meta or {})
-    m["intensity"] = {"kind": "mulaw", "mu": MU, "p_scale": US_SCALE_PERCENTILE}
+    m["intensity"] = {"kind": "mulaw", "mu": MU, "p_scale": SCALE_PERCENTILE}
     return SliceStack(images, "us", float(pixel_size_mm), -s, s, m)
 
 

@@ -45,7 +45,7 @@ def case(tmp_path_factory):
 
 
 def test_reconstruct_writes_tissue_and_haze(case):
-    from medrecon.volume import load_volume
+    from medrecon.io import load_volume
 
     d, y = case
     out = d / "out.nii.gz"
@@ -101,7 +101,7 @@ def test_stopped_run_resumes_to_the_same_result(case, tmp_path):
     """Finished slices of a component image are checkpointed whole (tissue and haze) and resume."""
     import medrecon
     from medrecon.engine import RunStopped
-    from medrecon.volume import load_volume
+    from medrecon.io import load_volume
 
     d, _ = case
     kw = dict(steps=2, seed=3, batch_size=1, progress=False)

@@ -43,7 +43,7 @@ def wires(shared_data):
 
 
 def _regions(env, spacing):
-    from medrecon.metrics import annulus_mask, circle_mask
+    from medrecon_us.metrics import annulus_mask, circle_mask
 
     j, i = np.unravel_index(np.argmax(env), env.shape)
     c = (j * spacing[0], i * spacing[1])
@@ -51,11 +51,11 @@ def _regions(env, spacing):
 
 
 def test_dehaze_improves_wire_gcnr(wires, tmp_path):
+    from medrecon_us.bmode import envelope
+    from medrecon_us.metrics import gcnr, ks_statistic, speckle_size
     from medrecon_us.simulate import haze_image
 
     import medrecon
-    from medrecon.bmode import envelope
-    from medrecon.metrics import gcnr, ks_statistic, speckle_size
 
     hm, spacing, (z0, _) = wires
     clean = hm.y[0].astype(np.float64)
@@ -98,8 +98,7 @@ def _figure(path, *envs):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from medrecon.bmode import log_compress
+    from medrecon_us.bmode import log_compress
 
     ref = float(envs[0].max())
     fig, ax = plt.subplots(1, 4, figsize=(12, 3.5))

@@ -252,7 +252,7 @@ def test_cli_import_then_reconstruct_classical(tmp_path, point_rf):
     nii = tmp_path / "pt.nii.gz"
     proc = _cli("reconstruct", str(out), "--sampler", "classical", "--output", str(nii), "--quiet")
     assert proc.returncode == 0, proc.stderr
-    from medrecon.volume import load_volume
+    from medrecon.io import load_volume
 
     v = load_volume(nii)
     assert v.shape == (1, 66, 41) and v.spacing[1:] == pytest.approx((5 / 65, 6 / 40))
@@ -285,8 +285,9 @@ def test_rfdata1_reconstruct_classical_and_evaluate_cli(shared_data, tmp_path):
     proc = _cli("reconstruct", str(p), "--sampler", "classical", "--output", str(nii), "--quiet",
                 "--import-option", "z_mm=[15,30]", "--import-option", "dx_mm=0.298")
     assert proc.returncode == 0, proc.stderr
-    from medrecon.bmode import envelope
-    from medrecon.volume import load_volume
+    from medrecon_us.bmode import envelope
+
+    from medrecon.io import load_volume
 
     v = load_volume(nii)
     assert v.shape == (1, 390, 128)
@@ -304,8 +305,9 @@ def test_rfdata1_reconstruct_classical_and_evaluate_cli(shared_data, tmp_path):
 
 def test_evaluate_regions_takes_a_raw_rf_file_as_classical(tmp_path, point_rf):
     """``--classical RAW.mat``: the raw file is imported (default grid) and delay-and-summed."""
+    from medrecon_us.regions import evaluate_regions
+
     from medrecon.engine import reconstruct
-    from medrecon.region_eval import evaluate_regions
 
     p = tmp_path / "pt.mat"
     _write_mat(p, point_rf)

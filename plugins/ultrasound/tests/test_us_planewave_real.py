@@ -7,10 +7,10 @@ derived from it is written outside pytest's tmp_path.
 import numpy as np
 import pytest
 import torch
+from medrecon_us.bmode import bmode, envelope
 from scipy.ndimage import maximum_filter
 
 import medrecon
-from medrecon.bmode import bmode, envelope
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

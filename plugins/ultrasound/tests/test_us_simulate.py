@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 from medrecon_us import simulate as sim
+from medrecon_us.intensity import mulaw, mulaw_inv
 
 from medrecon.errors import InputError
 from medrecon.priors.data import read_stack, write_stack
-from medrecon.priors.intensity import mulaw, mulaw_inv
 from medrecon.priors.model import DiffusionPrior, default_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

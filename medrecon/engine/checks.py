@@ -1,0 +1,187 @@
+"""The checks a run passes before any work, and the small facts they rest on.
+
+Each check raises one sentence (:class:`~medrecon.errors.InputError`) naming what is wrong and
+what to do, or warns (:class:`PriorMismatchWarning`).  Also here: an operator's image components
+and where each is written (:func:`component_names`, :func:`component_path`), and how a run is split
+into parts (:func:`part_slices`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from medrecon.errors import InputError, MedreconError, positive_int
+
+__all__ = ["PriorMismatchWarning", "component_names", "component_path", "image_shape", "check_measurement",
+           "pixel_size", "check_prior_fit", "guess_modality", "part_slices", "check_parts", "check_samples",
+           "check_volume_geometry"]
+
+
+class PriorMismatchWarning(UserWarning):
+    """The measurement's grid or pixel size is far from what the prior was trained on."""
+
+
+def component_names(op) -> tuple[str, ...]:
+    """The names of an operator's image components (``op.component_names``), or ``()`` for a
+    plain image.  A component operator's domain is ``(n_components, *image_shape)``."""
+    names = tuple(str(n) for n in (getattr(op, "component_names", None) or ()))
+    if names and (len(op.domain_shape) < 2 or op.domain_shape[0] != len(names)):
+        raise MedreconError(f"operator {op.name!r} names {len(names)} components but its image is shaped "
+                            f"{tuple(op.domain_shape)}")
+    return names
+
+
+def component_path(output: str | os.PathLike, name: str) -> Path:
+    """Where component ``name`` of a result written to ``output`` goes: ``.name`` inserted before the
+    extension (``out.nii.gz`` -> ``out.haze.nii.gz``, ``out.nii`` -> ``out.haze.nii``), or a sibling
+    folder ``out.haze`` for a DICOM folder ``out``/``out/``."""
+    p = Path(os.fspath(output).rstrip("/\\"))
+    low = p.name.lower()
+    for ext in (".nii.gz", ".nii"):
+        if low.endswith(ext):
+            return p.with_name(p.name[: -len(ext)] + f".{name}" + p.name[-len(ext):])
+    return p.with_name(p.name + f".{name}")
+
+
+def image_shape(op) -> tuple[int, ...]:
+    """The shape of one component image (the domain without its component axis)."""
+    dshape = tuple(op.domain_shape)
+    return dshape[1:] if component_names(op) else dshape
+
+
+def check_measurement(m, op, volume_mode_3d: bool) -> None:
+    y = m.y
+    if y.dtype.kind == "c":
+        finite = np.all(np.isfinite(y.real)) and np.all(np.isfinite(y.imag))
+    else:
+        finite = np.all(np.isfinite(y))
+    if not finite:
+        raise InputError("the measurement y holds NaN or infinite values; fix or re-import the data")
+    rshape, dshape = tuple(op.range_shape), image_shape(op)
+    vshape = tuple(m.volume_shape)
+    if volume_mode_3d:
+        if tuple(y.shape) not in (rshape, (1, *rshape)):
+            raise InputError(f"the measurement y is shaped {tuple(y.shape)} but operator "
+                             f"{op.name!r} measures {rshape}")
+        if vshape and dshape != vshape:
+            raise InputError(f"operator {op.name!r} reconstructs {dshape}, but the measurement's volume is {vshape}")
+        return
+    if tuple(y.shape[1:]) != rshape:
+        raise InputError(f"the measurement y is shaped {tuple(y.shape)}, but operator {op.name!r} measures "
+                         f"slices shaped {rshape}")
+    if op.slice_varying and op.n_slices != y.shape[0]:
+        raise InputError(f"operator {op.name!r} holds per-slice parameters for {op.n_slices} slice(s), but the "
+                         f"measurement has {y.shape[0]} slices of y")
+    if len(vshape) == 3:
+        if vshape[0] != y.shape[0]:
+            raise InputError(f"the measurement has {y.shape[0]} slices of y but its volume has {vshape[0]} slices")
+        if tuple(vshape[1:]) != dshape:
+            raise InputError(f"operator {op.name!r} reconstructs slices shaped {dshape}, but the measurement's "
+                             f"volume slices are {tuple(vshape[1:])}")
+
+
+def pixel_size(m) -> float | None:
+    """The measurement's in-plane pixel size in mm (geometric mean of the two axes), or None."""
+    aff = np.asarray(m.affine, dtype=np.float64)
+    dx, dy = float(np.linalg.norm(aff[:3, 0])), float(np.linalg.norm(aff[:3, 1]))
+    return math.sqrt(dx * dy) if dx > 0 and dy > 0 else None
+
+
+def check_prior_fit(prior, m, op, rescaled: bool = False) -> list[str]:
+    """Warn (:class:`PriorMismatchWarning`) when the grid or pixel size is far from the prior's training.
+
+    Pixel size: more than 25% off the config's ``pixel_size_mm`` (not when the prior is
+    ``rescaled`` to the data's finer grid).  Grid: the slice is more
+    than 2x larger or smaller than the config's ``image_size`` (skipped for priors trained on
+    patches, ``training.patch``, which apply to any larger grid by design).
+    Returns the warning sentences.
+    """
+    cfg = getattr(prior, "config", None)
+    if not isinstance(cfg, dict):
+        return []
+    msgs = []
+    dshape = tuple(op.domain_shape)[-2:]
+    px = pixel_size(m)
+    train_px = cfg.get("pixel_size_mm")
+    if rescaled:
+        return msgs
+    if px and train_px and abs(math.log(px / float(train_px))) > math.log1p(0.25):
+        msgs.append(f"pixel size {px:.3g} mm is far from the prior's training pixel size {float(train_px):.3g} mm; "
+                    "resample the data or expect a weaker prior")
+    size = cfg.get("image_size")
+    training = cfg.get("training") or {}
+    patch = (training.get("patch") or training.get("patch_size")) if isinstance(training, dict) else None
+    if size and not patch and len(dshape) == 2:
+        big, small = max(dshape), min(dshape)
+        if big > 2 * int(size) or small < int(size) / 2:
+            msgs.append(f"the image grid {dshape[0]}x{dshape[1]} is far from the {size}x{size} slices the prior "
+                        "was trained on; a convolutional prior still applies, but check the pixel size")
+    for msg in msgs:
+        warnings.warn(msg, PriorMismatchWarning, stacklevel=3)
+    return msgs
+
+
+def guess_modality(m) -> str | None:
+    ref = m.reference_meta or {}
+    if ref.get("modality"):
+        return ref["modality"]
+    name = str(m.operator_spec.get("name", ""))
+    prefix = name.split(".", 1)[0].lower()
+    return {"ct": "CT", "mri": "MR", "mr": "MR", "us": "US", "ultrasound": "US"}.get(prefix)
+
+
+def part_slices(n_slices: int, num_parts: int, part_id: int) -> range:
+    """The slices of part ``part_id`` of ``num_parts``: contiguous blocks whose sizes differ by
+    at most one, larger blocks first (as ``numpy.array_split``).  10 slices in 3 parts:
+    ``range(0, 4)``, ``range(4, 7)``, ``range(7, 10)``."""
+    base, extra = divmod(int(n_slices), int(num_parts))
+    start = part_id * base + min(part_id, extra)
+    return range(start, start + base + (1 if part_id < extra else 0))
+
+
+def check_parts(num_parts, part_id, output) -> tuple[int, int]:
+    n = positive_int("num_parts", num_parts)
+    try:
+        k = int(part_id)
+    except (TypeError, ValueError):
+        k = None
+    if k is None or k != part_id or not 0 <= k < n:
+        raise InputError(f"part_id must be in 0..{n - 1} for num_parts={n}, got {part_id!r}")
+    if n > 1 and output is None:
+        raise InputError("a run split into parts needs output= (the parts meet in its .partial folder)")
+    return n, k
+
+def check_samples(samples: int, smp, op, comps, volume_mode: bool) -> None:
+    """``samples`` > 1 needs a stochastic (diffusion) sampler that works slice by slice on a
+    plain image: one clear sentence otherwise."""
+    if not smp.needs_prior:
+        raise InputError(f"sampler {smp.name!r} is deterministic: {samples} samples would all be the same; "
+                         "use samples=1 (or a diffusion sampler: dds, dps, reddiff)")
+    if volume_mode:
+        raise InputError(f"samples={samples} needs a sampler that works slice by slice; {smp.name!r} with "
+                         f"operator {op.name!r} reconstructs the whole volume at once")
+    if comps:
+        raise InputError(f"samples={samples} is not available for operator {op.name!r}, whose image has "
+                         f"components ({', '.join(comps)})")
+
+
+def check_volume_geometry(m, smp) -> float | None:
+    """Before a volume sampler (``per_slice`` false) runs on a per-slice operator: at least 2
+    slices, a finite affine with a non-zero slice step, and, when the measurement records
+    slice positions (``provenance`` or ``reference_meta`` key ``slice_positions``, mm along
+    the slice normal), equal spacing.  One-sentence :class:`InputError` otherwise; returns
+    the slice spacing in mm."""
+    from medrecon.samplers.admm_tvz import check_slice_geometry
+
+    z = int(m.volume_shape[0]) if len(m.volume_shape) == 3 else int(m.y.shape[0])
+    positions = None
+    for src in (m.provenance, m.reference_meta):
+        if isinstance(src, dict) and src.get("slice_positions") is not None:
+            positions = src["slice_positions"]
+            break
+    return check_slice_geometry(z, affine=m.affine, positions=positions, who=f"sampler {smp.name!r}")

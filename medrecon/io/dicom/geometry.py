@@ -1,0 +1,85 @@
+"""Slice geometry of a DICOM series: sort slices along the normal, check the spacing, build the affine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from medrecon.errors import FileFormatError
+from medrecon.volume import LPS_TO_RAS
+
+__all__ = ["GeometryWarning", "Geometry", "slice_geometry"]
+
+
+class GeometryWarning(UserWarning):
+    """The geometry of a DICOM series needs attention (gantry tilt, single slice)."""
+
+
+
+@dataclass
+class Geometry:
+    """Where the slices of one series lie: their order, the RAS affine, the step between slices."""
+
+    order: list[int]
+    affine: np.ndarray  # RAS
+    step: np.ndarray  # LPS mm between slices
+    tilt_deg: float
+    positions: np.ndarray  # LPS, sorted
+
+
+def slice_geometry(iop: np.ndarray, spacing: np.ndarray, ipps: np.ndarray, names: list[str],
+                   fallback_dz: float | None) -> Geometry:
+    """Sort slices by ImagePositionPatient along the normal of ImageOrientationPatient ``iop``.
+
+    ``spacing`` is PixelSpacing (row, column), ``ipps`` the LPS positions in file order,
+    ``names`` what the errors call each slice, ``fallback_dz`` the slice step of a single
+    slice (1 mm when missing).  Duplicate positions, uneven steps and positions off a line
+    raise :class:`FileFormatError`.
+    """
+    r, c = iop[:3], iop[3:]
+    if abs(np.linalg.norm(r) - 1) > 1e-3 or abs(np.linalg.norm(c) - 1) > 1e-3 or abs(r @ c) > 1e-3:
+        raise FileFormatError(
+            f"ImageOrientationPatient {list(iop)} is not two orthogonal unit vectors")
+    r = r / np.linalg.norm(r)
+    c = c - (c @ r) * r
+    c = c / np.linalg.norm(c)
+    normal = np.cross(r, c)
+    d = ipps @ normal
+    order = list(np.argsort(d, kind="stable"))
+    d = d[order]
+    pos = ipps[order]
+    n = len(order)
+    if n > 1:
+        diffs = np.diff(d)
+        dup = np.nonzero(diffs < 1e-3)[0]
+        if dup.size:
+            a, b = names[order[dup[0]]], names[order[dup[0] + 1]]
+            raise FileFormatError(
+                f"{dup.size} duplicate slice position(s) (e.g. {a} and {b} at {d[dup[0]]:.3f} mm along "
+                "the normal); the series holds several volumes (echoes, phases or repeats) -- "
+                "split them into separate folders")
+        med = float(np.median(diffs))
+        bad = np.nonzero(np.abs(diffs - med) > max(0.01, 0.02 * med))[0]
+        if bad.size:
+            i = bad[0]
+            raise FileFormatError(
+                f"slices are unevenly spaced: {diffs[i]:.3f} mm between {names[order[i]]} and "
+                f"{names[order[i + 1]]} but {med:.3f} mm elsewhere (a missing slice or a "
+                f"variable-spacing series; {bad.size} irregular step(s))")
+        step = (pos[-1] - pos[0]) / (n - 1)
+        off = pos - (pos[0] + np.outer(np.arange(n), step))
+        if np.max(np.linalg.norm(off, axis=1)) > max(0.01, 0.05 * med):
+            raise FileFormatError("slice positions do not lie on a straight line; cannot build one volume")
+        cosang = np.clip(abs(step @ normal) / np.linalg.norm(step), -1, 1)
+        tilt = float(np.degrees(np.arccos(cosang)))
+    else:
+        dz = fallback_dz if fallback_dz and fallback_dz > 0 else 1.0
+        step = normal * dz
+        tilt = 0.0
+    lps = np.eye(4)
+    lps[:3, 0] = r * spacing[1]  # i: along a row (column index), column spacing
+    lps[:3, 1] = c * spacing[0]  # j: down a column (row index), row spacing
+    lps[:3, 2] = step
+    lps[:3, 3] = pos[0]
+    return Geometry(order=order, affine=LPS_TO_RAS @ lps, step=step, tilt_deg=tilt, positions=pos)
