@@ -38,7 +38,7 @@ from typing import Any
 from medrecon.errors import FileFormatError, InputError
 
 __all__ = ["SCHEMA", "REQUIRED_KEYS", "list_manifests", "get_manifest", "default_root", "dataset_dir",
-           "verify", "fetch", "sha256_file", "package_manifest_dir", "source_manifest_dir",
+           "verify", "fetch", "sha256_file", "sha256_file_cached", "package_manifest_dir", "source_manifest_dir",
            "sync_package_manifests", "validate_manifest", "presence"]
 
 SCHEMA = "medrecon-dataset/1"
@@ -65,11 +65,35 @@ def default_root() -> Path:
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """SHA-256 (64 hex digits) of a file's bytes, read in ``chunk``-byte blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+#: (resolved path, size, mtime_ns, ctime_ns, inode) -> digest; bounded to _SHA_CACHE_MAX entries.
+_SHA_CACHE: dict[tuple, str] = {}
+_SHA_CACHE_MAX = 256
+
+
+def sha256_file_cached(path: str | os.PathLike) -> str:
+    """:func:`sha256_file`, remembered for this process by (resolved path, size, mtime_ns,
+    ctime_ns, inode): repeated loads of an unchanged file cost one ``stat``.
+
+    Replacing the file (a new inode), writing to it (size, mtime) or restoring its mtime with
+    ``os.utime`` (ctime changes) all miss the cache, so the digest is computed again."""
+    p = Path(path).resolve()
+    st = p.stat()
+    key = (str(p), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    digest = _SHA_CACHE.get(key)
+    if digest is None:
+        digest = sha256_file(p)
+        if len(_SHA_CACHE) >= _SHA_CACHE_MAX:
+            _SHA_CACHE.pop(next(iter(_SHA_CACHE)))
+        _SHA_CACHE[key] = digest
+    return digest
 
 
 def validate_manifest(m: Any, where: str = "manifest") -> dict:

@@ -102,6 +102,10 @@ class Measurement:
     arrays : dict of str -> numpy.ndarray
         Large operator inputs referenced by name from ``operator_spec`` (MRI coil maps:
         ``{"array": "coil_maps"}``); stored as the ``arrays/`` group.  Usually empty.
+    origin : str or None
+        The file or folder this measurement was read from (set by :func:`load_measurement`
+        and ``medrecon.engine.load_input``; not saved), so a run can refuse an output that
+        would overwrite it.
     """
 
     y: np.ndarray
@@ -113,6 +117,7 @@ class Measurement:
     provenance: dict[str, Any] = field(default_factory=dict)
     reference_meta: dict[str, Any] | None = None
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    origin: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         y = np.asarray(self.y)
@@ -302,6 +307,7 @@ def load_measurement(path: str | os.PathLike) -> Measurement:
         raise FileFormatError(f"{str(p)!r} could not be read: {type(exc).__name__}: {exc}") from exc
     try:
         return Measurement(y=y, operator_spec=spec, noise_std=noise, volume_shape=shape, affine=affine,
-                           units=units, provenance=prov, reference_meta=ref, arrays=arrays)
+                           units=units, provenance=prov, reference_meta=ref, arrays=arrays,
+                           origin=os.fspath(p))
     except InputError as exc:
         raise FileFormatError(f"{str(p)!r} holds invalid measurement data: {exc}") from exc

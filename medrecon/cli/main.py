@@ -61,16 +61,19 @@ def fail(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; user errors exit 2 with one sentence."""
+    from medrecon.processes import Terminated, sigterm_as_interrupt
+
     _register()
+    sigterm_as_interrupt()
     try:
         app(args=argv, standalone_mode=True)
     except MedreconError as exc:
         if os.environ.get("MEDRECON_DEBUG"):
             raise
         fail(str(exc))
-    except KeyboardInterrupt:
-        typer.echo("medrecon: interrupted", err=True)
-        sys.exit(130)
+    except KeyboardInterrupt as exc:
+        typer.echo("medrecon: " + ("terminated" if isinstance(exc, Terminated) else "interrupted"), err=True)
+        sys.exit(143 if isinstance(exc, Terminated) else 130)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -171,10 +171,13 @@ def register(app: typer.Typer) -> None:
                         typer.echo(run.to_json())
                         return
                     vol = execute(run, _stop_after=stop_after)
-            except KeyboardInterrupt:
-                typer.echo(f"medrecon: interrupted; finished slices are kept in {partial_path(output)}; "
-                           "continue with --resume", err=True)
-                raise SystemExit(130) from None
+            except KeyboardInterrupt as exc:
+                from medrecon.processes import Terminated
+
+                term = isinstance(exc, Terminated)
+                typer.echo(f"medrecon: {'terminated' if term else 'interrupted'}; finished slices are kept in "
+                           f"{partial_path(output)}; continue with the same command and --resume", err=True)
+                raise SystemExit(143 if term else 130) from None
         finally:
             warnings.showwarning = old
         if vol is None:  # a part that did not finish the volume

@@ -4,7 +4,7 @@ Layout of the folder next to the output ``OUT`` (``OUT.nii.gz.partial`` or ``OUT
 
     state.json          {"format": "medrecon-partial", "version": 1, "settings_hash": ...,
                          "settings": {...}, "n_slices": Z, "slice_shape": [Y, X]}
-    lock                {"host": ..., "pid": ...} while a run is writing (see Checkpoint.acquire)
+    lock                {"host", "pid", "started"} while a run is writing (see Checkpoint.acquire)
     lock.part-K         the same, for part K of a run split with num_parts (--num-parts/--part-id)
     assemble            {"host": ..., "pid": ...}: the part that writes the output (see claim_assembly)
     slice_00000.npy     float32 (Y, X), physical units, written atomically (temp + rename)
@@ -47,6 +47,7 @@ import numpy as np
 
 from medrecon.errors import InputError
 from medrecon.io.atomic import tmp_sibling, write_bytes_atomic
+from medrecon.processes import owner, owner_alive
 
 FORMAT = "medrecon-partial"
 VERSION = 1
@@ -62,20 +63,9 @@ def partial_path(output: str | os.PathLike) -> Path:
     return p.parent / (p.name + ".partial")
 
 
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _read_owner(path: Path) -> dict | None:
-    """The ``{"host", "pid"}`` of a lock or claim file, or None when unreadable."""
+    """The owner ``{"host", "pid", "started"}`` of a lock or claim file (:mod:`medrecon.processes`),
+    or None when unreadable."""
     try:
         d = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
@@ -178,13 +168,14 @@ class Checkpoint:
         A lock left by a live process on this host is refused when it is the same lock (two
         runs of one output, or of one part) or when either is a whole-run lock (a whole run
         and a part would compute the same slices); the locks of different parts coexist.  A
-        lock of a dead process (a killed run) is taken over.  A lock from another host cannot
-        be checked and is taken over with a warning when it is this lock.
+        lock of a process that no longer runs (a killed run; or its PID now reused by another
+        process, told apart by the recorded start time) is taken over.  A lock from another
+        host cannot be checked and is taken over with a warning when it is this lock.
         """
-        import socket
         import warnings
 
-        host = socket.gethostname()
+        me = owner()
+        host = me["host"]
         for name in sorted(os.listdir(self.folder)):
             if not (name == "lock" or name.startswith("lock.part-")):
                 continue
@@ -193,14 +184,15 @@ class Checkpoint:
                 continue
             if name != self.lock_name and "lock" not in (name, self.lock_name):
                 continue  # another part: fine
-            if other.get("host") == host and _alive(int(other.get("pid", -1))):
+            if owner_alive(other):
                 who = "run" if name == "lock" else f"part {name.rsplit('-', 1)[-1]}"
                 raise InputError(f"another {who} (pid {other.get('pid')}) is writing {str(self.folder)!r}; "
-                                 "wait for it or stop it first")
+                                 f"wait for it or stop it first (if that process is not a medrecon run, "
+                                 f"delete the lock file {str(self.folder / name)!r})")
             if other.get("host") != host and name == self.lock_name:
                 warnings.warn(f"taking over {str(self.folder)!r} from a run on host {other.get('host')!r}",
                               stacklevel=3)
-        data = json.dumps({"host": host, "pid": os.getpid()}).encode()
+        data = json.dumps(me).encode()
         write_bytes_atomic(self.folder / self.lock_name, lambda f: f.write(data))
 
     def release(self) -> None:
@@ -213,17 +205,14 @@ class Checkpoint:
         """Parts: True for exactly one of the parts that find every slice finished (the one
         that then writes the output).  An exclusive create of ``assemble``; a claim left by a
         dead process on this host is taken over."""
-        import socket
-
         path = self.folder / "assemble"
-        data = json.dumps({"host": socket.gethostname(), "pid": os.getpid()}).encode()
+        data = json.dumps(owner()).encode()
         for _ in range(2):
             try:
                 fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 other = _read_owner(path)
-                if (other is not None and other.get("host") == socket.gethostname()
-                        and not _alive(int(other.get("pid", -1)))):
+                if other is not None and other.get("host") == owner()["host"] and not owner_alive(other):
                     try:
                         path.unlink()
                     except OSError:

@@ -185,3 +185,31 @@ def check_volume_geometry(m, smp) -> float | None:
             positions = src["slice_positions"]
             break
     return check_slice_geometry(z, affine=m.affine, positions=positions, who=f"sampler {smp.name!r}")
+
+
+def check_output(out: Path, sources: dict[str, str | os.PathLike | None], like=None) -> str:
+    """Before any work: the output's format can be told from its name, it does not alias an input,
+    and a ``like`` series (DICOM output) can be read.  ``sources`` names the inputs (e.g.
+    ``{"measurement": path}``).  Returns the format (``"nifti"`` or ``"dicom"``); one-sentence
+    :class:`InputError` otherwise."""
+    low = out.name.lower()
+    if low.endswith((".nii", ".nii.gz")):
+        fmt = "nifti"
+    elif out.suffix.lower() in ("", ".dcm", ".dicom") or out.is_dir():
+        fmt = "dicom"
+    else:
+        raise InputError(f"cannot tell the output format of {str(out)!r}: use .nii / .nii.gz for NIfTI or a "
+                         "folder name (no extension) for a DICOM series")
+    target = out.resolve()
+    for what, src in {**sources, "--like series": like if isinstance(like, (str, os.PathLike)) else None}.items():
+        if not src or not isinstance(src, (str, os.PathLike)):
+            continue
+        s = Path(src).resolve()
+        if s == target or target in s.parents:
+            raise InputError(f"the output {str(out)!r} would overwrite the {what} {str(src)!r}; write it "
+                             "somewhere else")
+    if fmt == "dicom" and isinstance(like, (str, os.PathLike)):
+        from medrecon.io.dicom.write import meta_from_like
+
+        meta_from_like(like)  # a one-sentence error now, not after the run
+    return fmt

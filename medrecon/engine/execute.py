@@ -208,10 +208,15 @@ def execute(plan: RunPlan, *, _stop_after: int | None = None, _stop_after_steps:
         raise InputError("this plan describes a run but holds no measurement, sampler or prior (it was read "
                          "from JSON); make it with medrecon.plan(...) to execute it")
     ck = None
+    created = False
     rec = plan.live.recommendation
     if plan.output is not None:
         from medrecon.engine.checkpoint import Checkpoint, partial_path
+        from medrecon.io.atomic import remove_stale_temps
 
+        for path in plan.outputs.values():  # left by a final write that was killed half-way
+            remove_stale_temps(Path(path))
+        created = plan.num_parts == 1 and (plan.overwrite or not partial_path(Path(plan.output)).exists())
         try:
             ck = Checkpoint.open(partial_path(Path(plan.output)), plan.settings, plan.settings_hash,
                                  plan.n_slices, tuple(plan.slice_shape), resume=plan.resume,
@@ -228,9 +233,30 @@ def execute(plan: RunPlan, *, _stop_after: int | None = None, _stop_after_steps:
                  "(CLI --no-recommended) turns this off", plan.live.sampler.name, rec.describe(), rec.source())
     try:
         return _run(plan, ck, _stop_after, _stop_after_steps)
+    except Exception as exc:
+        from medrecon.engine.workers import RunStopped
+
+        if ck is not None and not isinstance(exc, RunStopped):  # a stop as asked keeps its work silently
+            _after_failure(ck, created)
+        raise
     finally:
         if ck is not None:
             ck.release()
+
+
+def _after_failure(ck, created: bool) -> None:
+    """A run that failed (not stopped or interrupted): remove the checkpoint folder it created when
+    it holds no finished work, so the next plain run is not blocked; otherwise keep it and say so."""
+    from medrecon.engine.checkpoint import VOLUME_STATE
+
+    n = len(ck.done())
+    if created and n == 0 and not (ck.folder / VOLUME_STATE).exists():
+        ck.release()
+        ck.remove()
+        return
+    if n:
+        log.warning("%d finished slice(s) are kept in %s; rerun with --resume (resume=True) to continue, or "
+                    "--overwrite to start again", n, ck.folder)
 
 
 def _run(plan: RunPlan, ck, stop_after, stop_after_steps):

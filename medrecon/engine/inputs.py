@@ -44,7 +44,9 @@ def load_input(path: str | os.PathLike, **options: Any):
         except Exception:  # noqa: BLE001 - a third-party probe must not break the others
             ok = False
         if ok:
-            return _measurement_from_import(imp_name, imp.read(p, **options), p)
+            m = _measurement_from_import(imp_name, imp.read(p, **options), p)
+            m.origin = os.fspath(p)
+            return m
     if p.suffix.lower() in (".h5", ".hdf5") or _is_hdf5(p):
         known = f" (installed importers: {', '.join(tried)})" if tried else " (no importers are installed)"
         raise FileFormatError(

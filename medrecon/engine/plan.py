@@ -216,6 +216,7 @@ def plan(
     cannot work, before any work (and nothing is written)."""
     from medrecon.engine.checks import (
         check_measurement,
+        check_output,
         check_parts,
         check_prior_fit,
         check_samples,
@@ -265,6 +266,8 @@ def plan(
 
         out_path = Path(os.fspath(output).rstrip("/\\"))
         check_target(out_path, overwrite)
+        check_output(out_path, {"measurement": m.origin, "measurement's source": (m.provenance or {}).get("source")},
+                     like)
 
     op = m.operator()
     volume_mode_3d = not op.per_slice

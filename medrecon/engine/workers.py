@@ -312,6 +312,23 @@ def run_volume(w: Worker, plan, result: np.ndarray, ck, prog: RunProgress,
     prog.slices_done(z)
 
 
+class _Cancelled(Exception):
+    """Raised in a worker thread at its next sampler step once the run is stopping."""
+
+
+def _stoppable(cb, stop: threading.Event):
+    """A step callback that ends the worker's batch (:class:`_Cancelled`) once ``stop`` is set, so
+    an interrupt stops every worker within one sampler step (finished slices are checkpointed)."""
+
+    def f(done: int, total: int) -> None:
+        if stop.is_set():
+            raise _Cancelled
+        if cb is not None:
+            cb(done, total)
+
+    return f
+
+
 def run_slices(workers: list[Worker], plan, todo: list[int], result: np.ndarray, ck, prog: RunProgress,
                stop_after: int | None = None, records: dict | None = None) -> None:
     """The slices ``todo`` in batches of ``plan.batch_size`` on ``workers`` (a shared queue when
@@ -350,7 +367,7 @@ def run_slices(workers: list[Worker], plan, todo: list[int], result: np.ndarray,
 
             if w.dev.type == "cuda" and w.dev.index is not None:
                 torch.cuda.set_device(w.dev)
-            cb = prog.step_callback(w.index)
+            cb = _stoppable(prog.step_callback(w.index), stop)
             while not stop.is_set():
                 try:
                     idx = q.get_nowait()
@@ -358,6 +375,8 @@ def run_slices(workers: list[Worker], plan, todo: list[int], result: np.ndarray,
                     return
                 try:
                     finish(idx, run_batch(w, plan, idx, cb, records))
+                except _Cancelled:
+                    return
                 except BaseException as exc:  # noqa: BLE001 - handed to the main thread
                     errors.append(exc)
                     stop.set()
@@ -367,9 +386,15 @@ def run_slices(workers: list[Worker], plan, todo: list[int], result: np.ndarray,
                    for w in workers]
         for t in threads:
             t.start()
-        for t in threads:
-            while t.is_alive():
-                t.join(0.2)
+        try:
+            for t in threads:
+                while t.is_alive():
+                    t.join(0.2)
+        except BaseException:  # Ctrl-C / SIGTERM in the main thread: the workers stop at their next step
+            stop.set()
+            for t in threads:
+                t.join()
+            raise
         if errors:
             raise errors[0]
     if stop.is_set() and stop_after is not None and counter["n"] < len(todo):

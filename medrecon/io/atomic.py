@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import IO, Any
 
 from medrecon.errors import InputError
+from medrecon.processes import pid_alive
 
 __all__ = ["check_target", "atomic_file", "atomic_dir", "tmp_sibling", "write_bytes_atomic",
-           "write_text_atomic"]
+           "write_text_atomic", "remove_stale_temps"]
 
 
 def check_target(path: Path, overwrite: bool) -> None:
@@ -46,6 +47,28 @@ def _make_parent(path: Path) -> None:
 def tmp_sibling(path: Path, suffix: str = "") -> Path:
     """A fresh hidden name next to ``path``: ``.NAME.tmp-PID-RANDOM8`` + ``suffix``."""
     return path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}"
+
+
+def remove_stale_temps(path: Path) -> list[Path]:
+    """Remove the temporary siblings of ``path`` (:func:`tmp_sibling` names) left by a process of
+    this host that no longer runs (a write killed half-way); returns what was removed.  Those of a
+    live process (a write in progress) are kept."""
+    path = Path(path)
+    prefix = f".{path.name}.tmp-"
+    removed = []
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return removed
+    for name in names:
+        if not name.startswith(prefix):
+            continue
+        pid = name[len(prefix):].split("-", 1)[0]
+        if not pid.isdigit() or pid_alive(int(pid)):
+            continue
+        _remove(path.parent / name)
+        removed.append(path.parent / name)
+    return removed
 
 
 def _remove(path: Path) -> None:

@@ -48,7 +48,7 @@ def _ds(x: float) -> str:
     return format_number_as_ds(float(x))
 
 
-def _meta_from_like(like: Any) -> dict:
+def meta_from_like(like: Any) -> dict:
     """The meta dict a derived series takes its patient / study tags from (see ``like=``)."""
     if like is None:
         return {}
@@ -86,7 +86,7 @@ def write_dicom_series(volume: Volume, path: str | os.PathLike, overwrite: bool 
 
     path = Path(path)
     check_target(path, overwrite)
-    src = _meta_from_like(like) if like is not None else volume.meta
+    src = meta_from_like(like) if like is not None else volume.meta
     tags = dict(src.get("dicom") or {})
     modality = src.get("modality") or volume.meta.get("modality") or tags.get("Modality") or "OT"
 
