@@ -90,8 +90,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Draw unconditional samples from a prior into a PNG grid."""
         from medrecon.priors.model import load_prior
-        from medrecon.priors.sample import sample_prior, save_grid
+        from medrecon.priors.sample import check_sample_args, sample_prior, save_grid
 
+        check_sample_args(n, sampler, eta, size=size)  # before the prior is loaded: a bad option fails at once
         p = load_prior(prior, device=device)
         imgs = sample_prior(p, n=n, steps=steps, sampler=sampler, seed=seed, size=size, eta=eta)
         save_grid(imgs, output, title=f"{prior} {sampler} {steps} steps")

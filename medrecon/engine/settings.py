@@ -52,12 +52,28 @@ def _tensor_bytes(t) -> bytes:
 DESCRIPTIVE = ("recommended", "training", "provenance", "fit_reference")
 
 
+def _config_part(cfg: dict, verified: str | None) -> dict:
+    """The config without the :data:`DESCRIPTIVE` sections, its ``weights.sha256`` (a claim) replaced
+    by ``verified`` (the digest of the bytes actually loaded) or, when there is none, left out."""
+    part = {k: v for k, v in cfg.items() if k not in DESCRIPTIVE}
+    weights = part.get("weights")
+    if isinstance(weights, dict) or verified:
+        weights = {k: v for k, v in (weights if isinstance(weights, dict) else {}).items() if k != "sha256"}
+        if verified:
+            weights["sha256"] = verified
+        part["weights"] = weights
+    return part
+
+
 def prior_fingerprint(prior) -> str | None:
     """SHA-256 (16 hex digits) of what determines a prior's output.
 
     A prior that defines ``fingerprint()`` gives its own.  Otherwise: its class name, its config
-    without the :data:`DESCRIPTIVE` sections, and its weights (the config's ``weights.sha256``,
-    else the tensors of its state), plus an intensity map bound to a volume (``bound_intensity``)."""
+    without the :data:`DESCRIPTIVE` sections, and its weights: the SHA-256 of the weights file's
+    bytes that loading verified (``weights_sha256``, :mod:`medrecon.priors.integrity`), else the
+    tensors of its state -- never the config's ``weights.sha256`` claim alone -- plus an intensity
+    map bound to a volume (``bound_intensity``).  A prior wrapping another (an attribute with an
+    ``eps``, e.g. :class:`~medrecon.priors.rescaled.RescaledPrior`) includes the wrapped one's."""
     import torch
 
     if prior is None:
@@ -67,12 +83,12 @@ def prior_fingerprint(prior) -> str | None:
         return str(own())
     h = hashlib.sha256(type(prior).__qualname__.encode())
     cfg = getattr(prior, "config", None)
+    verified = getattr(prior, "weights_sha256", None)
+    verified = verified if isinstance(verified, str) and verified else None
     if isinstance(cfg, dict):
-        h.update(json.dumps({k: v for k, v in cfg.items() if k not in DESCRIPTIVE}, sort_keys=True,
-                            default=str).encode())
-    sha = cfg.get("weights", {}).get("sha256") if isinstance(cfg, dict) else None
+        h.update(json.dumps(_config_part(cfg, verified), sort_keys=True, default=str).encode())
     if isinstance(prior, torch.nn.Module):
-        if not sha:
+        if verified is None:
             for k, v in sorted(prior.state_dict().items()):
                 h.update(k.encode())
                 h.update(_tensor_bytes(v))
@@ -81,6 +97,8 @@ def prior_fingerprint(prior) -> str | None:
             if isinstance(v, torch.Tensor):
                 h.update(k.encode())
                 h.update(_tensor_bytes(v))
+            elif callable(getattr(v, "eps", None)):  # a wrapped prior (RescaledPrior.base): its own weights
+                h.update(f"{k}={prior_fingerprint(v)}".encode())
             elif isinstance(v, (int, float, str, bool, tuple, list, type(None))):
                 h.update(f"{k}={v!r}".encode())
     bound = getattr(prior, "bound_intensity", None)  # an intensity map bound to this volume

@@ -9,6 +9,7 @@ padding, pixel size, training record, provenance, recommended sampler settings a
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 from medrecon.errors import FileFormatError, InputError
@@ -106,18 +107,24 @@ def validate_config(cfg: Any, where: str = "config") -> dict[str, Any]:
         bad("it is not a JSON object")
     if cfg.get("format") != FORMAT:
         bad(f"'format' is {cfg.get('format')!r}, expected {FORMAT!r}")
-    if int(cfg.get("format_version", -1)) > FORMAT_VERSION:
-        bad(f"format_version {cfg.get('format_version')} is newer than this medrecon reads ({FORMAT_VERSION})")
+    version = cfg.get("format_version", -1)
+    if not _is_int(version):
+        bad(f"'format_version' must be an integer, got {version!r}")
+    if int(version) > FORMAT_VERSION:
+        bad(f"format_version {version} is newer than this medrecon reads ({FORMAT_VERSION})")
     if cfg.get("modality") not in MODALITIES:
         bad(f"modality {cfg.get('modality')!r} is not one of {', '.join(MODALITIES)}")
     net = cfg.get("network")
     if not isinstance(net, dict) or not isinstance(net.get("channels"), list) or not net["channels"]:
         bad("'network.channels' is missing")
-    if len(net.get("attention_levels", [])) != len(net["channels"]):
+    if not isinstance(net.get("attention_levels", []), list) or len(net.get("attention_levels", [])) != len(net["channels"]):
         bad("'network.attention_levels' and 'network.channels' differ in length")
     sch = cfg.get("schedule")
     if not isinstance(sch, dict) or sch.get("kind") not in SCHEDULES:
         bad(f"'schedule.kind' must be one of {', '.join(SCHEDULES)}")
+    problem = _numbers_problem(cfg)
+    if problem:
+        bad(problem)
     if cfg.get("prediction", "epsilon") not in PREDICTIONS:
         bad(f"'prediction' must be one of {', '.join(PREDICTIONS)}")
     problem = intensity_problem(cfg.get("intensity"))
@@ -125,8 +132,66 @@ def validate_config(cfg: Any, where: str = "config") -> dict[str, Any]:
         bad(problem)
     if cfg.get("padding", "reflect") not in ("reflect", "zeros"):
         bad("'padding' must be reflect or zeros")
+    problem = _weights_problem(cfg.get("weights", {}))
+    if problem:
+        bad(problem)
     if "recommended" in cfg:
         from medrecon.priors.recommended import validate_recommended
 
         validate_recommended(cfg["recommended"], where, sch.get("num_timesteps"))
     return cfg
+
+
+def _weights_problem(weights: Any) -> str | None:
+    """What is wrong with the ``weights`` section (``file`` a plain name inside the prior folder,
+    ``sha256`` absent or 64 hex digits), or None."""
+    from medrecon.priors.integrity import weights_name_problem
+
+    if not isinstance(weights, dict):
+        return "'weights' must be a JSON object"
+    problem = weights_name_problem(weights.get("file", WEIGHTS_NAME))
+    if problem:
+        return problem
+    sha = weights.get("sha256")
+    if sha is not None and not (isinstance(sha, str) and len(sha) == 64
+                                and all(c in "0123456789abcdefABCDEF" for c in sha)):
+        return f"'weights.sha256' must be 64 hex digits, got {sha!r}"
+    return None
+
+
+#: the most diffusion timesteps a config may ask for (abar_t is a float64 (T,) vector)
+MAX_TIMESTEPS = 100_000
+
+
+def _is_int(v: Any) -> bool:
+    """Whether ``v`` is an integer (a JSON integer, or a float with an integral value), not a bool."""
+    return not isinstance(v, bool) and (isinstance(v, int) or (isinstance(v, float) and v.is_integer()))
+
+
+def _is_finite(v: Any) -> bool:
+    """Whether ``v`` is a finite real number, not a bool."""
+    return not isinstance(v, bool) and isinstance(v, int | float) and math.isfinite(v)
+
+
+def _numbers_problem(cfg: dict) -> str | None:
+    """What is wrong with the numbers the prior is built from, or None: ``image_size`` an integer
+    >= 1; ``pixel_size_mm`` None or finite > 0 (mm); ``network.channels`` integers >= 1;
+    ``schedule.num_timesteps`` T an integer in 2..MAX_TIMESTEPS; ``beta_start``, ``beta_end``
+    finite with 0 < beta_start <= beta_end < 1 (the linear schedule's beta_t range)."""
+    size = cfg.get("image_size")
+    if not _is_int(size) or size < 1:
+        return f"'image_size' must be an integer >= 1, got {size!r}"
+    px = cfg.get("pixel_size_mm")
+    if px is not None and not (_is_finite(px) and px > 0):
+        return f"'pixel_size_mm' must be a finite number > 0 (mm) or null, got {px!r}"
+    channels = cfg["network"]["channels"]
+    if not all(_is_int(c) and c >= 1 for c in channels):
+        return f"'network.channels' must be integers >= 1, got {channels!r}"
+    sch = cfg["schedule"]
+    steps = sch.get("num_timesteps")
+    if not _is_int(steps) or not 2 <= steps <= MAX_TIMESTEPS:
+        return f"'schedule.num_timesteps' must be an integer from 2 to {MAX_TIMESTEPS}, got {steps!r}"
+    b0, b1 = sch.get("beta_start", 1e-4), sch.get("beta_end", 0.02)
+    if not (_is_finite(b0) and _is_finite(b1) and 0 < b0 <= b1 < 1):
+        return f"'schedule.beta_start' and 'beta_end' must be finite with 0 < start <= end < 1, got {b0!r} and {b1!r}"
+    return None

@@ -85,6 +85,24 @@ def intensity_bounds(modality: str, data: np.ndarray, p_lo: float = 0.5, p_hi: f
     return lo, hi, inten
 
 
+def refuse_nonfinite(data: np.ndarray, what: str) -> None:
+    """An :class:`InputError` naming ``what`` (the file or series) when slices ``data`` (N, ...)
+    hold NaN or +-inf, with the number of such slices and the first one; nothing otherwise."""
+    bad = ~np.isfinite(data.reshape(data.shape[0], -1)).all(axis=1) if data.size else np.zeros(0, bool)
+    if bad.any():
+        raise InputError(f"{what} holds NaN or infinite values in {int(bad.sum())} of {bad.size} slices "
+                         f"(the first is slice {int(np.argmax(bad))}); fix or leave out that data before training")
+
+
+def _check_bounds(lo: np.ndarray, hi: np.ndarray, where: str) -> None:
+    """An :class:`InputError` unless every slice's intensity bounds are finite with hi > lo."""
+    bad = ~(np.isfinite(lo) & np.isfinite(hi) & (hi > lo))
+    if bad.any():
+        k = int(np.argmax(bad))
+        raise InputError(f"{where} gives slice {k} the intensity bounds lo = {lo[k]}, hi = {hi[k]}; "
+                         "they must be finite with hi > lo")
+
+
 def resample_slices(data: np.ndarray, pixel_yx, size: int, pixel_size_mm: float | None = None):
     """Resample slices (N, Y, X) onto an S x S grid; returns (float32 (N, S, S), pixel size mm).
 
@@ -154,6 +172,8 @@ def stack_from_volume(path, size: int, modality: str | None = None, pixel_size_m
     if modality and vol.meta.get("modality") and vol.meta["modality"].lower() != modality:
         raise InputError(f"{str(path)!r} is a {vol.meta['modality']} volume, not {modality.upper()}")
     data = np.asarray(vol.data, dtype=np.float32)
+    uid = vol.meta.get("series_uid")
+    refuse_nonfinite(data, f"volume {str(path)!r}" + (f" (series {uid})" if uid else ""))
     lo, hi, inten = intensity_bounds(mod, data)
     _, dy, dx = vol.spacing
     zsel = np.arange(data.shape[0])[z if z is not None else slice(None)]
@@ -208,6 +228,7 @@ def read_stack(path) -> SliceStack:
         arr = arr[None]
     if arr.ndim != 3 or arr.shape[1] != arr.shape[2]:
         raise FileFormatError(f"slice stack {str(path)!r} must be shaped (N, S, S), got {arr.shape}")
+    refuse_nonfinite(arr, f"slice stack {str(path)!r}")
     mod = side.get("modality")
     if mod not in ("ct", "mr", "us"):
         raise FileFormatError(f"sidecar {str(side_path)!r} has no valid 'modality' (ct, mr or us)")
@@ -226,6 +247,7 @@ def read_stack(path) -> SliceStack:
             raise FileFormatError(f"{mod.upper()} sidecar {str(side_path)!r} lacks the per-slice intensity.lo/hi")
         lo = np.broadcast_to(np.asarray(lo_v, dtype=np.float64), (n,)).copy()
         hi = np.broadcast_to(np.asarray(hi_v, dtype=np.float64), (n,)).copy()
+    _check_bounds(lo, hi, f"sidecar {str(side_path)!r}")
     meta = dict(side)
     meta["path"] = str(path)
     return SliceStack(arr.astype(np.float32), mod, float(side["pixel_size_mm"]), lo, hi, meta)

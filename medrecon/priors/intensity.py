@@ -34,6 +34,8 @@ registered in the entry-point group ``medrecon.intensities`` and found through t
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 __all__ = ["WINDOW", "PERCENTILE", "intensity_kind", "intensity_problem", "bound_kinds", "default_intensity"]
@@ -46,8 +48,11 @@ class Window:
     bound = False
 
     def problem(self, intensity: dict) -> str | None:
-        return None if float(intensity.get("hi", 0)) > float(intensity.get("lo", 0)) else \
-            "'intensity' window needs hi > lo"
+        """None when ``lo`` and ``hi`` are finite numbers (physical units) with hi > lo."""
+        lo, hi = intensity.get("lo"), intensity.get("hi")
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in (lo, hi)):
+            return f"'intensity' window needs finite numbers lo and hi, got {lo!r} and {hi!r}"
+        return None if hi > lo else "'intensity' window needs hi > lo"
 
     def bind(self, data, intensity: dict) -> tuple[float, float]:  # noqa: ARG002 - the data do not matter
         return float(intensity["lo"]), float(intensity["hi"])
@@ -66,7 +71,12 @@ class Percentile(Window):
     name = "percentile"
     bound = True
 
-    def problem(self, intensity: dict) -> str | None:  # noqa: ARG002
+    def problem(self, intensity: dict) -> str | None:
+        """None when the percentiles ``p_lo`` < ``p_hi`` are finite numbers in [0, 100]."""
+        p_lo, p_hi = intensity.get("p_lo"), intensity.get("p_hi")
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v <= 100 for v in (p_lo, p_hi)) \
+                or not p_lo < p_hi:
+            return f"'intensity' percentiles need 0 <= p_lo < p_hi <= 100, got {p_lo!r} and {p_hi!r}"
         return None
 
     def bind(self, data, intensity: dict) -> tuple[float, float]:

@@ -36,6 +36,7 @@ from medrecon.priors.config import (  # noqa: F401 - re-exported: the config is 
     default_config,
     validate_config,
 )
+from medrecon.priors.integrity import nonfinite_tensor, verified_digest, weights_path
 from medrecon.priors.intensity import bound_kinds, intensity_kind
 from medrecon.priors.schedule import make_schedule
 
@@ -107,6 +108,9 @@ class DiffusionPrior(torch.nn.Module):
         self._intensity_kind = intensity_kind(inten["kind"])  # validated above
         self._lo = inten.get("lo")
         self._hi = inten.get("hi")
+        #: SHA-256 of the weights file :meth:`load` read and verified; None for a network built or
+        #: changed in memory (the engine's fingerprint then hashes the tensors themselves)
+        self.weights_sha256: str | None = None
 
     # -- properties -------------------------------------------------------------------------
     @property
@@ -277,13 +281,18 @@ class DiffusionPrior(torch.nn.Module):
 
     # -- storage ----------------------------------------------------------------------------
     def save(self, folder, dtype: str = "float16", extra: dict[str, Any] | None = None) -> Path:
-        """Write ``config.json`` + ``weights.safetensors`` (dtype float16 or float32) into ``folder``."""
+        """Write ``config.json`` + ``weights.safetensors`` (dtype float16 or float32) into ``folder``;
+        weights that are NaN or infinite in ``dtype`` (float16 overflows above 65504) are refused."""
         from safetensors.torch import save_file
 
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
         tdt = {"float16": torch.float16, "float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
         sd = {k: v.detach().to("cpu", tdt).contiguous() for k, v in self.net.state_dict().items()}
+        bad = nonfinite_tensor(sd)
+        if bad is not None:
+            raise InputError(f"the network's tensor {bad!r} is NaN or infinite in {dtype}, so no prior is written "
+                             f"to {str(folder)!r}")
+        folder.mkdir(parents=True, exist_ok=True)
         wpath = folder / WEIGHTS_NAME
         save_file(sd, str(wpath), metadata={"format": FORMAT, "dtype": dtype})
         wpath.chmod(0o644)
@@ -301,6 +310,9 @@ class DiffusionPrior(torch.nn.Module):
         """Read a prior folder; weights are cast to float32 on ``device`` (cpu by default).
 
         ``modality`` ('ct'/'mr'/'us'), if given, must match the prior's.  Errors are one sentence.
+        The weights file must be a plain name inside ``folder`` (symbolic links resolved), match
+        config.json's ``weights.sha256`` when it records one, and hold finite values
+        (:mod:`medrecon.priors.integrity`); its actual SHA-256 becomes :attr:`weights_sha256`.
         """
         folder = Path(folder)
         cfg_path = folder / CONFIG_NAME
@@ -317,9 +329,9 @@ class DiffusionPrior(torch.nn.Module):
             raise InputError(
                 f"prior {str(folder)!r} is a {cfg['modality'].upper()} prior, but a {modality.upper()} prior was asked for"
             )
-        wfile = folder / cfg.get("weights", {}).get("file", WEIGHTS_NAME)
-        if not wfile.is_file():
-            raise FileFormatError(f"prior {str(folder)!r} has no weights file {wfile.name!r}")
+        wcfg = cfg.get("weights", {})
+        wfile = weights_path(folder, wcfg.get("file", WEIGHTS_NAME))
+        digest = verified_digest(wfile, wcfg.get("sha256"))
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -327,7 +339,12 @@ class DiffusionPrior(torch.nn.Module):
             sd = load_file(str(wfile))
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             raise FileFormatError(f"weights file {str(wfile)!r} is corrupt or not safetensors ({exc})") from exc
+        bad = nonfinite_tensor(sd)
+        if bad is not None:
+            raise FileFormatError(f"weights file {str(wfile)!r} holds NaN or infinite values (tensor {bad!r}), "
+                                  "so the prior is refused")
         prior = cls(cfg, flash=flash)
+        prior.weights_sha256 = digest
         try:
             prior.net.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
         except RuntimeError as exc:

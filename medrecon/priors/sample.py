@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from pathlib import Path
 
 import torch
@@ -13,6 +14,31 @@ from medrecon.priors.schedule import ddim_sample, ddim_timesteps, dpmpp2m_sample
 SAMPLERS = ("ddim", "dpmpp2m")
 
 
+def check_sample_args(n: int = 1, sampler: str = "ddim", eta: float = 0.0, clip: float | None = None,
+                      size: int | None = None) -> None:
+    """An :class:`InputError` (one sentence) unless ``sampler`` is known, ``n >= 1``, ``size`` is
+    None or >= 1, the DDIM ``eta`` is a finite number in [0, 1] (sigma_t = eta sqrt((1 -
+    abar_prev)/(1 - abar_t)) sqrt(1 - abar_t/abar_prev); above 1 it exceeds the noise the step
+    has) and ``clip`` is None or a finite number > 0."""
+    if sampler not in SAMPLERS:
+        raise InputError(f"unknown sampler {sampler!r}; use ddim or dpmpp2m")
+    if n < 1:
+        raise InputError("n must be at least 1")
+    if size is not None and size < 1:
+        raise InputError(f"size must be at least 1, got {size}")
+    if not _finite_in(eta, 0.0, 1.0):
+        raise InputError(f"eta must be a finite number from 0 to 1, got {eta!r}")
+    if clip is not None and not (_finite_in(clip, 0.0, math.inf) and float(clip) > 0):
+        raise InputError(f"clip must be a finite number > 0, got {clip!r}")
+
+
+def _finite_in(value, lo: float, hi: float) -> bool:
+    """Whether ``value`` is a real number (not a bool), finite and in [lo, hi]."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    return math.isfinite(value) and lo <= value <= hi
+
+
 @torch.no_grad()
 def sample_prior(prior, n: int = 16, steps: int = 50, sampler: str = "ddim", seed: int = 0,
                  size: int | None = None, eta: float = 0.0, batch: int = 64, clip: float | None = None,
@@ -20,12 +46,10 @@ def sample_prior(prior, n: int = 16, steps: int = 50, sampler: str = "ddim", see
     """Draw ``n`` unconditional samples (n, 1, S, S) in the network range (or physical units).
 
     sampler: ``ddim`` (eta 0 deterministic) or ``dpmpp2m`` (DPM-Solver++ 2M).  The initial noise
-    is drawn on the CPU from ``seed`` so results do not depend on the device.
+    is drawn on the CPU from ``seed`` so results do not depend on the device.  The arguments
+    are checked by :func:`check_sample_args`.
     """
-    if sampler not in SAMPLERS:
-        raise InputError(f"unknown sampler {sampler!r}; use ddim or dpmpp2m")
-    if n < 1:
-        raise InputError("n must be at least 1")
+    check_sample_args(n, sampler, eta, clip, size)
     size = int(size or prior.image_size)
     dev = prior.device
     g = torch.Generator().manual_seed(seed)

@@ -12,7 +12,11 @@ autocast on CUDA.  Validation: MSE on held-out slices at fixed timesteps with fi
 Checkpoints (``OUTPUT/checkpoint/state.safetensors`` + ``state.json``: model, EMA,
 optimizer moments, step, generator state, losses) are written every ``ckpt_every`` steps,
 at the wall-clock cap and at the end; ``resume=True`` continues from them.  No pickle
-(:mod:`medrecon.priors.train_checkpoint`).  Augmentation: :mod:`medrecon.priors.augment`.
+(:mod:`medrecon.priors.train_checkpoint`).  A NaN or infinite loss (checked at every logged
+loss and checkpoint) or weight (at every checkpoint) stops training with one sentence: the
+last finite checkpoint is kept and no prior is written.  Training data holding NaN or
+infinity are refused before OUTPUT is made (:mod:`medrecon.priors.data`).
+Augmentation: :mod:`medrecon.priors.augment`.
 
 Outputs in OUTPUT: ``config.json`` + ``weights.safetensors`` (the prior, EMA, float16),
 ``train_report.json``, ``samples.png`` and ``checkpoint/``.  config.json also records
@@ -41,7 +45,7 @@ import torch.nn.functional as F
 from medrecon.errors import InputError
 from medrecon.io.atomic import write_text_atomic
 from medrecon.priors.augment import augment_batch, immiscible_assign
-from medrecon.priors.train_checkpoint import load_checkpoint, save_checkpoint
+from medrecon.priors.train_checkpoint import load_checkpoint, save_checkpoint, stop_if_nonfinite
 from medrecon.progress import make_bar, stderr_is_tty
 
 VAL_TIMESTEPS = (50, 100, 250, 500, 750)
@@ -213,6 +217,8 @@ def train_prior(
         raise InputError(f"unknown --channels preset {channels!r}; use one of {', '.join(PRESETS)}")
     if steps < 0 or batch_size < 1:
         raise InputError("steps must be >= 0 and batch size >= 1")
+    if not (lr > 0 and np.isfinite(lr)) or not (0 <= ema_decay <= 1):
+        raise InputError(f"--lr must be a finite number > 0 and --ema-decay 0..1, got {lr} and {ema_decay}")
     if not (0 <= rotate_deg <= 180) or not (0 <= zoom < 1):
         raise InputError(f"--rotate must be 0..180 degrees and --zoom 0..<1, got {rotate_deg} and {zoom}")
     dev = resolve_device(device)
@@ -224,7 +230,6 @@ def train_prior(
     size = train_stack.size
     x_all = torch.from_numpy(train_stack.to_net())[:, None]
     x_all = _usable_slices(x_all)
-    out.mkdir(parents=True, exist_ok=True)  # only once the data are known to be usable
     if val_data:
         val_stack, val_prov = load_sources([str(p) for p in val_data], size, modality)
         x_val = torch.from_numpy(val_stack.to_net())[:, None]
@@ -271,6 +276,7 @@ def train_prior(
     m = prior.downsample_factor
     if (patch or size) % m:
         raise InputError(f"training size {patch or size} must be a multiple of {m} for this network")
+    out.mkdir(parents=True, exist_ok=True)  # only once the data and the options are known to be usable
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999))
     gen = torch.Generator(device=dev).manual_seed(seed)
     use_ac = bf16 and dev.type == "cuda"
@@ -308,7 +314,8 @@ def train_prior(
     acc, acc_n = 0.0, 0
     net.train()
 
-    def checkpoint():
+    def checkpoint():  # only finite states: a NaN loss or weight stops here, keeping the last checkpoint
+        stop_if_nonfinite(acc, {"network": net, "EMA network": ema}, step, ckpt_dir)
         st = dict(common_state, losses=losses, val_losses=val_losses,
                   train_seconds=prev_seconds + time.time() - run_t0)
         save_checkpoint(ckpt_dir, net, ema, opt, step, gen, st)
@@ -355,6 +362,7 @@ def train_prior(
             acc += loss.detach()
             acc_n += 1
             if step % log_every == 0 or step == steps:
+                stop_if_nonfinite(acc, {}, step, ckpt_dir)
                 lv = float(acc) / acc_n
                 losses.append([step, lv])
                 acc, acc_n = 0.0, 0

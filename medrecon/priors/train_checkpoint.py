@@ -6,20 +6,53 @@ parameter), ``rng.generator`` (the training generator) and ``rng.torch_cpu`` (to
 CPU generator).  ``state.json`` holds the rest: the step, the optimiser's parameter groups
 without their parameters, the keys of each parameter's optimiser state, and whatever the
 trainer adds (losses, config, seconds trained).  Both files are replaced atomically.
+
+:func:`stop_if_nonfinite` runs before every checkpoint (and at every logged loss): a NaN or
+infinite loss or weight stops training with one sentence, and the checkpoint on disk, written
+only after a passing check, stays the last finite one.  A checkpoint holding NaN or infinite
+network weights is refused on load.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
 import torch
 
-from medrecon.errors import FileFormatError
+from medrecon.errors import FileFormatError, InputError
 from medrecon.io.atomic import atomic_file, write_text_atomic
+from medrecon.priors.integrity import nonfinite_tensor
 
-__all__ = ["load_checkpoint", "save_checkpoint"]
+__all__ = ["load_checkpoint", "save_checkpoint", "stop_if_nonfinite"]
+
+
+def _saved_step(folder: Path) -> int | None:
+    """The step of the checkpoint in ``folder`` (its ``state.json``), or None when there is none."""
+    try:
+        return int(json.loads((folder / "state.json").read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def stop_if_nonfinite(loss_sum, modules: dict[str, torch.nn.Module], step: int, folder: Path) -> None:
+    """Stop training with an :class:`InputError` (one sentence) when ``loss_sum`` (the losses summed
+    since the last check) or a tensor of ``modules`` (name -> module) is NaN or infinite.
+
+    Nothing is written: the checkpoint in ``folder`` is the last one that passed this check."""
+    what = None if math.isfinite(float(loss_sum)) else "the training loss"
+    for name, module in modules.items():
+        if what is None and (key := nonfinite_tensor(module.state_dict())) is not None:
+            what = f"the {name}'s tensor {key!r}"
+    if what is None:
+        return
+    kept = _saved_step(folder)
+    keep = (f"the last finite checkpoint (step {kept}) is kept in {str(folder)!r}" if kept is not None
+            else "no checkpoint had been written")
+    raise InputError(f"training stopped at step {step} because {what} became NaN or infinite, so no prior is "
+                     f"written and {keep}; lower --lr or check the data before training again")
 
 
 def save_checkpoint(folder: Path, net, ema, opt, step: int, gen: torch.Generator, state: dict) -> None:
@@ -64,6 +97,10 @@ def load_checkpoint(folder: Path, net, ema, opt, gen: torch.Generator, device) -
         meta = json.loads(jp.read_text())
     except Exception as exc:  # noqa: BLE001
         raise FileFormatError(f"checkpoint in {str(folder)!r} is unreadable ({exc})") from exc
+    bad = nonfinite_tensor((k, v) for k, v in tensors.items() if k.startswith(("model.", "ema.")))
+    if bad is not None:
+        raise FileFormatError(f"checkpoint in {str(folder)!r} holds NaN or infinite weights (tensor {bad!r}), so it "
+                              "cannot be resumed; delete it to train afresh")
     try:
         net.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})

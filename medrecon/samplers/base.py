@@ -64,6 +64,9 @@ class Param:
         self.none_ok, self.auto_ok = none_ok, auto_ok
 
     def validate(self, sampler: str, name: str, value: Any) -> Any:
+        """``value`` checked and converted to ``kind``; an :class:`InputError` (one sentence naming the
+        sampler and the parameter) otherwise.  Numbers must be finite: NaN and +-inf are refused for
+        every numeric parameter, bounded or not, so none reaches a sampler."""
         if self.auto_ok and isinstance(value, str) and value.strip().lower() == "auto":
             return "auto"
         if value is None:
@@ -77,21 +80,7 @@ class Param:
                 return value.lower() in ("true", "1", "yes")
             raise InputError(f"sampler {sampler!r} parameter {name!r} must be true or false, got {value!r}")
         if self.kind in (int, float):
-            try:
-                if isinstance(value, bool):
-                    raise TypeError
-                v = float(value)
-                if self.kind is int:
-                    if v != int(v):
-                        raise ValueError
-                    v = int(v)
-            except (TypeError, ValueError):
-                raise InputError(
-                    f"sampler {sampler!r} parameter {name!r} must be a{'n integer' if self.kind is int else ' number'}, "
-                    f"got {value!r}"
-                ) from None
-            if not math.isfinite(v):
-                raise InputError(f"sampler {sampler!r} parameter {name!r} must be finite, got {value!r}")
+            v = self._number(sampler, name, value)
             if self.lo is not None and (v < self.lo or (self.lo_open and v == self.lo)):
                 raise InputError(
                     f"sampler {sampler!r} parameter {name!r} must be {'>' if self.lo_open else '>='} {self.lo}, got {v}"
@@ -110,6 +99,22 @@ class Param:
                 )
             return v
         raise InputError(f"sampler {sampler!r} parameter {name!r} has an unsupported type")  # pragma: no cover
+
+    def _number(self, sampler: str, name: str, value: Any) -> int | float:
+        """``value`` as a finite float (an int for ``kind is int``); an :class:`InputError` for a
+        non-number, a bool, NaN or +-inf (whatever the parameter's range), or a fraction for an int."""
+        noun = "an integer" if self.kind is int else "a number"
+        try:
+            if isinstance(value, bool):
+                raise TypeError
+            v = float(value)
+        except (TypeError, ValueError):
+            raise InputError(f"sampler {sampler!r} parameter {name!r} must be {noun}, got {value!r}") from None
+        if not math.isfinite(v):
+            raise InputError(f"sampler {sampler!r} parameter {name!r} must be finite, got {value!r}")
+        if self.kind is int and v != int(v):
+            raise InputError(f"sampler {sampler!r} parameter {name!r} must be an integer, got {value!r}")
+        return int(v) if self.kind is int else v
 
 
 # --------------------------------------------------------------------------- the contract
