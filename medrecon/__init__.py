@@ -45,7 +45,15 @@ _LAZY = {
 }
 
 
+# subpackages reachable as attributes after ``import medrecon`` (``medrecon.data.load_ct_sample()``)
+_SUBMODULES = ("data", "io", "metrics", "priors", "samplers", "operators", "engine", "interop", "datasets")
+
+
 def __getattr__(name: str):
+    if name in _SUBMODULES:
+        value = importlib.import_module(f"medrecon.{name}")
+        globals()[name] = value
+        return value
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'medrecon' has no attribute {name!r}")
@@ -55,4 +63,4 @@ def __getattr__(name: str):
 
 
 def __dir__():
-    return sorted(list(globals()) + list(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | set(_SUBMODULES))

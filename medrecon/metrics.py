@@ -220,7 +220,7 @@ def compare(x, ref, window) -> dict[str, Any]:
 
 
 def evaluate(recon, reference, *, window=None, classical=None, json_path=None, png=None,
-             overwrite: bool = True) -> dict[str, Any]:
+             overwrite: bool = False) -> dict[str, Any]:
     """Compare a reconstruction with a reference volume: PSNR and SSIM per slice and overall.
 
     Parameters
@@ -235,14 +235,21 @@ def evaluate(recon, reference, *, window=None, classical=None, json_path=None, p
         Write the result dict as JSON (atomically).
     png : path, optional
         Write the comparison figure (:func:`medrecon.figures.comparison_figure`).
+    overwrite : bool
+        Replace an existing ``json_path`` / ``png``; without it they are refused before any work.
+        An output that is one of the inputs is always refused.
 
     Returns
     -------
     dict with ``window``, ``data_range``, ``psnr`` (dB), ``ssim``, ``psnr_per_slice``,
     ``ssim_per_slice``, ``shape``, and ``classical`` (the same metrics) when given.
     """
+    from medrecon.io.atomic import check_outputs
+
+    check_outputs({"json_path": json_path, "png": png},
+                  {"reconstruction": recon, "reference": reference, "classical": classical}, overwrite)
     rec_v = as_volume(recon, "reconstruction")
-    ref_v = as_volume(reference, "reference")
+    ref_v = as_volume(reference, "reference", measurements=False)
     if rec_v.shape != ref_v.shape:
         raise InputError(f"reconstruction shape {rec_v.shape} differs from reference shape {ref_v.shape}")
     if window is None:
@@ -284,17 +291,21 @@ def evaluate(recon, reference, *, window=None, classical=None, json_path=None, p
     return out
 
 
-def as_volume(obj, what: str):
+def as_volume(obj, what: str, measurements: bool = True):
     """``obj`` as a :class:`~medrecon.volume.Volume`: a Volume as it is, a path read from disk (a
     measurement or raw-data file ``.h5`` / ``.hdf5`` / ``.mat`` reconstructed with the ``classical``
-    sampler), an array wrapped (float32).  ``what`` names it in error messages."""
+    sampler, unless ``measurements`` is false), an array wrapped (float32).  ``what`` names it in
+    error messages."""
     from medrecon.volume import Volume
 
     if isinstance(obj, Volume):
         return obj
     if isinstance(obj, (str, os.PathLike)):
         p = Path(obj)
-        if p.name.lower().endswith((".h5", ".hdf5", ".mat")):  # a measurement or raw data an importer reads
+        if p.name.lower().endswith((".h5", ".hdf5", ".mat")):
+            if not measurements:
+                raise InputError(f"the {what} must be a volume (NIfTI or DICOM), not the measurement or raw file "
+                                 f"{str(p)!r}")  # a measurement or raw data an importer reads
             from medrecon.engine import reconstruct
 
             return reconstruct(str(p), sampler="classical", progress=False)

@@ -18,7 +18,7 @@ import numpy as np
 from medrecon.errors import InputError, MedreconError, positive_int
 
 __all__ = ["PriorMismatchWarning", "component_names", "component_path", "image_shape", "check_measurement",
-           "pixel_size", "check_prior_fit", "guess_modality", "part_slices", "check_parts", "check_samples",
+           "pixel_size", "check_prior_fit", "check_prior_modality", "guess_modality", "part_slices", "check_parts", "check_samples",
            "check_volume_geometry"]
 
 
@@ -126,13 +126,30 @@ def check_prior_fit(prior, m, op, rescaled: bool = False) -> list[str]:
     return msgs
 
 
+def check_prior_modality(prior, name, m) -> None:
+    """Refuse a prior trained on another modality than the measurement's (an MR k-space measurement
+    with a CT prior): the operator's family (``mri.*`` -> MR) decides, else the source's modality.
+    Nothing is checked when either side is unknown (a plugin's own operator, a prior without
+    ``modality``)."""
+    cfg = getattr(prior, "config", None)
+    trained = str(cfg.get("modality") or "").upper() if isinstance(cfg, dict) else ""
+    trained = {"MRI": "MR", "ULTRASOUND": "US"}.get(trained, trained)
+    op_name = str(m.operator_spec.get("name", ""))
+    data = _FAMILY.get(op_name.split(".", 1)[0].lower()) or guess_modality(m)
+    if trained and data and trained != data:
+        raise InputError(f"the prior {name!r} was trained on {trained} images but the measurement is {data} "
+                         f"(operator {op_name}); use a {data} prior, or a prior-free sampler such as tv")
+
+
+_FAMILY = {"ct": "CT", "mri": "MR", "mr": "MR", "us": "US", "ultrasound": "US"}
+
+
 def guess_modality(m) -> str | None:
     ref = m.reference_meta or {}
     if ref.get("modality"):
         return ref["modality"]
     name = str(m.operator_spec.get("name", ""))
-    prefix = name.split(".", 1)[0].lower()
-    return {"ct": "CT", "mri": "MR", "mr": "MR", "us": "US", "ultrasound": "US"}.get(prefix)
+    return _FAMILY.get(name.split(".", 1)[0].lower())
 
 
 def part_slices(n_slices: int, num_parts: int, part_id: int) -> range:
@@ -200,14 +217,9 @@ def check_output(out: Path, sources: dict[str, str | os.PathLike | None], like=N
     else:
         raise InputError(f"cannot tell the output format of {str(out)!r}: use .nii / .nii.gz for NIfTI or a "
                          "folder name (no extension) for a DICOM series")
-    target = out.resolve()
-    for what, src in {**sources, "--like series": like if isinstance(like, (str, os.PathLike)) else None}.items():
-        if not src or not isinstance(src, (str, os.PathLike)):
-            continue
-        s = Path(src).resolve()
-        if s == target or target in s.parents:
-            raise InputError(f"the output {str(out)!r} would overwrite the {what} {str(src)!r}; write it "
-                             "somewhere else")
+    from medrecon.io.atomic import check_outputs
+
+    check_outputs({"": out}, {**sources, "--like series": like}, overwrite=True)  # existence: check_target
     if fmt == "dicom" and isinstance(like, (str, os.PathLike)):
         from medrecon.io.dicom.write import meta_from_like
 

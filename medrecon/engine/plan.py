@@ -49,6 +49,8 @@ from medrecon.errors import InputError, positive_int
 __all__ = ["RunPlan", "Live", "plan"]
 
 PLAN_VERSION = 1
+#: the most steps a run may ask for (iterative solvers converge in hundreds; priors cap at T)
+MAX_STEPS = 100_000
 
 
 @dataclass
@@ -219,6 +221,7 @@ def plan(
         check_output,
         check_parts,
         check_prior_fit,
+        check_prior_modality,
         check_samples,
         check_volume_geometry,
         component_names,
@@ -233,6 +236,11 @@ def plan(
     batch_size = positive_int("batch_size", batch_size)
     if steps is not None and (not isinstance(steps, (int, np.integer)) or int(steps) < 1):
         raise InputError(f"steps must be a positive integer, got {steps!r}")
+    if steps is not None and int(steps) > MAX_STEPS:
+        raise InputError(f"steps={int(steps)} is more than the {MAX_STEPS} any sampler needs (a prior's samplers "
+                         "run at most its schedule length, iterative solvers converge in hundreds); ask for fewer")
+    if prior_scale not in ("auto", "native"):
+        raise InputError(f"prior_scale must be 'auto' or 'native', got {prior_scale!r}")
     if resume and output is None:
         raise InputError("resume needs output= (the checkpoints live next to the output)")
     num_parts, part_id = check_parts(num_parts, part_id, output)
@@ -255,6 +263,7 @@ def plan(
     rec = None
     if smp.needs_prior:
         prior_obj, prior_name = as_prior(prior, smp)
+        check_prior_modality(prior_obj, prior_name, m)
         if recommended and isinstance(sampler, str):
             smp, steps, rec = with_recommended(smp, prior_obj, steps, params, m)
     else:

@@ -23,7 +23,7 @@ from typing import IO, Any
 from medrecon.errors import InputError
 from medrecon.processes import pid_alive
 
-__all__ = ["check_target", "atomic_file", "atomic_dir", "tmp_sibling", "write_bytes_atomic",
+__all__ = ["check_target", "check_outputs", "atomic_file", "atomic_dir", "tmp_sibling", "write_bytes_atomic",
            "write_text_atomic", "remove_stale_temps"]
 
 
@@ -35,6 +35,22 @@ def check_target(path: Path, overwrite: bool) -> None:
         raise InputError(f"output {str(path)!r} already exists; pass overwrite=True (--overwrite) to replace it")
     if path.parent.exists() and not path.parent.is_dir():
         raise InputError(f"cannot write {str(path)!r}: {str(path.parent)!r} is not a folder")
+
+
+def check_outputs(outputs: dict[str, Any], inputs: dict[str, Any], overwrite: bool) -> None:
+    """Before any work: each output path (``{"--json": path, ...}``; None entries skipped) may be
+    written (:func:`check_target`), and none is, or holds, an input path (``{"reference": path}``;
+    entries that are not paths are skipped).  One-sentence :class:`InputError` otherwise."""
+    srcs = {what: Path(p).resolve() for what, p in inputs.items() if isinstance(p, (str, os.PathLike)) and str(p)}
+    for name, out in outputs.items():
+        if out is None:
+            continue
+        target = Path(out).resolve()
+        for what, src in srcs.items():
+            if src == target or target in src.parents:
+                raise InputError(f"the output {(name + ' ') if name else ''}{str(out)!r} would overwrite the {what} {str(src)!r}; write it "
+                                 "somewhere else")
+        check_target(Path(out), overwrite)
 
 
 def _make_parent(path: Path) -> None:
