@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # skipped by `make test-fast`
+
 DRIVER = Path(__file__).resolve().parent / "cli_driver.py"
 N, Z = 32, 3
 

@@ -18,7 +18,8 @@ from medrecon.testing import smooth_gaussian_prior
 
 Z, N = 4, 16
 
-pytestmark = [pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta"),
+pytestmark = [pytest.mark.slow,  # skipped by `make test-fast`
+              pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta"),
               pytest.mark.filterwarnings("ignore::medrecon.engine.PriorMismatchWarning")]
 
 

@@ -26,6 +26,8 @@ import pytest
 
 from medrecon.processes import process_start
 
+pytestmark = pytest.mark.slow  # skipped by `make test-fast`
+
 Z, N, VIEWS = 3, 32, 10
 NEVER = 1_000_000  # steps: a run that got as far as computing would not end within the test
 

@@ -11,6 +11,8 @@ import torch
 from medrecon.errors import FileFormatError, InputError
 from medrecon.priors.data import SliceStack, read_stack, resample_slices, write_stack
 
+pytestmark = pytest.mark.slow  # skipped by `make test-fast`
+
 
 def _stack(tmp_path, name="train", n=6, s=32, modality="ct"):
     rng = np.random.default_rng(0)
