@@ -15,6 +15,15 @@ Required keys of a manifest: ``name`` (also the folder name under the data root)
 ``how_to_get``, the sentence shown when there is nothing to download;
 ``local_evaluation_only``: true for data that must never be redistributed.
 
+A manifest comes from a folder anyone may point ``$MEDRECON_MANIFESTS`` at, so its names are
+checked before any path is built from them: ``name`` is one plain folder name (letters,
+digits, ``.``, ``_``, ``-``; not starting with a dot; no separators), every file ``path`` is
+relative with ``/`` separators and no empty, ``.`` or ``..`` component.  :func:`verify`,
+:func:`fetch` and :func:`presence` also refuse symbolic links that lead out of the data root
+(a data set folder) or out of the data set folder (a file): they never read or write a path
+outside the root.  (The root itself may be a link.)  Refusals are one sentence
+(:class:`~medrecon.errors.FileFormatError` / :class:`~medrecon.errors.InputError`).
+
 The data root is ``--root`` / ``root=``, else ``$MEDRECON_DATA``, else ``../shared/data``
 next to the repository (the source tree's parent).  Extra manifests can be added with
 ``$MEDRECON_MANIFESTS`` (a folder of JSON files, searched first) or ``manifest_dir=``.
@@ -31,6 +40,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -39,12 +49,13 @@ from medrecon.errors import FileFormatError, InputError
 
 __all__ = ["SCHEMA", "REQUIRED_KEYS", "list_manifests", "get_manifest", "default_root", "dataset_dir",
            "verify", "fetch", "sha256_file", "sha256_file_cached", "package_manifest_dir", "source_manifest_dir",
-           "sync_package_manifests", "validate_manifest", "presence"]
+           "sync_package_manifests", "validate_manifest", "presence", "is_plain_name"]
 
 SCHEMA = "medrecon-dataset/1"
 REQUIRED_KEYS = ("name", "title", "modality", "licence", "citation", "redistribution", "shape",
                  "spacing_mm", "files")
 _REPO = Path(__file__).resolve().parent.parent
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 def package_manifest_dir() -> Path:
@@ -96,13 +107,32 @@ def sha256_file_cached(path: str | os.PathLike) -> str:
     return digest
 
 
+def is_plain_name(name: Any) -> bool:
+    """Whether ``name`` can be a data set folder name: letters, digits, ``.``, ``_``, ``-``, not
+    starting with a dot (so no separator, no ``..``).
+
+    >>> is_plain_name("ct-pancreas-tcia"), is_plain_name("../etc"), is_plain_name("a/b")
+    (True, False, False)
+    """
+    return isinstance(name, str) and _NAME_RE.match(name) is not None
+
+
+def _bad_file_path(path: str) -> bool:
+    parts = path.split("/")
+    return (not path or "\\" in path or "\0" in path or path.startswith("/")
+            or re.match(r"^[A-Za-z]:", path) is not None or any(part in ("", ".", "..") for part in parts))
+
+
 def validate_manifest(m: Any, where: str = "manifest") -> dict:
-    """Check the keys and the ``files`` list; raise :class:`FileFormatError` otherwise."""
+    """Check the keys, the name and the ``files`` list; raise :class:`FileFormatError` otherwise."""
     if not isinstance(m, dict):
         raise FileFormatError(f"{where} is not a JSON object")
     missing = [k for k in REQUIRED_KEYS if k not in m]
     if missing:
         raise FileFormatError(f"{where} lacks the key(s) {', '.join(missing)}")
+    if not is_plain_name(m["name"]):
+        raise FileFormatError(f"{where}: the name must be a plain folder name (letters, digits, '.', '_', '-'; "
+                              f"no separators or '..'), got {m['name']!r}")
     if not (m.get("source_url") or m.get("doi")):
         raise FileFormatError(f"{where} needs a source_url or a doi")
     files = m["files"]
@@ -113,9 +143,9 @@ def validate_manifest(m: Any, where: str = "manifest") -> dict:
               and len(f["sha256"]) == 64 and isinstance(f.get("bytes"), int))
         if not ok:
             raise FileFormatError(f"{where}: every file needs path, sha256 (64 hex digits) and bytes, got {f!r}")
-        p = Path(f["path"])
-        if p.is_absolute() or ".." in p.parts:
-            raise FileFormatError(f"{where}: file paths must be relative and inside the data set, got {f['path']!r}")
+        if _bad_file_path(f["path"]):
+            raise FileFormatError(f"{where}: file paths must be relative and inside the data set ('/' separators, "
+                                  f"no empty, '.' or '..' parts), got {f['path']!r}")
     return m
 
 
@@ -146,7 +176,16 @@ def list_manifests(manifest_dir: str | os.PathLike | None = None) -> list[dict]:
     return [found[k] for k in sorted(found)]
 
 
+def _check_name(name: Any) -> str:
+    if not is_plain_name(name):
+        raise InputError(f"a data set name is a plain folder name (letters, digits, '.', '_', '-'; no separators "
+                         f"or '..'), got {name!r}")
+    return name
+
+
 def get_manifest(name: str, manifest_dir: str | os.PathLike | None = None) -> dict:
+    """The manifest of data set ``name`` (an :class:`InputError` naming the known ones otherwise)."""
+    _check_name(name)
     ms = {m["name"]: m for m in list_manifests(manifest_dir)}
     if name not in ms:
         raise InputError(f"no dataset named {name!r}; known: {', '.join(ms) or 'none'}")
@@ -154,15 +193,45 @@ def get_manifest(name: str, manifest_dir: str | os.PathLike | None = None) -> di
 
 
 def dataset_dir(name: str, root: str | os.PathLike | None = None) -> Path:
-    return Path(root if root is not None else default_root()) / name
+    """``root/name`` (``name`` checked to be a plain folder name)."""
+    return Path(root if root is not None else default_root()) / _check_name(name)
+
+
+def _inside(base: Path, p: Path) -> bool:
+    """Whether ``p``, symbolic links resolved, is ``base`` (resolved) or lies inside it."""
+    b, q = base.resolve(), p.resolve()
+    return q == b or b in q.parents
+
+
+def _checked_dir(name: str, root: str | os.PathLike | None) -> Path:
+    """:func:`dataset_dir`, refused when it is a symbolic link leading out of the root."""
+    d = dataset_dir(name, root)
+    if not _inside(d.parent, d):
+        raise FileFormatError(f"{str(d)!r} is a symbolic link leading out of the data root {str(d.parent)!r}; "
+                              "medrecon does not follow it (move the data set into the root, or link the whole root)")
+    return d
+
+
+def _checked_file(d: Path, rel: str) -> Path:
+    """``d/rel``, refused when a symbolic link leads it out of the data set folder ``d``."""
+    p = d / rel
+    if not _inside(d, p):
+        raise FileFormatError(f"{str(p)!r} is a symbolic link leading out of the data set folder {str(d)!r}; "
+                              "medrecon does not follow it (put the file itself there)")
+    return p
 
 
 def presence(m: dict, root: str | os.PathLike | None = None) -> str:
-    """``"yes"`` (every file there with the right size), ``"partial"``, or ``"no"``."""
-    d = dataset_dir(m["name"], root)
-    if not d.is_dir():
-        return "no"
-    n_ok = sum(1 for f in m["files"] if (d / f["path"]).is_file() and (d / f["path"]).stat().st_size == f["bytes"])
+    """``"yes"`` (every file there with the right size), ``"partial"``, or ``"no"``; ``"refused"`` when
+    a symbolic link leads out of the root or out of the data set folder (nothing is read there)."""
+    try:
+        d = _checked_dir(m["name"], root)
+        if not d.is_dir():
+            return "no"
+        paths = [(_checked_file(d, f["path"]), f["bytes"]) for f in m["files"]]
+    except FileFormatError:
+        return "refused"
+    n_ok = sum(1 for p, size in paths if p.is_file() and p.stat().st_size == size)
     return "yes" if n_ok == len(m["files"]) else ("partial" if n_ok or any(d.iterdir()) else "no")
 
 
@@ -174,13 +243,13 @@ def verify(name: str, root: str | os.PathLike | None = None,
     (``extra``: files in the folder the manifest does not list; informative only).
     """
     m = get_manifest(name, manifest_dir)
-    d = dataset_dir(name, root)
+    d = _checked_dir(name, root)
     if not d.is_dir():
         raise FileFormatError(f"dataset {name!r} is not present: no folder {str(d)!r} "
                               f"(set --root or $MEDRECON_DATA)")
     report: dict[str, Any] = {"folder": str(d), "ok": [], "missing": [], "mismatch": [], "extra": []}
     for f in m["files"]:
-        p = d / f["path"]
+        p = _checked_file(d, f["path"])
         if not p.is_file():
             report["missing"].append(f["path"])
             continue
@@ -194,8 +263,13 @@ def verify(name: str, root: str | os.PathLike | None = None,
         else:
             report["ok"].append(f["path"])
     listed = {f["path"] for f in m["files"]}
-    report["extra"] = sorted(p.relative_to(d).as_posix() for p in d.rglob("*")
-                             if p.is_file() and p.relative_to(d).as_posix() not in listed)
+    found = []
+    for dirpath, _, filenames in os.walk(d):  # links to folders are not followed
+        for fn in filenames:
+            p = Path(dirpath) / fn
+            if not p.is_symlink() and p.is_file():
+                found.append(p.relative_to(d).as_posix())
+    report["extra"] = sorted(f for f in found if f not in listed)
     return report
 
 
@@ -240,10 +314,11 @@ def fetch(name: str, dest: str | os.PathLike, manifest_dir: str | os.PathLike | 
         raise InputError(f"dataset {name!r} has no download URL{extra}; {how}, into "
                          f"{str(Path(dest) / name)!r}")
     pooch = require("pooch", "core")
-    out = Path(dest) / name
+    out = _checked_dir(name, dest)
     for f, url in zip(m["files"], urls, strict=True):
-        target = out / f["path"]
+        target = _checked_file(out, f["path"])
         target.parent.mkdir(parents=True, exist_ok=True)
+        target = _checked_file(out, f["path"])  # again: no link put in place meanwhile
         downloader = _local_downloader if url.startswith("file:") else None
         try:
             pooch.retrieve(url, known_hash=f"sha256:{f['sha256']}", fname=target.name, path=target.parent,

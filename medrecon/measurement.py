@@ -33,6 +33,12 @@ Datasets:
   holding them as JSON.  :meth:`Measurement.operator` passes them to the operator
   (``operator_from_spec(spec, arrays=...)``).  Readers
   that do not know the group ignore it (an additive change within ``measurement/1``).
+  A spec may also reference an array file, ``{"file": "maps.npy"}``: only a relative path
+  to a file in the measurement's own folder is accepted (:mod:`medrecon.io.arrayfiles`).
+
+A measurement file must hold its data itself: HDF5 external links, external storage and
+virtual datasets are refused (:mod:`medrecon.io.hdf5`), and every dataset's declared size
+is checked against the memory budget (:mod:`medrecon.io.budget`) before it is read.
 
 (The JSON texts are datasets, not attributes, because HDF5 attributes are limited to
 64 kB and a spec can hold long angle lists or sampling masks.)
@@ -59,7 +65,7 @@ from typing import Any
 
 import numpy as np
 
-from medrecon.errors import FileFormatError, InputError
+from medrecon.errors import FileFormatError, InputError, MedreconError
 
 __all__ = ["Measurement", "SCHEMA", "save_measurement", "load_measurement", "is_measurement_file"]
 
@@ -152,10 +158,15 @@ class Measurement:
 
     def operator(self, device=None):
         """Rebuild the operator from ``operator_spec`` and :attr:`arrays` (via
-        :func:`medrecon.operator_from_spec`), optionally moved to ``device``."""
+        :func:`medrecon.operator_from_spec`), optionally moved to ``device``.  Array files the
+        spec references (``{"file": ...}``) are read from the folder of :attr:`origin` and only
+        from there (:mod:`medrecon.io.arrayfiles`)."""
+        from medrecon.io.arrayfiles import array_folder
         from medrecon.operators import operator_from_spec
 
-        op = operator_from_spec(self.operator_spec, arrays=self.arrays)
+        # a spec read from a file may reference array files only in that file's folder
+        with array_folder(Path(self.origin).parent if self.origin else None):
+            op = operator_from_spec(self.operator_spec, arrays=self.arrays)
         return op.to(device) if device is not None else op
 
     @property
@@ -244,7 +255,9 @@ _MISSING = object()
 def _text(f, name: str, default: Any = _MISSING) -> Any:
     """A JSON text stored as a scalar string dataset (or, leniently, an attribute)."""
     if name in f:
-        return _attr_str(f[name][()])
+        from medrecon.io.hdf5 import read_dataset
+
+        return _attr_str(read_dataset(f, name, f.filename))
     if name in f.attrs:
         return _attr_str(f.attrs[name])
     if default is _MISSING:
@@ -255,35 +268,23 @@ def _text(f, name: str, default: Any = _MISSING) -> Any:
 def load_measurement(path: str | os.PathLike) -> Measurement:
     """Read a measurement file written by :func:`save_measurement`.
 
-    Raises :class:`FileFormatError` for a missing, truncated or foreign file and
-    for a file of a newer schema than this medrecon reads.
+    Raises :class:`FileFormatError` for a missing, truncated or foreign file, for a file of a
+    newer schema than this medrecon reads, for a file that refers to data in other files (HDF5
+    external links, external storage, virtual datasets: :mod:`medrecon.io.hdf5`) and for an
+    operator spec referencing an array file outside the file's folder
+    (:mod:`medrecon.io.arrayfiles`); :class:`~medrecon.io.budget.MemoryBudgetError` for
+    datasets larger than the memory budget (checked before reading them).
     """
-    import h5py
+    from medrecon.io.arrayfiles import check_file_references
+    from medrecon.io.hdf5 import open_hdf5
 
     p = Path(path)
     if not p.is_file():
         raise FileFormatError(f"no such measurement file: {str(p)!r}")
-    try:
-        f = h5py.File(p, "r")
-    except OSError as exc:
-        raise FileFormatError(
-            f"{str(p)!r} is not a readable HDF5 file (truncated or not HDF5): {str(exc).splitlines()[0]}") from exc
+    f = open_hdf5(p, "HDF5 file")
     try:
         with f:
-            schema = f.attrs.get("medrecon_schema")
-            if schema is None:
-                raise FileFormatError(
-                    f"{str(p)!r} is an HDF5 file but not a medrecon measurement (no medrecon_schema attribute)")
-            schema = _attr_str(schema)
-            name, _, ver = schema.partition("/")
-            if name != _SCHEMA_NAME:
-                raise FileFormatError(f"{str(p)!r} is a medrecon {name!r} file, not a measurement")
-            if not ver.isdigit():
-                raise FileFormatError(f"{str(p)!r} has a malformed schema tag {schema!r}")
-            if int(ver) > int(_SCHEMA_VERSION):
-                raise FileFormatError(
-                    f"{str(p)!r} uses schema {schema}, newer than the {SCHEMA} this medrecon "
-                    f"{_version()} reads; upgrade medrecon")
+            _check_schema(f, p)
             try:
                 spec = json.loads(_text(f, "operator_spec"))
                 prov = json.loads(_text(f, "provenance", "{}"))
@@ -291,23 +292,63 @@ def load_measurement(path: str | os.PathLike) -> Measurement:
                 ref = json.loads(ref) if ref is not None else None
                 units = _attr_str(f.attrs.get("units", "")) or None
                 noise = float(f.attrs.get("noise_std", 0.0))
-                y = f["y"][()]
-                shape = tuple(int(s) for s in f["volume_shape"][()])
-                affine = np.asarray(f["affine"][()], dtype=np.float64)
-                arrays = {k: f["arrays"][k][()] for k in f["arrays"]} if "arrays" in f else {}
+                y, arrays, shape, affine = _read_arrays(f, p)
             except KeyError as exc:
                 raise FileFormatError(f"{str(p)!r} lacks a required entry of {SCHEMA}: {exc}") from exc
             except (OSError, ValueError, TypeError) as exc:
                 raise FileFormatError(
                     f"{str(p)!r} is corrupt or truncated ({type(exc).__name__}: {str(exc).splitlines()[0]})"
                 ) from exc
-    except FileFormatError:
+    except MedreconError:
         raise
     except Exception as exc:  # noqa: BLE001 - h5py can raise odd errors on damaged files
         raise FileFormatError(f"{str(p)!r} could not be read: {type(exc).__name__}: {exc}") from exc
+    check_file_references(spec, p.parent, repr(str(p)))
     try:
         return Measurement(y=y, operator_spec=spec, noise_std=noise, volume_shape=shape, affine=affine,
                            units=units, provenance=prov, reference_meta=ref, arrays=arrays,
                            origin=os.fspath(p))
     except InputError as exc:
         raise FileFormatError(f"{str(p)!r} holds invalid measurement data: {exc}") from exc
+
+
+def _check_schema(f, p: Path) -> None:
+    schema = f.attrs.get("medrecon_schema")
+    if schema is None:
+        raise FileFormatError(
+            f"{str(p)!r} is an HDF5 file but not a medrecon measurement (no medrecon_schema attribute)")
+    schema = _attr_str(schema)
+    name, _, ver = schema.partition("/")
+    if name != _SCHEMA_NAME:
+        raise FileFormatError(f"{str(p)!r} is a medrecon {name!r} file, not a measurement")
+    if not ver.isdigit():
+        raise FileFormatError(f"{str(p)!r} has a malformed schema tag {schema!r}")
+    if int(ver) > int(_SCHEMA_VERSION):
+        raise FileFormatError(
+            f"{str(p)!r} uses schema {schema}, newer than the {SCHEMA} this medrecon "
+            f"{_version()} reads; upgrade medrecon")
+
+
+def _read_arrays(f, p: Path):
+    """``y``, the ``arrays/`` group, ``volume_shape`` and ``affine``: each dataset's size, and
+    their sum, checked against the memory budget before any is read."""
+    import h5py
+
+    from medrecon.io.budget import require
+    from medrecon.io.hdf5 import read_dataset, require_dataset
+
+    group = f["arrays"] if "arrays" in f else None
+    if group is not None and not isinstance(group, h5py.Group):
+        raise FileFormatError(f"{str(p)!r}: 'arrays' must be a group of datasets")
+    names = list(group) if group is not None else []
+    dsets = [f["y"], *(group[k] for k in names)]
+    for d in dsets:
+        if not isinstance(d, h5py.Dataset):
+            raise FileFormatError(f"{str(p)!r}: {d.name!r} is an HDF5 group, not a dataset")
+        require_dataset(d, p)
+    require(sum(d.size * d.dtype.itemsize for d in dsets), f"the datasets of {str(p)!r} (y and arrays/)")
+    y = dsets[0][()]
+    arrays = {k: d[()] for k, d in zip(names, dsets[1:], strict=True)}
+    shape = tuple(int(s) for s in np.asarray(read_dataset(f, "volume_shape", p)).reshape(-1))
+    affine = np.asarray(read_dataset(f, "affine", p), dtype=np.float64)
+    return y, arrays, shape, affine

@@ -156,6 +156,10 @@ def resample_inplane(volume: Volume, shape: Any = None, pixel_size: float | None
         ny, nx = max(1, int(round(ny0 * dy0 / ps))), max(1, int(round(nx0 * dx0 / ps)))
     if (ny, nx) == (ny0, nx0):
         return volume.copy()
+    from medrecon.io.budget import require
+
+    require(4 * z * ny * nx + 8 * (ny * ny0 + nx * nx0 + int(chunk) * ny * max(nx, nx0)),
+            f"resampling {z} slice(s) of {ny0}x{nx0} to {ny}x{nx}")
     wy = _axis_weights(ny0, ny)
     wx = _axis_weights(nx0, nx).T.copy()
     out = np.empty((z, ny, nx), dtype=np.float32)
@@ -179,23 +183,30 @@ def _parse_slices(slices: Any, z: int) -> tuple[int, int]:
     if isinstance(slices, slice):
         if slices.step not in (None, 1):
             raise InputError("a slice range must be contiguous (step 1)")
-        start, stop, _ = slices.indices(z)
+        asked = slices
     elif isinstance(slices, str):
         a, sep, b = slices.partition(":")
         if not sep:
             raise InputError(f"slices must look like a:b, got {slices!r}")
         try:
-            start, stop, _ = slice(int(a) if a.strip() else None, int(b) if b.strip() else None).indices(z)
+            asked = slice(int(a) if a.strip() else None, int(b) if b.strip() else None)
         except ValueError:
             raise InputError(f"slices must look like a:b with integers, got {slices!r}") from None
     else:
         try:
-            start, stop = (int(v) for v in slices)
+            asked = slice(*(int(v) for v in slices))
         except (TypeError, ValueError):
             raise InputError(f"slices must be 'a:b', a slice or (start, stop), got {slices!r}") from None
-        start, stop, _ = slice(start, stop).indices(z)
+        if asked.step is not None:
+            raise InputError(f"slices must be 'a:b', a slice or (start, stop), got {slices!r}")
+    start, stop, _ = asked.indices(z)
     if stop <= start:
         raise InputError(f"slice range {start}:{stop} is empty (the volume has {z} slices)")
+    if any(v is not None and not -z <= v <= z for v in (asked.start, asked.stop)):
+        import warnings
+
+        warnings.warn(f"the slice range {asked.start}:{asked.stop} reaches past the volume's {z} slices; "
+                      f"clamped to {start}:{stop}", stacklevel=3)
     return start, stop
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import typer
 
+from medrecon.cli.volumes_cmd import apply_max_memory, max_memory_option
+
 
 def register(app: typer.Typer) -> None:
     @app.command("import")
@@ -26,10 +28,13 @@ def register(app: typer.Typer) -> None:
         import_option: list[str] = typer.Option(None, "--import-option",
                                                 help="Option key=value for the importer (repeatable)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
+        max_memory: str = max_memory_option(),
     ) -> None:
         """Import a raw scanner file as a measurement file (y + operator spec + geometry)."""
         from medrecon.cli.params import parse_params
         from medrecon.errors import InputError
+
+        apply_max_memory(max_memory)
 
         if not raw.exists():
             raise InputError(f"no such file: {str(raw)!r}")

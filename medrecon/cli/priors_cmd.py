@@ -87,22 +87,33 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", "--device"),
         output: Path = typer.Option(Path("samples.png"), "--output", "-o", help="PNG grid to write."),
         npy: Path = typer.Option(None, "--npy", help="Also save the samples (physical units) as .npy."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --output / --npy."),
     ) -> None:
         """Draw unconditional samples from a prior into a PNG grid."""
+        from medrecon.errors import InputError
+        from medrecon.io.atomic import check_outputs
         from medrecon.priors.model import load_prior
         from medrecon.priors.sample import check_sample_args, sample_prior, save_grid
 
         check_sample_args(n, sampler, eta, size=size)  # before the prior is loaded: a bad option fails at once
+        if output.suffix.lower() != ".png":
+            raise InputError(f"--output is a PNG grid: give a .png file name, got {str(output)!r}")
+        if npy is not None and npy.suffix.lower() != ".npy":
+            raise InputError(f"--npy needs a .npy file name, got {str(npy)!r}")
+        check_outputs({"--output": output, "--npy": npy}, {"prior": prior if Path(prior).exists() else None},
+                      overwrite)
         p = load_prior(prior, device=device)
         imgs = sample_prior(p, n=n, steps=steps, sampler=sampler, seed=seed, size=size, eta=eta)
         save_grid(imgs, output, title=f"{prior} {sampler} {steps} steps")
         if npy is not None:
             import numpy as np
 
+            from medrecon.io.atomic import write_bytes_atomic
             from medrecon.priors.intensity import bound_kinds
 
             phys = imgs if p.config["intensity"]["kind"] in bound_kinds() else p.from_net(imgs)
-            np.save(npy, phys[:, 0].numpy().astype(np.float32))
+            arr = phys[:, 0].numpy().astype(np.float32)
+            write_bytes_atomic(npy, lambda f: np.save(f, arr))
         typer.echo(f"wrote {output}")
 
     @app.command("prepare-slices")

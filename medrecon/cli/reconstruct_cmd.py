@@ -17,6 +17,8 @@ from pathlib import Path
 
 import typer
 
+from medrecon.cli.volumes_cmd import apply_max_memory, max_memory_option
+
 
 def _warning_printer(message, category, filename, lineno, file=None, line=None):  # noqa: ARG001
     typer.echo(f"medrecon: warning: {message}", err=True)
@@ -117,6 +119,7 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
         import_option: list[str] = typer.Option(None, "--import-option",
                                                 help="Option key=value for a raw-data importer (repeatable)."),
+        max_memory: str = max_memory_option(),
         num_parts: int = typer.Option(1, "--num-parts", min=1,
                                       help="Split the slices into N contiguous parts (job arrays); see --part-id."),
         part_id: int = typer.Option(0, "--part-id", min=0,
@@ -136,6 +139,7 @@ def register(app: typer.Typer) -> None:
         from medrecon.cli.params import parse_params
         from medrecon.errors import InputError
 
+        apply_max_memory(max_memory)
         params = parse_params(param)
         if not measurement.exists():  # cheap checks first: no torch import yet
             raise InputError(f"no such measurement file: {str(measurement)!r}")
@@ -316,6 +320,7 @@ def register(app: typer.Typer) -> None:
         frame: int = typer.Option(0, "--frame", help="Frame shown in the B-mode figure."),
         bmode: bool = typer.Option(False, "--bmode", help="Ultrasound B-mode evaluation even without regions "
                                                           "(e.g. only the --png figure)."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --json / --png."),
     ) -> None:
         """PSNR and SSIM against a reference, or (with regions) ultrasound gCNR, KS and speckle size; a figure."""
         from medrecon.errors import InputError
@@ -330,6 +335,12 @@ def register(app: typer.Typer) -> None:
                              "--background, or --regions FILE) for gCNR, or --bmode --png FILE for a B-mode figure")
         if us_mode and window is not None:
             raise InputError("--window sets the PSNR/SSIM window; with regions use --dynamic-range")
+        from medrecon.io.atomic import check_outputs
+
+        check_outputs({"--json": json_out, "--png": png}, {"reconstruction": recon, "reference": reference,
+                      "classical": classical, "regions file": regions, "haze": haze}, overwrite)
+        if png is not None and png.suffix.lower() != ".png":
+            raise InputError(f"--png needs a .png file name, got {str(png)!r}")
         old = warnings.showwarning
         warnings.showwarning = _warning_printer
         try:
@@ -348,7 +359,8 @@ def register(app: typer.Typer) -> None:
 def _evaluate_reference(recon, reference, win, classical, json_out, png) -> None:
     from medrecon.metrics import evaluate
 
-    res = evaluate(recon, reference, window=win, classical=classical, json_path=json_out, png=png)
+    res = evaluate(recon, reference, window=win, classical=classical, json_path=json_out, png=png,
+                   overwrite=True)  # checked by the command before any work
     lo, hi = res["window"]
 
     def fmt(v):

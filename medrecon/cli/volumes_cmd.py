@@ -14,6 +14,23 @@ from pathlib import Path
 
 import typer
 
+#: help of ``--max-memory``, shared by the commands that read files
+MAX_MEMORY_HELP = ("Most memory one file read may take, e.g. 8G or 512M (default: $MEDRECON_MAX_MEMORY, else "
+                   "half the available memory); larger files are refused before they are read.")
+
+
+def max_memory_option():
+    """The ``--max-memory SIZE`` option (see :mod:`medrecon.io.budget`)."""
+    return typer.Option(None, "--max-memory", help=MAX_MEMORY_HELP)
+
+
+def apply_max_memory(size: str | None) -> None:
+    """Set the budget of this process and its workers from ``--max-memory`` (None: unchanged)."""
+    if size is not None:
+        from medrecon.io.budget import set_max_memory
+
+        set_max_memory(size)
+
 
 @contextlib.contextmanager
 def _warnings_as_lines():
@@ -65,8 +82,10 @@ def register(app: typer.Typer) -> None:
     def info(
         path: Path = typer.Argument(..., help="A DICOM folder or file, a NIfTI file, or a measurement .h5 file."),
         series: str = typer.Option(None, "--series", "-s", help="Series index, UID or description."),
+        max_memory: str = max_memory_option(),
     ) -> None:
         """Describe a volume, the series in a DICOM folder, or a measurement file."""
+        apply_max_memory(max_memory)
         from medrecon.errors import FileFormatError
         from medrecon.io import load_volume, volume_format
 
@@ -110,8 +129,10 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
         like: Path = typer.Option(None, "--like",
                                   help="DICOM folder whose patient / study tags a DICOM output keeps."),
+        max_memory: str = max_memory_option(),
     ) -> None:
         """Convert between DICOM series and NIfTI (geometry and values preserved)."""
+        apply_max_memory(max_memory)
         from medrecon.io import load_volume, save_volume
 
         with _warnings_as_lines():
@@ -147,8 +168,10 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
         batch_size: int = typer.Option(16, "--batch-size", help="Slices per operator call."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
+        max_memory: str = max_memory_option(),
     ) -> None:
         """Simulate y = A x (+ noise) for each slice of a volume (or the whole volume, 3D operators) and write a measurement file."""
+        apply_max_memory(max_memory)
         from medrecon.cli.params import parse_params
         from medrecon.errors import InputError
         from medrecon.io import load_volume

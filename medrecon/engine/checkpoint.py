@@ -100,6 +100,7 @@ class Checkpoint:
         and its settings must match.
         """
         ck = cls(folder, settings, settings_hash, n_slices, slice_shape, part if shared else None)
+        ck._refuse_odd_folder()
         if shared:
             ck._create_or_join()
             return ck
@@ -115,6 +116,17 @@ class Checkpoint:
         ck.folder.mkdir(parents=True)
         ck._write_state()
         return ck
+
+    def _refuse_odd_folder(self) -> None:
+        """A ``.partial`` path that is a symbolic link, or not a folder, is refused whatever the mode
+        (resume, overwrite, parts): a link is neither followed (its target is left as it is) nor removed."""
+        if self.folder.is_symlink():
+            raise InputError(
+                f"{str(self.folder)!r} is a symbolic link; medrecon keeps checkpoints only in a real folder and "
+                "leaves the link and its target as they are: remove the link (or choose another output) and rerun")
+        if self.folder.exists() and not self.folder.is_dir():
+            raise InputError(f"{str(self.folder)!r} exists but is not a folder; remove it (or choose another "
+                             "output) and rerun")
 
     def _create_or_join(self) -> None:
         """Parts: create the folder with its ``state.json`` in one rename, or join an existing one."""

@@ -8,6 +8,12 @@
 * :mod:`medrecon.io.nifti` -- NIfTI-1 ``.nii`` / ``.nii.gz``.
 * :mod:`medrecon.io.atomic` -- temp-then-rename helpers used by every writer.
 * :mod:`medrecon.io.sniff` -- the cheap format check importers make.
+* :mod:`medrecon.io.budget` -- the memory budget every reader checks before it allocates
+  (``--max-memory``, ``$MEDRECON_MAX_MEMORY``).
+* :mod:`medrecon.io.hdf5` -- opening HDF5 files from elsewhere: no external links, external
+  storage or virtual datasets; dataset sizes checked against the budget.
+* :mod:`medrecon.io.arrayfiles` -- arrays an operator spec references by file: confined to
+  the measurement's folder, read within the budget.
 
 Imports go one way: these modules import :mod:`medrecon.volume`, never the reverse.
 Conventions shared by all of them are in :mod:`medrecon.volume` and ``docs/volumes.md``.

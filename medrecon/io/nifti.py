@@ -13,17 +13,25 @@ cannot hold a shear, gets nibabel's nearest rigid + zoom approximation.
 prefixed ``medrecon-meta:``) so that NIfTI -> DICOM conversion can keep the
 patient / study tags; note this carries the patient tags of the source series
 into the NIfTI file.
+
+Before nibabel reads anything past the header, the header's data shape x data type (plus
+the header extensions up to ``vox_offset`` and the float32 volume made of it) is checked
+against the memory budget (:mod:`medrecon.io.budget`); nibabel then decompresses exactly the
+declared bytes, so a gzip "bomb" of zeros is refused before it is inflated.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import math
 import os
 from pathlib import Path
 
 import numpy as np
 
 from medrecon.errors import FileFormatError
+from medrecon.io.budget import require
 from medrecon.volume import Volume
 
 __all__ = ["read_nifti", "write_nifti"]
@@ -37,10 +45,51 @@ def _nib():
     return nibabel
 
 
+def _header(p: Path):
+    """The NIfTI-1/2 header of ``p`` (compressed or not), read from its first 540 bytes only:
+    nothing after the header (extensions, data) is decompressed."""
+    nib = _nib()
+    from nibabel.openers import ImageOpener
+
+    try:
+        with ImageOpener(str(p)) as fh:
+            raw = fh.read(540)
+    except Exception as exc:  # noqa: BLE001 - gzip / bz2 / OS errors of many kinds
+        raise FileFormatError(f"{str(p)!r} is not a readable NIfTI file ({type(exc).__name__}: {exc})") from exc
+    sizes = {int.from_bytes(raw[:4], "little"), int.from_bytes(raw[:4], "big")}
+    klass = nib.Nifti2Header if 540 in sizes else nib.Nifti1Header
+    n = 540 if klass is nib.Nifti2Header else 348
+    if len(raw) < n or not sizes & {348, 540}:
+        raise FileFormatError(f"{str(p)!r} is not a readable NIfTI file (no NIfTI-1/2 header)")
+    try:  # the 4 zero bytes after the header say "no extensions": they are not read here
+        return klass.from_fileobj(io.BytesIO(raw[:n] + bytes(4)), check=False)
+    except Exception as exc:  # noqa: BLE001 - nibabel raises many kinds on bad headers
+        raise FileFormatError(f"{str(p)!r} has an invalid NIfTI header ({type(exc).__name__}: {exc})") from exc
+
+
+def _check_size(p: Path) -> None:
+    """Refuse, before anything past the header is read, a file whose header and extensions
+    (``vox_offset``) plus data (shape x dtype) plus the float32 volume made of it are over the
+    memory budget (:mod:`medrecon.io.budget`)."""
+    hdr = _header(p)
+    try:
+        shape = tuple(int(s) for s in hdr.get_data_shape())
+        itemsize = int(hdr.get_data_dtype().itemsize)
+        offset = max(int(float(hdr["vox_offset"])), 0)
+    except Exception as exc:  # noqa: BLE001 - a dim or datatype nibabel cannot interpret
+        raise FileFormatError(f"{str(p)!r} has an invalid NIfTI header ({type(exc).__name__}: {exc})") from exc
+    if any(s < 0 for s in shape):
+        raise FileFormatError(f"{str(p)!r} has an invalid NIfTI header (negative dimension in {shape})")
+    n = math.prod(shape)
+    require(offset + n * itemsize + 4 * n,
+            f"{str(p)!r} ({' x '.join(map(str, shape))} {hdr.get_data_dtype()}, read as float32)")
+
+
 def read_nifti(path: str | os.PathLike) -> Volume:
     """Read a NIfTI-1/2 file as a Volume (see the module docstring)."""
     nib = _nib()
     p = Path(path)
+    _check_size(p)
     try:
         img = nib.load(str(p))
     except Exception as exc:  # noqa: BLE001 - nibabel raises many kinds

@@ -32,6 +32,18 @@ def check_sample_args(n: int = 1, sampler: str = "ddim", eta: float = 0.0, clip:
         raise InputError(f"clip must be a finite number > 0, got {clip!r}")
 
 
+def sampling_bytes(config: dict, n: int, size: int, batch: int = 64) -> int:
+    """A rough upper estimate of the memory (bytes) :func:`sample_prior` needs: the initial noise
+    and the results (``3 n S^2`` float32 values) plus the network's activations for one batch,
+    about ``16 C0`` float32 maps of ``S x S`` per image (``C0``: the first level's channels).
+
+    >>> sampling_bytes({"network": {"channels": [32, 64]}}, n=1, size=256) // 2**20
+    128
+    """
+    c0 = int(((config or {}).get("network") or {}).get("channels", [64])[0])
+    return 4 * size * size * (3 * n + min(n, batch) * 16 * c0)
+
+
 def _finite_in(value, lo: float, hi: float) -> bool:
     """Whether ``value`` is a real number (not a bool), finite and in [lo, hi]."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -51,6 +63,9 @@ def sample_prior(prior, n: int = 16, steps: int = 50, sampler: str = "ddim", see
     """
     check_sample_args(n, sampler, eta, clip, size)
     size = int(size or prior.image_size)
+    from medrecon.io.budget import require
+
+    require(sampling_bytes(prior.config, n, size, batch), f"sampling {n} image(s) of {size}x{size}")
     dev = prior.device
     g = torch.Generator().manual_seed(seed)
     x_T = torch.randn((n, 1, size, size), generator=g)
@@ -72,7 +87,8 @@ def sample_prior(prior, n: int = 16, steps: int = 50, sampler: str = "ddim", see
 
 
 def save_grid(images, path, title: str | None = None, vmin: float = -1.0, vmax: float = 1.0) -> Path:
-    """Save (n, 1, H, W) images (network range by default) as one PNG grid."""
+    """Save (n, 1, H, W) images (network range by default) as one PNG grid (atomically, replacing
+    ``path``: callers check overwriting)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -90,8 +106,12 @@ def save_grid(images, path, title: str | None = None, vmin: float = -1.0, vmax: 
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
+    from medrecon.io.atomic import atomic_file
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        with atomic_file(path, overwrite=True, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=100)
+    finally:
+        plt.close(fig)
     return path

@@ -13,6 +13,9 @@ Modules
 * :mod:`~medrecon.io.dicom.write` -- :func:`write_dicom_series` (a new derived series).
 * :mod:`~medrecon.io.dicom.tags` -- the tags a derived series keeps, SOP class UIDs,
   pydicom values as JSON.
+* :mod:`~medrecon.io.dicom.sizes` -- the memory a file takes to read (inflated size of a
+  deflated transfer syntax, decoded pixels), checked against the budget before pydicom
+  allocates it.
 
 Reading
 -------
@@ -38,6 +41,9 @@ Reading
    lossless, JPEG-LS, JPEG 2000, HTJ2K through pylibjpeg); a transfer syntax with
    no installed decoder is named in the error.  RescaleSlope / RescaleIntercept
    are applied per slice.
+6. Before any of this allocates, the sizes are checked against the memory budget
+   (:mod:`medrecon.io.budget`): a deflated file's inflated size while scanning, each file's
+   decoded pixels and the float32 volume before reading.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ import numpy as np
 
 from medrecon.errors import FileFormatError
 from medrecon.io.dicom.series import sniff_dicom
+from medrecon.io.dicom.sizes import check_inflated_size, check_pixels
 from medrecon.io.dicom.tags import import_pydicom
 
 __all__ = ["read_pixels", "checked_rescale", "rescale_into"]
@@ -36,10 +37,12 @@ def _decode_error(path: Path, ds, exc: Exception) -> FileFormatError:
 
 
 def read_pixels(path: Path) -> tuple[np.ndarray, Any]:
-    """The decoded pixel array of one DICOM file and its dataset; a clear error when it cannot be."""
+    """The decoded pixel array of one DICOM file and its dataset; a clear error when it cannot be
+    (or when it would take more than the memory budget: :mod:`medrecon.io.dicom.sizes`)."""
     pydicom = import_pydicom()
     from pydicom.errors import InvalidDicomError
 
+    check_inflated_size(path)
     try:
         try:
             ds = pydicom.dcmread(path)
@@ -60,6 +63,7 @@ def read_pixels(path: Path) -> tuple[np.ndarray, Any]:
             f"{path.name} holds colour pixels (SamplesPerPixel={ds.SamplesPerPixel}); only greyscale is supported")
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise FileFormatError(f"{path.name} has no pixel data")
+    check_pixels(ds, path)
     try:
         arr = ds.pixel_array
     except Exception as exc:  # noqa: BLE001 - pydicom raises several kinds

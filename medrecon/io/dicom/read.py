@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from medrecon.errors import FileFormatError, MedreconError
+from medrecon.io.budget import array_bytes, require
 from medrecon.io.dicom.geometry import Geometry, GeometryWarning, slice_geometry
 from medrecon.io.dicom.pixels import checked_rescale, read_pixels, rescale_into
 from medrecon.io.dicom.series import SeriesInfo, scan_series, select_series
@@ -62,6 +63,12 @@ def _meta(ds0, info: SeriesInfo, files: list[Path], root: Path, geo: Geometry, s
         "source_files": [str(f) for f in files] if len(files) <= 4096 else [],
         "dicom": tags,
     }
+
+
+def _require_volume(n_slices: int, info: SeriesInfo, root: Path) -> None:
+    """Refuse a float32 volume of ``n_slices`` x Rows x Columns over the memory budget."""
+    require(array_bytes((n_slices, info.rows, info.columns), 4),
+            f"the series {info.key} in {str(root)!r} ({n_slices} x {info.rows} x {info.columns} float32)")
 
 
 # what pydicom / numpy raise on header values they cannot convert or that contradict
@@ -155,6 +162,7 @@ def _read_dicom(path: str | os.PathLike, series: str | int | None = None) -> Vol
             GeometryWarning, stacklevel=3)
     # one preallocated float32 volume, filled slice by slice: peak memory is the volume
     # plus one decoded slice (no list of slices + np.stack copy)
+    _require_volume(len(geo.order), info, root)
     data = np.empty((len(geo.order), info.rows, info.columns), dtype=np.float32)
     slopes = []
     sop_uids = []
@@ -175,6 +183,7 @@ def _read_dicom(path: str | os.PathLike, series: str | int | None = None) -> Vol
 def _read_multiframe(info: SeriesInfo, root: Path) -> Volume:
     """An enhanced (multi-frame) image: geometry from the functional group sequences."""
     f = info.files[0]
+    _require_volume(info.n_slices, info, root)
     arr, ds = read_pixels(f)
     nf = int(getattr(ds, "NumberOfFrames", 1) or 1)
     if arr.ndim == 2:

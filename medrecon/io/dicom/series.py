@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from medrecon.errors import FileFormatError, InputError
+from medrecon.io.dicom.sizes import check_inflated_size
 from medrecon.io.dicom.tags import DICOMDIR_SOP, import_pydicom
 
 __all__ = ["SeriesInfo", "scan_series", "select_series", "sniff_dicom"]
@@ -114,6 +115,7 @@ def scan_series(path: str | os.PathLike) -> list[SeriesInfo]:
     n_files = 0
     for f in _iter_files(root):
         n_files += 1
+        check_inflated_size(f)  # a deflated file is inflated whole by pydicom, even for its header
         try:
             ds = pydicom.dcmread(f, stop_before_pixels=True)
         except InvalidDicomError:

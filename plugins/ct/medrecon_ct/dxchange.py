@@ -114,6 +114,15 @@ def estimate_center(sino: np.ndarray, theta_deg: np.ndarray) -> float:
     return (n - 1 + delta) / 2.0
 
 
+def _read_rows(dset, sel: slice, p: Path, require_dataset) -> np.ndarray:
+    """``dset[:, sel, :]`` of a 3D dataset, its size checked against the memory budget first."""
+    if dset.ndim != 3:
+        raise FileFormatError(f"{p}: {dset.name} must be 3D (frames, rows, detector), got {dset.shape}")
+    rows = len(range(*sel.indices(dset.shape[1])))
+    require_dataset(dset, p, shape=(dset.shape[0], rows, dset.shape[2]))
+    return dset[:, sel, :]
+
+
 class DataExchangeImporter:
     """Importer of Data Exchange HDF5 projections (registered as ``ct.dxchange``)."""
 
@@ -125,9 +134,9 @@ class DataExchangeImporter:
         from medrecon.io.sniff import sniff_file
 
         def probe(p: Path) -> bool:
-            import h5py
+            from medrecon.io.hdf5 import open_hdf5
 
-            with h5py.File(p, "r") as f:
+            with open_hdf5(p) as f:  # a file referring to other files is claimed; read() refuses it
                 d = f.get("exchange/data")
                 return d is not None and hasattr(d, "shape") and len(d.shape) == 3
 
@@ -150,18 +159,14 @@ class DataExchangeImporter:
         ``det_offset``), ``shape`` (image size, default the cropped detector
         length), ``filter`` (FBP window of the returned operator).
         """
-        import h5py
+        from medrecon.io.hdf5 import open_hdf5, read_dataset, require_dataset
 
         p = Path(path)
         if not p.is_file():
             raise FileFormatError(f"no such file: {p}")
         ps = _finite("pixel_size", pixel_size, positive=True)
         check_filter(filter)
-        try:
-            f = h5py.File(p, "r")
-        except OSError as exc:
-            raise FileFormatError(f"{p} is not a readable HDF5 file ({exc})") from None
-        with f:
+        with open_hdf5(p) as f:  # no external links or storage; sizes checked against the memory budget
             if "exchange/data" not in f:
                 raise FileFormatError(f"{p} has no exchange/data dataset (not Data Exchange)")
             dset = f["exchange/data"]
@@ -175,11 +180,11 @@ class DataExchangeImporter:
                 sel = slice(r, r + 1)
             else:
                 sel = slice(None)
-            data = dset[:, sel, :]
-            white = f["exchange/data_white"][:, sel, :] if "exchange/data_white" in f else None
-            dark = f["exchange/data_dark"][:, sel, :] if "exchange/data_dark" in f else None
+            data = _read_rows(dset, sel, p, require_dataset)
+            white = _read_rows(f["exchange/data_white"], sel, p, require_dataset) if "exchange/data_white" in f else None
+            dark = _read_rows(f["exchange/data_dark"], sel, p, require_dataset) if "exchange/data_dark" in f else None
             if "exchange/theta" in f:
-                theta = np.asarray(f["exchange/theta"][...], np.float64).reshape(-1)
+                theta = np.asarray(read_dataset(f, "exchange/theta", p), np.float64).reshape(-1)
                 units = f["exchange/theta"].attrs.get("units", b"")
                 units = units.decode() if isinstance(units, bytes) else str(units)
                 if units.lower().startswith("rad") or (not units and np.ptp(theta) <= 2 * np.pi + 1e-6):

@@ -99,6 +99,10 @@ def check_filter(name) -> str:
     return key
 
 
+#: the most views a geometry may have (clinical scanners record a few thousand per turn)
+MAX_VIEWS = 100_000
+
+
 def resolve_angles(n_views=None, angles=None, arc=None, full: float = 180.0) -> np.ndarray:
     """The view angles in degrees (float64 array), see the module docstring."""
     if angles is not None:
@@ -124,6 +128,8 @@ def resolve_angles(n_views=None, angles=None, arc=None, full: float = 180.0) -> 
     n = int(n_views)
     if n < 1:
         raise InputError(f"n_views must be at least 1, got {n_views!r}")
+    if n > MAX_VIEWS:
+        raise InputError(f"n_views={n} is more than the {MAX_VIEWS} views any scanner records; ask for fewer")
     if arc is None:
         start, stop = 0.0, full
     else:

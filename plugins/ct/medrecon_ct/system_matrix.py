@@ -83,6 +83,15 @@ def _joseph_run(px, py, dx, dy, vert: bool, shape, ps):
     return ok.sum(axis=(1, 2)), pix[ok], w[ok]
 
 
+def matrix_bytes(geom) -> int:
+    """An upper estimate of the bytes :func:`build_joseph_csr` allocates: the rays (4 float64 per
+    ray), and ``A`` and its transpose with at most ``2 max(ny, nx)`` entries per ray, each an int32
+    column and a float32 value, held about twice while converting."""
+    ny, nx = geom.shape
+    n_rays = int(geom.n_views) * int(geom.n_det)
+    return n_rays * 32 + 2 * 2 * n_rays * 2 * max(ny, nx) * 8
+
+
 def build_joseph_csr(geom: _Geometry, chunk_elems: int = 1 << 21):
     """Build ``A`` in CSR form as numpy arrays ``(indptr int32, indices int32, data float32, shape)``.
 
@@ -91,8 +100,12 @@ def build_joseph_csr(geom: _Geometry, chunk_elems: int = 1 << 21):
     bounded.  Vertical rays have sorted column indices, horizontal ones are in
     step order (CSR products do not need sorted columns).
     """
-    pts, dirs = geom.rays()
+    from medrecon.io.budget import require
+
     ny, nx = geom.shape
+    require(matrix_bytes(geom), f"the CT system matrix of {geom.n_views} views x {geom.n_det} detector bins on a "
+                                f"{ny}x{nx} grid")
+    pts, dirs = geom.rays()
     ps = float(geom.pixel_size)
     n_rays = pts.shape[0]
     per = max(1, chunk_elems // max(ny, nx))

@@ -6,7 +6,8 @@ array) in its spec, so the spec stays small and rebuilds the same operator:
 * a nested list of numbers (real), or ``{"real": nested, "imag": nested}`` (complex) --
   small cases; a numpy array or tensor passed in is converted to this form;
 * ``{"file": "maps.npy"}`` or ``{"file": "maps.h5", "dataset": "coil_maps"}`` -- a file
-  next to the data (``sha256`` optional: checked when present);
+  next to the data (``sha256`` optional: checked when present); in a measurement file only a
+  relative path inside the measurement's folder is accepted (:mod:`medrecon.io.arrayfiles`);
 * ``{"array": "coil_maps", "sha256": ...}`` -- an array stored inside the measurement file
   (``arrays/coil_maps``), passed to the operator as ``arrays=`` (what
   :meth:`medrecon.Measurement.operator` does);
@@ -24,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from medrecon.errors import FileFormatError, InputError
+from medrecon.errors import InputError
 
 __all__ = ["array_sha256", "as_param", "load_array"]
 
@@ -89,23 +90,9 @@ def load_array(value: Any, what: str, arrays: dict[str, np.ndarray] | None = Non
 
 
 def _read_file(p: Path, dataset, what: str) -> np.ndarray:
-    if not p.is_file():
-        raise InputError(f"{what}: no such file {str(p)!r}")
-    if p.suffix.lower() == ".npy":
-        return np.load(p, allow_pickle=False)
-    if p.suffix.lower() == ".npz":
-        with np.load(p, allow_pickle=False) as z:
-            key = dataset or (z.files[0] if len(z.files) == 1 else None)
-            if key not in z.files:
-                raise InputError(f"{what}: name the array in {str(p)!r} with 'dataset' (it has {z.files})")
-            return z[key]
-    import h5py
+    """A ``{"file": ...}`` reference, read by :func:`medrecon.io.arrayfiles.read_array_file`: in the
+    measurement's folder when built from a measurement file (references out of it are refused), its
+    declared size checked against the memory budget, HDF5 without external links or storage."""
+    from medrecon.io.arrayfiles import read_array_file
 
-    try:
-        with h5py.File(p, "r") as f:
-            key = dataset or "coil_maps"
-            if key not in f:
-                raise InputError(f"{what}: {str(p)!r} has no dataset {key!r}")
-            return f[key][()]
-    except OSError as exc:
-        raise FileFormatError(f"{what}: {str(p)!r} is not a readable .npy, .npz or HDF5 file") from exc
+    return read_array_file(p, dataset, what, default_dataset="coil_maps")

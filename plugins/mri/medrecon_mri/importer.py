@@ -260,14 +260,14 @@ def _h5_kspace_shape(p: Path) -> tuple[tuple[int, ...], int | None, bool] | None
     """Cheap look at a fastMRI-style HDF5 file before reading it: the ``kspace`` dataset's shape, the
     header's receiver channels and whether it is an emulated single-coil file (``reconstruction_esc``);
     None when there is no such dataset or the file does not open (read reports that)."""
-    import h5py
+    from medrecon.io.hdf5 import open_hdf5, read_dataset
 
     try:
-        with h5py.File(p, "r") as f:
+        with open_hdf5(p) as f:
             d = f.get("kspace")
             if d is None or not hasattr(d, "shape"):
                 return None
-            h = f["ismrmrd_header"][()] if "ismrmrd_header" in f else None
+            h = read_dataset(f, "ismrmrd_header", p) if "ismrmrd_header" in f else None
             esc = "reconstruction_esc" in f
             return tuple(d.shape), (None if h is None else _receiver_channels(h)), esc
     except (OSError, KeyError, TypeError, ValueError):
@@ -350,11 +350,10 @@ class KSpaceImporter:
             if p.suffix.lower() == ".npy":
                 a = np.load(p, mmap_mode="r", allow_pickle=False)
                 return np.iscomplexobj(a) and 2 <= a.ndim <= 4
-            import h5py
-
+            from medrecon.io.hdf5 import open_hdf5
             from medrecon_mri.ismrmrd import find_ismrmrd_group
 
-            with h5py.File(p, "r") as f:
+            with open_hdf5(p) as f:  # a file referring to other files is claimed, and read() refuses it
                 d = f.get("kspace")
                 if d is not None and hasattr(d, "shape") and len(d.shape) in (3, 4):
                     return True
@@ -390,7 +389,9 @@ class KSpaceImporter:
             multicoil = k.shape[1] > 1
             os_default = 2
         elif p.suffix.lower() == ".npy":
-            k = np.load(p, allow_pickle=False)
+            from medrecon.io.arrayfiles import read_npy
+
+            k = read_npy(p, "k-space")  # its declared size checked against the memory budget first
             lay = layout or _layout_from_name(p.name)
             k, multicoil = self._to_layout(k, lay, p)
             # a Siemens export named by its axes (gre_kspace_lin_cha_col.npy) carries the scanner's 2x
@@ -599,24 +600,21 @@ class KSpaceImporter:
 
     @staticmethod
     def _read_h5(p: Path):
-        import h5py
-
-        try:
-            f = h5py.File(p, "r")
-        except OSError as exc:
-            raise FileFormatError(f"{str(p)!r} is not a readable HDF5 file") from exc
+        """k-space, mask and header of a fastMRI-style file, through :func:`medrecon.io.hdf5.open_hdf5`
+        (no external links or storage) with each dataset's size checked against the memory budget."""
+        from medrecon.io.hdf5 import open_hdf5, read_dataset
         from medrecon_mri.ismrmrd import find_ismrmrd_group
 
-        with f:
+        with open_hdf5(p) as f:
             mrd = "kspace" not in f and find_ismrmrd_group(f) is not None
             if "kspace" not in f and not mrd:
                 raise FileFormatError(f"{str(p)!r} has neither a kspace dataset (fastMRI-style k-space) nor "
                                       "ISMRMRD acquisitions")
-            k = None if mrd else f["kspace"][()]
-            mask = f["mask"][()] if "mask" in f and not mrd else None
+            k = None if mrd else read_dataset(f, "kspace", p)
+            mask = read_dataset(f, "mask", p) if "mask" in f and not mrd else None
             info = {}
             if "ismrmrd_header" in f and not mrd:
-                h = f["ismrmrd_header"][()]
+                h = read_dataset(f, "ismrmrd_header", p)
                 info = _header_info(h.decode() if isinstance(h, bytes) else str(h))
         if mrd:
             return KSpaceImporter._read_ismrmrd(p)

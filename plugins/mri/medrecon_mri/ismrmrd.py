@@ -53,6 +53,8 @@ from typing import Any
 import numpy as np
 
 from medrecon.errors import FileFormatError
+from medrecon.io.budget import array_bytes, require
+from medrecon.io.hdf5 import open_hdf5, read_dataset
 
 __all__ = ["find_ismrmrd_group", "read_ismrmrd", "SKIPPED_FLAGS"]
 
@@ -123,13 +125,7 @@ def read_ismrmrd(p: Path) -> tuple[np.ndarray, dict[str, Any]]:
     ``col_dir``, ``normal`` in LPS), ``rows_sampled`` (bool per readout row of the encoded
     grid: acquired by some readout), ``skipped`` (readouts not used, by kind) and ``dropped``
     (loop counters of which only the first index was kept)."""
-    import h5py
-
-    try:
-        f = h5py.File(p, "r")
-    except OSError as exc:
-        raise FileFormatError(f"{str(p)!r} is not a readable HDF5 file") from exc
-    with f:
+    with open_hdf5(p) as f:  # no external links or storage; sizes checked against the memory budget
         group = find_ismrmrd_group(f)
         if group is None:
             raise FileFormatError(f"{str(p)!r} has no ISMRMRD acquisition dataset")
@@ -138,7 +134,7 @@ def read_ismrmrd(p: Path) -> tuple[np.ndarray, dict[str, Any]]:
             raise FileFormatError(f"{str(p)!r}: the ISMRMRD dataset {group!r} has no xml header")
         x = g["xml"][0]
         text = x.decode() if isinstance(x, bytes) else str(x)
-        acqs = g["data"][()]
+        acqs = read_dataset(g, "data", p)
     hdr = _header(text, p)
     if hdr["trajectory"] != "cartesian":
         raise FileFormatError(f"{str(p)!r}: only Cartesian ISMRMRD data can be read, this is {hdr['trajectory']!r}")
@@ -180,6 +176,8 @@ def read_ismrmrd(p: Path) -> tuple[np.ndarray, dict[str, Any]]:
     C = int(channels[0])
     slices = np.unique(idx["slice"][use])
     slot = {int(s): i for i, s in enumerate(slices)}
+    require(array_bytes((len(slices), C, nx, ny), 16),  # the header's matrix size, not the file's size
+            f"the k-space of {str(p)!r} ({len(slices)} slice(s) x {C} coil(s) x {nx} x {ny} complex128)")
     k = np.zeros((len(slices), C, nx, ny), np.complex128)
     hits = np.zeros((len(slices), ny), np.int64)
     rows = np.zeros(nx, bool)  # readout rows that hold acquired samples (an asymmetric echo leaves some out)

@@ -60,6 +60,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from medrecon.errors import FileFormatError, InputError
+from medrecon.io.budget import array_bytes, require
+from medrecon.io.hdf5 import open_hdf5, read_dataset
 
 __all__ = ["RFImporter", "write_rf_hdf5", "default_grid"]
 
@@ -219,11 +221,28 @@ def _load_mat(p: Path) -> tuple[dict[str, Any], str]:
     import scipy.io
 
     try:
+        _check_mat_size(p)
         return scipy.io.loadmat(p, squeeze_me=False), "mat"
     except NotImplementedError:  # v7.3: HDF5
         return _load_mat73(p), "mat-v7.3"
     except (ValueError, TypeError, OSError) as exc:
         raise FileFormatError(f"{str(p)!r} is not a readable MAT file ({exc})") from exc
+
+
+#: bytes per element of the MATLAB classes (others, e.g. struct and cell headers: 8)
+_MAT_BYTES = {"double": 8, "single": 4, "int8": 1, "uint8": 1, "int16": 2, "uint16": 2, "int32": 4,
+              "uint32": 4, "int64": 8, "uint64": 8, "logical": 1, "char": 4}
+
+
+def _check_mat_size(p: Path) -> None:
+    """Refuse a MAT v5/v7 file whose variables (their declared shapes, as listed by
+    :func:`scipy.io.whosmat` without reading them) are over the memory budget, each counted twice (its
+    imaginary part, or the float copy the importer makes).  A compressed MAT file may declare far more
+    than it holds on disk."""
+    import scipy.io
+
+    total = sum(array_bytes(shape, _MAT_BYTES.get(cls, 8)) * 2 for _, shape, cls in scipy.io.whosmat(p))
+    require(total, f"the variables of {str(p)!r}")
 
 
 def _load_mat73(p: Path) -> dict[str, Any]:
@@ -232,18 +251,15 @@ def _load_mat73(p: Path) -> dict[str, Any]:
     import h5py
 
     out: dict[str, Any] = {}
-    try:
-        f = h5py.File(p, "r")
-    except OSError as exc:
-        raise FileFormatError(f"{str(p)!r} is not a readable MAT v7.3 (HDF5) file") from exc
-    with f:
+    with open_hdf5(p, "MAT v7.3 (HDF5) file") as f:  # no external links or storage
         for name, obj in f.items():
             if name.startswith("#"):
                 continue
             if isinstance(obj, h5py.Dataset):
-                out[name] = np.asarray(obj[()]).T
+                out[name] = np.asarray(read_dataset(f, name, p)).T
             elif isinstance(obj, h5py.Group):
-                rec = {k: np.asarray(v[()]).T for k, v in obj.items() if isinstance(v, h5py.Dataset)}
+                rec = {k: np.asarray(read_dataset(obj, k, p)).T for k, v in obj.items()
+                       if isinstance(v, h5py.Dataset)}
                 arr = np.empty((1, 1), dtype=[(k, object) for k in rec])
                 for k, v in rec.items():
                     arr[k][0, 0] = v
@@ -258,25 +274,19 @@ def _is_zea(f) -> bool:
 
 
 def _read_zea(p: Path) -> dict[str, Any]:
-    import h5py
-
     src = repr(str(p))
-    try:
-        f = h5py.File(p, "r")
-    except OSError as exc:
-        raise FileFormatError(f"{src} is not a readable HDF5 file") from exc
-    with f:
+    with open_hdf5(p) as f:  # no external links or storage; sizes checked against the memory budget
         if not _is_zea(f):
             raise FileFormatError(f"{src} has no data/raw_data (n_frames, n_tx, n_ax, n_el, n_ch) with a scan group")
         if f["data/raw_data"].shape[-1] != 1:
             raise FileFormatError(f"{src}: raw_data has {f['data/raw_data'].shape[-1]} channels; only RF data "
                                   "(1 channel) is supported, not IQ (2 channels)")
-        raw = f["data/raw_data"][()]
+        raw = read_dataset(f, "data/raw_data", p)
         scan = f["scan"]
 
         def get(name, required=True):
             if name in scan:
-                return np.asarray(scan[name][()])
+                return np.asarray(read_dataset(scan, name, p))
             if required:
                 raise FileFormatError(f"{src}: the scan group has no {name}")
             return None
@@ -402,13 +412,11 @@ class RFImporter:
                 except NotImplementedError:  # v7.3
                     import h5py
 
-                    with h5py.File(p, "r") as f:
+                    with open_hdf5(p) as f:  # a file referring to other files is claimed; read() refuses it
                         return any(isinstance(v, h5py.Dataset) and len(v.shape) in (3, 4) for v in f.values())
                 return (any(len(shape) in (3, 4) and cls_ not in ("struct", "cell") for _, shape, cls_ in info)
                         and any(cls_ == "struct" or name.lower() == "fs" for name, _, cls_ in info))
-            import h5py
-
-            with h5py.File(p, "r") as f:
+            with open_hdf5(p) as f:  # a file referring to other files is claimed; read() refuses it
                 return _is_zea(f)
 
         return sniff_file(path, probe)
