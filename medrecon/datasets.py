@@ -152,6 +152,8 @@ def validate_manifest(m: Any, where: str = "manifest") -> dict:
 def _manifest_dirs(manifest_dir: str | os.PathLike | None) -> list[Path]:
     dirs = []
     if manifest_dir is not None:
+        if not Path(manifest_dir).is_dir():
+            raise InputError(f"the manifests folder {str(manifest_dir)!r} is not a folder of manifest JSON files")
         dirs.append(Path(manifest_dir))
     env = os.environ.get("MEDRECON_MANIFESTS")
     if env:

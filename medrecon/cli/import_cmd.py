@@ -38,12 +38,18 @@ def register(app: typer.Typer) -> None:
 
         if not raw.exists():
             raise InputError(f"no such file: {str(raw)!r}")
-        if output.exists() and not overwrite:
-            raise InputError(f"{str(output)!r} exists; pass --overwrite to replace it")
         from medrecon.engine import load_input
-        from medrecon.measurement import save_measurement
+        from medrecon.engine.checks import validate_measurement
+        from medrecon.io.atomic import check_outputs
+        from medrecon.measurement import is_measurement_file, save_measurement
 
-        m = load_input(raw, **parse_params(import_option))
+        check_outputs({"--output": output}, {"raw file": raw}, overwrite)
+        options = parse_params(import_option)
+        if options and raw.is_file() and is_measurement_file(raw):
+            raise InputError(f"{str(raw)!r} is already a measurement file: --import-option applies to raw files "
+                             "that an importer reads")
+        m = load_input(raw, **options)
+        validate_measurement(m)  # written only if a run can use it
         m.provenance.setdefault("command", "medrecon import")
         save_measurement(m, output, overwrite=overwrite)
         op = m.operator_spec.get("name")

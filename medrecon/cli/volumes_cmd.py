@@ -103,6 +103,9 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"volume shape (Z, Y, X): {m.volume_shape}   units: {m.units or '?'}")
             for k, v in m.provenance.items():
                 typer.echo(f"provenance.{k}: {v}")
+            from medrecon.engine.checks import validate_measurement
+
+            validate_measurement(m)  # described above; a file no run can use exits 2 with the reason
             return
         with _warnings_as_lines():
             if fmt == "dicom":
@@ -134,7 +137,9 @@ def register(app: typer.Typer) -> None:
         """Convert between DICOM series and NIfTI (geometry and values preserved)."""
         apply_max_memory(max_memory)
         from medrecon.io import load_volume, save_volume
+        from medrecon.io.atomic import check_outputs
 
+        check_outputs({"": output}, {"input": input, "--like series": like}, overwrite)  # before reading
         with _warnings_as_lines():
             vol = load_volume(input, series=series)
             out = save_volume(vol, output, overwrite=overwrite, like=like)

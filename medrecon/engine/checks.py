@@ -17,7 +17,7 @@ import numpy as np
 
 from medrecon.errors import InputError, MedreconError, positive_int
 
-__all__ = ["PriorMismatchWarning", "component_names", "component_path", "image_shape", "check_measurement",
+__all__ = ["validate_measurement", "PriorMismatchWarning", "component_names", "component_path", "image_shape", "check_measurement",
            "pixel_size", "check_prior_fit", "check_prior_modality", "guess_modality", "part_slices", "check_parts", "check_samples",
            "check_volume_geometry"]
 
@@ -52,6 +52,15 @@ def image_shape(op) -> tuple[int, ...]:
     """The shape of one component image (the domain without its component axis)."""
     dshape = tuple(op.domain_shape)
     return dshape[1:] if component_names(op) else dshape
+
+
+def validate_measurement(m):
+    """A measurement a run can use: its operator builds from the stored spec and ``y`` fits it
+    (finite, shaped as the operator measures, consistent with ``volume_shape``).  Returns the
+    operator; a one-sentence :class:`InputError` otherwise."""
+    op = m.operator()
+    check_measurement(m, op, not op.per_slice)
+    return op
 
 
 def check_measurement(m, op, volume_mode_3d: bool) -> None:

@@ -174,7 +174,10 @@ def resolve_devices(device, devices) -> list:
     if devices is None:
         names = [device]
     elif isinstance(devices, str):
-        names = [d.strip() for d in devices.split(",") if d.strip()]
+        names = [d.strip() for d in devices.split(",")]
+        if len(names) > 1 and not all(names):
+            raise InputError(f"devices {devices!r} has an empty entry; list them as cuda:0,cuda:1")
+        names = [n for n in names if n]
     else:
         names = list(devices)
     if not names:

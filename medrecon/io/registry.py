@@ -40,7 +40,7 @@ class VolumeReader:
     ``accepts(path)`` tells from the path's name whether the format is this one;
     ``read(path, series=None)`` returns a :class:`Volume` or raises a
     :class:`~medrecon.errors.MedreconError` (``series`` picks one of several series in
-    a folder; formats without series ignore it).
+    a folder; formats without series refuse one).
     """
 
     name: str
@@ -80,6 +80,9 @@ def _anything(path: Path) -> bool:
 def _read_nifti(path: Path, series: str | int | None = None) -> Volume:
     if path.is_dir():
         raise FileFormatError(f"{str(path)!r} is a folder, not a NIfTI file")
+    if series is not None:
+        raise InputError(f"--series (series={series!r}) picks a series in a DICOM folder; {str(path)!r} is a NIfTI "
+                         "file holding one volume")
     return nifti.read_nifti(path)
 
 
