@@ -62,7 +62,7 @@ def test_convert_info_simulate(series, tmp_path):
 
 @pytest.mark.parametrize("args, pattern", [
     (("convert", "{tmp}/missing", "{tmp}/o.nii"), "no such file"),
-    (("convert", "{series}", "{series}"), "already exists"),
+    (("convert", "{series}", "{series}"), "would overwrite the input"),
     (("info", "{tmp}/bad.h5"), "not a readable HDF5"),
     (("simulate", "template.scale", "--input", "{series}", "--output", "{tmp}/o.h5",
       "--param", "shape=[4,4]"), "shaped \\(4, 4\\)"),
