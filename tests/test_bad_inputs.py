@@ -79,6 +79,9 @@ def build_world(w: Path) -> None:
     torch.manual_seed(0)
     DiffusionPrior(default_config("ct", image_size=N, pixel_size_mm=1.0, preset="tiny")).save(good / "prior")
     (good / "notes.json").write_text("{}")
+    rng = np.random.default_rng(1)
+    np.save(good / "k.npy", (rng.standard_normal((4, 16, 16)) + 1j * rng.standard_normal((4, 16, 16))).astype(
+        np.complex64))  # raw multi-coil k-space (coils, ky, kx)
 
     # files that are not what their name says
     for name in ("empty.nii.gz", "empty.h5", "empty.dcm", "empty.nii", "empty.npy"):
@@ -108,6 +111,7 @@ def build_world(w: Path) -> None:
     _nifti(bad / "tiny.nii.gz", np.zeros((1, 1, 1), np.float32))
     _nifti(bad / "4d.nii.gz", np.zeros((8, 8, 4, 2), np.float32))
     _nifti(bad / "complex.nii.gz", np.ones((8, 8, 2), np.complex64))
+    _nifti(bad / "aniso.nii.gz", vol_zyx.transpose(2, 1, 0).astype(np.float32), zooms=(0.8, 1.2, 2.5))
 
     # HDF5 files that are not (valid) measurements
     import h5py
@@ -278,11 +282,14 @@ def corpus() -> list[dict]:
         "device-bogus": ["ct.parallel", "--device", "tpu"], "out-exists": ["ct.parallel", "-o", "good/m.h5"],
         "out-not-h5": ["ct.parallel", "-o", "{out}/m.png"], "out-is-input": ["ct.parallel", "-o", "good/v.nii.gz"],
         "series-bogus": ["ct.parallel", "--series", "99"],
+        "anisotropic-pixels": ["ct.parallel", "-i", "bad/aniso.nii.gz"],
     }.items():
-        argv = ["simulate", *extra, "-i", "good/v.nii.gz"]
+        argv = ["simulate", *extra] + ([] if "-i" in extra else ["-i", "good/v.nii.gz"])
         if "-o" not in extra:
             argv += ["-o", "{out}/m.h5"]
         add(f"simulate-{k}", argv)
+    add("simulate-anisotropic-resampled", ["simulate", "ct.parallel", "-i", "bad/aniso.nii.gz", "-o", "{out}/m.h5",
+                                           "--pixel-size", "1.0"], "ok")
     add("simulate-slices-clamped", ["simulate", "ct.parallel", "-i", "good/v.nii.gz", "-o", "{out}/m.h5",
                                     "-p", "n_views=10", "--slices", "0:100"], "ok")  # says it was clamped
     for k, extra in {
@@ -345,10 +352,16 @@ def corpus() -> list[dict]:
                                      "--output-dir", "{out}"],
         "import-option-unknown": ["import", "good/m.h5", "--import-option", "frob=1", "-o", "{out}/m.h5"],
         "import-out-exists": ["import", "good/m.h5", "-o", "good/mri.h5"],
+        "import-raw-option-unknown": ["import", "good/k.npy", "--import-option", "frob=1", "-o", "{out}/k.h5"],
+        "reconstruct-raw-option-unknown": ["reconstruct", "good/k.npy", "--sampler", "classical", "--import-option",
+                                           "frob=1", "-o", "{out}/r.nii.gz"],
+        "import-no-output": ["import", "good/k.npy"],
+        "import-raw": ["import", "good/k.npy", "-o", "{out}/k.h5"],
+        "import-list-options": ["import", "--list-options"],
         "plugins-list": ["plugins", "list"],
         "data-list": ["data", "list"],
     }.items():
-        add(k, argv, "ok" if k in ("plugins-list", "data-list") else "refuse")
+        add(k, argv, "ok" if k in ("plugins-list", "data-list", "import-raw", "import-list-options") else "refuse")
     return cases
 
 

@@ -177,7 +177,9 @@ def test_declared_params_give_constructor_spec_and_signature():
 def test_for_grid_fills_declared_grid_parameters_and_keeps_given_ones():
     op = _Shift.for_grid((6, 7), (0.5, 0.5))
     assert op.params == {"shape": [6, 7], "pixel_size": 0.5}
-    assert _Shift.for_grid((6, 7), (0.5, 0.7)).params["pixel_size"] == 1.0  # not square: the default
+    with pytest.raises(medrecon.InputError, match="needs square pixels"):  # never a silent 1 mm default
+        _Shift.for_grid((6, 7), (0.5, 0.7))
+    assert _Shift.for_grid((6, 7), (0.5, 0.505)).params["pixel_size"] == pytest.approx(0.50249, abs=1e-5)
     assert _Shift.for_grid((6, 7), (0.5, 0.5), shape=[2, 2], pixel_size=3).params == {"shape": [2, 2],
                                                                                        "pixel_size": 3.0}
     legacy = _Blur.for_grid((5, 6), (1.0, 1.0))  # an undeclared operator: by constructor argument name

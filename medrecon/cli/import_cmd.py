@@ -23,10 +23,14 @@ from medrecon.cli.volumes_cmd import apply_max_memory, max_memory_option
 def register(app: typer.Typer) -> None:
     @app.command("import")
     def import_cmd(
-        raw: Path = typer.Argument(..., help="Raw scanner file (k-space .h5/.npy, projections .h5, ...)."),
-        output: Path = typer.Option(..., "--output", "-o", help="Measurement file to write (.h5)."),
+        raw: Path = typer.Argument(None, help="Raw scanner file (k-space .h5/.npy, projections .h5, ...).",
+                                   show_default=False),
+        output: Path = typer.Option(None, "--output", "-o", help="Measurement file to write (.h5); required."),
         import_option: list[str] = typer.Option(None, "--import-option",
-                                                help="Option key=value for the importer (repeatable)."),
+                                                help="Option key=value for the importer (repeatable); "
+                                                     "--list-options shows each importer's."),
+        list_options: bool = typer.Option(False, "--list-options",
+                                          help="List the installed importers and their options, then exit."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
         max_memory: str = max_memory_option(),
     ) -> None:
@@ -35,6 +39,12 @@ def register(app: typer.Typer) -> None:
         from medrecon.errors import InputError
 
         apply_max_memory(max_memory)
+        if list_options:
+            _list_options()
+            return
+        if raw is None or output is None:
+            raise InputError("give the raw file and --output MEAS.h5 (or --list-options to see the importers' "
+                             "options)")
 
         if not raw.exists():
             raise InputError(f"no such file: {str(raw)!r}")
@@ -55,3 +65,13 @@ def register(app: typer.Typer) -> None:
         op = m.operator_spec.get("name")
         typer.echo(f"wrote {output}: y {tuple(m.y.shape)} {m.y.dtype}, operator {op}, "
                    f"volume {tuple(m.volume_shape)}, importer {m.provenance.get('importer', '-')}")
+
+
+def _list_options() -> None:
+    """One line per installed importer: its name and ``option=default`` list."""
+    from medrecon.engine.inputs import importer_options, importers
+
+    for name, imp in importers():
+        opts = importer_options(imp)
+        shown = "any keyword" if opts is None else ", ".join(f"{k}={v!r}" for k, v in opts.items()) or "none"
+        typer.echo(f"{name}: {shown}")

@@ -118,7 +118,8 @@ def register(app: typer.Typer) -> None:
         like: Path = typer.Option(None, "--like", help="DICOM folder whose patient/study tags a DICOM output keeps."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
         import_option: list[str] = typer.Option(None, "--import-option",
-                                                help="Option key=value for a raw-data importer (repeatable)."),
+                                                help="Option key=value for a raw-data importer (repeatable); "
+                                                     "`medrecon import --list-options` lists them."),
         max_memory: str = max_memory_option(),
         num_parts: int = typer.Option(1, "--num-parts", min=1,
                                       help="Split the slices into N contiguous parts (job arrays); see --part-id."),

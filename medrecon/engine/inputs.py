@@ -44,6 +44,7 @@ def load_input(path: str | os.PathLike, **options: Any):
         except Exception:  # noqa: BLE001 - a third-party probe must not break the others
             ok = False
         if ok:
+            check_importer_options(imp_name, imp, options)
             m = _measurement_from_import(imp_name, imp.read(p, **options), p)
             m.origin = os.fspath(p)
             return m
@@ -89,6 +90,33 @@ def _is_hdf5(p: Path) -> bool:
             return f.read(8) == b"\x89HDF\r\n\x1a\n"
     except OSError:
         return False
+
+
+def importer_options(imp) -> dict[str, Any] | None:
+    """The options an importer's ``read(path, **options)`` takes, name -> default (None when it
+    takes any keyword), read from its signature: the importer contract is ``read(path, *, opt=default,
+    ...)``."""
+    import inspect
+
+    params = list(inspect.signature(imp.read).parameters.values())[1:]  # after the path
+    if any(q.kind is inspect.Parameter.VAR_KEYWORD for q in params):
+        return None
+    return {q.name: (None if q.default is inspect.Parameter.empty else q.default) for q in params
+            if q.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)}
+
+
+def check_importer_options(name: str, imp, options: dict[str, Any]) -> None:
+    """Refuse options the importer does not take, naming the ones it does (one sentence)."""
+    known = importer_options(imp)
+    unknown = sorted(set(options) - set(known)) if known is not None else []
+    if unknown:
+        raise InputError(f"importer {name!r} has no option {', '.join(map(repr, unknown))}; its options: "
+                         f"{', '.join(known) or 'none'}")
+
+
+def importers():
+    """The installed importers as ``(name, importer)`` pairs (entry-point group ``medrecon.importers``)."""
+    return list(_importers())
 
 
 def _importers():

@@ -189,9 +189,28 @@ def signature_of(decl: Sequence[Param]) -> inspect.Signature:
     return inspect.Signature(ps)
 
 
+#: pixels whose sides differ by at most this fraction count as square (an in-plane resampling that
+#: keeps the field of view rounds the pixel counts, e.g. 1 x 0.985 mm)
+SQUARE_TOLERANCE = 0.02
+
+
 def _square(spacing: Sequence[float]) -> bool:
     dy, dx = (float(v) for v in spacing[-2:])
-    return abs(dy - dx) <= 1e-6 * max(dy, dx)
+    return abs(dy - dx) <= SQUARE_TOLERANCE * max(dy, dx)
+
+
+def _pixel(spacing: Sequence[float]) -> float:
+    """The side (mm) of square pixels: the geometric mean of the two (equal up to the tolerance)."""
+    dy, dx = (float(v) for v in spacing[-2:])
+    return dx if dy == dx else float((dy * dx) ** 0.5)
+
+
+def _not_square(cls: type, spacing: Sequence[float]) -> float:
+    """Refuse a grid of non-square pixels for an operator with one ``pixel_size`` (never 1 mm silently)."""
+    dy, dx = (float(v) for v in list(spacing)[-2:])
+    raise InputError(f"operator {getattr(cls, 'name', cls.__name__)!r} needs square pixels but the grid's are "
+                     f"{dy:.4g} x {dx:.4g} mm (rows x columns); resample in-plane first (simulate --pixel-size MM, "
+                     "or medrecon.simulation.resample_inplane)")
 
 
 def grid_params(cls: type, shape: Sequence[int], spacing: Sequence[float] | None,
@@ -214,8 +233,8 @@ def grid_params(cls: type, shape: Sequence[int], spacing: Sequence[float] | None
                 out[p.name] = list(shape)
             elif spacing is not None and p.grid == "spacing":
                 out[p.name] = [float(v) for v in spacing]
-            elif spacing is not None and p.grid == "pixel_size" and _square(spacing):
-                out[p.name] = float(spacing[-1])
+            elif spacing is not None and p.grid == "pixel_size":
+                out[p.name] = _pixel(spacing) if _square(spacing) else _not_square(cls, spacing)
         return out
     try:
         names = set(inspect.signature(cls.__init__).parameters)
@@ -230,9 +249,8 @@ def grid_params(cls: type, shape: Sequence[int], spacing: Sequence[float] | None
             raise InputError(f"operator {getattr(cls, 'name', cls.__name__)!r} takes a square image size "
                              f"{size_name!r} but the grid is {'x'.join(map(str, shape))}")
         out[size_name] = shape[0]
-    if spacing is not None and len(shape) == 2 and "pixel_size" in names and "pixel_size" not in out \
-            and _square(spacing):
-        out["pixel_size"] = float(spacing[-1])
+    if spacing is not None and len(shape) == 2 and "pixel_size" in names and "pixel_size" not in out:
+        out["pixel_size"] = _pixel(spacing) if _square(spacing) else _not_square(cls, spacing)
     if spacing is not None and len(shape) == 3 and "voxel_size" in names and "voxel_size" not in out:
         out["voxel_size"] = [float(v) for v in spacing]
     return out
