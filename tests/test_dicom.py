@@ -194,6 +194,30 @@ def test_gap_is_refused(tmp_path):
         medrecon.load_volume(folder)
 
 
+def test_variable_spacing_is_described_by_its_runs_and_info_shows_it(tmp_path):
+    """3 steps of 2 mm, one of 5 mm, then 2 of 3 mm: the refusal lists the runs in order (not "5 mm
+    but 2 mm elsewhere"), and ``medrecon info`` describes the series instead of refusing."""
+    import subprocess
+    import sys
+
+    from medrecon.io.dicom import UnevenSpacingError
+
+    vol = medrecon.Volume(np.zeros((7, 8, 8), np.float32), meta={"modality": "CT", "units": "HU"})
+    folder = medrecon.save_volume(vol, tmp_path / "s")
+    zs = np.cumsum([0.0, 2, 2, 2, 5, 3, 3])
+    for f in sorted(folder.iterdir()):
+        ds = pydicom.dcmread(f)
+        k = int(ds.InstanceNumber) - 1
+        ds.ImagePositionPatient = [*map(float, ds.ImagePositionPatient[:2]), float(zs[k])]
+        ds.save_as(f)
+    with pytest.raises(UnevenSpacingError) as exc:
+        medrecon.load_volume(folder)
+    assert "3 steps of 2.000 mm, 1 of 5.000 mm, then 2 of 3.000 mm" in str(exc.value)
+    r = subprocess.run([sys.executable, "-m", "medrecon.cli.main", "info", str(folder)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "7 slice(s)" in r.stdout and "geometry: slices are unevenly spaced" in r.stdout
+
+
 def test_mixed_series_lists_them_and_selects(tmp_path):
     folder = tmp_path / "mixed"
     _copy(sorted((DIRTESTS / "98892001" / "CT5N").iterdir()), folder / "a")

@@ -119,7 +119,19 @@ def register(app: typer.Typer) -> None:
                         typer.echo(f"{i:>3}  {s.modality or '?':8}  {s.n_slices:>6}  "
                                    f"{s.rows}x{s.columns:<5}  {s.description or '(none)'} / {s.key}")
                     return
-            vol = load_volume(path, series=series)
+                from medrecon.io.dicom import UnevenSpacingError
+
+                try:
+                    vol = load_volume(path, series=series)
+                except UnevenSpacingError as exc:  # described, not refused: info is how one finds out
+                    info = found[0] if len(found) == 1 else None
+                    typer.echo(f"{path}")
+                    if info is not None:
+                        typer.echo(f"series: {info.summary()}")
+                    typer.echo(f"geometry: {exc}")
+                    return
+            else:
+                vol = load_volume(path, series=series)
         typer.echo(f"{path}")
         for line in _volume_lines(vol):
             typer.echo(line)

@@ -48,7 +48,7 @@ Reading
 
 from __future__ import annotations
 
-from medrecon.io.dicom.geometry import GeometryWarning
+from medrecon.io.dicom.geometry import GeometryWarning, UnevenSpacingError
 from medrecon.io.dicom.read import read_dicom
 from medrecon.io.dicom.series import SeriesInfo, scan_series, select_series  # noqa: F401
 from medrecon.io.dicom.tags import (  # noqa: F401 - importable from here, as before the split
@@ -61,4 +61,4 @@ from medrecon.io.dicom.tags import (  # noqa: F401 - importable from here, as be
 )
 from medrecon.io.dicom.write import write_dicom_series
 
-__all__ = ["GeometryWarning", "SeriesInfo", "scan_series", "read_dicom", "write_dicom_series"]
+__all__ = ["GeometryWarning", "UnevenSpacingError", "SeriesInfo", "scan_series", "read_dicom", "write_dicom_series"]

@@ -9,7 +9,7 @@ import numpy as np
 from medrecon.errors import FileFormatError
 from medrecon.volume import LPS_TO_RAS
 
-__all__ = ["GeometryWarning", "Geometry", "slice_geometry"]
+__all__ = ["GeometryWarning", "UnevenSpacingError", "Geometry", "slice_geometry", "step_runs"]
 
 
 class GeometryWarning(UserWarning):
@@ -26,6 +26,29 @@ class Geometry:
     step: np.ndarray  # LPS mm between slices
     tilt_deg: float
     positions: np.ndarray  # LPS, sorted
+
+
+class UnevenSpacingError(FileFormatError):
+    """The slices of a series are not evenly spaced (the sentence describes the steps)."""
+
+
+def step_runs(diffs: np.ndarray, tol: float = 0.02) -> str:
+    """The slice steps (mm) in order, as runs of equal steps (within ``tol`` relative, 0.01 mm):
+
+    >>> step_runs(np.array([4.0] * 13 + [1.081] + [7.0] * 13))
+    '13 steps of 4.000 mm, 1 of 1.081 mm, then 13 of 7.000 mm'
+    """
+    runs: list[list] = []
+    for v in np.asarray(diffs, dtype=float):
+        if runs and abs(v - runs[-1][0]) <= max(0.01, tol * runs[-1][0]):
+            runs[-1][1] += 1
+        else:
+            runs.append([float(v), 1])
+    parts = [f"{n} step{'s' if n != 1 else ''} of {v:.3f} mm" if k == 0 else f"{n} of {v:.3f} mm"
+             for k, (v, n) in enumerate(runs)]
+    if len(parts) > 6:
+        parts = parts[:5] + [f"... ({len(runs)} runs in all)", parts[-1]]
+    return ", ".join(parts[:-1]) + (", then " if len(parts) > 1 else "") + parts[-1]
 
 
 def slice_geometry(iop: np.ndarray, spacing: np.ndarray, ipps: np.ndarray, names: list[str],
@@ -62,11 +85,13 @@ def slice_geometry(iop: np.ndarray, spacing: np.ndarray, ipps: np.ndarray, names
         med = float(np.median(diffs))
         bad = np.nonzero(np.abs(diffs - med) > max(0.01, 0.02 * med))[0]
         if bad.size:
-            i = bad[0]
-            raise FileFormatError(
-                f"slices are unevenly spaced: {diffs[i]:.3f} mm between {names[order[i]]} and "
-                f"{names[order[i + 1]]} but {med:.3f} mm elsewhere (a missing slice or a "
-                f"variable-spacing series; {bad.size} irregular step(s))")
+            line = (pos[-1] - pos[0]) / max(d[-1] - d[0], 1e-9)
+            tilt = float(np.degrees(np.arccos(np.clip(abs(line @ normal) / np.linalg.norm(line), -1, 1))))
+            raise UnevenSpacingError(
+                f"slices are unevenly spaced along the normal: {step_runs(diffs)} (from {names[order[0]]} to "
+                f"{names[order[-1]]}; a missing slice or a variable-spacing series)"
+                + (f", with a gantry tilt of {tilt:.2f} degrees" if tilt > 0.01 else "")
+                + "; split the series into evenly spaced parts to read it as volumes")
         step = (pos[-1] - pos[0]) / (n - 1)
         off = pos - (pos[0] + np.outer(np.arange(n), step))
         if np.max(np.linalg.norm(off, axis=1)) > max(0.01, 0.05 * med):
