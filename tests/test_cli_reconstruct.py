@@ -36,22 +36,6 @@ def one_line_error(proc, *words):
     return lines[0]
 
 
-@pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    import nibabel as nib
-    from skimage.data import shepp_logan_phantom
-    from skimage.transform import resize
-
-    d = tmp_path_factory.mktemp("study")
-    ph = resize(shepp_logan_phantom(), (N, N), anti_aliasing=True)
-    vol = np.stack([ph * (1 + 0.05 * k) for k in range(Z)]) * 1000 - 1000  # HU, air outside
-    nib.save(nib.Nifti1Image(vol.transpose(2, 1, 0).astype(np.float32), np.diag([1.0, 1.0, 2.5, 1.0])),
-             d / "truth.nii.gz")
-    medrecon("simulate", "ct.parallel", "-i", d / "truth.nii.gz", "-o", d / "m.h5", "-p", f"n_views={VIEWS}",
-             "--noise", "0.01", "--relative-noise", "--seed", "1", check=True)
-    return d
-
-
 def test_simulate_reconstruct_evaluate(study):
     d = study
     out = medrecon("reconstruct", d / "m.h5", "--sampler", "classical", "-o", d / "fbp.nii.gz", check=True).stdout
@@ -105,7 +89,7 @@ def test_stopped_run_resumes_to_the_same_result(study, tmp_path):
     p = medrecon("reconstruct", d / "m.h5", "--sampler", "tv", "--steps", 20, "--batch-size", 1, "-o", out,
                  "--stop-after", 1)
     one_line_error(p, "--resume")
-    assert sorted(os.listdir(tmp_path / "r.nii.gz.partial")) == ["slice_00000.npy", "state.json"]
+    assert sorted(os.listdir(tmp_path / "r.nii.gz.partial")) == ["made.json", "slice_00000.npy", "state.json"]
     p = medrecon("reconstruct", d / "m.h5", "--sampler", "tv", "--steps", 20, "-o", out, "--resume", check=True)
     assert "1 resumed" in p.stdout and "3/3 slices done" in p.stderr  # a log line when not on a terminal
     assert not (tmp_path / "r.nii.gz.partial").exists()

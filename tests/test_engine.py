@@ -140,7 +140,8 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, meas, gauss_pr
     with pytest.raises(RunStopped, match="resume"):
         reconstruct(meas, "dds", gauss_prior, steps=6, batch_size=1, output=out, progress=False, _stop_after=2)
     part = partial_path(out)
-    assert sorted(p.name for p in part.iterdir()) == ["slice_00000.npy", "slice_00001.npy", "state.json"]
+    assert sorted(p.name for p in part.iterdir()) == ["made.json", "slice_00000.npy", "slice_00001.npy",
+                                                      "state.json"]
     assert not out.exists()
     state = json.loads((part / "state.json").read_text())
     assert state["settings"]["seed"] == 0 and len(state["settings_hash"]) == 64

@@ -64,23 +64,6 @@ def make_prior(folder, seed: int, recorded: bool = True):
     return folder
 
 
-@pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    """A 3-slice CT measurement (parallel beam, 10 views) simulated from a Shepp-Logan NIfTI."""
-    import nibabel as nib
-    from skimage.data import shepp_logan_phantom
-    from skimage.transform import resize
-
-    d = tmp_path_factory.mktemp("study")
-    ph = resize(shepp_logan_phantom(), (N, N), anti_aliasing=True)
-    vol = np.stack([ph * (1 + 0.05 * k) for k in range(Z)]) * 1000 - 1000
-    nib.save(nib.Nifti1Image(vol.transpose(2, 1, 0).astype(np.float32), np.diag([1.0, 1.0, 2.5, 1.0])),
-             d / "truth.nii.gz")
-    medrecon("simulate", "ct.parallel", "-i", d / "truth.nii.gz", "-o", d / "m.h5", "-p", f"n_views={VIEWS}",
-             "--noise", "0.01", "--relative-noise", "--seed", "1", check=True)
-    return d
-
-
 def _dds(study, prior, out, *extra):
     return medrecon("reconstruct", study / "m.h5", "--sampler", "dds", "--prior", prior, "--steps", 2,
                     "--device", "cpu", "--batch-size", 1, "-o", out, *extra)
@@ -97,7 +80,7 @@ def test_weights_swapped_under_a_stopped_run_refuse_the_resume(study, tmp_path, 
     assert sha(a / "weights.safetensors") != sha(b / "weights.safetensors")
     out = tmp_path / "r.nii.gz"
     one_line_error(_dds(study, a, out, "--stop-after", 1), "--resume")
-    assert sorted(os.listdir(tmp_path / "r.nii.gz.partial")) == ["slice_00000.npy", "state.json"]
+    assert sorted(os.listdir(tmp_path / "r.nii.gz.partial")) == ["made.json", "slice_00000.npy", "state.json"]
 
     original = (a / "weights.safetensors").read_bytes()
     shutil.copyfile(b / "weights.safetensors", a / "weights.safetensors")
@@ -108,7 +91,7 @@ def test_weights_swapped_under_a_stopped_run_refuse_the_resume(study, tmp_path, 
     else:
         one_line_error(p, "cannot resume", "different settings (prior)")
     assert not out.exists()
-    assert sorted(os.listdir(tmp_path / "r.nii.gz.partial")) == ["slice_00000.npy", "state.json"]
+    assert sorted(os.listdir(tmp_path / "r.nii.gz.partial")) == ["made.json", "slice_00000.npy", "state.json"]
 
     (a / "weights.safetensors").write_bytes(original)  # the same network again: the run resumes
     p = _dds(study, a, out, "--resume")

@@ -195,7 +195,8 @@ def register(app: typer.Typer) -> None:
             return
         info = vol.meta.get("reconstruction", {})
         resumed = info.get("resumed_slices", 0)
-        extra = f", {resumed} resumed" if resumed else ""
+        extra = (f", {resumed} resumed ({'' if info.get('resumed_bit_identical') else 'not '}bit-identical to an "
+                 "uninterrupted run)") if resumed else ""
         mean = (f" (mean of {samples} draws{', antithetic pairs' if antithetic else ''})" if samples > 1 else "")
         rec, shown = info.get("recommended"), ""
         if rec:

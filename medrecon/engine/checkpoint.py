@@ -9,6 +9,9 @@ Layout of the folder next to the output ``OUT`` (``OUT.nii.gz.partial`` or ``OUT
     assemble            {"host": ..., "pid": ...}: the part that writes the output (see claim_assembly)
     slice_00000.npy     float32 (Y, X), physical units, written atomically (temp + rename)
     slice_00003.npy     ...
+    made.json           how each finished batch was made: {"format": "medrecon-made", "batches": [{"batch":
+                        [slices], "device", "threads", ...}]} (made.part-K.json for part K), so a
+                        resumed run can say whether it is bit-identical to an uninterrupted one
     volume_state.safetensors   a volume sampler's state at a step boundary (see below)
 
 A slice file exists only once the slice is finished, so the set of files is the
@@ -61,6 +64,18 @@ def partial_path(output: str | os.PathLike) -> Path:
     """``OUT.partial`` next to the output (a trailing slash of a DICOM folder name is ignored)."""
     p = Path(os.fspath(output).rstrip("/\\") or ".")
     return p.parent / (p.name + ".partial")
+
+
+MADE_FORMAT = "medrecon-made"
+
+
+def _read_made(path: Path) -> list[dict]:
+    """The batch records of one ``made*.json`` ([] when missing or unreadable)."""
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    return d.get("batches", []) if isinstance(d, dict) and d.get("format") == MADE_FORMAT else []
 
 
 def _read_owner(path: Path) -> dict | None:
@@ -212,6 +227,27 @@ class Checkpoint:
             (self.folder / self.lock_name).unlink()
         except OSError:
             pass
+
+    def _made_path(self) -> Path:
+        return self.folder / ("made.json" if self.part is None else f"made.part-{self.part}.json")
+
+    def record_made(self, rec: dict) -> None:
+        """Append one batch's record (``rec["batch"]``: its slice indices) to this writer's
+        ``made*.json``, rewritten atomically; only the holder of the matching lock writes it, and the
+        engine calls it from one thread at a time."""
+        path = self._made_path()
+        data = json.dumps({"format": MADE_FORMAT, "batches": [*_read_made(path), rec]}).encode()
+        write_bytes_atomic(path, lambda f: f.write(data))
+
+    def made(self) -> dict[int, dict]:
+        """slice -> the record of the batch that made it, merged over ``made.json`` and
+        ``made.part-*.json`` (unreadable files are skipped: the slices then have no record)."""
+        out: dict[int, dict] = {}
+        for name in sorted(os.listdir(self.folder)):
+            if re.fullmatch(r"made(\.part-\d+)?\.json", name):
+                for rec in _read_made(self.folder / name):
+                    out.update(dict.fromkeys((int(k) for k in rec.get("batch", [])), rec))
+        return out
 
     def claim_assembly(self) -> bool:
         """Parts: True for exactly one of the parts that find every slice finished (the one

@@ -13,9 +13,13 @@ See ``docs/engine.md`` for the full story; in short:
   ``dims=3``) or a 3D operator gets the whole volume in one call.
 * **Seeding.**  Slice ``k`` gets its own CPU generator seeded from ``(seed, k)``
   (:func:`medrecon.samplers.slice_generators`, numpy ``SeedSequence([seed, k])``), and
-  samplers draw every random number of a slice from its generator.  A slice's result
-  therefore does not depend on the batch size, on the batch it lands in, on the
-  number of devices, or on being resumed.
+  samplers draw every random number of a slice from its generator.  A slice's random
+  numbers therefore do not depend on the batch size, on the batch it lands in, on the
+  number of devices, or on being resumed; its last bits can (the network's kernels and
+  torch's reductions round differently for another batch shape): the same plan with the
+  same batch size on the same CPU and thread count gives the same bits, and a resumed run
+  records whether it is bit for bit the uninterrupted one (``resumed_bit_identical``,
+  docs/engine.md "Seeding and determinism").
 * **Devices.**  ``devices=[...]`` starts one worker thread per entry (each with its
   own copy of the operator and prior on its device); workers take batches from a
   shared queue.  Several ``"cpu"`` entries give several CPU workers.
@@ -107,7 +111,9 @@ def reconstruct(
         One device (``cpu``, ``cuda``, ``cuda:N``) or several: one worker per entry
         sharing the batches (``["cuda:0", "cuda:1"]``, or ``["cpu", "cpu"]``).
     batch_size : int
-        Slices per sampler call; sets the peak memory.  The result does not depend on it.
+        Slices per sampler call; sets the peak memory.  The result depends on it only through
+        floating-point rounding (bit for bit the same for the same batch size on the same CPU
+        and thread count; docs/engine.md, "Seeding and determinism").
     seed : int
         Slice ``k`` is sampled with a generator seeded from ``(seed, k)``.
     amp : bool
@@ -300,6 +306,8 @@ def _run(plan: RunPlan, ck, stop_after, stop_after_steps):
                 result[k] = ck.load(k)  # finished by another part meanwhile
         done = set(range(z)) - computed
 
+    if done and not plan.volume_mode:  # how the slices taken over were made, for the resume statement
+        records["made"] = {**(ck.made() if ck is not None else {}), **records.get("made", {})}
     meta = result_meta(plan, records, len(done), elapsed)
     comps = plan.components
     vol = Volume(result[:, 0] if comps else result, np.asarray(m.affine, dtype=np.float64), meta)

@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from medrecon.errors import InputError, positive_int
+from medrecon.jsonable import json_default
 
 __all__ = ["RunPlan", "Live", "plan"]
 
@@ -176,15 +177,7 @@ class RunPlan:
 def _jsonable(x):
     """``x`` as it comes back from JSON (tuples become lists, numpy scalars numbers), so a plan
     equals its round trip."""
-    return json.loads(json.dumps(x, sort_keys=True, default=_json_default))
-
-
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
+    return json.loads(json.dumps(x, sort_keys=True, default=json_default))
 
 
 def plan(

@@ -5,8 +5,9 @@
   queue (threads; one batch per worker on its device at a time, so the batch size sets the peak
   memory).
 * **Batches.**  :func:`run_batch` reconstructs a list of slices in one sampler call, with slice
-  ``k``'s generator seeded from ``(seed, k)`` (draw ``d``: ``(seed, k, d)``), so a slice's result
-  does not depend on its batch.  With several draws it returns their mean and standard deviation.
+  ``k``'s generator seeded from ``(seed, k)`` (draw ``d``: ``(seed, k, d)``), so a slice's random
+  numbers do not depend on its batch (its last bits can: docs/engine.md, "Seeding and
+  determinism").  With several draws it returns their mean and standard deviation.
 * **Volumes.**  :func:`run_volume` runs a sampler that couples all slices (or a 3D operator) in one
   call and hands its step-boundary state to the checkpoint (:class:`VolumeSaver`).
 """
@@ -332,18 +333,29 @@ def _stoppable(cb, stop: threading.Event):
 def run_slices(workers: list[Worker], plan, todo: list[int], result: np.ndarray, ck, prog: RunProgress,
                stop_after: int | None = None, records: dict | None = None) -> None:
     """The slices ``todo`` in batches of ``plan.batch_size`` on ``workers`` (a shared queue when
-    there are several), each finished batch into ``result`` and the checkpoint ``ck``.
+    there are several), each finished batch into ``result`` and the checkpoint ``ck``, and how it
+    was made (:func:`~medrecon.engine.output.made_record`) into ``records["made"]`` and the
+    checkpoint (where it keeps such records).
     ``stop_after`` (tests): stop with :class:`RunStopped` once that many slices are done."""
+    from medrecon.engine.output import made_record
+
     batches = [todo[i:i + plan.batch_size] for i in range(0, len(todo), plan.batch_size)]
     stop = threading.Event()
     counter = {"n": 0}
     lock = threading.Lock()
+    keep_made = ck.record_made if ck is not None else None  # how each batch was made (resume statement)
 
-    def finish(idx, out):
+    def finish(w, idx, out):
         for j, k in enumerate(idx):
             result[k] = out[j]
             if ck is not None:
                 ck.save(k, out[j])
+        made = made_record(w.dev, plan, idx)  # in the worker's thread: its thread count
+        with lock:
+            if records is not None:
+                records.setdefault("made", {}).update(dict.fromkeys(idx, made))
+            if keep_made is not None:
+                keep_made(made)
         prog.slices_done(len(idx))
         with lock:
             counter["n"] += len(idx)
@@ -355,7 +367,7 @@ def run_slices(workers: list[Worker], plan, todo: list[int], result: np.ndarray,
         for idx in batches:
             if stop.is_set():
                 break
-            finish(idx, run_batch(w, plan, idx, prog.step_callback(0), records))
+            finish(w, idx, run_batch(w, plan, idx, prog.step_callback(0), records))
     else:
         q: queue.Queue = queue.Queue()
         for b in batches:
@@ -374,7 +386,7 @@ def run_slices(workers: list[Worker], plan, todo: list[int], result: np.ndarray,
                 except queue.Empty:
                     return
                 try:
-                    finish(idx, run_batch(w, plan, idx, cb, records))
+                    finish(w, idx, run_batch(w, plan, idx, cb, records))
                 except _Cancelled:
                     return
                 except BaseException as exc:  # noqa: BLE001 - handed to the main thread

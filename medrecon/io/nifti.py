@@ -32,6 +32,7 @@ import numpy as np
 
 from medrecon.errors import FileFormatError
 from medrecon.io.budget import require
+from medrecon.jsonable import json_default
 from medrecon.volume import Volume
 
 __all__ = ["read_nifti", "write_nifti"]
@@ -137,14 +138,6 @@ def read_nifti(path: str | os.PathLike) -> Volume:
     return Volume(data, np.asarray(affine, dtype=np.float64), meta)
 
 
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
-
-
 def write_nifti(volume: Volume, path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write ``volume`` to ``path`` (``.nii`` or ``.nii.gz``) atomically; see the module docstring."""
     nib = _nib()
@@ -168,7 +161,7 @@ def write_nifti(volume: Volume, path: str | os.PathLike, overwrite: bool = False
     hdr["scl_slope"] = 1.0
     hdr["scl_inter"] = 0.0
     meta = {k: v for k, v in volume.meta.items() if k not in ("source_files",)}
-    payload = _PREFIX + json.dumps(meta, default=_json_default).encode("utf-8")
+    payload = _PREFIX + json.dumps(meta, default=json_default).encode("utf-8")
     hdr.extensions.append(nib.nifti1.Nifti1Extension(6, payload))
     suffix = ".nii.gz" if p.name.lower().endswith(".gz") else ".nii"
     with atomic_file(p, overwrite=overwrite, suffix=suffix) as tmp:

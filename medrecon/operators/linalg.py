@@ -101,8 +101,9 @@ def cg(apply: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, x0: torch
         beta  = <r_new, r_new> / <r, r>,   p = r_new + beta p
 
     Each slice of the batch is an independent system: step lengths use per-slice Hermitian
-    inner products (:func:`vdot_per_slice`), so results do not depend on the batch and the
-    method is correct for complex images.  Starts at ``x0`` (not modified) and runs ``iters``
+    inner products (:func:`vdot_per_slice`), so each slice solves its own system whatever the
+    batch (equal up to rounding: docs/engine.md, "Seeding and determinism") and the method is
+    correct for complex images.  Starts at ``x0`` (not modified) and runs ``iters``
     iterations; a slice whose residual norm falls below ``tol * ||b||`` stops moving (``tol``
     is at least ``100 * eps`` of the working precision).
     """

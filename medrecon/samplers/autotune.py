@@ -114,7 +114,8 @@ def tune_per_slice(run: Callable[[float, torch.Tensor, object], torch.Tensor], g
     B = y.shape[0]
     # refine around each slice's best decade: the half-decade neighbours.  A slice's choice uses
     # only its own candidates (the grid and its two neighbours), so it does not depend on which
-    # other slices share the batch
+    # other slices share the batch (beyond the rounding of the batch's sums: docs/engine.md,
+    # "Seeding and determinism")
     own = []
     for b in range(B):
         best = min(grid, key=lambda w: float(table[w][b]))
