@@ -144,6 +144,9 @@ def register(app: typer.Typer) -> None:
         params = parse_params(param)
         if not measurement.exists():  # cheap checks first: no torch import yet
             raise InputError(f"no such measurement file: {str(measurement)!r}")
+        from medrecon.io.registry import output_format
+
+        output_format(output)
         if like is not None and not like.exists():
             raise InputError(f"--like {str(like)!r} does not exist")
         if png is not None and (png.suffix.lower() != ".png" or not png.absolute().parent.is_dir()):

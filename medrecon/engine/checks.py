@@ -218,15 +218,10 @@ def check_output(out: Path, sources: dict[str, str | os.PathLike | None], like=N
     and a ``like`` series (DICOM output) can be read.  ``sources`` names the inputs (e.g.
     ``{"measurement": path}``).  Returns the format (``"nifti"`` or ``"dicom"``); one-sentence
     :class:`InputError` otherwise."""
-    low = out.name.lower()
-    if low.endswith((".nii", ".nii.gz")):
-        fmt = "nifti"
-    elif out.suffix.lower() in ("", ".dcm", ".dicom") or out.is_dir():
-        fmt = "dicom"
-    else:
-        raise InputError(f"cannot tell the output format of {str(out)!r}: use .nii / .nii.gz for NIfTI or a "
-                         "folder name (no extension) for a DICOM series")
     from medrecon.io.atomic import check_outputs
+    from medrecon.io.registry import output_format
+
+    fmt = output_format(out)
 
     check_outputs({"": out}, {**sources, "--like series": like}, overwrite=True)  # existence: check_target
     if fmt == "dicom" and isinstance(like, (str, os.PathLike)):

@@ -29,7 +29,7 @@ from medrecon.errors import FileFormatError, InputError
 from medrecon.io import dicom, nifti
 from medrecon.volume import Volume
 
-__all__ = ["VolumeReader", "VolumeWriter", "READERS", "WRITERS", "reader_for", "writer_for",
+__all__ = ["VolumeReader", "VolumeWriter", "READERS", "WRITERS", "reader_for", "writer_for", "output_format",
            "volume_format", "load_volume", "save_volume"]
 
 
@@ -137,6 +137,23 @@ def writer_for(path: str | os.PathLike) -> VolumeWriter:
         if writer.accepts(p):
             return writer
     raise InputError(f"no writer accepts {str(p)!r}")
+
+
+def output_format(path: str | os.PathLike) -> str:
+    """The format a run writes to ``path``, told from its name alone: ``"nifti"`` for ``.nii`` /
+    ``.nii.gz``, ``"dicom"`` for a name without extension (or ``.dcm`` / ``.dicom``, or an existing
+    folder); an :class:`InputError` for anything else (``r.png``), before any work.
+
+    >>> output_format("out/recon.nii.gz"), output_format("out/series")
+    ('nifti', 'dicom')
+    """
+    p = Path(os.fspath(path).rstrip("/\\"))
+    if p.name.lower().endswith((".nii", ".nii.gz")):
+        return "nifti"
+    if p.suffix.lower() in ("", ".dcm", ".dicom") or p.is_dir():
+        return "dicom"
+    raise InputError(f"cannot tell the output format of {str(p)!r}: use .nii / .nii.gz for NIfTI or a folder name "
+                     "(no extension) for a DICOM series")
 
 
 def volume_format(path: str | os.PathLike) -> str:
