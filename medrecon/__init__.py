@@ -39,7 +39,7 @@ _LAZY = {
     "plan": "medrecon.engine",
     "execute": "medrecon.engine",
     "RunPlan": "medrecon.engine",
-    "evaluate": "medrecon.metrics",
+    "evaluate": "medrecon.evaluation",
     "load_prior": "medrecon.priors.model",
     "DiffusionPrior": "medrecon.priors.model",
 }

@@ -45,7 +45,7 @@ def comparison_figure(reference, recon, *, classical=None, window=(-1000.0, 1000
     path : str or Path, optional
         Where to save the PNG (atomic write; an existing file is replaced).
     metrics : dict, optional
-        Output of :func:`medrecon.metrics.evaluate`; PSNR / SSIM go into the panel titles.
+        Output of :func:`medrecon.evaluation.evaluate`; PSNR / SSIM go into the panel titles.
 
     Returns the matplotlib Figure (closed after saving when ``path`` is given).
     """

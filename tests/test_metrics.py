@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from medrecon.errors import InputError
+from medrecon.evaluation import evaluate
 from medrecon.metrics import (
     CT_WINDOW,
     compare,
     default_window,
-    evaluate,
     psnr,
     psnr_slices,
     ssim,

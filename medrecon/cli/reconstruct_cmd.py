@@ -362,7 +362,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _evaluate_reference(recon, reference, win, classical, json_out, png) -> None:
-    from medrecon.metrics import evaluate
+    from medrecon.evaluation import evaluate
 
     res = evaluate(recon, reference, window=win, classical=classical, json_path=json_out, png=png,
                    overwrite=True)  # checked by the command before any work

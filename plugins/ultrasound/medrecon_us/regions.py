@@ -197,7 +197,8 @@ def evaluate_regions(recon, *, targets=(), backgrounds=(), classical=None, haze=
     ``{"axial", "lateral"}``), ``ks`` (per pair, ``target`` / ``background`` ``{"per_frame",
     "mean"}``), ``spacing_mm``, ``frames``, ``dynamic_range_db``, definitions.
     """
-    from medrecon.metrics import as_volume, compare
+    from medrecon.evaluation import as_volume
+    from medrecon.metrics import compare
     from medrecon_us.bmode import _check_dr, log_compress
     from medrecon_us.metrics import gcnr, ks_statistic, speckle_size
 
