@@ -353,10 +353,11 @@ def corpus() -> list[dict]:
         "import-option-unknown": ["import", "good/m.h5", "--import-option", "frob=1", "-o", "{out}/m.h5"],
         "import-out-exists": ["import", "good/m.h5", "-o", "good/mri.h5"],
         "import-raw-option-unknown": ["import", "good/k.npy", "--import-option", "frob=1", "-o", "{out}/k.h5"],
+        "import-raw-ambiguous": ["import", "good/k.npy", "-o", "{out}/k.h5"],  # coils or slices first?
         "reconstruct-raw-option-unknown": ["reconstruct", "good/k.npy", "--sampler", "classical", "--import-option",
                                            "frob=1", "-o", "{out}/r.nii.gz"],
         "import-no-output": ["import", "good/k.npy"],
-        "import-raw": ["import", "good/k.npy", "-o", "{out}/k.h5"],
+        "import-raw": ["import", "good/k.npy", "--import-option", "layout=cha_col_lin", "-o", "{out}/k.h5"],
         "import-list-options": ["import", "--list-options"],
         "plugins-list": ["plugins", "list"],
         "data-list": ["data", "list"],

@@ -153,8 +153,12 @@ def test_simulate_ct_parallel_if_installed():
     except Exception:  # noqa: BLE001
         pytest.skip("ct.parallel is not available")
     vol = _volume(z=3, ny=16, nx=16)
-    m = medrecon.simulate(vol, "ct.parallel", {"n_views": 8})
+    with pytest.raises(medrecon.InputError, match="needs square pixels"):  # 0.6 x 0.5 mm: never a silent 1 mm
+        medrecon.simulate(vol, "ct.parallel", {"n_views": 8})
+    square = medrecon.Volume(vol.data, np.diag([0.5, 0.5, 2.0, 1.0]), vol.meta)
+    m = medrecon.simulate(square, "ct.parallel", {"n_views": 8})
     assert m.y.shape[0] == 3 and m.operator_spec["name"] == "ct.parallel"
+    assert m.operator_spec["params"]["pixel_size"] == 0.5
     assert medrecon.operator_from_spec(m.operator_spec).domain_shape == (16, 16)
 
 

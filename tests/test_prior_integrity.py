@@ -105,7 +105,11 @@ def test_the_fingerprint_comes_from_the_weights_bytes_not_the_config(tmp_path):
     from medrecon.engine.settings import prior_fingerprint
 
     a = make_prior(tmp_path / "a", seed=0)
-    bare = make_prior(tmp_path / "bare", seed=0, recorded=False)
+    bare = tmp_path / "bare"  # the same weights file, its config without the digest
+    shutil.copytree(a, bare)
+    cfg = json.loads((bare / "config.json").read_text())
+    del cfg["weights"]["sha256"]
+    (bare / "config.json").write_text(json.dumps(cfg, indent=2))
     b = make_prior(tmp_path / "b", seed=1, recorded=False)
     pa, pbare, pb = (DiffusionPrior.load(f) for f in (a, bare, b))
     assert pa.weights_sha256 == pbare.weights_sha256 == sha(a / "weights.safetensors")

@@ -189,9 +189,9 @@ def signature_of(decl: Sequence[Param]) -> inspect.Signature:
     return inspect.Signature(ps)
 
 
-#: pixels whose sides differ by at most this fraction count as square (an in-plane resampling that
-#: keeps the field of view rounds the pixel counts, e.g. 1 x 0.985 mm)
-SQUARE_TOLERANCE = 0.02
+#: pixels whose sides differ by at most this fraction count as square: an in-plane resampling that
+#: keeps the field of view rounds each pixel count (up to 0.5/n per axis: 1.011 x 0.985 mm at 26 px)
+SQUARE_TOLERANCE = 0.05
 
 
 def _square(spacing: Sequence[float]) -> bool:
