@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
 PLUGINS := plugins/ct plugins/template plugins/mri plugins/ultrasound
 
-.PHONY: venv demo test test-fast lint bench clean
+.PHONY: venv demo test test-fast lint bench clean wheels docs
 
 venv: $(STAMP)
 
@@ -36,5 +36,19 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/operators.py
 
+# wheels (+ sdists) of medrecon and every plugin, twine-checked, installed into a fresh venv and
+# smoke-tested from outside the checkout (.ci/wheels.sh); KEEP=1 keeps the wheels and prints where
+wheels: $(STAMP)
+	PY=$(PY) .ci/wheels.sh
+
+# the documentation site into site/ (mkdocs.yml; any warning fails the build)
+DOCS_STAMP := $(VENV)/.docs-installed
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/pip install -q -e '.[docs]'
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) out .pytest_cache
+	rm -rf $(VENV) out .pytest_cache site

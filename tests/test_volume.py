@@ -236,11 +236,12 @@ def test_readers_and_writers_are_lists(tmp_path):
     from medrecon.io import dicom
 
     assert medrecon.load_volume is mio.load_volume and medrecon.save_volume is mio.save_volume
-    assert [r.name for r in mio.READERS] == ["nifti", "measurement", "dicom"]
-    assert [w.name for w in mio.WRITERS] == ["nifti", "measurement", "dicom"]
+    assert [r.name for r in mio.READERS] == ["dicomweb", "nifti", "measurement", "dicom"]
+    assert [w.name for w in mio.WRITERS] == ["dicomweb", "nifti", "measurement", "dicom"]
     for name, fmt in [("a.nii", "nifti"), ("a.NII.GZ", "nifti"), ("m.h5", "measurement"), ("m.hdf5", "measurement"),
                       ("d", "dicom"), ("x.dcm", "dicom"), ("x.png", "dicom")]:
         assert mio.volume_format(tmp_path / name) == fmt
+    assert mio.volume_format("dicomweb://pacs:8042/dicom-web?series=1.2") == "dicomweb"
     # the public names of medrecon.io.dicom survive the split into a package
     for name in ("GeometryWarning", "SeriesInfo", "scan_series", "select_series", "read_dicom",
                  "write_dicom_series", "KEEP_TAGS", "INFO_TAGS"):

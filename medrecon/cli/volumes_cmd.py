@@ -80,7 +80,8 @@ def _volume_lines(vol) -> list[str]:
 def register(app: typer.Typer) -> None:
     @app.command("info")
     def info(
-        path: Path = typer.Argument(..., help="A DICOM folder or file, a NIfTI file, or a measurement .h5 file."),
+        path: Path = typer.Argument(..., help="A DICOM folder or file, a NIfTI file, a measurement .h5 file, or "
+                                    "dicomweb://HOST/PATH?study=UID&series=UID."),
         series: str = typer.Option(None, "--series", "-s", help="Series index, UID or description."),
         max_memory: str = max_memory_option(),
     ) -> None:
@@ -88,8 +89,9 @@ def register(app: typer.Typer) -> None:
         apply_max_memory(max_memory)
         from medrecon.errors import FileFormatError
         from medrecon.io import load_volume, volume_format
+        from medrecon.io.webclient import is_dicomweb_url
 
-        if not path.exists():
+        if not path.exists() and not is_dicomweb_url(path):  # a dicomweb:// URL: read below
             raise FileFormatError(f"no such file or folder: {str(path)!r}")
         fmt = volume_format(path)
         if fmt == "measurement":
@@ -132,7 +134,7 @@ def register(app: typer.Typer) -> None:
                     return
             else:
                 vol = load_volume(path, series=series)
-        typer.echo(f"{path}")
+        typer.echo(vol.meta["source"] if vol.meta.get("source_format") == "dicomweb" else f"{path}")
         for line in _volume_lines(vol):
             typer.echo(line)
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from medrecon.errors import FileFormatError, InputError
 from medrecon.io import dicom, nifti
+from medrecon.io.webclient import is_dicomweb_url
 from medrecon.volume import Volume
 
 __all__ = ["VolumeReader", "VolumeWriter", "READERS", "WRITERS", "reader_for", "writer_for", "output_format",
@@ -76,6 +77,10 @@ def _anything(path: Path) -> bool:
     return True
 
 
+def _is_dicomweb(path: Path) -> bool:
+    return is_dicomweb_url(path)  # dicomweb:// (a path object keeps it as dicomweb:/HOST/...)
+
+
 # --------------------------------------------------------------- readers
 def _read_nifti(path: Path, series: str | int | None = None) -> Volume:
     if path.is_dir():
@@ -99,6 +104,18 @@ def _refuse_measurement_output(volume: Volume, path: Path, overwrite: bool = Fal
     raise InputError(f"{str(path)!r} names an HDF5 file; use save_measurement for measurements")
 
 
+def _read_dicomweb(path: Any, series: str | int | None = None) -> Volume:
+    from medrecon.io.dicomweb import read_dicomweb
+
+    return read_dicomweb(path, series=series)
+
+
+def _write_dicomweb(volume: Volume, path: Any, overwrite: bool = False, like: Any = None) -> str:
+    from medrecon.io.dicomweb import store_volume
+
+    return store_volume(volume, path, overwrite=overwrite, like=like)
+
+
 def _write_dicom(volume: Volume, path: Path, overwrite: bool = False, like: Any = None) -> Path:
     if path.suffix.lower() not in ("", ".dcm", ".dicom") and not path.is_dir():
         raise InputError(
@@ -109,12 +126,14 @@ def _write_dicom(volume: Volume, path: Path, overwrite: bool = False, like: Any 
 
 
 READERS: list[VolumeReader] = [
+    VolumeReader("dicomweb", _is_dicomweb, _read_dicomweb),  # dicomweb[s]://HOST/PATH?study=UID&series=UID
     VolumeReader("nifti", _is_nifti, _read_nifti),
     VolumeReader("measurement", _is_hdf5, _refuse_measurement),
     VolumeReader("dicom", _anything, dicom.read_dicom),  # last: a folder, .dcm, or any other file
 ]
 
 WRITERS: list[VolumeWriter] = [
+    VolumeWriter("dicomweb", _is_dicomweb, _write_dicomweb),  # STOW-RS: returns the series' URL
     VolumeWriter("nifti", _is_nifti, _write_nifti),
     VolumeWriter("measurement", _is_hdf5, _refuse_measurement_output),
     VolumeWriter("dicom", _anything, _write_dicom),  # last: a folder name for a derived series
@@ -146,7 +165,11 @@ def output_format(path: str | os.PathLike) -> str:
 
     >>> output_format("out/recon.nii.gz"), output_format("out/series")
     ('nifti', 'dicom')
+
+    A ``dicomweb://`` / ``dicomwebs://`` URL is ``"dicomweb"`` (a derived series stored with STOW-RS).
     """
+    if is_dicomweb_url(path):
+        return "dicomweb"
     p = Path(os.fspath(path).rstrip("/\\"))
     if p.name.lower().endswith((".nii", ".nii.gz")):
         return "nifti"
@@ -169,7 +192,9 @@ def load_volume(path: str | os.PathLike, series: str | int | None = None) -> Vol
     Parameters
     ----------
     path : str or Path
-        A folder of DICOM files, one DICOM file, or ``.nii`` / ``.nii.gz``.
+        A folder of DICOM files, one DICOM file, or ``.nii`` / ``.nii.gz``; or a DICOMweb series,
+        ``dicomweb://HOST[:PORT]/PATH?study=UID&series=UID`` (``dicomwebs://`` for HTTPS;
+        :mod:`medrecon.io.dicomweb`).
     series : str or int, optional
         For a folder holding several series: the index in the listing, the
         SeriesInstanceUID (with ``#n`` for one orientation / matrix group of a
@@ -188,6 +213,8 @@ def load_volume(path: str | os.PathLike, series: str | int | None = None) -> Vol
         vol = medrecon.load_volume("scans/ct_series/")      # DICOM folder
         vol = medrecon.load_volume("brain.nii.gz")
     """
+    if is_dicomweb_url(path):  # dicomweb[s]://HOST/PATH?study=UID&series=UID: medrecon.io.dicomweb
+        return reader_for(path).read(os.fspath(path), series=series)
     p = Path(path)
     if not p.exists():
         raise FileFormatError(f"no such file or folder: {str(p)!r}")
@@ -208,6 +235,9 @@ def save_volume(volume: Volume, path: str | os.PathLike, overwrite: bool = False
         SeriesInstanceUID and SOPInstanceUIDs, ImageType DERIVED\\SECONDARY,
         geometry from the affine, values as int16 with one RescaleSlope /
         RescaleIntercept for the series so that the error is at most slope / 2).
+        ``dicomweb://HOST[:PORT]/PATH[?study=UID]`` -> the same derived series stored on a
+        DICOMweb server with STOW-RS (:func:`medrecon.io.dicomweb.store_volume`); the
+        series' URL is returned instead of a path.
     overwrite : bool
         Replace an existing output.  Without it an existing path raises InputError.
     like : Volume, dict, str or Path, optional
@@ -222,5 +252,7 @@ def save_volume(volume: Volume, path: str | os.PathLike, overwrite: bool = False
         raise InputError(f"save_volume needs a Volume, got {type(volume).__name__}")
     if not np.all(np.isfinite(volume.data)):
         raise InputError("the volume holds NaN or infinite values; they cannot be written")
+    if is_dicomweb_url(path):  # STOW-RS to a DICOMweb server: medrecon.io.dicomweb.store_volume
+        return writer_for(path).write(volume, os.fspath(path), overwrite=overwrite, like=like)
     p = Path(path)
     return writer_for(p).write(volume, p, overwrite=overwrite, like=like)
