@@ -47,16 +47,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from benchmarks.quality import git_commit  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results"
 DEFAULT_FOLDER = ROOT.parent / "shared" / "data" / "ct-pancreas-tcia"
-
-
-def _git() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except Exception:  # noqa: BLE001
-        return None
 
 
 def _server(tmp: Path):
@@ -161,7 +155,7 @@ def main() -> int:
         "benchmark": "benchmarks/dicomweb.py",
         "command": ("OMP_NUM_THREADS=1 .venv/bin/python benchmarks/dicomweb.py " + " ".join(sys.argv[1:])).strip(),
         "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "git": _git(),
+        "git": git_commit(),
         "server": "Orthanc 1.10 + DICOMweb plugin 1.7 (Debian packages), loopback HTTP, basic auth",
         "series": {"source": str(args.folder.name), "slices": args.slices, "matrix": list(vol.shape[1:]),
                    "bytes_on_disk": n_bytes, "transfer_syntax": str(datasets[0].file_meta.TransferSyntaxUID)},

@@ -44,10 +44,13 @@
 #   cone3d         the same 32 slices measured by ct.cone, 16 views over 360 degrees (quality3d_cone.*;
 #                  C_TIMEOUT)
 #   3d             quality3d sampling3d cone3d
+#   caching        feature caching (DeepCache) on CUDA: DDS-50 / DPS-200 on one held-out CT and MR slice,
+#                  uncached vs cache_interval 2 / 3 / 5, wall-clock ratio and PSNR change (.gpu/ct,
+#                  .gpu/mr; caching_cuda.json; K_TIMEOUT)
 # Environment: OUT (default out/gpu), PY (python3), DEVICE (cuda; the 3D tasks), SETUP (1),
 # GPU_PLUGINS ("ct mri ultrasound template"), TRAIN_MINUTES (5), BATCH (32), SLICES (4),
 # LOSO_STEPS (3000), TINY (3D tasks at tiny size), MBIR_STEPS (250), C_MBIR_STEPS (100),
-# Q_TIMEOUT (85), S_TIMEOUT (60), C_TIMEOUT (180).
+# Q_TIMEOUT (85), S_TIMEOUT (60), C_TIMEOUT (180), K_TIMEOUT (240).
 set -u
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-out/gpu}
@@ -210,6 +213,11 @@ for task in "${tasks[@]}"; do
         --device "$DEVICE" --net-batch 32 --methods fdk,dds3d,tv3d,mbir3d $CARGS --output "$OUT" \
         || echo "quality3d cone exit $?"
       TABLE+=("cone3d: $OUT/quality3d_cone.json") ;;
+    caching)
+      echo "== feature caching: DDS-50 / DPS-200, uncached vs cache_interval 2 3 5, one CT + one MR slice $(el)"
+      timeout "${K_TIMEOUT:-240}" $PY benchmarks/caching.py --device cuda --threads 4 --stack-ct .gpu/ct \
+        --stack-mr .gpu/mr --output "$OUT/caching_cuda.json" 2>&1 | grep -v -i warn
+      TABLE+=("caching: $OUT/caching_cuda.json") ;;
     *) echo "unknown task $task"; exit 2 ;;
   esac
 done

@@ -39,13 +39,14 @@ import dataclasses
 import datetime as _dt
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from benchmarks.quality import git_commit  # noqa: E402
 
 DATA_ROOT = Path(os.environ.get("MEDRECON_DATA", "/work/shared/data"))
 MR_SOURCE = DATA_ROOT / "mr-t1-mprage-niivue"
@@ -68,13 +69,6 @@ DDS_DEFAULT = {"gamma": 100.0, "eta": 0.85}
 DPS_GRID = (3.0, 10.0, 30.0)
 DPS_DEFAULT = {"zeta": 1.0}
 
-
-def _git() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except Exception:  # noqa: BLE001
-        return None
 
 
 def _measure(data, pixel_mm, accel, noise, seed=0):
@@ -140,7 +134,7 @@ def run(args) -> dict:
         ref = ref[:, ::4, ::4]
     px = stack.pixel_size_mm * (4 if args.quick else 1)
     out = {"command": " ".join(sys.argv), "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-           "git": _git(), "slices": idx.tolist(), "pixel_size_mm": px, "noise_rel": args.noise,
+           "git": git_commit(), "slices": idx.tolist(), "pixel_size_mm": px, "noise_rel": args.noise,
            "device": args.device, "dds_steps": args.dds_steps, "prior": args.prior, "samples": args.samples,
            "antithetic": args.antithetic, "bind": args.bind,
            "results": {}}

@@ -52,7 +52,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.quality_mr import _git  # noqa: E402
+from benchmarks.quality import git_commit  # noqa: E402
 
 DATA_ROOT = Path(os.environ.get("MEDRECON_DATA", "/work/shared/data"))
 RESULTS = ROOT / "benchmarks" / "results"
@@ -241,7 +241,7 @@ def main(argv=None) -> int:
         theirs = " ".join(f"{k} {v['psnr']:.2f}" for k, v in r["sigpy"].items())
         print(f"{r['series']} z{r['z']} {r['accel']}x: medrecon {mine} | sigpy {theirs}", flush=True)
     out = {"command": "python benchmarks/quality_mr_raw.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-           "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), "git": _git(),
+           "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), "git": git_commit(),
            "seconds": round(time.perf_counter() - t0, 1), "summary": summarise(results), "cases": results}
     print(json.dumps(out["summary"], indent=1))
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)

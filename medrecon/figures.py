@@ -22,7 +22,13 @@ import numpy as np
 
 from medrecon.intensity_window import default_window
 
-__all__ = ["comparison_figure", "methods_figure", "overview_figure", "reconstruction_figure", "save_png"]
+__all__ = ["comparison_figure", "methods_figure", "overview_figure", "reconstruction_figure", "save_png",
+           "uncertainty_figure"]
+
+
+def _units_label(units) -> str:
+    """The colour-bar label for values in ``units`` (e.g. ``"HU"``); "value" when unknown."""
+    return str(units) if units else "value (units not recorded)"
 
 
 def _panels(vol, view: str) -> np.ndarray:
@@ -33,7 +39,8 @@ def _panels(vol, view: str) -> np.ndarray:
 
 
 def comparison_figure(reference, recon, *, classical=None, window=(-1000.0, 1000.0), path=None,
-                      metrics: dict[str, Any] | None = None, title: str | None = None, dpi: int = 120):
+                      metrics: dict[str, Any] | None = None, title: str | None = None, dpi: int = 120,
+                      units: str | None = None):
     """Draw reference, classical (optional), reconstruction and absolute error side by side.
 
     Parameters
@@ -46,6 +53,8 @@ def comparison_figure(reference, recon, *, classical=None, window=(-1000.0, 1000
         Where to save the PNG (atomic write; an existing file is replaced).
     metrics : dict, optional
         Output of :func:`medrecon.evaluation.evaluate`; PSNR / SSIM go into the panel titles.
+    units : str, optional
+        Label of both colour bars (grey window and error); default the reference's ``meta["units"]``.
 
     Returns the matplotlib Figure (closed after saving when ``path`` is given).
     """
@@ -55,6 +64,7 @@ def comparison_figure(reference, recon, *, classical=None, window=(-1000.0, 1000
     import matplotlib.pyplot as plt
 
     lo, hi = float(window[0]), float(window[1])
+    label_units = _units_label(units or (getattr(reference, "meta", None) or {}).get("units"))
     cols = [("reference", reference, None)]
     if classical is not None:
         m = (metrics or {}).get("classical") or {}
@@ -75,8 +85,8 @@ def comparison_figure(reference, recon, *, classical=None, window=(-1000.0, 1000
         ref_img = _panels(reference, view)
         for c, (name, vol, m) in enumerate(cols):
             ax = axes[r, c]
-            ax.imshow(np.clip(_panels(vol, view), lo, hi), cmap="gray", vmin=lo, vmax=hi,
-                      aspect=aspect, interpolation="nearest")
+            grey = ax.imshow(np.clip(_panels(vol, view), lo, hi), cmap="gray", vmin=lo, vmax=hi,
+                             aspect=aspect, interpolation="nearest")
             label = name
             if m and r == 0 and m.get("psnr") is not None:
                 label += f"\n{m['psnr']:.2f} dB, SSIM {m['ssim']:.3f}"
@@ -85,12 +95,13 @@ def comparison_figure(reference, recon, *, classical=None, window=(-1000.0, 1000
             zlabel = f", z x{stretch:.1f}" if (r > 0 and stretch > 1) else ""
             ax.set_title(label if r == 0 else f"{name} ({view}{zlabel})", fontsize=9)
             ax.axis("off")
+        fig.colorbar(grey, ax=axes[r, ncol - 2], fraction=0.046, pad=0.04, label=f"window, {label_units}")
         err = np.abs(np.clip(_panels(recon, view), lo, hi) - np.clip(ref_img, lo, hi))
         ax = axes[r, ncol - 1]
         im = ax.imshow(err, cmap="magma", vmin=0, vmax=(hi - lo) / 4, aspect=aspect, interpolation="nearest")
         ax.set_title("|reconstruction - reference|" if r == 0 else f"error ({view})", fontsize=9)
         ax.axis("off")
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=f"|error|, {label_units}")
     sup = title or f"window [{lo:g}, {hi:g}]; axial slice {z // 2} of {z}"
     fig.suptitle(sup, fontsize=10)
     fig.tight_layout()
@@ -110,12 +121,13 @@ def save_png(fig, path, dpi: int) -> None:
 
 def methods_figure(reference: np.ndarray, images: dict[str, np.ndarray], window=(-1000.0, 1000.0), path=None,
                    *, metrics: dict[str, dict[str, float]] | None = None, title: str | None = None,
-                   dpi: int = 110):
+                   dpi: int = 110, units: str | None = None):
     """One slice, several methods: top row the images, bottom row ``|method - reference|``.
 
-    ``reference`` and every entry of ``images`` are 2D arrays (Y, X) in physical units;
-    ``metrics[name]`` may hold ``psnr`` (dB) and ``ssim`` for the panel titles.  The error
-    maps share the scale ``[0, (hi - lo) / 4]``.  Returns the Figure (closed when saved).
+    ``reference`` and every entry of ``images`` are 2D arrays (Y, X) in physical ``units``
+    (the colour bars' label, e.g. ``"HU"``); ``metrics[name]`` may hold ``psnr`` (dB) and ``ssim``
+    for the panel titles.  The error maps share the scale ``[0, (hi - lo) / 4]``; the grey
+    window's colour bar sits under the reference.  Returns the Figure (closed when saved).
     """
     import matplotlib
 
@@ -127,9 +139,11 @@ def methods_figure(reference: np.ndarray, images: dict[str, np.ndarray], window=
     ncol = len(names) + 1
     fig, axes = plt.subplots(2, ncol, figsize=(2.8 * ncol, 6.0), squeeze=False)
     ref = np.clip(np.asarray(reference, dtype=np.float64), lo, hi)
-    axes[0, 0].imshow(ref, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
+    grey = axes[0, 0].imshow(ref, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
     axes[0, 0].set_title("reference", fontsize=9)
-    axes[1, 0].axis("off")
+    axes[1, 0].axis("off")  # the grey window's colour bar, not an empty panel
+    cax = axes[1, 0].inset_axes([0.42, 0.08, 0.12, 0.84])
+    fig.colorbar(grey, cax=cax, label=f"window, {_units_label(units)}")
     im = None
     for c, name in enumerate(names, start=1):
         img = np.clip(np.asarray(images[name], dtype=np.float64), lo, hi)
@@ -144,7 +158,7 @@ def methods_figure(reference: np.ndarray, images: dict[str, np.ndarray], window=
         ax.set_xticks([])
         ax.set_yticks([])
     if im is not None:
-        fig.colorbar(im, ax=axes[1, 1:].tolist(), fraction=0.02, pad=0.01)
+        fig.colorbar(im, ax=axes[1, 1:].tolist(), fraction=0.02, pad=0.01, label=f"|error|, {_units_label(units)}")
     fig.suptitle(title or f"window [{lo:g}, {hi:g}]", fontsize=10)
     if path is not None:
         save_png(fig, path, dpi)
@@ -153,8 +167,10 @@ def methods_figure(reference: np.ndarray, images: dict[str, np.ndarray], window=
 
 
 def overview_figure(panels: dict[str, np.ndarray], *, window, std: np.ndarray | None = None,
-                    spacing=(1.0, 1.0), title: str | None = None, path=None, dpi: int = 110):
-    """One slice, no reference: grey ``panels`` (name -> 2D array in physical units) on one
+                    spacing=(1.0, 1.0), title: str | None = None, path=None, dpi: int = 110,
+                    units: str | None = None):
+    """One slice, no reference: grey ``panels`` (name -> 2D array in physical ``units``, the colour
+    bars' label) on one
     ``window`` (lo, hi), then, when given, the per-pixel standard deviation ``std`` of the
     posterior draws on ``[0, its 99.5th percentile]`` (where the draws disagree).
     ``spacing`` (row, column) in mm sets the aspect.  Returns the Figure (closed when saved)."""
@@ -169,19 +185,76 @@ def overview_figure(panels: dict[str, np.ndarray], *, window, std: np.ndarray | 
     fig, axes = plt.subplots(1, ncol, figsize=(3.3 * ncol, 3.9), squeeze=False, layout="constrained")
     aspect = float(spacing[0]) / float(spacing[1])
     for ax, name in zip(axes[0], names, strict=False):
-        ax.imshow(np.clip(np.asarray(panels[name], np.float64), lo, hi), cmap="gray", vmin=lo, vmax=hi,
-                  aspect=aspect, interpolation="nearest")
+        grey = ax.imshow(np.clip(np.asarray(panels[name], np.float64), lo, hi), cmap="gray", vmin=lo, vmax=hi,
+                         aspect=aspect, interpolation="nearest")
         ax.set_title(name, fontsize=9)
+    if names:
+        fig.colorbar(grey, ax=axes[0, len(names) - 1], fraction=0.046, pad=0.02, label=f"window, {_units_label(units)}")
     if std is not None:
         sd = np.asarray(std, np.float64)
         top = float(np.percentile(sd, 99.5)) or float(sd.max()) or 1.0
         im = axes[0, -1].imshow(sd, cmap="magma", vmin=0, vmax=top, aspect=aspect, interpolation="nearest")
         axes[0, -1].set_title("std of the draws", fontsize=9)
-        fig.colorbar(im, ax=axes[0, -1], fraction=0.046, pad=0.02)
+        fig.colorbar(im, ax=axes[0, -1], fraction=0.046, pad=0.02, label=f"std, {_units_label(units)}")
     for ax in axes[0]:
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(title or f"window [{lo:.4g}, {hi:.4g}]", fontsize=9)
+    if path is not None:
+        save_png(fig, path, dpi)
+        plt.close(fig)
+    return fig
+
+
+def uncertainty_figure(mean: np.ndarray, ref: np.ndarray, std: np.ndarray, report: dict, *, window,
+                       units: str = "", spacing=(1.0, 1.0), title: str | None = None, path=None, dpi: int = 110):
+    """One slice of an uncertainty check side by side: the draws' ``mean`` (grey, ``window``), the
+    error ``|mean - ref|`` and the draws' ``std`` (one colour scale, in ``units``, so that the two maps
+    compare: a calibrated std is about 0.67 times the |error| in the median), and the calibration curve
+    of ``report`` (:func:`medrecon.uncertainty.uncertainty_report`: observed against nominal coverage
+    for k = 0..3 std, overall and per slice; the diagonal is a calibrated std).  Returns the Figure."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    lo, hi = (float(v) for v in window)
+    err = np.abs(np.asarray(mean, np.float64) - np.asarray(ref, np.float64))
+    sd = np.asarray(std, np.float64)
+    top = float(max(np.percentile(err, 99.5), np.percentile(sd, 99.5))) or 1.0
+    fig, axes = plt.subplots(1, 4, figsize=(13.6, 3.6), layout="constrained")
+    aspect = float(spacing[0]) / float(spacing[1])
+    axes[0].imshow(np.clip(np.asarray(mean, np.float64), lo, hi), cmap="gray", vmin=lo, vmax=hi, aspect=aspect,
+                   interpolation="nearest")
+    axes[0].set_title(f"mean of the draws [{lo:.4g}, {hi:.4g}]", fontsize=9)
+    for ax, img, name in ((axes[1], err, "|mean - reference|"), (axes[2], sd, "std of the draws")):
+        im = ax.imshow(img, cmap="magma", vmin=0, vmax=top, aspect=aspect, interpolation="nearest")
+        ax.set_title(name, fontsize=9)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label=units or None)
+    for ax in axes[:3]:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    ax = axes[3]
+    for s in report.get("per_slice") or []:
+        if s.get("curve"):
+            ax.plot(s["curve"]["nominal"], s["curve"]["observed"], color="0.75", lw=0.7)
+    c = report["overall"]["curve"]
+    if c:
+        ax.plot(c["nominal"], c["observed"], color="C3", lw=2, label="observed (all slices)")
+        for k in (1.0, 2.0, 3.0):
+            i = c["k"].index(k)
+            ax.plot(c["nominal"][i], c["observed"][i], "o", color="C3", ms=4)
+            ax.annotate(f"{k:g} std", (c["nominal"][i], c["observed"][i]), fontsize=7, xytext=(-28, 4),
+                        textcoords="offset points")
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="calibrated")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_aspect("equal")
+    ax.set_xlabel("nominal coverage (Gaussian, k = 0..3 std)", fontsize=8)
+    ax.set_ylabel("observed: fraction with |error| <= k std", fontsize=8)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title("calibration curve", fontsize=9)
+    fig.suptitle(title or "posterior mean, error and standard deviation", fontsize=9)
     if path is not None:
         save_png(fig, path, dpi)
         plt.close(fig)
@@ -226,22 +299,24 @@ def reconstruction_figure(m, vol, path, *, z: int | None = None, dpi: int = 110)
     title = ", ".join(str(b) for b in bits if b)
     display = _modality_display(vol.meta.get("modality"))
     if display is not None:  # e.g. ultrasound RF as B-mode
-        shown = display(panels, std=std, spacing=(dy, dx), title=title, path=path, dpi=dpi)
+        shown = display(panels, std=std, spacing=(dy, dx), affine=vol.affine, title=title, path=path, dpi=dpi)
         return {"slice": z, "panels": list(shown), "window": None}
     if str(vol.meta.get("modality") or "").upper() == "CT" or str(vol.meta.get("units") or "").upper() == "HU":
         lo, hi = default_window(data[z], meta=vol.meta)  # HU: [-1000, 1000]
     else:
         lo, hi = (float(v) for v in np.percentile(data[z], [0.5, 99.5]))
         hi = hi if hi > lo else lo + 1.0
-    overview_figure(panels, window=(lo, hi), std=std, spacing=(dy, dx), title=title, path=path, dpi=dpi)
+    overview_figure(panels, window=(lo, hi), std=std, spacing=(dy, dx), title=title, path=path, dpi=dpi,
+                    units=vol.meta.get("units"))
     return {"slice": z, "panels": list(panels) + (["std"] if std is not None else []), "window": [lo, hi]}
 
 
 def _modality_display(modality):
     """The ``display`` of the metric set registered for ``modality`` (entry-point group
-    ``medrecon.metrics``), or None.  Contract: ``display(panels, *, std, spacing, title, path, dpi)``
-    draws the slices ``panels`` (name -> 2D array; ``std`` the draws' standard deviation or None)
-    and returns the names of the panels it drew."""
+    ``medrecon.metrics``), or None.  Contract: ``display(panels, *, std, spacing, affine, title, path,
+    dpi)`` draws the slices ``panels`` (name -> 2D array; ``std`` the draws' standard deviation or
+    None; ``affine`` the volume's 4x4 voxel-to-mm matrix, so that the axes are in the data's mm) and
+    returns the names of the panels it drew."""
     if not modality:
         return None
     from medrecon.registry import find_metrics

@@ -62,7 +62,8 @@ __all__ = ["simulate", "resample_inplane", "parse_shape"]
 
 def _axis_weights(n_in: int, n_out: int) -> np.ndarray:
     """``(n_out, n_in)`` matrix taking a 1D signal on ``n_in`` pixels to ``n_out`` pixels
-    covering the same extent.
+    covering the same extent (:func:`medrecon.io.resample.axis_weights`, the one rule, with
+    output pixels ``s = n_in / n_out`` input pixels wide centred at ``(o + 1/2) s - 1/2``).
 
     Shrinking (``n_out < n_in``): exact area averaging, each output pixel is the mean of
     the input over its footprint (partial input pixels weighted by their overlap), so an
@@ -70,24 +71,10 @@ def _axis_weights(n_in: int, n_out: int) -> np.ndarray:
     Enlarging: linear interpolation between pixel centres (edges clamped).
     Rows sum to 1, so constants are preserved.
     """
+    from medrecon.io.resample import axis_weights
+
     s = n_in / n_out  # output pixel size in input pixels
-    w = np.zeros((n_out, n_in), dtype=np.float64)
-    if n_out <= n_in:
-        for o in range(n_out):
-            a, b = o * s, (o + 1) * s
-            i0, i1 = int(np.floor(a)), min(int(np.ceil(b)), n_in)
-            for i in range(i0, i1):
-                w[o, i] = max(0.0, min(b, i + 1) - max(a, i))
-        w /= s
-    else:
-        c = (np.arange(n_out) + 0.5) * s - 0.5  # output centres in input index units
-        c = np.clip(c, 0.0, n_in - 1)
-        i0 = np.minimum(np.floor(c).astype(int), n_in - 1)
-        i1 = np.minimum(i0 + 1, n_in - 1)
-        f = c - i0
-        w[np.arange(n_out), i0] += 1.0 - f
-        w[np.arange(n_out), i1] += f
-    return w
+    return axis_weights(n_in, (np.arange(n_out) + 0.5) * s - 0.5, s)
 
 
 def parse_shape(text: Any) -> tuple[int, int]:

@@ -79,6 +79,7 @@ def build_world(w: Path) -> None:
     torch.manual_seed(0)
     DiffusionPrior(default_config("ct", image_size=N, pixel_size_mm=1.0, preset="tiny")).save(good / "prior")
     (good / "notes.json").write_text("{}")
+    (good / "f.png").write_bytes(b"\x89PNG\r\n\x1a\n")  # an existing figure: replaced only with --overwrite
     rng = np.random.default_rng(1)
     np.save(good / "k.npy", (rng.standard_normal((4, 16, 16)) + 1j * rng.standard_normal((4, 16, 16))).astype(
         np.complex64))  # raw multi-coil k-space (coils, ky, kx)
@@ -246,6 +247,7 @@ def corpus() -> list[dict]:
     # parameters out of range or of the wrong kind
     o = ["-o", "{out}/r.nii.gz"]
     add("reconstruct-out-new-folder", [*RECON, "-o", "{out}/a/b/r.nii.gz"], "ok")  # parents are created
+    add("reconstruct-png-new-folder", [*RECON, "--png", "{out}/nope/f.png", *o], "ok")  # as evaluate --png
     add("reconstruct-resume-nothing", [*RECON, "--resume", *o], "ok")  # nothing to resume: a fresh run
     for k, extra in {
         "steps-0": ["--steps", "0"], "steps-neg": ["--steps", "-5"], "steps-str": ["--steps", "abc"],
@@ -257,7 +259,8 @@ def corpus() -> list[dict]:
         "param-str": ["-p", "lam=much"], "param-inf": ["-p", "lam=inf"], "sampler-unknown": ["--sampler", "tvv"],
         "prior-scale-bogus": ["--prior-scale", "huge"], "samples-0": ["--samples", "0"],
         "antithetic-odd": ["--samples", "3", "--antithetic"], "png-not-png": ["--png", "{out}/f.jpg"],
-        "png-no-folder": ["--png", "{out}/nope/f.png"], "like-missing": ["--like", "bad/nope"],
+        "png-exists": ["--png", "good/f.png"],
+        "like-missing": ["--like", "bad/nope"],
         "out-png": ["-o", "{out}/r.png"], "out-h5": ["-o", "{out}/r.h5"],
         "out-is-input": ["-o", "good/m.h5"], "out-exists": ["-o", "good/v.nii.gz"],
         "import-option-junk": ["--import-option", "frob"],
@@ -270,6 +273,11 @@ def corpus() -> list[dict]:
     add("reconstruct-dds-mri-with-ct-prior", ["reconstruct", "good/mri.h5", "--sampler", "dds", "--prior", "good/prior",
                                               "--steps", "2", "--device", "cpu", *o])
     add("reconstruct-dds-steps-above-T", [*DDS, "--steps", "5000", "--dry-run", *o], "ok")  # capped, recorded
+    for k, extra in {"neg": ["--cache-interval", "-1"], "above-steps": ["--cache-interval", "3"],
+                     "str": ["--cache-interval", "often"], "param-clash": ["--cache-interval", "2", "-p",
+                                                                            "cache_interval=1"]}.items():
+        add(f"reconstruct-dds-cache-interval-{k}", [*DDS, *extra, *o])  # --steps 2: an interval of 3 never reuses
+    add("reconstruct-tv-cache-interval", [*RECON, "--cache-interval", "2", *o])  # tv has no network to cache
     add("reconstruct-dry-run", [*RECON, "--dry-run", *o], "ok")
     for k, extra in {
         "op-unknown": ["ct.nope"], "views-neg": ["ct.parallel", "-p", "n_views=-1"],

@@ -169,7 +169,7 @@ def test_std_is_written_next_to_the_output_and_resume_needs_the_same_samples(tmp
 
 
 @pytest.mark.parametrize("sampler, samples, match", [("tv", 2, "deterministic"), ("dds", 0, "samples"),
-                                                     ("dds3d", 2, "slice by slice")])
+                                                     ("dds3d", 0, "samples")])  # volume samplers draw too (issue 25)
 def test_bad_samples_are_one_sentence(meas, gauss_prior, sampler, samples, match):
     with pytest.raises(InputError, match=match) as exc:
         reconstruct(meas, sampler, gauss_prior, samples=samples, progress=False, steps=2)

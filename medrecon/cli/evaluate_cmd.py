@@ -15,6 +15,7 @@ from pathlib import Path
 import typer
 
 from medrecon.cli.reconstruct_cmd import _warning_printer
+from medrecon.cli.volumes_cmd import allow_uneven_option
 
 
 def _parse_window(text: str | None):
@@ -69,11 +70,28 @@ def register(app: typer.Typer) -> None:
         bmode: bool = typer.Option(False, "--bmode", help="Ultrasound B-mode evaluation even without regions "
                                                           "(e.g. only the --png figure)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --json / --png."),
+        resample_reference: bool = typer.Option(
+            False, "--resample-reference",
+            help="When the reference lies on another grid than the reconstruction (a run of simulate --slices, "
+                 "--resample or --pixel-size), resample it onto the reconstruction's grid first: slices matched "
+                 "by position, area averaging where the reconstruction's pixels are larger; recorded in --json."),
+        allow_uneven: bool = allow_uneven_option(),
+        uncertainty: bool = typer.Option(False, "--uncertainty",
+                                         help="Check the reconstruction's std component (written next to it by "
+                                              "--samples N) against the reference: coverage at 1/2/3 std, the "
+                                              "calibration curve, std-|error| correlation; --png draws mean, "
+                                              "|error|, std and the curve (docs/uncertainty.md)."),
     ) -> None:
         """PSNR and SSIM against a reference, or (with regions) ultrasound gCNR, KS and speckle size; a figure."""
         from medrecon.errors import InputError
 
         us_mode = bool(bmode or target or background or regions or haze)
+        if uncertainty:
+            if us_mode or classical is not None:
+                raise InputError("--uncertainty checks the std component against --reference; it does not take "
+                                 "regions, --bmode or --classical")
+            if reference is None:
+                raise InputError("--uncertainty needs --reference REF (the ground truth to check the std against)")
         for p, what in ((recon, "reconstruction"), (reference, "reference"), (classical, "classical"),
                         (regions, "regions"), (haze, "haze")):
             if p is not None and not p.exists():
@@ -81,6 +99,9 @@ def register(app: typer.Typer) -> None:
         if not us_mode and reference is None:
             raise InputError("give --reference REF for PSNR/SSIM, or ultrasound regions (--target and "
                              "--background, or --regions FILE) for gCNR, or --bmode --png FILE for a B-mode figure")
+        if resample_reference and (us_mode or reference is None):
+            raise InputError("--resample-reference resamples --reference for PSNR/SSIM or --uncertainty; it does "
+                             "not apply to regions or --bmode")
         if us_mode and window is not None:
             raise InputError("--window sets the PSNR/SSIM window; with regions use --dynamic-range")
         from medrecon.io.atomic import check_outputs
@@ -92,11 +113,14 @@ def register(app: typer.Typer) -> None:
         old = warnings.showwarning
         warnings.showwarning = _warning_printer
         try:
-            if us_mode:
+            if uncertainty:
+                _evaluate_uncertainty(recon, reference, _parse_window(window), json_out, png, resample_reference)
+            elif us_mode:
                 _evaluate_regions(recon, reference, classical, haze, target, background, regions, px,
                                   dynamic_range, image, frame, json_out, png)
             else:
-                _evaluate_reference(recon, reference, _parse_window(window), classical, json_out, png)
+                _evaluate_reference(recon, reference, _parse_window(window), classical, json_out, png,
+                                    resample_reference, allow_uneven)
         finally:
             warnings.showwarning = old
         for what, p in (("metrics", json_out), ("figure", png)):
@@ -104,11 +128,51 @@ def register(app: typer.Typer) -> None:
                 typer.echo(f"wrote {what} {p}")
 
 
-def _evaluate_reference(recon, reference, win, classical, json_out, png) -> None:
+def _evaluate_uncertainty(recon, reference, win, json_out, png, resample_reference=False) -> None:
+    from medrecon.calibration import evaluate_uncertainty
+
+    res = evaluate_uncertainty(recon, reference, window=win, json_path=json_out, png=png, overwrite=True,
+                               resample_reference=resample_reference)
+    lo, hi = res["window"]
+    o = res["overall"]
+
+    def pct(v):
+        return "-" if v is None else f"{100 * v:.1f} %"
+
+    def num(v):
+        return "-" if v is None else f"{v:.3f}"
+
+    cal = res.get("uncertainty_calibration")
+    how = ("raw spread of the draws" if not cal or not cal.get("applied")
+           else f"std calibrated by the prior's factor {cal['factor']:.3g}")
+    typer.echo(f"window [{lo:g}, {hi:g}]; {res['shape'][0]} slice(s), {o['pixels']} pixels; {how}")
+    typer.echo("coverage at 1 / 2 / 3 std: " + " / ".join(pct(o["coverage"][k]) for k in ("1", "2", "3"))
+               + " (nominal 68.3 / 95.4 / 99.7 %)")
+    if res.get("expected_exact"):
+        e = res["expected_exact"]
+        typer.echo(f"an exact sampler with these {res['samples']} draws gives "
+                   + " / ".join(pct(e[k]) for k in ("1", "2", "3")))
+    typer.echo(f"std vs |error|: Pearson {num(o['pearson'])}, Spearman {num(o['spearman'])}; "
+               f"mean std {num(o['mean_std'])}, RMSE {num(o['rmse'])} {res.get('units') or ''}".rstrip())
+    n = len(res["per_slice"])
+    if 1 < n <= 16:
+        for k, sl in enumerate(res["per_slice"]):
+            typer.echo(f"  slice {k:3d}: coverage at 2 std {pct(sl['coverage']['2'])}, "
+                       f"Spearman {num(sl['spearman'])}")
+
+
+def _evaluate_reference(recon, reference, win, classical, json_out, png, resample_reference=False,
+                        allow_uneven=False) -> None:
     from medrecon.evaluation import evaluate
 
     res = evaluate(recon, reference, window=win, classical=classical, json_path=json_out, png=png,
-                   overwrite=True)  # checked by the command before any work
+                   overwrite=True,  # checked by the command before any work
+                   resample_reference=resample_reference, allow_uneven=allow_uneven)
+    if res.get("reference_resampled"):
+        r = res["reference_resampled"]
+        typer.echo(f"reference resampled from {'x'.join(map(str, r['from_shape']))} to the reconstruction's grid "
+                   f"{'x'.join(map(str, r['to_shape']))} (" + ", ".join(f"{a}: {m}" for a, m in r["method"].items())
+                   + ")")
     lo, hi = res["window"]
 
     def fmt(v):

@@ -30,7 +30,8 @@ def _register() -> None:
     from medrecon.cli import plugins_cmd
 
     plugins_cmd.register(app)
-    for mod in ("volumes_cmd", "priors_cmd", "reconstruct_cmd", "evaluate_cmd", "import_cmd", "data_cmd"):
+    for mod in ("volumes_cmd", "priors_cmd", "reconstruct_cmd", "evaluate_cmd", "import_cmd", "data_cmd",
+                "uncertainty_cmd"):
         try:
             module = __import__(f"medrecon.cli.{mod}", fromlist=["register"])
         except ModuleNotFoundError as exc:

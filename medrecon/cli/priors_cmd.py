@@ -85,6 +85,8 @@ def register(app: typer.Typer) -> None:
         size: int = typer.Option(None, "--size", help="Image size (default: the prior's)."),
         seed: int = typer.Option(0, "--seed"),
         device: str = typer.Option("auto", "--device"),
+        cache_interval: int = typer.Option(0, "--cache-interval", help="Feature caching: a full network pass every "
+                                           "N steps, shallow passes with the cached deep feature in between (0: off)."),
         output: Path = typer.Option(Path("samples.png"), "--output", "-o", help="PNG grid to write."),
         npy: Path = typer.Option(None, "--npy", help="Also save the samples (physical units) as .npy."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --output / --npy."),
@@ -95,7 +97,8 @@ def register(app: typer.Typer) -> None:
         from medrecon.priors.model import load_prior
         from medrecon.priors.sample import check_sample_args, sample_prior, save_grid
 
-        check_sample_args(n, sampler, eta, size=size)  # before the prior is loaded: a bad option fails at once
+        # before the prior is loaded: a bad option fails at once
+        check_sample_args(n, sampler, eta, size=size, cache_interval=cache_interval, steps=steps)
         if output.suffix.lower() != ".png":
             raise InputError(f"--output is a PNG grid: give a .png file name, got {str(output)!r}")
         if npy is not None and npy.suffix.lower() != ".npy":
@@ -103,7 +106,8 @@ def register(app: typer.Typer) -> None:
         check_outputs({"--output": output, "--npy": npy}, {"prior": prior if Path(prior).exists() else None},
                       overwrite)
         p = load_prior(prior, device=device)
-        imgs = sample_prior(p, n=n, steps=steps, sampler=sampler, seed=seed, size=size, eta=eta)
+        imgs = sample_prior(p, n=n, steps=steps, sampler=sampler, seed=seed, size=size, eta=eta,
+                            cache_interval=cache_interval)
         save_grid(imgs, output, title=f"{prior} {sampler} {steps} steps")
         if npy is not None:
             import numpy as np

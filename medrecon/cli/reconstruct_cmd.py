@@ -62,18 +62,36 @@ class _EchoHandler:
         return False
 
 
+CACHE_HELP = ("Feature caching (dds, dps, reddiff): a full network pass every N steps, shallow passes with the "
+              "cached deep feature in between; 0 = off (the default). Shorthand for -p cache_interval=N.")
+
+
+def with_cache_interval(params: dict, n: int | None) -> dict:
+    """``params`` with ``cache_interval`` = ``n`` (``--cache-interval``; None: as given); an
+    :class:`~medrecon.errors.InputError` when ``-p cache_interval`` says otherwise."""
+    if n is None:
+        return params
+    from medrecon.errors import InputError
+
+    if "cache_interval" in params and str(params["cache_interval"]) != str(n):
+        raise InputError(f"--cache-interval {n} and -p cache_interval={params['cache_interval']} disagree; give one")
+    return {**params, "cache_interval": n}
+
+
 def register(app: typer.Typer) -> None:
     @app.command("reconstruct")
     def reconstruct_cmd(
         measurement: Path = typer.Argument(..., help="Measurement file (.h5), or a raw file an installed importer reads."),
         output: Path = typer.Option(..., "--output", "-o",
-                                    help="OUT.nii.gz (NIfTI) or OUT_DIR/ (a derived DICOM series)."),
+                                    help="OUT.nii.gz (NIfTI), OUT_DIR/ (a derived DICOM series) or "
+                                         "dicomweb://HOST/PATH (the derived series stored with STOW-RS)."),
         prior: str = typer.Option(None, "--prior", help="Prior name (ct-default, mr-default) or folder; "
                                   "needed by dds, dps, reddiff."),
         sampler: str = typer.Option("dds", "--sampler", "-s", help="classical, tv, dds, dps, reddiff, ..."),
         steps: int = typer.Option(None, "--steps", min=1, help="Sampler steps (default: the prior's recommended "
                                   "count for the sampler, else the sampler's own)."),
         param: list[str] = typer.Option(None, "--param", "-p", help="Sampler parameter key=value (repeatable)."),
+        cache_interval: int = typer.Option(None, "--cache-interval", help=CACHE_HELP),
         device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto (cuda when available)."),
         devices: str = typer.Option(None, "--devices",
                                     help="Several devices sharing the slice batches, e.g. cuda:0,cuda:1."),
@@ -91,6 +109,9 @@ def register(app: typer.Typer) -> None:
                                             "batch-size x N images (the same draws up to rounding; meant for a "
                                             "GPU that a few slices leave idle; N times the memory)."),
         amp: bool = typer.Option(False, "--amp", help="bf16 autocast of the prior network on CUDA."),
+        no_calibration: bool = typer.Option(False, "--no-calibration",
+                                            help="With --samples: write the draws' raw spread, without the std "
+                                                 "calibration factor the prior stores (docs/uncertainty.md)."),
         no_recommended: bool = typer.Option(False, "--no-recommended",
                                             help="Ignore the settings the prior recommends for the sampler (its "
                                                  "config's 'recommended' section); use the sampler's defaults."),
@@ -124,16 +145,27 @@ def register(app: typer.Typer) -> None:
         from medrecon.errors import InputError
 
         apply_max_memory(max_memory)
-        params = parse_params(param)
+        params = with_cache_interval(parse_params(param), cache_interval)
         if not measurement.exists():  # cheap checks first: no torch import yet
             raise InputError(f"no such measurement file: {str(measurement)!r}")
         from medrecon.io.registry import output_format
 
-        output_format(output)
+        web = output_format(output) == "dicomweb"  # a DICOMweb server: the run keeps the volume, then stores it
+        if web:
+            from medrecon.io.dicomweb import check_store_target
+
+            if num_parts > 1 or resume or samples > 1:
+                raise InputError("a dicomweb:// output takes one whole run of one draw: write --num-parts, --resume "
+                                 "or --samples runs to a local file, then store it with medrecon convert")
+            check_store_target(output)  # reachable, credentials accepted: before any work
         if like is not None and not like.exists():
             raise InputError(f"--like {str(like)!r} does not exist")
-        if png is not None and (png.suffix.lower() != ".png" or not png.absolute().parent.is_dir()):
-            raise InputError(f"--png needs a .png file in an existing folder, got {str(png)!r}")
+        if png is not None and png.suffix.lower() != ".png":
+            raise InputError(f"--png needs a .png file name, got {str(png)!r}")
+        if png is not None:  # an existing figure needs --overwrite; parents are created, as for --output
+            from medrecon.io.atomic import check_target
+
+            check_target(png, overwrite)
         from medrecon.samplers import sampler_class
 
         cls = sampler_class(sampler)  # unknown names fail here, with a suggestion
@@ -151,12 +183,12 @@ def register(app: typer.Typer) -> None:
                 with _EchoHandler():
                     run = plan(
                         m, sampler, prior, steps=steps, params=params, device=device, devices=devices,
-                        batch_size=batch_size, seed=seed, amp=amp, output=output, resume=resume,
+                        batch_size=batch_size, seed=seed, amp=amp, output=None if web else output, resume=resume,
                         progress=False if quiet else (True if sys.stderr.isatty() else _line_progress()),
                         overwrite=overwrite,
                         like=str(like) if like is not None else None, num_parts=num_parts, part_id=part_id,
                         samples=samples, antithetic=antithetic, draw_batch=draw_batch,
-                        recommended=not no_recommended, prior_scale=prior_scale,
+                        recommended=not no_recommended, prior_scale=prior_scale, calibration=not no_calibration,
                     )
                     if dry_run:
                         typer.echo(run.to_json())
@@ -179,6 +211,11 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"part {part_id} of {num_parts}: slices {r.start}..{r.stop - 1} finished in "
                        f"{partial_path(output)}; the part that finishes last writes {os.fspath(output)}")
             return
+        if web:
+            from medrecon.io.dicomweb import store_volume
+
+            desc = f"{vol.meta.get('series_description') or ''} medrecon {sampler}".strip()[:64]
+            output = store_volume(vol, output, like=like, description=desc)  # the stored series' URL
         info = vol.meta.get("reconstruction", {})
         resumed = info.get("resumed_slices", 0)
         extra = (f", {resumed} resumed ({'' if info.get('resumed_bit_identical') else 'not '}bit-identical to an "
@@ -197,6 +234,10 @@ def register(app: typer.Typer) -> None:
             for name in vol.components:
                 what = (f"the standard deviation of the {samples} draws" if samples > 1 and name == "std"
                         else f"the {name} component")
+                cal = info.get("uncertainty_calibration") if name == "std" else None
+                if cal:
+                    what += (f", times the prior's calibration factor {cal['factor']:.3g}" if cal["applied"] else
+                             f", raw (the prior's calibration factor {cal['factor']:.3g} was not applied)")
                 typer.echo(f"wrote {os.fspath(component_path(output, name))}: {what}")
         if png is not None:
             from medrecon.figures import reconstruction_figure
@@ -214,6 +255,7 @@ def register(app: typer.Typer) -> None:
         steps: int = typer.Option(None, "--steps", min=1, help="Sampler steps (default: the prior's recommended "
                                   "count for the sampler, else the sampler's own)."),
         param: list[str] = typer.Option(None, "--param", "-p", help="Sampler parameter key=value (repeatable)."),
+        cache_interval: int = typer.Option(None, "--cache-interval", help=CACHE_HELP),
         parts: int = typer.Option(1, "--parts-per-study", min=1,
                                   help="Cut each study into N slice blocks, run as separate tasks."),
         dicom: bool = typer.Option(False, "--dicom", help="Write each result as a derived DICOM series folder."),
@@ -237,7 +279,7 @@ def register(app: typer.Typer) -> None:
         from medrecon.cli.params import parse_params
         from medrecon.engine.distributed import reconstruct_many
 
-        params = parse_params(param)
+        params = with_cache_interval(parse_params(param), cache_interval)
         opts = {"steps": steps, "params": params, "batch_size": batch_size, "seed": seed, "amp": amp,
                 "recommended": not no_recommended}
         if not use_ray:

@@ -19,6 +19,17 @@ MAX_MEMORY_HELP = ("Most memory one file read may take, e.g. 8G or 512M (default
                    "half the available memory); larger files are refused before they are read.")
 
 
+#: help of ``--allow-uneven``, shared by the commands that read volumes
+ALLOW_UNEVEN_HELP = ("Read a DICOM series whose slices are unevenly spaced (a missing slice, variable spacing) "
+                     "resampled to even spacing at the median step (linear interpolation in position; the first "
+                     "slice keeps its place; a warning names the steps) instead of refusing it.")
+
+
+def allow_uneven_option():
+    """The ``--allow-uneven`` flag (see :func:`medrecon.io.load_volume`)."""
+    return typer.Option(False, "--allow-uneven", help=ALLOW_UNEVEN_HELP)
+
+
 def max_memory_option():
     """The ``--max-memory SIZE`` option (see :mod:`medrecon.io.budget`)."""
     return typer.Option(None, "--max-memory", help=MAX_MEMORY_HELP)
@@ -74,6 +85,10 @@ def _volume_lines(vol) -> list[str]:
                        ("source_format", "format")):
         if m.get(key) not in (None, "", 0.0):
             lines.append(f"{label}: {m[key]}")
+    r = m.get("resampled_slices")
+    if isinstance(r, dict):  # --allow-uneven: what the series was before it was made even
+        lines.append(f"slices resampled (--allow-uneven): {r.get('from_n')} read ({r.get('steps')}) -> "
+                     f"{r.get('to_n')} at {r.get('to_spacing_mm')} mm")
     return lines
 
 
@@ -83,6 +98,7 @@ def register(app: typer.Typer) -> None:
         path: Path = typer.Argument(..., help="A DICOM folder or file, a NIfTI file, a measurement .h5 file, or "
                                     "dicomweb://HOST/PATH?study=UID&series=UID."),
         series: str = typer.Option(None, "--series", "-s", help="Series index, UID or description."),
+        allow_uneven: bool = allow_uneven_option(),
         max_memory: str = max_memory_option(),
     ) -> None:
         """Describe a volume, the series in a DICOM folder, or a measurement file."""
@@ -124,7 +140,7 @@ def register(app: typer.Typer) -> None:
                 from medrecon.io.dicom import UnevenSpacingError
 
                 try:
-                    vol = load_volume(path, series=series)
+                    vol = load_volume(path, series=series, allow_uneven=allow_uneven)
                 except UnevenSpacingError as exc:  # described, not refused: info is how one finds out
                     info = found[0] if len(found) == 1 else None
                     typer.echo(f"{path}")
@@ -146,6 +162,7 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
         like: Path = typer.Option(None, "--like",
                                   help="DICOM folder whose patient / study tags a DICOM output keeps."),
+        allow_uneven: bool = allow_uneven_option(),
         max_memory: str = max_memory_option(),
     ) -> None:
         """Convert between DICOM series and NIfTI (geometry and values preserved)."""
@@ -155,7 +172,7 @@ def register(app: typer.Typer) -> None:
 
         check_outputs({"": output}, {"input": input, "--like series": like}, overwrite)  # before reading
         with _warnings_as_lines():
-            vol = load_volume(input, series=series)
+            vol = load_volume(input, series=series, allow_uneven=allow_uneven)
             out = save_volume(vol, output, overwrite=overwrite, like=like)
         z, y, x = vol.shape
         typer.echo(f"wrote {out} ({z} x {y} x {x}, {vol.meta.get('units') or 'no units'})")
@@ -187,6 +204,7 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
         batch_size: int = typer.Option(16, "--batch-size", help="Slices per operator call."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
+        allow_uneven: bool = allow_uneven_option(),
         max_memory: str = max_memory_option(),
     ) -> None:
         """Simulate y = A x (+ noise) for each slice of a volume (or the whole volume, 3D operators) and write a measurement file."""
@@ -207,7 +225,7 @@ def register(app: typer.Typer) -> None:
         if resample is not None and pixel_size is not None:
             raise InputError("give one of --resample NYxNX and --pixel-size MM, not both")
         with _warnings_as_lines():
-            vol = load_volume(input, series=series)
+            vol = load_volume(input, series=series, allow_uneven=allow_uneven)
         if resample is not None or pixel_size is not None:
             from medrecon.simulation import resample_inplane
 

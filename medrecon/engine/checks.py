@@ -183,14 +183,11 @@ def check_parts(num_parts, part_id, output) -> tuple[int, int]:
     return n, k
 
 def check_samples(samples: int, smp, op, comps, volume_mode: bool) -> None:
-    """``samples`` > 1 needs a stochastic (diffusion) sampler that works slice by slice on a
-    plain image: one clear sentence otherwise."""
+    """``samples`` > 1 needs a stochastic (diffusion) sampler on a plain image: one clear sentence
+    otherwise.  Volume samplers (``dds3d``, ``mbir3d``) draw the whole volume once per draw."""
     if not smp.needs_prior:
         raise InputError(f"sampler {smp.name!r} is deterministic: {samples} samples would all be the same; "
-                         "use samples=1 (or a diffusion sampler: dds, dps, reddiff)")
-    if volume_mode:
-        raise InputError(f"samples={samples} needs a sampler that works slice by slice; {smp.name!r} with "
-                         f"operator {op.name!r} reconstructs the whole volume at once")
+                         "use samples=1 (or a diffusion sampler: dds, dps, reddiff, dds3d, mbir3d)")
     if comps:
         raise InputError(f"samples={samples} is not available for operator {op.name!r}, whose image has "
                          f"components ({', '.join(comps)})")

@@ -87,6 +87,7 @@ def reconstruct(
     draw_batch: int = 1,
     recommended: bool = True,
     prior_scale: str = "auto",
+    calibration: bool = True,
     _stop_after: int | None = None,
     _stop_after_steps: int | None = None,
 ):
@@ -144,7 +145,7 @@ def reconstruct(
         writes the output.  All parts must use the same settings (as for ``resume``); the
         result is identical to one unsplit run.  Slice-coupled samplers cannot be split.
     samples : int
-        Posterior draws per slice (diffusion samplers that work slice by slice): the result is
+        Posterior draws per slice (diffusion samplers; a volume sampler draws the volume N times): the result is
         their mean, an estimate of the posterior mean E[x | y], which has a lower expected
         squared error than any single draw (each draw adds its spread about the mean; see
         docs/samplers.md), and ``vol.components["std"]`` their standard deviation (an
@@ -178,6 +179,13 @@ def reconstruct(
         image downsampled to its pixel size, finer detail comes from the data) and
         ``vol.meta["reconstruction"]["prior_scale"]`` records the factor.  ``"native"``: the
         network sees the data's grid as it is (a pixel-size warning is issued).
+    calibration : bool
+        With ``samples`` > 1: multiply the ``std`` component by the factor the prior stores for
+        this sampler and operator (config.json ``uncertainty_calibration``, written by
+        ``medrecon calibrate-uncertainty``; docs/uncertainty.md), adjusted to this run's number
+        of draws (:func:`medrecon.uncertainty.run_factor`).  What was applied is kept in
+        ``vol.meta["reconstruction"]["uncertainty_calibration"]``.  False: the draws' raw spread
+        (the factor is recorded as not applied).
 
     Returns
     -------
@@ -199,7 +207,7 @@ def reconstruct(
                         batch_size=batch_size, seed=seed, amp=amp, output=output, resume=resume, progress=progress,
                         overwrite=overwrite, like=like, checkpoint_every_s=checkpoint_every_s, num_parts=num_parts,
                         part_id=part_id, samples=samples, antithetic=antithetic, draw_batch=draw_batch,
-                        recommended=recommended, prior_scale=prior_scale),
+                        recommended=recommended, prior_scale=prior_scale, calibration=calibration),
                    _stop_after=_stop_after, _stop_after_steps=_stop_after_steps)
 
 
@@ -310,6 +318,9 @@ def _run(plan: RunPlan, ck, stop_after, stop_after_steps):
         records["made"] = {**(ck.made() if ck is not None else {}), **records.get("made", {})}
     meta = result_meta(plan, records, len(done), elapsed)
     comps = plan.components
+    unc = plan.uncertainty_calibration
+    if unc and unc["applied"] and "std" in comps:  # checkpoints keep the raw spread; the output is calibrated
+        result[:, comps.index("std")] *= np.float32(unc["factor"])
     vol = Volume(result[:, 0] if comps else result, np.asarray(m.affine, dtype=np.float64), meta)
     import copy
 

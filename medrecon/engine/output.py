@@ -59,6 +59,8 @@ def result_meta(plan, records: dict, resumed: int, seconds: float) -> dict[str, 
         rec["samples"] = plan.samples
     if plan.antithetic:
         rec["antithetic"] = True
+    if plan.uncertainty_calibration:  # the std component's stored calibration (medrecon.uncertainty)
+        rec["uncertainty_calibration"] = copy.deepcopy(plan.uncertainty_calibration)
     if plan.live.recommendation is not None:
         rec["recommended"] = plan.live.recommendation.as_meta()
     if plan.prior_scale:  # the prior ran at its own pixel size (medrecon.priors.rescaled)

@@ -99,6 +99,12 @@ class RunPlan:
         The prior's intensity map bound to this volume (``{"lo": ..., "hi": ...}``), if it needs one.
     settings, settings_hash : dict, str
         What determines the result, and its SHA-256 (the checkpoint key).
+    uncertainty_calibration : dict or None
+        With ``samples`` > 1 and a prior that stores a calibration for this sampler and operator
+        (:func:`medrecon.uncertainty.select_calibration`): ``applied`` (False with
+        ``calibration=False``), the ``factor`` the std component is multiplied by, and the stored
+        entry it came from.  Applied when the output is assembled (checkpoints hold the raw std),
+        so it is not part of the settings hash.
     """
 
     sampler: dict
@@ -135,6 +141,7 @@ class RunPlan:
     prior_fit: bool
     settings: dict
     settings_hash: str
+    uncertainty_calibration: dict | None = None
     version: int = PLAN_VERSION
     live: Live | None = field(default=None, compare=False, repr=False)
 
@@ -205,6 +212,7 @@ def plan(
     draw_batch: int = 1,
     recommended: bool = True,
     prior_scale: str = "auto",
+    calibration: bool = True,
 ) -> RunPlan:
     """Resolve a run: the arguments of :func:`medrecon.reconstruct` (which is
     ``execute(plan(...))``) into a :class:`RunPlan`.  Raises one sentence for any argument that
@@ -251,16 +259,19 @@ def plan(
         raise InputError(f"checkpoint_every_s must be >= 0, got {checkpoint_every_s}")
     if not isinstance(recommended, (bool, np.bool_)):
         raise InputError(f"recommended must be true or false, got {recommended!r}")
+    if not isinstance(calibration, (bool, np.bool_)):
+        raise InputError(f"calibration must be true or false, got {calibration!r}")
     steps_requested = None if steps is None else int(steps)
     smp = as_sampler(sampler, params, m)
     rec = None
     if smp.needs_prior:
         prior_obj, prior_name = as_prior(prior, smp)
         check_prior_modality(prior_obj, prior_name, m)
+        prior_cfg = getattr(prior_obj, "config", None)  # (before rescaling: its stored calibration)
         if recommended and isinstance(sampler, str):
             smp, steps, rec = with_recommended(smp, prior_obj, steps, params, m)
     else:
-        prior_obj, prior_name = None, None  # classical, tv: a prior given is not used (nor loaded)
+        prior_obj, prior_name, prior_cfg = None, None, None  # classical, tv: a prior given is not used (nor loaded)
     devs = resolve_devices(device, devices)
     out_path = None
     if output is not None:
@@ -298,6 +309,8 @@ def plan(
         prior_obj = bind_intensity(prior_obj, m, op, devs[0], batch_size)
 
     eff_steps = smp.resolve_steps(steps, prior_obj)  # capped at the prior's schedule length
+    unc = uncertainty_calibration(prior_cfg, smp.name, op.name, eff_steps, samples, antithetic, calibration) \
+        if samples > 1 else None
     z = int(m.volume_shape[0]) if len(m.volume_shape) == 3 else int(m.y.shape[0])
     slice_shape = tuple(m.volume_shape[1:]) if len(m.volume_shape) == 3 else tuple(op.domain_shape)[-2:]
     if comps:  # each slice holds every component: (n_components, Y, X)
@@ -355,9 +368,24 @@ def plan(
         prior_fit=applies(smp, prior_obj, component_names(op), volume_mode),
         settings=_jsonable(settings),
         settings_hash=settings_hash(settings),
+        uncertainty_calibration=None if unc is None else _jsonable(unc),
         live=Live(measurement=m, operator=op, sampler=smp, prior=prior_obj, devices=devs, like=like,
                   recommendation=rec, progress=progress),
     )
+
+
+def uncertainty_calibration(cfg, sampler: str, operator: str, steps, samples: int, antithetic: bool,
+                            apply: bool) -> dict | None:
+    """The stored calibration of the std component this run uses (config.json
+    ``uncertainty_calibration``, :func:`medrecon.uncertainty.select_calibration`): ``applied``
+    (``apply``), the ``factor`` for this run's draws (:func:`medrecon.uncertainty.run_factor`) and the
+    stored entry; None when the prior stores none for ``sampler`` with ``operator``."""
+    from medrecon.uncertainty import run_factor, select_calibration
+
+    entry = select_calibration(cfg, sampler, operator, steps)
+    if entry is None:
+        return None
+    return {"applied": bool(apply), "factor": run_factor(entry, samples, antithetic), "stored": entry}
 
 
 def intensity_binding(prior) -> dict | None:

@@ -48,8 +48,9 @@ def _tensor_bytes(t) -> bytes:
 
 
 #: config sections that describe a prior without changing what it computes (what it recommends
-#: to samplers, how and on what it was trained, its fit reference): left out of the fingerprint
-DESCRIPTIVE = ("recommended", "training", "provenance", "fit_reference")
+#: to samplers, how and on what it was trained, its fit reference, the calibration of its draws'
+#: spread, which scales the std component after sampling): left out of the fingerprint
+DESCRIPTIVE = ("recommended", "training", "provenance", "fit_reference", "uncertainty_calibration")
 
 
 def _config_part(cfg: dict, verified: str | None) -> dict:

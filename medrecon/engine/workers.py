@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from medrecon import stopping
 from medrecon.errors import MedreconError
 
 __all__ = ["RunStopped", "Worker", "make_workers", "RunProgress", "run_batch", "run_slices", "run_volume",
@@ -168,6 +169,7 @@ def run_batch(w: Worker, plan, idx: list[int], cb, records: dict | None = None) 
 
     from medrecon.samplers import slice_generators
     from medrecon.samplers.autotune import pop_last_tuning
+    from medrecon.uncertainty import DrawMoments
 
     sampler, m, steps, seed = plan.live.sampler, plan.live.measurement, plan.steps, plan.seed
     samples, antithetic, draw_batch = plan.samples, plan.antithetic, plan.draw_batch
@@ -177,8 +179,7 @@ def run_batch(w: Worker, plan, idx: list[int], cb, records: dict | None = None) 
     g = max(1, min(int(draw_batch), samples))
     groups = [list(range(d0, min(d0 + g, samples))) for d0 in range(0, samples, g)]
     ops = {n: w.op.for_slices(idx * n) for n in {len(ds) for ds in groups}}
-    mean = m2 = None
-    n_done = 0
+    moments = DrawMoments(antithetic=antithetic)  # the one home of the std component (medrecon.uncertainty)
     for j, ds in enumerate(groups):
         gcb = cb if cb is None or len(groups) == 1 else (
             lambda done, total, j=j: cb(j * total + done, len(groups) * total))
@@ -206,17 +207,11 @@ def run_batch(w: Worker, plan, idx: list[int], cb, records: dict | None = None) 
                                 f"{(len(ds) * B, *image)}")
         if samples == 1:
             return out
-        for draw in out.astype(np.float64).reshape(len(ds), B, *image):
-            n_done += 1
-            if mean is None:
-                mean, m2 = draw, np.zeros_like(draw)
-            else:
-                delta = draw - mean
-                mean = mean + delta / n_done
-                m2 = m2 + delta * (draw - mean)
+        for draw in out.reshape(len(ds), B, *image):
+            moments.add(draw)
     # antithetic pairs: their mean is nearly exact (no degree of freedom spent on it), so the
     # spread about it is divided by N, which is unbiased where the sampler is linear in its noise
-    std = np.sqrt(m2 / (samples if antithetic else samples - 1))
+    mean, std = moments.result()
     return np.stack([mean, std], axis=1).astype(np.float32)
 
 class VolumeSaver:
@@ -263,11 +258,15 @@ def run_volume(w: Worker, plan, result: np.ndarray, ck, prog: RunProgress,
                stop_after_steps: int | None = None) -> None:
     """The whole volume in one sampler call on worker ``w`` (``plan.mode`` ``volume`` or
     ``volume3d``), into ``result``; a ``resumable`` sampler's step-boundary state goes to the
-    checkpoint ``ck`` (:class:`VolumeSaver`) and a resumed run continues from it."""
+    checkpoint ``ck`` (:class:`VolumeSaver`) and a resumed run continues from it.  With ``samples``
+    > 1: one call per draw, on the streams :func:`run_batch` gives a slice's draws (``(seed, k, d)``,
+    or antithetic pairs), summarised by :class:`~medrecon.uncertainty.DrawMoments` into
+    ``result[:, 0]`` (mean) and ``result[:, 1]`` (std); a stopped run then starts the volume again."""
     import torch
 
     from medrecon.samplers import slice_generators
     from medrecon.samplers.admm_tvz import volume_slices
+    from medrecon.uncertainty import DrawMoments
 
     smp, m, steps, seed, z = plan.live.sampler, plan.live.measurement, plan.steps, plan.seed, plan.n_slices
     volume_mode_3d = plan.mode == "volume3d"
@@ -283,7 +282,7 @@ def run_volume(w: Worker, plan, result: np.ndarray, ck, prog: RunProgress,
         gens = slice_generators(seed, range(z))
     kw: dict[str, Any] = {}
     saver = None
-    if ck is not None and smp.resumable:
+    if ck is not None and smp.resumable and plan.samples == 1:  # (several draws: a resume starts again)
         saver = VolumeSaver(ck, plan.checkpoint_every_s, stop_after_steps)
         kw["checkpoint"] = saver
         if plan.resume:
@@ -293,41 +292,36 @@ def run_volume(w: Worker, plan, result: np.ndarray, ck, prog: RunProgress,
         else:
             ck.clear_volume_state()
     op = w.op if volume_mode_3d else w.op.for_slices(range(z))  # the operator for all slices, in order
-    try:
-        x = smp.sample(torch.from_numpy(y).to(w.dev), op, w.prior, steps=steps, generators=gens,
-                       progress=prog.step_callback(0), **kw)
-    except BaseException:
-        if saver is not None:
-            saver.flush()  # a stop, Ctrl-C or an error: keep the last finished step for --resume
-        raise
-    out = to_image(x, "the volume")
-    if volume_mode_3d:
-        out = out.reshape(out.shape[1:]) if out.shape[0] == 1 else out
-    if out.shape != result.shape:
-        raise MedreconError(f"sampler {smp.name!r} returned shape {out.shape}, expected {result.shape}")
-    result[:] = out
+    idx = list(range(len(gens)))  # the streams' slice indices (0 .. n-1)
+    moments = DrawMoments(antithetic=plan.antithetic)  # several draws: as run_batch, one home of the std
+    for d in range(plan.samples):
+        if d:  # draw d: streams (seed, k, d), or antithetic pairs (seed, k, d // 2), negated for odd d
+            gens = slice_generators(seed, idx, d // 2, antithetic=d % 2 == 1) if plan.antithetic else \
+                slice_generators(seed, idx, d)
+        try:
+            x = smp.sample(torch.from_numpy(y).to(w.dev), op, w.prior, steps=steps, generators=gens,
+                           progress=prog.step_callback(0), **kw)
+        except BaseException:
+            if saver is not None:
+                saver.flush()  # a stop, Ctrl-C or an error: keep the last finished step for --resume
+            raise
+        out = to_image(x, "the volume")
+        if volume_mode_3d:
+            out = out.reshape(out.shape[1:]) if out.shape[0] == 1 else out
+        want = result.shape if plan.samples == 1 else (result.shape[0], *result.shape[2:])
+        if out.shape != want:
+            raise MedreconError(f"sampler {smp.name!r} returned shape {out.shape}, expected {want}")
+        if plan.samples == 1:
+            result[:] = out
+        else:
+            moments.add(out)
+    if plan.samples > 1:
+        result[:] = np.stack(moments.result(), axis=1)
     if ck is not None:
         for k in range(z):
             ck.save(k, result[k])
         ck.clear_volume_state()
     prog.slices_done(z)
-
-
-class _Cancelled(Exception):
-    """Raised in a worker thread at its next sampler step once the run is stopping."""
-
-
-def _stoppable(cb, stop: threading.Event):
-    """A step callback that ends the worker's batch (:class:`_Cancelled`) once ``stop`` is set, so
-    an interrupt stops every worker within one sampler step (finished slices are checkpointed)."""
-
-    def f(done: int, total: int) -> None:
-        if stop.is_set():
-            raise _Cancelled
-        if cb is not None:
-            cb(done, total)
-
-    return f
 
 
 def run_slices(workers: list[Worker], plan, todo: list[int], result: np.ndarray, ck, prog: RunProgress,
@@ -379,15 +373,19 @@ def run_slices(workers: list[Worker], plan, todo: list[int], result: np.ndarray,
 
             if w.dev.type == "cuda" and w.dev.index is not None:
                 torch.cuda.set_device(w.dev)
-            cb = _stoppable(prog.step_callback(w.index), stop)
+            cb = prog.step_callback(w.index)
             while not stop.is_set():
                 try:
                     idx = q.get_nowait()
                 except queue.Empty:
                     return
                 try:
-                    finish(w, idx, run_batch(w, plan, idx, cb, records))
-                except _Cancelled:
+                    # an interrupt stops the worker at its next iteration (sampler step, solver
+                    # iteration, weight candidate), not at the end of the batch: medrecon.stopping
+                    with stopping.stoppable(stop):
+                        out = run_batch(w, plan, idx, cb, records)
+                    finish(w, idx, out)
+                except stopping.Stopped:
                     return
                 except BaseException as exc:  # noqa: BLE001 - handed to the main thread
                     errors.append(exc)

@@ -41,12 +41,15 @@ class VolumeReader:
     ``accepts(path)`` tells from the path's name whether the format is this one;
     ``read(path, series=None)`` returns a :class:`Volume` or raises a
     :class:`~medrecon.errors.MedreconError` (``series`` picks one of several series in
-    a folder; formats without series refuse one).
+    a folder; formats without series refuse one).  ``options``: the further keyword
+    options ``read`` takes (``"allow_uneven"``: resample unevenly spaced slices); a reader
+    that lacks one is called without it.
     """
 
     name: str
     accepts: Callable[[Path], bool]
     read: Callable[..., Volume]
+    options: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -129,7 +132,7 @@ READERS: list[VolumeReader] = [
     VolumeReader("dicomweb", _is_dicomweb, _read_dicomweb),  # dicomweb[s]://HOST/PATH?study=UID&series=UID
     VolumeReader("nifti", _is_nifti, _read_nifti),
     VolumeReader("measurement", _is_hdf5, _refuse_measurement),
-    VolumeReader("dicom", _anything, dicom.read_dicom),  # last: a folder, .dcm, or any other file
+    VolumeReader("dicom", _anything, dicom.read_dicom, ("allow_uneven",)),  # last: a folder, .dcm, any other file
 ]
 
 WRITERS: list[VolumeWriter] = [
@@ -186,7 +189,8 @@ def volume_format(path: str | os.PathLike) -> str:
     return reader_for(path).name
 
 
-def load_volume(path: str | os.PathLike, series: str | int | None = None) -> Volume:
+def load_volume(path: str | os.PathLike, series: str | int | None = None,
+                allow_uneven: bool | float = False) -> Volume:
     """Read a DICOM series folder (searched recursively), a DICOM file, or a NIfTI file.
 
     Parameters
@@ -200,6 +204,13 @@ def load_volume(path: str | os.PathLike, series: str | int | None = None) -> Vol
         SeriesInstanceUID (with ``#n`` for one orientation / matrix group of a
         series that mixes them) or the SeriesDescription.  Without it a folder
         with several series raises :class:`InputError` listing them.
+    allow_uneven : bool or float
+        A DICOM series whose slices are unevenly spaced (a missing slice, variable spacing)
+        raises :class:`~medrecon.io.dicom.UnevenSpacingError` unless this is set: True
+        resamples it to the median step, a number to that step (mm), by linear
+        interpolation in position along the normal; the first slice keeps its position and
+        ``meta["resampled_slices"]`` records the change (a :class:`GeometryWarning` says so).
+        NIfTI volumes are evenly spaced by construction; DICOMweb does not take it yet.
 
     Returns
     -------
@@ -218,7 +229,9 @@ def load_volume(path: str | os.PathLike, series: str | int | None = None) -> Vol
     p = Path(path)
     if not p.exists():
         raise FileFormatError(f"no such file or folder: {str(p)!r}")
-    return reader_for(p).read(p, series=series)
+    reader = reader_for(p)
+    extra = {"allow_uneven": allow_uneven} if allow_uneven is not False and "allow_uneven" in reader.options else {}
+    return reader.read(p, series=series, **extra)
 
 
 def save_volume(volume: Volume, path: str | os.PathLike, overwrite: bool = False, like: Any = None) -> Path:

@@ -3,7 +3,8 @@
 
 The config holds everything but the weights: network (MONAI DiffusionModelUNet widths),
 schedule, prediction, intensity map (physical units <-> network range, :mod:`medrecon.priors.intensity`),
-padding, pixel size, training record, provenance, recommended sampler settings and fit reference.
+padding, pixel size, training record, provenance, recommended sampler settings, fit reference and
+the calibration of the posterior draws' spread (``uncertainty_calibration``, :mod:`medrecon.uncertainty`).
 """
 
 from __future__ import annotations
@@ -139,6 +140,10 @@ def validate_config(cfg: Any, where: str = "config") -> dict[str, Any]:
         from medrecon.priors.recommended import validate_recommended
 
         validate_recommended(cfg["recommended"], where, sch.get("num_timesteps"))
+    if "uncertainty_calibration" in cfg:
+        from medrecon.uncertainty import validate_calibration
+
+        validate_calibration(cfg["uncertainty_calibration"], where)
     return cfg
 
 

@@ -36,6 +36,7 @@ from medrecon.priors.config import (  # noqa: F401 - re-exported: the config is 
     default_config,
     validate_config,
 )
+from medrecon.priors.feature_cache import current_cache, supports
 from medrecon.priors.integrity import nonfinite_tensor, verified_digest, weights_path
 from medrecon.priors.intensity import bound_kinds, intensity_kind
 from medrecon.priors.schedule import make_schedule
@@ -243,11 +244,14 @@ class DiffusionPrior(torch.nn.Module):
         return F.pad(x, pad, mode=mode), (pad[2], pad[2] + h, pad[0], pad[0] + w)
 
     def net_output(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Raw network output (eps or v) on a grid of any size (pad, run, crop)."""
+        """Raw network output (eps or v) on a grid of any size (pad, run, crop).  Inside
+        :func:`~medrecon.priors.feature_cache.cached_call` the network runs through that cache
+        (a full or a shallow DeepCache pass)."""
         xp, crop = self._pad(x)
         use_ac = self.autocast and xp.device.type == "cuda"
+        cache = current_cache()  # a sampler's feature cache (medrecon.priors.feature_cache), if any
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_ac):
-            out = self.net(xp, t)
+            out = cache.run(self.net, xp, t) if cache is not None and supports(self.net) else self.net(xp, t)
         out = out.to(x.dtype)
         if crop is not None:
             out = out[..., crop[0]:crop[1], crop[2]:crop[3]]

@@ -9,17 +9,20 @@ from pathlib import Path
 import torch
 
 from medrecon.errors import InputError
+from medrecon.priors.feature_cache import cached_call, check_interval, make_cache
 from medrecon.priors.schedule import ddim_sample, ddim_timesteps, dpmpp2m_sample
 
 SAMPLERS = ("ddim", "dpmpp2m")
 
 
 def check_sample_args(n: int = 1, sampler: str = "ddim", eta: float = 0.0, clip: float | None = None,
-                      size: int | None = None) -> None:
+                      size: int | None = None, cache_interval: int = 0, steps: int | None = None) -> None:
     """An :class:`InputError` (one sentence) unless ``sampler`` is known, ``n >= 1``, ``size`` is
     None or >= 1, the DDIM ``eta`` is a finite number in [0, 1] (sigma_t = eta sqrt((1 -
     abar_prev)/(1 - abar_t)) sqrt(1 - abar_t/abar_prev); above 1 it exceeds the noise the step
-    has) and ``clip`` is None or a finite number > 0."""
+    has), ``clip`` is None or a finite number > 0 and ``cache_interval`` is 0 .. ``steps``
+    (:func:`medrecon.priors.feature_cache.check_interval`)."""
+    check_interval(cache_interval, steps)
     if sampler not in SAMPLERS:
         raise InputError(f"unknown sampler {sampler!r}; use ddim or dpmpp2m")
     if n < 1:
@@ -54,14 +57,16 @@ def _finite_in(value, lo: float, hi: float) -> bool:
 @torch.no_grad()
 def sample_prior(prior, n: int = 16, steps: int = 50, sampler: str = "ddim", seed: int = 0,
                  size: int | None = None, eta: float = 0.0, batch: int = 64, clip: float | None = None,
-                 spacing: str = "trailing", physical: bool = False, progress=None) -> torch.Tensor:
+                 spacing: str = "trailing", physical: bool = False, progress=None,
+                 cache_interval: int = 0) -> torch.Tensor:
     """Draw ``n`` unconditional samples (n, 1, S, S) in the network range (or physical units).
 
     sampler: ``ddim`` (eta 0 deterministic) or ``dpmpp2m`` (DPM-Solver++ 2M).  The initial noise
-    is drawn on the CPU from ``seed`` so results do not depend on the device.  The arguments
-    are checked by :func:`check_sample_args`.
+    is drawn on the CPU from ``seed`` so results do not depend on the device.  ``cache_interval``
+    N >= 2: feature caching (:mod:`medrecon.priors.feature_cache`), a full network pass every N
+    steps, one cache per batch.  The arguments are checked by :func:`check_sample_args`.
     """
-    check_sample_args(n, sampler, eta, clip, size)
+    check_sample_args(n, sampler, eta, clip, size, cache_interval, steps)
     size = int(size or prior.image_size)
     from medrecon.io.budget import require
 
@@ -74,11 +79,16 @@ def sample_prior(prior, n: int = 16, steps: int = 50, sampler: str = "ddim", see
     outs = []
     for i in range(0, n, batch):
         x = x_T[i:i + batch].to(dev)
+        cache = make_cache(cache_interval)  # per batch: no feature crosses batches
+
+        def eps(x_t, t, cache=cache):
+            return cached_call(cache, prior.eps, x_t, t)
+
         if sampler == "ddim":
-            x = ddim_sample(prior.eps, x, abar, ts, eta=eta, generator=g if dev.type == "cpu" else None,
+            x = ddim_sample(eps, x, abar, ts, eta=eta, generator=g if dev.type == "cpu" else None,
                             clip=clip, callback=progress)
         else:
-            x = dpmpp2m_sample(prior.eps, x, abar, ts, clip=clip, callback=progress)
+            x = dpmpp2m_sample(eps, x, abar, ts, clip=clip, callback=progress)
         outs.append(x.float().cpu())
     x = torch.cat(outs)
     if physical:

@@ -42,7 +42,7 @@ import torch
 
 from medrecon.errors import InputError
 
-__all__ = ["PHASE_PARAM", "Param", "Sampler"]
+__all__ = ["CACHE_PARAM", "PHASE_PARAM", "Param", "Sampler"]
 
 
 # --------------------------------------------------------------------------- parameters
@@ -118,6 +118,18 @@ class Param:
 
 
 # --------------------------------------------------------------------------- the contract
+def _checking(progress: Callable[[int, int], None] | None) -> Callable[[int, int], None]:
+    """``progress`` preceded by :func:`medrecon.stopping.check` (a stopping run's worker ends here)."""
+    from medrecon.stopping import check
+
+    def f(done: int, total: int) -> None:
+        check()
+        if progress is not None:
+            progress(done, total)
+
+    return f
+
+
 class Sampler:
     """Base class of all samplers (see the module docstring for the contract).
 
@@ -203,8 +215,12 @@ class Sampler:
         progress: Callable[[int, int], None] | None = None,
         x_init: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Reconstruct ``(B, *domain_shape)`` images (physical units) from ``y`` ``(B, *range_shape)``."""
+        """Reconstruct ``(B, *domain_shape)`` images (physical units) from ``y`` ``(B, *range_shape)``.
+
+        ``progress`` is called after every step; each call first checks whether the run is stopping
+        (:func:`medrecon.stopping.check`), so a worker thread stops within one step."""
         steps, generators, x_init = self._checked(y, operator, prior, steps, generators, x_init)
+        progress = _checking(progress)
         twin = operator.complex_twin() if self._phase_free() and not operator.domain_is_complex else None
         if twin is not None:
             x0 = None if x_init is None else x_init.to(twin.domain_dtype(x_init.real.dtype))
@@ -233,8 +249,8 @@ class Sampler:
         name, grid, fallback = self.tunable
         B = y.shape[0]
 
-        def run(w, yy, op):
-            return self._with(**{name: w})._sample(yy, op, prior, steps, generators, None, None)
+        def run(w, yy, op):  # each solver iteration of the weight search may be where a run stops
+            return self._with(**{name: w})._sample(yy, op, prior, steps, generators, _checking(None), None)
 
         scale = CV_SCALE if self.tune_scale is None else self.tune_scale
         values, table = tune_per_slice(run, grid, y, operator, scale=scale)
@@ -250,7 +266,7 @@ class Sampler:
         for b, w in enumerate(values):  # slices are independent: each with its own weight
             op_b = operator.for_slices([b]) if operator.slice_varying else operator
             out.append(self._with(**{name: w})._sample(
-                y[b:b + 1], op_b, prior, steps, generators[b:b + 1], None,
+                y[b:b + 1], op_b, prior, steps, generators[b:b + 1], _checking(None),
                 None if x_init is None else x_init[b:b + 1]))
             if progress is not None:
                 progress(b + 1, B)
@@ -270,6 +286,11 @@ class Sampler:
         eff = int(steps) if steps is not None else self.default_steps
         if eff is not None and prior is not None and self.needs_prior:
             eff = min(int(eff), int(prior.num_timesteps))
+        interval = self.__dict__.get("_params", {}).get("cache_interval")
+        if interval and eff is not None:  # a cache interval longer than the run is the caller's error
+            from medrecon.priors.feature_cache import check_interval
+
+            check_interval(interval, eff)
         return eff
 
     def _checked(self, y, operator, prior, steps, generators, x_init, *, n_generators: int | None = None,
@@ -334,6 +355,13 @@ class Sampler:
 #: the ``phase`` parameter of the prior samplers (:func:`medrecon.samplers.phase.phase_from_data`)
 PHASE_PARAM = Param(str, "data", "image phase on raw MRI (an operator with a complex twin): data = the phase of a "
                     "tv reconstruction, maps = the low-resolution phase the coil maps carry", choices=("data", "maps"))
+
+
+# --------------------------------------------------------------------------- feature caching
+#: the ``cache_interval`` parameter of the diffusion samplers (:mod:`medrecon.priors.feature_cache`):
+#: also checked against the run's steps by :meth:`Sampler.resolve_steps`
+CACHE_PARAM = Param(int, 0, "feature caching (DeepCache): a full network pass every N steps, in between only the "
+                    "shallow blocks with the cached deep feature (0: off; at most the step count)", lo=0)
 
 
 # --------------------------------------------------------------------------- metrics

@@ -39,8 +39,9 @@ from __future__ import annotations
 import torch
 
 from medrecon.operators.linalg import apply_adjoint_real, cg, estimate_norm, normal
+from medrecon.priors.feature_cache import make_cache
 from medrecon.priors.schedule import ddim_renoise, ddim_timesteps, diffuse, tweedie_x0_scalar
-from medrecon.samplers.base import PHASE_PARAM, Param, Sampler
+from medrecon.samplers.base import CACHE_PARAM, PHASE_PARAM, Param, Sampler
 from medrecon.samplers.phase import phase_from_data
 from medrecon.samplers.prior_ops import prior_eps, sample_dtype, to_net_real, tweedie_clip
 from medrecon.streams import randn_per_slice
@@ -61,6 +62,7 @@ class DDS(Sampler):
         "gamma": Param(float, 100.0, "data weight relative to ||A||^2 in (I + g A^H A) (noisy data)", lo=0,
                        lo_open=True),
         "phase": PHASE_PARAM,
+        "cache_interval": CACHE_PARAM,
         "noiseless": Param(bool, False, "CG on the normal equations A^H A x = A^H y instead"),
         "spacing": Param(str, "leading", "timestep spacing over the training grid (leading = official DDS)",
                          choices=("leading", "trailing", "linspace")),
@@ -78,6 +80,7 @@ class DDS(Sampler):
         p = self._params
         T = int(prior.num_timesteps)
         steps = self.resolve_steps(steps, prior)
+        cache = make_cache(p["cache_interval"])  # this call's own (medrecon.priors.feature_cache)
         ts = ddim_timesteps(steps, T, p["spacing"]).tolist()
         if p["init"] == "tv":
             ts = [t for t in ts if t <= p["t_start"] * (T - 1)] or ts[-1:]
@@ -110,7 +113,7 @@ class DDS(Sampler):
             for i, t in enumerate(ts):
                 tt = torch.full((B,), t, dtype=torch.long, device=dev)
                 a_t = float(abar[t])
-                e = prior_eps(prior, x, tt).to(dtype)
+                e = prior_eps(prior, x, tt, cache).to(dtype)
                 x0 = tweedie_x0_scalar(x, e, a_t)
                 if clip is not None:
                     x0 = x0.clamp(-clip, clip)

@@ -35,8 +35,9 @@ import math
 import torch
 
 from medrecon.operators.linalg import apply_forward, estimate_norm, norm_per_slice
+from medrecon.priors.feature_cache import make_cache
 from medrecon.priors.schedule import ddim_timesteps, diffuse, tweedie_x0_scalar
-from medrecon.samplers.base import PHASE_PARAM, Param, Sampler
+from medrecon.samplers.base import CACHE_PARAM, PHASE_PARAM, Param, Sampler
 from medrecon.samplers.phase import phase_from_data
 from medrecon.samplers.prior_ops import (
     as_image,
@@ -64,6 +65,7 @@ class DPS(Sampler):
                       "auto: 1 for CT / US priors, off for MR percentile priors)", lo=0, lo_open=True,
                       none_ok=True, auto_ok=True),
         "phase": PHASE_PARAM,
+        "cache_interval": CACHE_PARAM,
         "variance": Param(str, "small", "ancestral variance: small = posterior beta-tilde, large = beta",
                           choices=("small", "large")),
         "spacing": Param(str, "linspace", "timestep spacing when steps < T", choices=("leading", "trailing",
@@ -76,6 +78,7 @@ class DPS(Sampler):
         p = self._params
         T = int(prior.num_timesteps)
         steps = self.resolve_steps(steps, prior)
+        cache = make_cache(p["cache_interval"])  # this call's own (medrecon.priors.feature_cache)
         ts = ddim_timesteps(steps, T, p["spacing"]).tolist() if steps < T else list(range(T - 1, -1, -1))
         dev, dtype = y.device, sample_dtype(y)
         abar = prior.alphas_cumprod.to(device=dev, dtype=torch.float64)
@@ -99,7 +102,7 @@ class DPS(Sampler):
             tt = torch.full((B,), t, dtype=torch.long, device=dev)
             x = x.detach().requires_grad_(True)
             with torch.enable_grad():
-                e = prior_eps(prior, x, tt).to(dtype)
+                e = prior_eps(prior, x, tt, cache).to(dtype)
                 x0 = tweedie_x0_scalar(x, e, a_t)
                 if clip is not None:
                     x0 = x0.clamp(-clip, clip)

@@ -16,9 +16,14 @@ from medrecon.errors import InputError
 __all__ = ["as_image", "net_scale", "prior_eps", "sample_dtype", "to_net_real", "tweedie_clip"]
 
 
-def prior_eps(prior, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """``prior.eps`` on ``(B, H, W)`` images: adds and removes the channel axis."""
-    return prior.eps(x.unsqueeze(1), t)[:, 0]
+def prior_eps(prior, x: torch.Tensor, t: torch.Tensor, cache=None) -> torch.Tensor:
+    """``prior.eps`` on ``(B, H, W)`` images: adds and removes the channel axis.  ``cache``: the
+    sampler call's :class:`~medrecon.priors.feature_cache.FeatureCache` (None: the full network)."""
+    if cache is None:
+        return prior.eps(x.unsqueeze(1), t)[:, 0]
+    from medrecon.priors.feature_cache import cached_call
+
+    return cached_call(cache, prior.eps, x.unsqueeze(1), t)[:, 0]
 
 
 def net_scale(prior, like: torch.Tensor) -> torch.Tensor:

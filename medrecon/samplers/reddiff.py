@@ -32,8 +32,9 @@ import math
 import torch
 
 from medrecon.operators.linalg import apply_forward, estimate_norm
+from medrecon.priors.feature_cache import make_cache
 from medrecon.priors.schedule import ddim_timesteps, diffuse
-from medrecon.samplers.base import PHASE_PARAM, Param, Sampler
+from medrecon.samplers.base import CACHE_PARAM, PHASE_PARAM, Param, Sampler
 from medrecon.samplers.phase import phase_from_data
 from medrecon.samplers.prior_ops import as_image, net_scale, prior_eps, sample_dtype, to_net_real
 from medrecon.streams import randn_per_slice
@@ -52,6 +53,7 @@ class REDDiff(Sampler):
         "lr": Param(float, 0.1, "Adam learning rate (network units)", lo=0, lo_open=True),
         "lam": Param(float, 0.25, "regulariser weight lambda", lo=0),
         "phase": PHASE_PARAM,
+        "cache_interval": CACHE_PARAM,
         "weight": Param(str, "linear", "w(t): linear = sqrt(1-abar)/sqrt(abar), sqrt, square, const",
                         choices=("linear", "sqrt", "square", "const")),
         "spacing": Param(str, "leading", "timestep spacing over the training grid", choices=("leading",
@@ -76,6 +78,7 @@ class REDDiff(Sampler):
         p = self._params
         T = int(prior.num_timesteps)
         steps = self.resolve_steps(steps, prior)
+        cache = make_cache(p["cache_interval"])  # this call's own (medrecon.priors.feature_cache)
         ts = ddim_timesteps(steps, T, p["spacing"]).tolist()
         dev, dtype = y.device, sample_dtype(y)
         abar = prior.alphas_cumprod.to(device=dev, dtype=torch.float64)
@@ -93,7 +96,7 @@ class REDDiff(Sampler):
             with torch.no_grad():
                 z = randn_per_slice(generators, shape, device=dev, dtype=dtype)
                 xt = diffuse(mu, z, a)
-                e = prior_eps(prior, xt, tt).to(dtype)
+                e = prior_eps(prior, xt, tt, cache).to(dtype)
             with torch.enable_grad():
                 r = (y - apply_forward(operator, prior.from_net(mu))) / scale
                 r2 = r.abs() ** 2 if r.is_complex() else r**2

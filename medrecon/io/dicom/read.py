@@ -78,10 +78,14 @@ _HEADER_ERRORS = (ValueError, TypeError, AttributeError, KeyError, IndexError, O
                   ZeroDivisionError, NotImplementedError, struct.error, EOFError)
 
 
-def read_dicom(path: str | os.PathLike, series: str | int | None = None) -> Volume:
-    """Read one series of a DICOM folder (or one DICOM file); see :mod:`medrecon.io.dicom`."""
+def read_dicom(path: str | os.PathLike, series: str | int | None = None,
+               allow_uneven: bool | float = False) -> Volume:
+    """Read one series of a DICOM folder (or one DICOM file); see :mod:`medrecon.io.dicom`.
+
+    ``allow_uneven``: an unevenly spaced series is resampled to even spacing (True: the median
+    step; a number: that step in mm) instead of refused; see :func:`_make_even`."""
     try:
-        return _read_dicom(path, series)
+        return _read_dicom(path, series, allow_uneven)
     except MedreconError:
         raise
     except _HEADER_ERRORS as exc:
@@ -90,12 +94,47 @@ def read_dicom(path: str | os.PathLike, series: str | int | None = None) -> Volu
             f"{str(path)!r}: invalid or inconsistent DICOM header ({type(exc).__name__}: {detail[:200]})") from exc
 
 
-def _read_dicom(path: str | os.PathLike, series: str | int | None = None) -> Volume:
+def _make_even(vol: Volume, geo: Geometry) -> Volume:
+    """``vol`` (slices in ``geo.order``) resampled to even spacing when ``geo.uneven`` says so.
+
+    Slice ``m`` of the result lies at ``d_0 + m s`` along the normal (``s`` the new spacing, ``d_0``
+    the first slice's position), linearly interpolated in position between the two read slices
+    around it (:func:`medrecon.io.resample.resample_slices`); the affine (built by
+    :func:`slice_geometry`) keeps the first slice's origin and the direction, with step ``s``.
+    A :class:`GeometryWarning` names the steps and the new spacing; ``meta["resampled_slices"]``
+    records them (``from_positions_mm``: the read positions along the normal, relative to the
+    first; ``to_spacing_mm``; ``from_n`` / ``to_n``; ``method``).  Per-slice meta (SOP instance
+    UIDs) no longer matches the slices and is dropped.
+    """
+    if geo.uneven is None:
+        return vol
+    from medrecon.io.resample import resample_slices
+
+    u = geo.uneven
+    d = np.asarray(u["normal_mm"], dtype=np.float64)
+    data, targets = resample_slices(vol.data, d, float(u["spacing_mm"]))
+    warnings.warn(
+        f"slices were unevenly spaced ({u['runs']}): resampled {d.size} slices to {targets.size} evenly spaced "
+        f"by {u['spacing_mm']:.4g} mm (linear interpolation in position; --allow-uneven)",
+        GeometryWarning, stacklevel=4)
+    meta = vol.meta
+    meta["resampled_slices"] = {
+        "from_n": int(d.size), "to_n": int(targets.size), "steps": u["runs"],
+        "from_positions_mm": [round(float(v - d[0]), 6) for v in d],
+        "median_step_mm": float(u["median_step_mm"]), "to_spacing_mm": float(u["spacing_mm"]),
+        "method": "linear interpolation in position along the slice normal",
+    }
+    meta["source_sop_instance_uids"] = []
+    return Volume(data, geo.affine, meta)
+
+
+def _read_dicom(path: str | os.PathLike, series: str | int | None = None,
+                allow_uneven: bool | float = False) -> Volume:
     root = Path(path)
     all_series = scan_series(root)
     info = select_series(all_series, series, repr(str(root)))
     if info.multiframe:
-        return _read_multiframe(info, root)
+        return _read_multiframe(info, root, allow_uneven)
     if any("MOSAIC" in [str(t).upper() for t in (getattr(h, "ImageType", None) or [])] for h in info.headers):
         if len(info.files) != 1:
             raise FileFormatError(
@@ -124,7 +163,7 @@ def _read_dicom(path: str | os.PathLike, series: str | int | None = None) -> Vol
             ipps.append(_floats(ds.ImagePositionPatient, 3, "ImagePositionPatient", f))
             o = _floats(ds.ImageOrientationPatient, 6, "ImageOrientationPatient", f)
         if iop is not None and np.max(np.abs(o - iop)) > 1e-4:
-            raise FileFormatError(f"mixed orientations: {f.name} has ImageOrientationPatient {list(o)}")
+            raise FileFormatError(f"mixed orientations: {f.name} has ImageOrientationPatient {o.tolist()}")
         iop = o if iop is None else iop
         ps = getattr(ds, "PixelSpacing", None) or getattr(ds, "ImagerPixelSpacing", None)
         ps = _floats(ps, 2, "PixelSpacing", f) if ps is not None else None
@@ -137,7 +176,7 @@ def _read_dicom(path: str | os.PathLike, series: str | int | None = None) -> Vol
             spacing = ps
         elif np.max(np.abs(ps - spacing)) > 1e-4:
             raise FileFormatError(
-                f"PixelSpacing changes within the series ({list(spacing)} vs {list(ps)} in {f.name})")
+                f"PixelSpacing changes within the series ({spacing.tolist()} vs {ps.tolist()} in {f.name})")
     ds0 = headers[0]
     fallback = None
     for kw in ("SpacingBetweenSlices", "SliceThickness"):
@@ -146,7 +185,7 @@ def _read_dicom(path: str | os.PathLike, series: str | int | None = None) -> Vol
             break
         except (TypeError, ValueError, AttributeError):
             continue
-    geo = slice_geometry(iop, spacing, np.array(ipps), names, fallback)
+    geo = slice_geometry(iop, spacing, np.array(ipps), names, fallback, allow_uneven)
     if len(info.files) == 1:
         warnings.warn(
             f"{names[0]}: a single slice; its thickness along the normal is taken from "
@@ -177,10 +216,10 @@ def _read_dicom(path: str | os.PathLike, series: str | int | None = None) -> Vol
         del arr, ds
     meta = _meta(ds0, info, [info.files[i] for i in geo.order], root, geo, spacing, slopes)
     meta["source_sop_instance_uids"] = sop_uids
-    return Volume(data, geo.affine, meta)
+    return _make_even(Volume(data, geo.affine, meta), geo)
 
 
-def _read_multiframe(info: SeriesInfo, root: Path) -> Volume:
+def _read_multiframe(info: SeriesInfo, root: Path, allow_uneven: bool | float = False) -> Volume:
     """An enhanced (multi-frame) image: geometry from the functional group sequences."""
     f = info.files[0]
     _require_volume(info.n_slices, info, root)
@@ -193,7 +232,7 @@ def _read_multiframe(info: SeriesInfo, root: Path) -> Volume:
     shared = ds.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in ds else None
     per = ds.PerFrameFunctionalGroupsSequence if "PerFrameFunctionalGroupsSequence" in ds else None
     if (per is None or len(per) != nf) and "GridFrameOffsetVector" in ds:
-        return _read_grid_offsets(info, root, arr, ds)
+        return _read_grid_offsets(info, root, arr, ds, allow_uneven)
     if per is None or len(per) != nf:
         raise FileFormatError(f"{f.name}: multi-frame file without a per-frame functional group for every frame")
 
@@ -225,14 +264,15 @@ def _read_multiframe(info: SeriesInfo, root: Path) -> Volume:
         fallback = float(find(per[0], "PixelMeasuresSequence", "SliceThickness"))
     except (TypeError, ValueError):
         pass
-    geo = slice_geometry(iops_a[0], pss[0], np.array(ipps), [f"frame {k + 1}" for k in range(nf)], fallback)
+    geo = slice_geometry(iops_a[0], pss[0], np.array(ipps), [f"frame {k + 1}" for k in range(nf)], fallback,
+                         allow_uneven)
     for k in range(nf):
         checked_rescale(slopes[k], inters[k], arr[k], f"{f.name} frame {k + 1}")
     data = np.stack([(arr[k].astype(np.float64) * slopes[k] + inters[k]).astype(np.float32) for k in geo.order])
     meta = _meta(ds, info, [f], root, geo, pss[0], slopes)
     meta["source_sop_instance_uids"] = [str(getattr(ds, "SOPInstanceUID", ""))]
     meta["multiframe"] = True
-    return Volume(data, geo.affine, meta)
+    return _make_even(Volume(data, geo.affine, meta), geo)
 
 
 def _read_mosaic(info: SeriesInfo, root: Path) -> Volume:
@@ -259,7 +299,8 @@ def _read_mosaic(info: SeriesInfo, root: Path) -> Volume:
     return Volume(data.transpose(2, 0, 1).astype(np.float32), geo.affine, meta)
 
 
-def _read_grid_offsets(info: SeriesInfo, root: Path, arr: np.ndarray, ds) -> Volume:
+def _read_grid_offsets(info: SeriesInfo, root: Path, arr: np.ndarray, ds,
+                       allow_uneven: bool | float = False) -> Volume:
     """A multi-frame image placed by GridFrameOffsetVector (RT Dose, some NM / PET)."""
     f = info.files[0]
     ipp = _floats(ds.ImagePositionPatient, 3, "ImagePositionPatient", f)
@@ -270,7 +311,7 @@ def _read_grid_offsets(info: SeriesInfo, root: Path, arr: np.ndarray, ds) -> Vol
         raise FileFormatError(f"{f.name}: GridFrameOffsetVector has {off.shape[0]} entries for {arr.shape[0]} frames")
     normal = np.cross(iop[:3], iop[3:])
     ipps = ipp[None] + off[:, None] * normal[None]
-    geo = slice_geometry(iop, ps, ipps, [f"frame {k + 1}" for k in range(len(off))], None)
+    geo = slice_geometry(iop, ps, ipps, [f"frame {k + 1}" for k in range(len(off))], None, allow_uneven)
     scale = float(getattr(ds, "DoseGridScaling", 1.0) or 1.0)
     slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0) * scale
     inter = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
@@ -281,5 +322,5 @@ def _read_grid_offsets(info: SeriesInfo, root: Path, arr: np.ndarray, ds) -> Vol
         meta["units"] = str(ds.DoseUnits)
     meta["source_sop_instance_uids"] = [str(getattr(ds, "SOPInstanceUID", ""))]
     meta["multiframe"] = True
-    return Volume(data, geo.affine, meta)
+    return _make_even(Volume(data, geo.affine, meta), geo)
 

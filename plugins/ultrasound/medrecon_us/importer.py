@@ -32,8 +32,9 @@ What :meth:`RFImporter.read` builds
   ``angles_deg``, ``c``, ``fs_hz``, ``n_samples``, ``t0_s``, ``f0_hz``, ``bandwidth``,
   ``f_number`` (and ``tx_reference`` / ``apodization`` when given or implied by the file).
 * The default image grid: lateral across the aperture (first to last element centre, pixel
-  ``pitch / 2``); axial from ``z_min = 5 mm`` to the deepest depth the samples reach,
-  ``z_max = c (t0 + (n_samples - 1) / fs) / 2``, with pixel ``lambda / 8 = c / (8 f0)``:
+  ``pitch / 2``); axial from where the record starts, ``z_min = max(5 mm, c t0 / 2)``, to the
+  deepest depth the samples reach, ``z_max = c (t0 + (n_samples - 1) / fs) / 2``, with pixel
+  ``lambda / 8 = c / (8 f0)``:
   the beamformed RF oscillates along depth at spatial frequency ``2 f / c``, so ``lambda / 4``
   would sample the centre frequency at exactly its Nyquist rate and alias the upper half of the
   pulse's band; ``lambda / 8`` keeps the whole -6 dB band (up to ``f0 (1 + bandwidth / 2)``)
@@ -106,16 +107,23 @@ def default_grid(*, n_elements: int, pitch_mm: float, c: float, fs_hz: float, n_
                  f0_hz: float, z_mm=None, x_mm=None, shape=None, dz_mm=None, dx_mm=None) -> dict[str, Any]:
     """The image grid ``{"shape", "z_mm", "x_mm"}`` of the importer (see the module docstring).
 
-    ``z_mm`` / ``x_mm`` default to ``[5 mm, c t_last / 2]`` and the first / last element
-    centre (``+-(N - 1) pitch / 2``); the counts follow from ``dz_mm`` (default
-    ``lambda / 8``) and ``dx_mm`` (default ``pitch / 2``) unless ``shape`` is given.
+    ``z_mm`` defaults to ``[max(5 mm, c t0 / 2), c t_last / 2]``: the record starts at ``t0``, and
+    the shallowest depth it holds is ``c t0 / 2`` (the echo of a depth ``z`` reaches the element
+    above it ``2 z / c`` after an unsteered transmit; a steered or off-axis path only takes
+    longer), so a grid starting shallower would hold rows no sample reaches; 5 mm leaves out the
+    transmit ring-down of a record that starts at the transmit (``t0 = 0``).  ``x_mm`` defaults
+    to the first / last element centre (``+-(N - 1) pitch / 2``); the counts follow from
+    ``dz_mm`` (default ``lambda / 8``) and ``dx_mm`` (default ``pitch / 2``) unless ``shape`` is
+    given.
     """
     t_last = t0_s + (n_samples - 1) / fs_hz
     z_deep = c * t_last / 2 * 1e3  # mm
     if z_mm is None:
-        if z_deep <= Z_MIN_MM:
-            raise InputError(f"the RF record reaches only {z_deep:.2f} mm deep; give the depth range z_mm=[a,b]")
-        z_mm = [Z_MIN_MM, z_deep]
+        z_first = max(Z_MIN_MM, c * t0_s / 2 * 1e3)  # mm: where the recorded data start
+        if z_deep <= z_first:
+            raise InputError(f"the RF record reaches only {z_deep:.2f} mm deep (from {z_first:.2f} mm); give the "
+                             "depth range z_mm=[a,b]")
+        z_mm = [z_first, z_deep]
     z_mm = _pair_option(z_mm, "z_mm")
     if z_mm[0] < 0:
         raise InputError(f"z_mm must start at a depth >= 0 mm, got {z_mm}")

@@ -310,13 +310,27 @@ class RegionMetrics:
     read_regions_file = staticmethod(read_regions_file)
 
     @staticmethod
-    def display(panels: dict, *, std=None, spacing=(1.0, 1.0), title: str = "", path=None, dpi: int = 110) -> list:
+    def display(panels: dict, *, std=None, spacing=(1.0, 1.0), origin=None, affine=None, title: str = "",
+                path=None, dpi: int = 110) -> list:
         """RF slices ``panels`` (name -> (nz, nx)) as B-mode, 60 dB, ``std`` of the draws as one more
-        (linear) panel; returns the panel names drawn."""
+        panel shown linearly (RF units, its own colour bar); returns the panel names drawn.
+
+        The axes are depth and lateral position in mm, the same as ``medrecon evaluate --png``:
+        ``origin`` (z0, x0) is the mm position of pixel [0, 0], or it is read from the volume's
+        ``affine`` (:func:`volume_grid`: row axis = depth, column axis = lateral, as the importer
+        writes it); with neither, pixel [0, 0] is put at (0, 0) mm."""
         from medrecon_us.bmode_figure import bmode_figure
 
-        panels = dict(panels)
+        if origin is None and affine is not None:
+            from types import SimpleNamespace
+
+            spacing, origin = volume_grid(SimpleNamespace(affine=affine))
+        panels = {k: v for k, v in panels.items() if v is not None}
+        linear = ()
         if std is not None:
-            panels["std of the draws (linear)"] = std
-        bmode_figure(panels, spacing=spacing, image="rf", suptitle=title + ", B-mode 60 dB", path=path, dpi=dpi)
+            panels["std of the draws"] = std
+            linear = ("std of the draws",)
+        bmode_figure(panels, spacing=spacing, origin=origin if origin is not None else (0.0, 0.0), image="rf",
+                     suptitle=title + ", B-mode 60 dB", path=path, dpi=dpi, linear=linear,
+                     linear_label="std of the draws (RF units)")
         return list(panels)
