@@ -106,3 +106,15 @@ def test_plugins_check_needs_a_name_or_all():
     assert proc.returncode == 2 and "--all" in proc.stderr and "Traceback" not in proc.stderr
     proc = medrecon("plugins", "check", "--all", "--param", "factor=2")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+def test_import_and_reconstruct_help_list_each_importers_options():
+    """The issue-22 first-hour item: the options --import-option takes are in the commands' --help,
+    read from the installed importers when the help is shown (not a hand-kept list)."""
+    for cmd in ("import", "reconstruct"):
+        p = medrecon(cmd, "--help")
+        assert p.returncode == 0, p.stderr
+        text = " ".join(p.stdout.split())
+        assert "Importer options (--import-option key=value):" in text, text[-600:]
+        for name, option in (("mri.kspace", "coil_method='auto'"), ("ct.dxchange", "filter='ram-lak'")):
+            assert f"{name}:" in text and option in text, (cmd, name, text[-600:])

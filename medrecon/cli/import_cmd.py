@@ -16,12 +16,27 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from typer.core import TyperCommand
 
 from medrecon.cli.volumes_cmd import apply_max_memory, max_memory_option
 
 
+class ImporterOptionsHelp(TyperCommand):
+    """A command whose ``--help`` ends with every installed importer's ``--import-option`` names
+    and defaults, computed only when the help is shown (the CLI's start stays light)."""
+
+    @property
+    def epilog(self) -> str:
+        return "Importer options (--import-option key=value): " + "; ".join(
+            f"{name}: {shown}" for name, shown in _importer_options())
+
+    @epilog.setter
+    def epilog(self, value) -> None:  # set by click's constructor; the text is computed when shown
+        pass
+
+
 def register(app: typer.Typer) -> None:
-    @app.command("import")
+    @app.command("import", cls=ImporterOptionsHelp)
     def import_cmd(
         raw: Path = typer.Argument(None, help="Raw scanner file (k-space .h5/.npy, projections .h5, ...).",
                                    show_default=False),
@@ -67,11 +82,19 @@ def register(app: typer.Typer) -> None:
                    f"volume {tuple(m.volume_shape)}, importer {m.provenance.get('importer', '-')}")
 
 
-def _list_options() -> None:
-    """One line per installed importer: its name and ``option=default`` list."""
+def _importer_options() -> list[tuple[str, str]]:
+    """``(importer name, "option=default, ...")`` for every installed importer."""
     from medrecon.engine.inputs import importer_options, importers
 
+    out = []
     for name, imp in importers():
         opts = importer_options(imp)
-        shown = "any keyword" if opts is None else ", ".join(f"{k}={v!r}" for k, v in opts.items()) or "none"
+        out.append((name, "any keyword" if opts is None else
+                    ", ".join(f"{k}={v!r}" for k, v in opts.items()) or "none"))
+    return out
+
+
+def _list_options() -> None:
+    """One line per installed importer: its name and ``option=default`` list."""
+    for name, shown in _importer_options():
         typer.echo(f"{name}: {shown}")

@@ -79,7 +79,9 @@ def with_cache_interval(params: dict, n: int | None) -> dict:
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("reconstruct")
+    from medrecon.cli.import_cmd import ImporterOptionsHelp
+
+    @app.command("reconstruct", cls=ImporterOptionsHelp)  # --help lists the importers' --import-option names
     def reconstruct_cmd(
         measurement: Path = typer.Argument(..., help="Measurement file (.h5), or a raw file an installed importer reads."),
         output: Path = typer.Option(..., "--output", "-o",
