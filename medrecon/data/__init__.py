@@ -25,7 +25,7 @@ def ct_sample_path() -> Path:
 
 
 def load_ct_sample():
-    """The shipped CT sample as a :class:`medrecon.Volume` (8 x 128 x 128, HU)."""
+    """The shipped CT sample as a :class:`medrecon.Volume` (8 x 256 x 256, HU, 2.148 mm pixels)."""
     from medrecon.io import load_volume
 
     return load_volume(ct_sample_path())
