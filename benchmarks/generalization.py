@@ -26,7 +26,9 @@ Methods (``medrecon.reconstruct``, the pipeline a user runs; ``--methods``):
 from a grid on slices of the prior's *training* series, never on the evaluated one),
 ``tv`` (the package default: weight chosen per study by cross-validation on held-out views or
 lines), ``dds`` (the prior's recommended settings; on a grid finer than the prior's pixels the
-prior runs at its own scale), ``dds-native`` (the prior on the data's grid as it is), ``dds-tv``
+prior runs at its own scale; for the shipped CT prior that includes a TV term in the data step,
+``tv``), ``dds-plain`` (the same with official DDS's CG data step, ``tv=0``), ``dds-native`` (the prior
+on the data's grid as it is), ``dds-tv``
 (DDS started from the TV reconstruction at ``t_start``), ``dps``, ``reddiff``.  ``--size 512
 --pixel 1.0742 --series ct-pancreas --methods tv dds dds-native`` measures the pixel-size
 handling on the prior's own patient at twice its resolution.  For each evaluated series the
@@ -47,6 +49,9 @@ Usage::
     .venv/bin/python benchmarks/generalization.py --modality ct --write-stacks .gpu/gen-ct
                                      # float16 stacks to carry to a GPU machine (then --stacks .gpu/gen-ct;
                                      # benchmarks/gpu.sh runs the protocol and trains the v2 priors there)
+
+``--merge A.json B.json`` combines runs over disjoint ``--series`` (one process per core, same
+options otherwise) into one results file.
 
 Writes ``benchmarks/results/generalization_{ct,mr}.json`` (command, commit, settings,
 per-slice numbers, means) and prints the markdown table of docs/quality.md.  Skips with a
@@ -94,7 +99,7 @@ SERIES = {
 }
 CT_WINDOW = (-1000.0, 1000.0)
 TV_GRID = {"ct": (1.0, 2.5, 5.0, 10.0, 20.0), "mr": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)}
-STEPS = {"tv-train": 300, "tv": 300, "dds": 50, "dds-tv": 50, "dps": 200, "reddiff": 50}
+STEPS = {"tv-train": 300, "tv": 300, "dds": 50, "dds-plain": 50, "dds-tv": 50, "dps": 200, "reddiff": 50}
 
 
 # ----------------------------------------------------------------------------- data
@@ -213,6 +218,7 @@ def method_spec(method: str, modality: str, tv_weight=None):
         "tv": ("tv", {}, False),
         "tv-train": ("tv", {tvkey: tv_weight}, False),
         "dds": ("dds", {}, True),
+        "dds-plain": ("dds", {"tv": 0.0}, True),  # official DDS's CG data step, whatever the prior recommends
         "dds-native": ("dds", {}, True),  # the prior on the data's grid even when it is finer (prior_scale)
         "dds-tv": ("dds", {"init": "tv", "t_start": T_START}, True),
         "dps": ("dps", {}, True),
@@ -404,6 +410,37 @@ def markdown(res: dict, methods, settings, modality: str) -> str:
     return "\n".join(lines)
 
 
+def merge(paths, output) -> int:
+    """Combine results files of runs over disjoint series (``--merge``): series in :data:`SERIES`
+    order, summary and table recomputed, every run's command kept."""
+    from medrecon.io.atomic import atomic_file
+
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    first = runs[0]
+    keys = ("prior", "modality", "settings", "methods", "noise_rel", "slices_per_series", "size")
+    for r in runs[1:]:
+        diff = [k for k in keys if r.get(k) != first.get(k)]
+        if diff:
+            raise SystemExit(f"generalization --merge: the runs differ in {', '.join(diff)}")
+    series = [x for r in runs for x in r["series"]]
+    names = [x["series"] for x in series]
+    if len(set(names)) != len(names):
+        raise SystemExit("generalization --merge: a series appears in more than one run")
+    order = list(SERIES)
+    res = dict(first, series=sorted(series, key=lambda x: order.index(x["series"])))
+    res["command"] = " && ".join([r["command"] for r in runs] +
+                                 ["python benchmarks/generalization.py --merge " + shlex.join(paths)])
+    res["seconds"] = round(sum(r["seconds"] for r in runs), 1)
+    res["summary"] = summarise(res, res["methods"], res["settings"])
+    res["markdown"] = markdown(res, res["methods"], res["settings"], res["modality"])
+    out = Path(output) if output else RESULTS / f"generalization_{res['modality']}.json"
+    with atomic_file(out, overwrite=True) as tmp:
+        tmp.write_text(json.dumps(res, indent=1))
+    print(f"wrote {out}")
+    print(res["markdown"])
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--modality", choices=("ct", "mr"), default="ct")
@@ -434,7 +471,12 @@ def main(argv=None) -> int:
     ap.add_argument("--stack-slices", type=int, default=64, help="--write-stacks: slices per series (evenly spaced)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 64 x 64, 1 slice, 2 series, few steps")
     ap.add_argument("--output", default=None, help="JSON to write (default: benchmarks/results/generalization_MOD.json)")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                    help="only combine results files of runs over disjoint --series (same prior, settings and "
+                         "methods: e.g. one process per core) into --output")
     args = ap.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.output)
     global T_START, STACKS
     T_START, STACKS = args.t_start, args.stacks
     args.steps = {k: int(v) for k, v in (s.split("=") for s in args.steps)}

@@ -308,3 +308,47 @@ def test_dds_started_from_tv_runs_only_the_steps_below_t_start(setup):
         get_sampler("dds", init="fbp")
     with pytest.raises(InputError):
         get_sampler("dds", init="tv", t_start=0.0)
+
+
+def test_tv_solver_proximal_step_solves_its_quadratic_when_lam_is_zero():
+    """TVSolver with ``prox``: without TV, min 1/(2 gamma)||x - x_p||^2 + 1/(2 L^2)||A x - y||^2 has the
+    closed form (I / gamma + A^T A / L^2)^-1 (x_p / gamma + A^T y / L^2); PDHG must reach it, and its
+    duals carry over between calls (two runs of 1500 = one of 3000)."""
+    from medrecon.samplers.tv import TVSolver
+
+    g = torch.Generator().manual_seed(3)
+    Mat = torch.randn(40, 64, generator=g, dtype=torch.float64)
+    A = MatrixOperator(Mat, shape=[8, 8]).with_precision(True)
+    y = A(torch.rand(2, 8, 8, generator=g, dtype=torch.float64))
+    xp = torch.rand(2, 8, 8, generator=g, dtype=torch.float64)
+    gamma, lam, rng = 3.0, torch.zeros(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)
+    s = TVSolver(A, y, lam, rng, [-2, -1], ratio=1.0)
+    M = torch.eye(64, dtype=torch.float64) / gamma + Mat.T @ Mat / s.L**2
+    rhs = xp.reshape(2, 64) / gamma + (Mat.T @ y.reshape(2, 40).T).T / s.L**2
+    exact = torch.linalg.solve(M, rhs.T).T.reshape(2, 8, 8)
+    once = TVSolver(A, y, lam, rng, [-2, -1], ratio=1.0).run(xp.clone(), 3000, prox=xp, gamma=gamma)
+    x = s.run(xp.clone(), 1500, prox=xp, gamma=gamma)
+    x = s.run(x, 1500, prox=xp, gamma=gamma)
+    assert torch.allclose(once, exact, atol=1e-6), float((once - exact).abs().max())
+    assert torch.allclose(x, exact, atol=1e-6)
+    far = TVSolver(A, y, lam, rng, [-2, -1], ratio=1.0).run(xp.clone(), 3000, prox=xp, gamma=1e-6)
+    assert torch.allclose(far, xp, atol=1e-4)  # gamma -> 0: the proximal point itself
+
+
+def test_dds_with_a_tv_term_records_its_weight_and_changes_the_data_step(setup):
+    """dds tv > 0: the data step is TVSolver's proximal step with tv x the tv sampler's weight (here the
+    fallback lam_rel x range: a MatrixOperator cannot hold out data); the weight is recorded."""
+    from medrecon.samplers.autotune import pop_last_tuning
+    from medrecon.samplers.tv import robust_range
+
+    prior, A, y = setup
+    plain = get_sampler("dds").sample(y, A, prior, steps=10, generators=slice_generators(0, 3))
+    pop_last_tuning()
+    out = get_sampler("dds", tv=0.5).sample(y, A, prior, steps=10, generators=slice_generators(0, 3))
+    rec = pop_last_tuning()
+    assert rec["param"] == "dds tv lam" and rec["tv"] == 0.5 and "fallback" in rec["method"]
+    expect = 0.5 * TV.tunable[2] * robust_range(A.classical(y))
+    assert torch.allclose(torch.tensor(rec["values"], dtype=torch.float64), expect, rtol=1e-6)
+    assert torch.isfinite(out).all() and out.shape == plain.shape and not torch.allclose(out, plain)
+    with pytest.raises(InputError):
+        get_sampler("dds", tv=-1.0)

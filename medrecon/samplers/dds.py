@@ -22,6 +22,21 @@ sqrt(abar_t0) to_net(x_tv) + sqrt(1 - abar_t0) z) and runs only the DDIM steps a
 it (a warm start as in Chung et al., "Come-closer-diffuse-faster", CVPR 2022); measured in
 docs/samplers.md.
 
+``tv > 0`` replaces the CG step by a TV-regularised proximal step: ``tv_iters`` PDHG
+iterations (:class:`medrecon.samplers.tv.TVSolver`, started at x0 like the CG, its duals
+carried over from the previous step) on::
+
+    x0~ = argmin_x  1/(2 gamma) ||x - x0||^2 + 1/(2 L^2) ||A x - y||^2 + tv lam_TV TV(x)
+
+where ``lam_TV`` is the weight the ``tv`` sampler chooses for the slice (cross-validation on
+held-out views or lines, :func:`medrecon.samplers.tv.tv_weights`) and ``L = 1.02 ||A||``.
+Without the TV term this is the CG step's problem divided by gamma; gamma -> inf is the TV
+reconstruction itself.  The TV term keeps a prior that does not know the anatomy from undoing
+what TV gets right (docs/samplers.md, "DDS with a TV term").  It costs the weight search of
+``tv`` (about 25 s per 256^2 CT slice on one CPU core) plus ``tv_iters`` operator pairs per step
+instead of ``cg_iters``.  The PDHG steps are sized for an iterate near the solution, so a
+prior whose Tweedie estimates are far from the data (e.g. pure white noise) is not rescued.
+
 ``g = gamma / ||A||^2`` (||A|| by power iteration): ``gamma`` is dimensionless, so the
 same value serves any operator scale and any physical units (the data term weight relative
 to the proximity term along A's top singular vector is ``gamma``).
@@ -70,6 +85,10 @@ class DDS(Sampler):
                       "auto: the prior's data range, as dps)", lo=0, lo_open=True, none_ok=True, auto_ok=True),
         "init": Param(str, "noise", "start from pure noise (official DDS) or from the TV reconstruction "
                       "re-noised to t_start (tv: trusts the prior less on unfamiliar data)", choices=("noise", "tv")),
+        "tv": Param(float, 0.0, "weight of a TV term in the data step, relative to the per-study weight the tv "
+                    "sampler chooses (0: the CG step of official DDS; > 0: a TV-regularised proximal step, which keeps "
+                    "an unfamiliar prior from undoing what TV gets right)", lo=0),
+        "tv_iters": Param(int, 10, "with tv > 0: PDHG iterations per step (warm-started across steps)", lo=1),
         "t_start": Param(float, 1.0, "with init=tv: the noise level to start at, as a fraction of the prior's "
                          "timesteps (only the DDIM steps below it run)", lo=0, hi=1, lo_open=True),
     }
@@ -110,6 +129,7 @@ class DDS(Sampler):
                 x = z
             x0_dc_phys = None
             clip = tweedie_clip(prior, p["clip"])
+            solver = _tv_solver(y, operator, p["tv"], dtype) if p["tv"] > 0 else None
             for i, t in enumerate(ts):
                 tt = torch.full((B,), t, dtype=torch.long, device=dev)
                 a_t = float(abar[t])
@@ -118,7 +138,10 @@ class DDS(Sampler):
                 if clip is not None:
                     x0 = x0.clamp(-clip, clip)
                 x0_phys = prior.from_net(x0)
-                if p["cg_iters"] > 0:
+                if solver is not None:
+                    # started at the Tweedie estimate, as the CG step is; the duals carry over
+                    x0_dc_phys = solver.run(x0_phys, p["tv_iters"], prox=x0_phys, gamma=p["gamma"])
+                elif p["cg_iters"] > 0:
                     if p["noiseless"]:
                         x0_dc_phys = cg(ata, aty, x0_phys, p["cg_iters"])
                     else:
@@ -139,3 +162,19 @@ class DDS(Sampler):
         if not real:
             out = out.to(operator.domain_dtype(dtype))
         return out
+
+
+def _tv_solver(y, operator, rel: float, dtype):
+    """The TV-regularised data step of ``tv > 0``: a :class:`~medrecon.samplers.tv.TVSolver` with
+    ``rel`` times the ``tv`` sampler's per-slice weight (recorded as ``reconstruction.auto_tuned``)."""
+    from medrecon.samplers.autotune import _record
+    from medrecon.samplers.tv import TVSolver, robust_range, tv_weights
+
+    lam, rec = tv_weights(y, operator)
+    lam = (lam * rel).to(dtype)
+    x_cl = operator.classical(y)
+    if not operator.domain_is_complex and x_cl.is_complex():
+        x_cl = x_cl.real
+    _record(dict(rec, param="dds tv lam", values=[float(v) for v in lam], tv=rel))
+    axes = [-2, -1]
+    return TVSolver(operator, y, lam, robust_range(x_cl).to(dtype), axes)

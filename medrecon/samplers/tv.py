@@ -37,9 +37,10 @@ import torch
 from medrecon.errors import InputError
 from medrecon.metrics import psnr
 from medrecon.operators.linalg import apply_forward, estimate_norm
+from medrecon.samplers.autotune import CV_SCALE
 from medrecon.samplers.base import Param, Sampler
 
-__all__ = ["TV", "tune_tv", "grad_nd", "div_nd", "robust_range"]
+__all__ = ["TV", "TVSolver", "tv_weights", "tune_tv", "grad_nd", "div_nd", "robust_range"]
 
 
 def grad_nd(x: torch.Tensor, axes: Sequence[int]) -> torch.Tensor:
@@ -86,6 +87,79 @@ def robust_range(x: torch.Tensor, joint: bool = False) -> torch.Tensor:
     lo = torch.quantile(flat, 0.01, dim=1).expand(B)
     hi = torch.quantile(flat, 0.99, dim=1).expand(B)
     return (hi - lo).clamp(min=0).to(x.real.dtype)
+
+
+class TVSolver:
+    """PDHG (Chambolle-Pock) for the TV problem of the module docstring, optionally proximal::
+
+        min_x  1/(2 L^2) ||A x - y||^2  +  lam TV(x)  [+ 1/(2 gamma) ||x - x_p||^2]  [+ x >= lower]
+
+    The duals (``p`` for the data, ``q`` for the gradient) live on the object, so successive
+    :meth:`run` calls continue one another: the ``tv`` sampler calls it once; ``dds`` with
+    ``tv > 0`` calls it at every diffusion step with that step's Tweedie estimate as ``x_p``
+    (a warm start: the problem changes little from one step to the next).  With the
+    proximal term the primal update is the prox of ``1/(2 gamma)||x - x_p||^2``::
+
+        x' = (x - tau (A^H p / L - div q) + (tau / gamma) x_p) / (1 + tau / gamma)
+
+    ``lam``: ``(B,)`` weights in image units; ``rng``: ``(B,)`` robust image ranges (they set
+    the step ratio, see the module docstring); ``axes``: the image axes TV differentiates along.
+    """
+
+    def __init__(self, operator, y: torch.Tensor, lam: torch.Tensor, rng: torch.Tensor, axes: Sequence[int],
+                 *, lower: float | None = None, ratio: float | None = None):
+        L = estimate_norm(operator, device=y.device) * 1.02  # power iteration converges from below
+        if L == 0:
+            raise InputError("sampler 'tv' got an operator whose norm is zero")
+        nd = len(operator.domain_shape)
+        self.operator, self.L, self.axes, self.lower = operator, L, list(axes), lower
+        self.ys = y / L
+        knorm = math.sqrt(1.0 + 4.0 * len(self.axes))
+        # tau / sigma balances the primal (image, size ~ its range) against the duals
+        # (size ~ lam): PDHG is invariant to units but not to this ratio; 0.03 range / lam
+        # converges 3-10x faster than 1 on sparse-view CT (docs/samplers.md)
+        if ratio is not None:
+            r = torch.full_like(lam, float(ratio))
+        else:
+            r = (0.03 * rng / lam.clamp(min=1e-30)).clamp(1.0, 1000.0)
+            r = torch.where(rng > 0, r, torch.ones_like(r))
+        rho = r.sqrt().to(lam.dtype).view(-1, *([1] * nd))
+        self.tau, self.sigma = 0.99 * rho / knorm, 0.99 / (rho * knorm)
+        self.sig_y = self.sigma.view(-1, *([1] * (y.ndim - 1)))
+        self.lam_b = lam.view(1, -1, *([1] * nd)) if lam.ndim == 1 else lam
+        self.p = torch.zeros_like(y)
+        self.q = None
+
+    def run(self, x: torch.Tensor, iters: int, *, prox: torch.Tensor | None = None, gamma: float | None = None,
+            progress=None) -> torch.Tensor:
+        """``iters`` PDHG iterations from the primal ``x``; with ``prox`` the proximal problem."""
+        op, L, axes, lower = self.operator, self.L, self.axes, self.lower
+        tau, sigma, sig_y, lam_b = self.tau, self.sigma, self.sig_y, self.lam_b
+        if self.q is None:
+            self.q = torch.zeros((len(axes), *x.shape), dtype=x.dtype, device=x.device)
+        p, q = self.p, self.q
+        c = None if prox is None else tau / float(gamma)
+        xbar = x
+        for i in range(iters):
+            p = (p + sig_y * (apply_forward(op, xbar) / L - self.ys)) / (1 + sig_y)
+            q = q + sigma * grad_nd(xbar, axes)
+            mag = torch.sqrt((q.abs() ** 2).sum(0, keepdim=True)) if q.is_complex() else \
+                torch.sqrt((q**2).sum(0, keepdim=True))
+            q = q / torch.clamp(mag / lam_b.clamp(min=1e-30), min=1.0)
+            back = op.adjoint(p) / L
+            if not x.is_complex() and back.is_complex():
+                back = back.real
+            x_new = x - tau * (back - div_nd(q, axes))
+            if c is not None:
+                x_new = (x_new + c * prox) / (1 + c)
+            if lower is not None:
+                x_new = x_new.clamp(min=lower)
+            xbar = 2 * x_new - x
+            x = x_new
+            if progress is not None:
+                progress(i + 1, iters)
+        self.p, self.q = p, q
+        return x
 
 
 class TV(Sampler):
@@ -154,9 +228,6 @@ class TV(Sampler):
         else:
             axes = list(range(-nd, 0))[-2:]
         with torch.no_grad():
-            L = estimate_norm(operator, device=y.device) * 1.02  # power iteration converges from below
-            if L == 0:
-                raise InputError("sampler 'tv' got an operator whose norm is zero")
             x_cl = operator.classical(y)
             if not operator.domain_is_complex and x_cl.is_complex():
                 x_cl = x_cl.real
@@ -164,39 +235,8 @@ class TV(Sampler):
             x = (x_init if x_init is not None else x_cl).clone()
             if lower is not None:
                 x = x.clamp(min=lower)
-            ys = y / L
-            knorm = math.sqrt(1.0 + 4.0 * len(axes))
-            # tau / sigma balances the primal (image, size ~ its range) against the duals
-            # (size ~ lam): PDHG is invariant to units but not to this ratio; 0.03 range / lam
-            # converges 3-10x faster than 1 on sparse-view CT (docs/samplers.md)
-            if self._params["ratio"] is not None:
-                ratio = torch.full_like(lam, float(self._params["ratio"]))
-            else:
-                ratio = (0.03 * rng / lam.clamp(min=1e-30)).clamp(1.0, 1000.0)
-                ratio = torch.where(rng > 0, ratio, torch.ones_like(ratio))
-            rho = ratio.sqrt().to(x.real.dtype).view(-1, *([1] * nd))
-            tau, sigma = 0.99 * rho / knorm, 0.99 / (rho * knorm)
-            sig_y = sigma.view(-1, *([1] * (y.ndim - 1)))
-            p = torch.zeros_like(y)
-            q = torch.zeros((len(axes), *x.shape), dtype=x.dtype, device=x.device)
-            xbar = x
-            lam_b = lam.view(1, -1, *([1] * nd)) if lam.ndim == 1 else lam
-            for i in range(iters):
-                p = (p + sig_y * (apply_forward(operator, xbar) / L - ys)) / (1 + sig_y)
-                q = q + sigma * grad_nd(xbar, axes)
-                mag = torch.sqrt((q.abs() ** 2).sum(0, keepdim=True)) if q.is_complex() else \
-                    torch.sqrt((q**2).sum(0, keepdim=True))
-                q = q / torch.clamp(mag / lam_b.clamp(min=1e-30), min=1.0)
-                back = operator.adjoint(p) / L
-                if not x.is_complex() and back.is_complex():
-                    back = back.real
-                x_new = x - tau * (back - div_nd(q, axes))
-                if lower is not None:
-                    x_new = x_new.clamp(min=lower)
-                xbar = 2 * x_new - x
-                x = x_new
-                if progress is not None:
-                    progress(i + 1, iters)
+            solver = TVSolver(operator, y, lam, rng, axes, lower=lower, ratio=self._params["ratio"])
+            x = solver.run(x, iters, progress=progress)
         return x
 
     def _lam(self, x_cl: torch.Tensor, dims: int):
@@ -208,6 +248,38 @@ class TV(Sampler):
             return torch.full((B,), float(lam), dtype=x_cl.real.dtype, device=x_cl.device), rng
         lam_rel = self._params["lam_rel"]
         return (self.tunable[2] if lam_rel == "auto" else lam_rel) * rng, rng
+
+
+def tv_weights(y: torch.Tensor, operator, **params) -> tuple[torch.Tensor, dict]:
+    """The per-slice weight ``lam`` (image units, ``(B,)``) that the ``tv`` sampler with ``params``
+    would use on ``y``, without its final solve, and a record of how it was chosen (the
+    ``reconstruction.auto_tuned`` entry: cross-validation on held-out measurements where the
+    operator can hold some out, else the fallback ``lam_rel``).  ``dds`` with ``tv > 0`` scales it.
+    """
+    from medrecon.samplers.autotune import tune_per_slice
+    from medrecon.samplers.base import _checking
+
+    tv = TV(**params)
+    with torch.no_grad():
+        x_cl = operator.classical(y)
+        if not operator.domain_is_complex and x_cl.is_complex():
+            x_cl = x_cl.real
+        lam, rng = tv._lam(x_cl, 2)
+    if not tv._tunes():
+        return lam, {"param": "tv lam", "values": [float(v) for v in lam], "method": "fixed"}
+    name, grid, fallback = tv.tunable
+
+    def run(w, yy, op):  # each solver iteration of the weight search may be where a run stops
+        return tv._with(**{name: w})._sample(yy, op, None, None, None, _checking(None), None)
+
+    scale = CV_SCALE if tv.tune_scale is None else tv.tune_scale
+    values, table = tune_per_slice(run, grid, y, operator, scale=scale)
+    if values is None:
+        return lam, {"param": "tv lam", "values": [float(v) for v in lam],
+                     "method": f"fallback lam_rel {fallback}: {operator.name} cannot hold out measurements"}
+    lam = torch.as_tensor(values, dtype=rng.dtype, device=rng.device) * rng
+    return lam, {"param": "tv lam", "values": [float(v) for v in lam], "lam_rel": values,
+                 "method": "cross-validation on held-out measurements (the tv sampler's choice)"}
 
 
 def tune_tv(y: torch.Tensor, operator, reference: torch.Tensor, lams: Sequence[float], **params):
