@@ -168,13 +168,9 @@ def _tv_solver(y, operator, rel: float, dtype):
     """The TV-regularised data step of ``tv > 0``: a :class:`~medrecon.samplers.tv.TVSolver` with
     ``rel`` times the ``tv`` sampler's per-slice weight (recorded as ``reconstruction.auto_tuned``)."""
     from medrecon.samplers.autotune import _record
-    from medrecon.samplers.tv import TVSolver, robust_range, tv_weights
+    from medrecon.samplers.tv import TVSolver, tv_weights
 
-    lam, rec = tv_weights(y, operator)
+    lam, rng, rec = tv_weights(y, operator)
     lam = (lam * rel).to(dtype)
-    x_cl = operator.classical(y)
-    if not operator.domain_is_complex and x_cl.is_complex():
-        x_cl = x_cl.real
     _record(dict(rec, param="dds tv lam", values=[float(v) for v in lam], tv=rel))
-    axes = [-2, -1]
-    return TVSolver(operator, y, lam, robust_range(x_cl).to(dtype), axes)
+    return TVSolver(operator, y, lam, rng.to(dtype), [-2, -1])

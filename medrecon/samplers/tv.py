@@ -40,7 +40,7 @@ from medrecon.operators.linalg import apply_forward, estimate_norm
 from medrecon.samplers.autotune import CV_SCALE
 from medrecon.samplers.base import Param, Sampler
 
-__all__ = ["TV", "TVSolver", "tv_weights", "tune_tv", "grad_nd", "div_nd", "robust_range"]
+__all__ = ["TV", "TVSolver", "tv_weights", "classical_image", "tune_tv", "grad_nd", "div_nd", "robust_range"]
 
 
 def grad_nd(x: torch.Tensor, axes: Sequence[int]) -> torch.Tensor:
@@ -228,9 +228,7 @@ class TV(Sampler):
         else:
             axes = list(range(-nd, 0))[-2:]
         with torch.no_grad():
-            x_cl = operator.classical(y)
-            if not operator.domain_is_complex and x_cl.is_complex():
-                x_cl = x_cl.real
+            x_cl = classical_image(y, operator)
             lam, rng = self._lam(x_cl, dims)
             x = (x_init if x_init is not None else x_cl).clone()
             if lower is not None:
@@ -250,9 +248,16 @@ class TV(Sampler):
         return (self.tunable[2] if lam_rel == "auto" else lam_rel) * rng, rng
 
 
-def tv_weights(y: torch.Tensor, operator, **params) -> tuple[torch.Tensor, dict]:
+def classical_image(y: torch.Tensor, operator) -> torch.Tensor:
+    """``operator.classical(y)``, its real part where the operator's domain is real."""
+    x = operator.classical(y)
+    return x.real if not operator.domain_is_complex and x.is_complex() else x
+
+
+def tv_weights(y: torch.Tensor, operator, **params) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """The per-slice weight ``lam`` (image units, ``(B,)``) that the ``tv`` sampler with ``params``
-    would use on ``y``, without its final solve, and a record of how it was chosen (the
+    would use on ``y``, without its final solve, the robust range of the classical image it is
+    relative to (``(B,)``), and a record of how it was chosen (the
     ``reconstruction.auto_tuned`` entry: cross-validation on held-out measurements where the
     operator can hold some out, else the fallback ``lam_rel``).  ``dds`` with ``tv > 0`` scales it.
     """
@@ -261,12 +266,9 @@ def tv_weights(y: torch.Tensor, operator, **params) -> tuple[torch.Tensor, dict]
 
     tv = TV(**params)
     with torch.no_grad():
-        x_cl = operator.classical(y)
-        if not operator.domain_is_complex and x_cl.is_complex():
-            x_cl = x_cl.real
-        lam, rng = tv._lam(x_cl, 2)
+        lam, rng = tv._lam(classical_image(y, operator), 2)
     if not tv._tunes():
-        return lam, {"param": "tv lam", "values": [float(v) for v in lam], "method": "fixed"}
+        return lam, rng, {"param": "tv lam", "values": [float(v) for v in lam], "method": "fixed"}
     name, grid, fallback = tv.tunable
 
     def run(w, yy, op):  # each solver iteration of the weight search may be where a run stops
@@ -275,11 +277,11 @@ def tv_weights(y: torch.Tensor, operator, **params) -> tuple[torch.Tensor, dict]
     scale = CV_SCALE if tv.tune_scale is None else tv.tune_scale
     values, table = tune_per_slice(run, grid, y, operator, scale=scale)
     if values is None:
-        return lam, {"param": "tv lam", "values": [float(v) for v in lam],
-                     "method": f"fallback lam_rel {fallback}: {operator.name} cannot hold out measurements"}
+        return lam, rng, {"param": "tv lam", "values": [float(v) for v in lam],
+                          "method": f"fallback lam_rel {fallback}: {operator.name} cannot hold out measurements"}
     lam = torch.as_tensor(values, dtype=rng.dtype, device=rng.device) * rng
-    return lam, {"param": "tv lam", "values": [float(v) for v in lam], "lam_rel": values,
-                 "method": "cross-validation on held-out measurements (the tv sampler's choice)"}
+    return lam, rng, {"param": "tv lam", "values": [float(v) for v in lam], "lam_rel": values,
+                      "method": "cross-validation on held-out measurements (the tv sampler's choice)"}
 
 
 def tune_tv(y: torch.Tensor, operator, reference: torch.Tensor, lams: Sequence[float], **params):
