@@ -321,3 +321,48 @@ def test_cuda_matches_cpu_and_two_gpu_workers_match_one(meas, gauss_prior, tiny_
     bf16 = run(meas, "dds", tiny_prior, steps=4, batch_size=4, device="cuda", amp=True)
     rel = np.linalg.norm(bf16 - fp32) / np.linalg.norm(fp32)
     assert rel < 5e-2, rel
+
+
+class _Endless(Sampler):
+    """A sampler whose every batch runs until its worker is told to stop (medrecon.stopping)."""
+
+    name = "endless"
+
+    def sample(self, y, op, prior, steps, generators=None, progress=None, **kw):
+        import time
+
+        from medrecon import stopping
+
+        while True:
+            stopping.check()
+            time.sleep(0.01)
+
+
+def test_an_interrupt_between_worker_starts_still_stops_the_started_workers(monkeypatch):
+    """Ctrl-C can arrive while the main thread is still starting the workers: the ones already
+    started must be stopped and joined before the interrupt propagates.  A worker left running
+    native code while the interpreter exits aborts the process (the flaky exit 134 of the SIGINT
+    test in tests/test_run_safety.py)."""
+    import threading
+    from types import SimpleNamespace
+
+    from medrecon.engine.workers import RunProgress, Worker, run_slices
+    from medrecon.operators.matrix import MatrixOperator
+
+    op = MatrixOperator(np.eye(4), shape=[2, 2])
+    plan = SimpleNamespace(live=SimpleNamespace(sampler=_Endless(), measurement=SimpleNamespace(
+        y=np.zeros((4, 4), np.float32))), steps=1, seed=0, samples=1, antithetic=False, draw_batch=1, batch_size=1)
+    workers = [Worker(i, torch.device("cpu"), op, None) for i in range(2)]
+    real_start, started = threading.Thread.start, []
+
+    def start(t):
+        if started:  # the second start: Ctrl-C in the main thread
+            raise KeyboardInterrupt
+        real_start(t)
+        started.append(t)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    with pytest.raises(KeyboardInterrupt):
+        run_slices(workers, plan, [0, 1, 2, 3], np.zeros((4, 2, 2), np.float32), None,
+                   RunProgress(None, 4, 0, 2, "test"))
+    assert len(started) == 1 and not started[0].is_alive()

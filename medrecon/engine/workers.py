@@ -324,6 +324,21 @@ def run_volume(w: Worker, plan, result: np.ndarray, ck, prog: RunProgress,
     prog.slices_done(z)
 
 
+def join_stopping(threads: list[threading.Thread]) -> None:
+    """Wait for the started ``threads`` of a stopping run, whatever further interrupts arrive.
+
+    The process must not exit while a worker still runs native (torch) code: the interpreter's
+    exit would tear down the thread pools under it ("terminate called without an active
+    exception", exit status 134 instead of 130).  The workers stop within one iteration
+    (:mod:`medrecon.stopping`), so a second Ctrl-C only has to wait that long."""
+    for t in threads:
+        while t.ident is not None and t.is_alive():  # ident None: never started
+            try:
+                t.join(0.2)
+            except BaseException:  # noqa: BLE001 - a repeated Ctrl-C / SIGTERM: keep waiting
+                continue
+
+
 def run_slices(workers: list[Worker], plan, todo: list[int], result: np.ndarray, ck, prog: RunProgress,
                stop_after: int | None = None, records: dict | None = None) -> None:
     """The slices ``todo`` in batches of ``plan.batch_size`` on ``workers`` (a shared queue when
@@ -394,16 +409,15 @@ def run_slices(workers: list[Worker], plan, todo: list[int], result: np.ndarray,
 
         threads = [threading.Thread(target=loop, args=(w,), name=f"medrecon-worker-{w.index}", daemon=True)
                    for w in workers]
-        for t in threads:
-            t.start()
-        try:
+        try:  # the starts too: an interrupt between two starts must still stop the started workers
+            for t in threads:
+                t.start()
             for t in threads:
                 while t.is_alive():
                     t.join(0.2)
         except BaseException:  # Ctrl-C / SIGTERM in the main thread: the workers stop at their next step
             stop.set()
-            for t in threads:
-                t.join()
+            join_stopping(threads)
             raise
         if errors:
             raise errors[0]
