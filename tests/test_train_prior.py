@@ -222,3 +222,41 @@ def test_training_data_without_usable_slices_is_one_sentence_and_writes_nothing(
         train_prior([st], tmp_path / "ok", steps=1, batch_size=2, device="cpu", channels="tiny", n_samples=0,
                     progress=False, val_every=0, ckpt_every=0)
     assert (tmp_path / "ok" / "config.json").exists()
+
+
+def test_resume_on_other_data_is_refused_and_a_fine_tune_names_its_source_data(tmp_path, capsys):
+    """A prior's config names the data its weights learnt from: resuming a checkpoint on other
+    ``--data`` is one sentence and exit 2 with the checkpoint untouched, and ``--init-from``
+    records the source prior and the data it was trained on (issue 19, bad input)."""
+    from medrecon.cli.main import main
+    from medrecon.priors.model import DiffusionPrior
+
+    a, b = _stack(tmp_path, "a", n=4, s=16), _stack(tmp_path, "b", n=5, s=16)
+    out = tmp_path / "p"
+    common = ["--steps", "2", "--batch-size", "2", "--channels", "tiny", "--device", "cpu", "--samples", "0",
+              "--val-every", "0"]
+    with pytest.raises(SystemExit) as e:
+        main(["train-prior", "--data", str(a), "--output", str(out), *common])
+    assert e.value.code in (0, None)
+    state = (out / "checkpoint" / "state.json").read_bytes()
+    config = (out / "config.json").read_bytes()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(["train-prior", "--data", str(b), "--output", str(out), "--resume", *common[2:], "--steps", "4"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "was trained on a.npy, not on the --data given now (b.npy)" in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert (out / "checkpoint" / "state.json").read_bytes() == state and (out / "config.json").read_bytes() == config
+    sha_a = json.loads(a.with_suffix(".json").read_text())["sha256"]
+    with pytest.raises(SystemExit) as e:
+        main(["train-prior", "--data", str(b), "--output", str(tmp_path / "ft"), "--init-from", str(out), *common])
+    assert e.value.code in (0, None)
+    lineage = DiffusionPrior.load(tmp_path / "ft").config["training"]["init_from"]
+    assert lineage["prior"] == str(out) and lineage["data_sha256"] == [sha_a] and lineage["steps"] == 2
+    assert lineage["weights_sha256"] == json.loads(config)["weights"]["sha256"]
+    # resuming the fine-tune keeps its lineage
+    with pytest.raises(SystemExit) as e:
+        main(["train-prior", "--data", str(b), "--output", str(tmp_path / "ft"), "--resume", *common[2:],
+              "--steps", "3"])
+    assert e.value.code in (0, None)
+    assert DiffusionPrior.load(tmp_path / "ft").config["training"]["init_from"] == lineage

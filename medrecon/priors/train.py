@@ -128,8 +128,11 @@ def _record_fit_reference(out: Path, x_val: torch.Tensor, dev) -> dict:
     return ref
 
 
-def _init_weights(net, cfg: dict, init_from) -> None:
-    """Load the weights of prior ``init_from`` into ``net`` (float32), refusing another network."""
+def _init_weights(net, cfg: dict, init_from) -> dict:
+    """Load the weights of prior ``init_from`` into ``net`` (float32), refusing another network;
+    returns what the new prior's config records of it (``training.init_from``): its name, the
+    SHA-256 of its weights, and the steps and data it was trained on, so that a fine-tuned
+    prior's config names all the data its weights learnt from."""
     from medrecon.priors.model import load_prior
 
     src = load_prior(init_from)
@@ -139,6 +142,32 @@ def _init_weights(net, cfg: dict, init_from) -> None:
                              f"trains {cfg.get(key)!r}; use the same --channels, --size and modality")
     state = {k: v.float() for k, v in src.net.state_dict().items()}
     net.load_state_dict(state)
+    t = src.config.get("training") or {}
+    return {"prior": str(init_from), "weights_sha256": (src.config.get("weights") or {}).get("sha256"),
+            "steps": t.get("steps"), "data_sha256": list(t.get("data_sha256") or []),
+            "init_from": t.get("init_from")}
+
+
+def _check_resume_data(ckpt_dir: Path, prov: list[dict]) -> None:
+    """Refuse to resume the checkpoint in ``ckpt_dir`` on other training data than it was
+    trained on (compared by the SHA-256 of each source): the prior's config would name data
+    its earlier steps never saw and omit data they did."""
+    try:
+        saved = json.loads((ckpt_dir / "state.json").read_text()).get("data")
+    except (OSError, ValueError, AttributeError):
+        return  # no readable checkpoint: load_checkpoint says so in its own sentence
+    if not isinstance(saved, list):
+        return
+    before = sorted(str(p.get("sha256")) for p in saved if isinstance(p, dict))
+    if before == sorted(p["sha256"] for p in prov):
+        return
+
+    def names(ps):
+        return ", ".join(Path(str(p.get("path", "?"))).name for p in ps if isinstance(p, dict)) or "none"
+
+    raise InputError(f"the checkpoint in {str(ckpt_dir)!r} was trained on {names(saved)}, not on the --data given now "
+                     f"({names(prov)}), so --resume is refused; resume with the same --data, or fine-tune on the new "
+                     "data into another folder with --init-from, whose config then names both")
 
 
 def _usable_slices(x: torch.Tensor) -> torch.Tensor:
@@ -266,8 +295,7 @@ def train_prior(
     torch.manual_seed(seed)
     prior = DiffusionPrior(cfg).to(dev)
     net = prior.net
-    if init_from is not None and not resume:
-        _init_weights(net, cfg, init_from)
+    lineage = _init_weights(net, cfg, init_from) if init_from is not None and not resume else None
     ema = DiffusionPrior(cfg).net.to(dev)
     ema.load_state_dict(net.state_dict())
     ema.requires_grad_(False)
@@ -276,7 +304,6 @@ def train_prior(
     m = prior.downsample_factor
     if (patch or size) % m:
         raise InputError(f"training size {patch or size} must be a multiple of {m} for this network")
-    out.mkdir(parents=True, exist_ok=True)  # only once the data and the options are known to be usable
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999))
     gen = torch.Generator(device=dev).manual_seed(seed)
     use_ac = bf16 and dev.type == "cuda"
@@ -289,11 +316,14 @@ def train_prior(
     step = 0
     prev_seconds = 0.0
     if resume:
+        _check_resume_data(ckpt_dir, prov)
         meta = load_checkpoint(ckpt_dir, net, ema, opt, gen, dev)
+        lineage = meta.get("init_from")
         step = int(meta["step"])
         losses = meta.get("losses", [])
         val_losses = meta.get("val_losses", [])
         prev_seconds = float(meta.get("train_seconds", 0.0))
+    out.mkdir(parents=True, exist_ok=True)  # only once the data and the options are known to be usable
 
     def ema_fn(x, t):
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_ac):
@@ -301,7 +331,7 @@ def train_prior(
 
     data_sha = [p["sha256"] for p in prov]
     common_state = {"config": cfg, "seed": seed, "data": prov, "batch_size": batch_size, "lr": lr,
-                    "patch": patch, "channels": channels}
+                    "patch": patch, "channels": channels, "init_from": lineage}
     bar = _Progress(steps, step, log_every, progress)
     bar.log(f"{modality.upper()} prior {channels} ({count_parameters(net) / 1e6:.2f}M params), "
             f"{x_train.shape[0]} train / {x_val.shape[0]} val slices at {size}x{size}"
@@ -396,7 +426,7 @@ def train_prior(
     training_info = {"steps": step, "target_steps": steps, "stopped_by": stopped_by, "batch_size": batch_size,
                      "patch": patch, "lr": lr, "seed": seed, "ema_decay": ema_decay, "immiscible": immiscible,
                      "augment": {"flip": True, "shift": shift, "rotate_deg": rotate_deg, "zoom": zoom},
-                     "data_sha256": data_sha, "final_val_loss": val_losses[-1]["mean"],
+                     "data_sha256": data_sha, "init_from": lineage, "final_val_loss": val_losses[-1]["mean"],
                      "train_seconds": round(train_seconds, 1), "device": str(dev)}
     final.config["training"] = training_info
     final.save(out, dtype=weights_dtype)
