@@ -175,6 +175,17 @@ def training_series(prior) -> list[str]:
             (len(rel.split("/")) == 1 or rel.split("/")[1] in text)]
 
 
+def holdout_slices(prior, name: str, seen: list[str]):
+    """The z range ``[a, b)`` of series ``name`` that the prior held out of training, or None.
+
+    ``provenance.holdout_slices_z`` is either ``{series: [a, b]}`` or, for a prior trained on
+    one series, that series' ``[a, b]``."""
+    hold = (prior.config or {}).get("provenance", {}).get("holdout_slices_z")
+    if isinstance(hold, dict):
+        return hold.get(name)
+    return hold if hold and len(seen) == 1 else None
+
+
 # ----------------------------------------------------------------------------- measurement
 def measure(modality: str, x, pixel_mm: float, setting: int, noise: float, seed: int):
     """A :class:`medrecon.Measurement` of the slices ``x`` (views or acceleration ``setting``)."""
@@ -307,7 +318,7 @@ def evaluate_prior(prior_name: str, modality: str, settings, methods, args, log)
     names = [n for n in SERIES if SERIES[n][0] == modality and (not args.series or n in args.series)]
     out = []
     for n in names:
-        hold = (prior.config.get("provenance") or {}).get("holdout_slices_z") if n in seen else None
+        hold = holdout_slices(prior, n, seen) if n in seen else None
         if n in seen and not hold:
             continue
         allowed = range(*hold) if n in seen else None
