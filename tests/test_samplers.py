@@ -352,3 +352,31 @@ def test_dds_with_a_tv_term_records_its_weight_and_changes_the_data_step(setup):
     assert torch.isfinite(out).all() and out.shape == plain.shape and not torch.allclose(out, plain)
     with pytest.raises(InputError):
         get_sampler("dds", tv=-1.0)
+
+
+def test_dds_tv_chooses_its_weight_once_per_operator_and_measurement(setup, monkeypatch):
+    """Several draws (--samples N) call DDS N times on one batch: the TV weight search runs once, the
+    draws differ only by their noise, and another measurement or operator searches again."""
+    import copy
+
+    from medrecon.samplers import tv as tv_module
+
+    prior, A, y = setup
+    A = copy.deepcopy(A)  # an operator no other test has used
+    calls = []
+    real = tv_module.tv_weights
+
+    def counting(yy, op, **kw):
+        calls.append(op)
+        return real(yy, op, **kw)
+
+    monkeypatch.setattr(tv_module, "tv_weights", counting)
+    s = get_sampler("dds", tv=0.5)
+    a = s.sample(y, A, prior, steps=5, generators=slice_generators(0, 3))
+    b = s.sample(y, A, prior, steps=5, generators=slice_generators(0, 3))
+    assert len(calls) == 1 and torch.equal(a, b)  # the second draw reused the weight, same result
+    s.sample(y, A, prior, steps=5, generators=slice_generators(0, 3, 1))
+    assert len(calls) == 1
+    s.sample(y * 1.01, A, prior, steps=5, generators=slice_generators(0, 3))
+    s.sample(y, copy.deepcopy(A), prior, steps=5, generators=slice_generators(0, 3))
+    assert len(calls) == 3
