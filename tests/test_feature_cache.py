@@ -127,6 +127,29 @@ def test_gradient_flows_through_the_shallow_path_only(prior):
     assert torch.isfinite(g).all() and float(g.abs().sum()) > 0
 
 
+def test_jacobian_none_leaves_the_network_out_of_a_cached_steps_gradient(prior):
+    """jacobian="none": a shallow pass gives the same output as "shallow" but no gradient to its input
+    (DPS's d x0_hat / d x_t is then 1 / sqrt(abar_t)); a full pass still differentiates the network."""
+    x0 = torch.randn(1, 1, N, N)
+    outs = {}
+    for jac in ("shallow", "none"):
+        cache = fc.FeatureCache(2, jacobian=jac)
+        x = x0.clone().requires_grad_(True)
+        full = cache.run(prior.net, x, torch.tensor([500]))
+        (g_full,) = torch.autograd.grad(full.square().sum(), x)
+        assert float(g_full.abs().sum()) > 0
+        x = x0.clone().requires_grad_(True)
+        outs[jac] = cache.run(prior.net, x, torch.tensor([480]))
+        assert cache.shallow_passes == 1
+        if jac == "none":
+            assert not outs[jac].requires_grad
+    assert torch.equal(outs["none"], outs["shallow"].detach())
+    with pytest.raises(InputError, match="jacobian"):
+        fc.FeatureCache(2, jacobian="full")
+    with pytest.raises(InputError, match="cache_jacobian"):
+        get_sampler("dps", cache_jacobian="deep")
+
+
 # ------------------------------------------------------------------------------ samplers
 @pytest.mark.parametrize("sampler", ["dds", "dps", "reddiff"])
 def test_interval_0_and_1_are_the_uncached_sampler_bit_for_bit(problem, prior, sampler, monkeypatch):

@@ -16,9 +16,12 @@ blocks of levels ``< d``; the middle block and the deep levels are skipped.  Wit
 priors' network (channels 32 / 64 / 128 / 128, attention at the two deepest levels) and
 ``d = 1`` the shallow pass is a fraction of the full one (docs/benchmarks.md, "Feature caching").
 
-Gradients (DPS): the stored ``h`` is a constant for the steps that reuse it (detached), so
-``d out_k / d x_k`` is the derivative of the shallow path only; a full pass differentiates the
-whole network as without caching.
+Gradients (DPS): the stored ``h`` is a constant for the steps that reuse it (detached), so with
+``jacobian="shallow"`` ``d out_k / d x_k`` is the derivative of the shallow path only; with
+``jacobian="none"`` a shallow pass takes its input detached, so the network adds nothing to the
+gradient of a cached step and DPS's ``d x0_hat / d x_t`` is the identity over ``sqrt(abar_t)``
+(the Tweedie formula's explicit term; the Jacobian-free approximation).  A full pass
+differentiates the whole network as without caching, whatever ``jacobian``.
 
 Scope: a :class:`FeatureCache` belongs to ONE sampler call (one batch, one draw) and is made by
 :func:`make_cache`; it is never shared between calls, so no feature leaks between slices,
@@ -40,8 +43,12 @@ import torch
 
 from medrecon.errors import InputError
 
-__all__ = ["DEFAULT_DEPTH", "FeatureCache", "cached_call", "check_interval", "current_cache", "make_cache",
+__all__ = ["DEFAULT_DEPTH", "JACOBIANS", "FeatureCache", "cached_call", "check_interval", "current_cache", "make_cache",
            "supports"]
+
+#: what a cached (shallow) pass contributes to a gradient with respect to its input: "shallow",
+#: the shallow path's Jacobian; "none", nothing (the input is detached)
+JACOBIANS = ("none", "shallow")
 
 #: shallow levels that run on a cached step (1: only the full-resolution level); chosen by
 #: benchmarks/caching.py (docs/benchmarks.md, "Feature caching")
@@ -85,13 +92,15 @@ class FeatureCache:
     (64 x 256 x 256 floats, 16 MiB, per 256 x 256 slice of the shipped priors).
     """
 
-    def __init__(self, interval: int, depth: int | None = None):
+    def __init__(self, interval: int, depth: int | None = None, jacobian: str = "shallow"):
         depth = DEFAULT_DEPTH if depth is None else depth
         if int(interval) < 1:
             raise InputError(f"a feature cache needs an interval >= 1, got {interval}")
         if int(depth) < 1:
             raise InputError(f"a feature cache needs a depth >= 1, got {depth}")
-        self.interval, self.depth = int(interval), int(depth)
+        if jacobian not in JACOBIANS:
+            raise InputError(f"a feature cache's jacobian must be one of {', '.join(JACOBIANS)}, got {jacobian!r}")
+        self.interval, self.depth, self.jacobian = int(interval), int(depth), jacobian
         self.calls = self.full_passes = self.shallow_passes = 0
         self._feature: torch.Tensor | None = None
         self._key: tuple | None = None
@@ -114,13 +123,14 @@ class FeatureCache:
             self.full_passes += 1
             return out
         self.shallow_passes += 1
-        return _shallow(net, x, emb, depth, self._feature)
+        return _shallow(net, x.detach() if self.jacobian == "none" else x, emb, depth, self._feature)
 
 
-def make_cache(interval: int, depth: int | None = None) -> FeatureCache | None:
+def make_cache(interval: int, depth: int | None = None, jacobian: str = "shallow") -> FeatureCache | None:
     """A new :class:`FeatureCache` for one sampler call, or None for ``interval`` 0 (off) or 1 (a full
-    pass every step is the network itself).  ``depth`` None: :data:`DEFAULT_DEPTH` (read at the call)."""
-    return FeatureCache(interval, depth) if int(interval) >= 2 else None
+    pass every step is the network itself).  ``depth`` None: :data:`DEFAULT_DEPTH` (read at the call);
+    ``jacobian``: what a cached step differentiates (see the module docstring)."""
+    return FeatureCache(interval, depth, jacobian) if int(interval) >= 2 else None
 
 
 def current_cache() -> FeatureCache | None:

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from medrecon.errors import InputError
 from medrecon.io.atomic import write_text_atomic
 from medrecon.priors.augment import augment_batch, immiscible_assign
+from medrecon.priors.lineage import check_resume_data, init_weights
 from medrecon.priors.train_checkpoint import load_checkpoint, save_checkpoint, stop_if_nonfinite
 from medrecon.progress import make_bar, stderr_is_tty
 
@@ -126,48 +127,6 @@ def _record_fit_reference(out: Path, x_val: torch.Tensor, dev) -> dict:
         tmp.write_text(json.dumps(cfg, indent=2) + "\n")
         tmp.chmod(0o644)
     return ref
-
-
-def _init_weights(net, cfg: dict, init_from) -> dict:
-    """Load the weights of prior ``init_from`` into ``net`` (float32), refusing another network;
-    returns what the new prior's config records of it (``training.init_from``): its name, the
-    SHA-256 of its weights, and the steps and data it was trained on, so that a fine-tuned
-    prior's config names all the data its weights learnt from."""
-    from medrecon.priors.model import load_prior
-
-    src = load_prior(init_from)
-    for key in ("modality", "image_size", "network"):
-        if src.config.get(key) != cfg.get(key):
-            raise InputError(f"--init-from {str(init_from)!r} has {key} {src.config.get(key)!r}, but this run "
-                             f"trains {cfg.get(key)!r}; use the same --channels, --size and modality")
-    state = {k: v.float() for k, v in src.net.state_dict().items()}
-    net.load_state_dict(state)
-    t = src.config.get("training") or {}
-    return {"prior": str(init_from), "weights_sha256": (src.config.get("weights") or {}).get("sha256"),
-            "steps": t.get("steps"), "data_sha256": list(t.get("data_sha256") or []),
-            "init_from": t.get("init_from")}
-
-
-def _check_resume_data(ckpt_dir: Path, prov: list[dict]) -> None:
-    """Refuse to resume the checkpoint in ``ckpt_dir`` on other training data than it was
-    trained on (compared by the SHA-256 of each source): the prior's config would name data
-    its earlier steps never saw and omit data they did."""
-    try:
-        saved = json.loads((ckpt_dir / "state.json").read_text()).get("data")
-    except (OSError, ValueError, AttributeError):
-        return  # no readable checkpoint: load_checkpoint says so in its own sentence
-    if not isinstance(saved, list):
-        return
-    before = sorted(str(p.get("sha256")) for p in saved if isinstance(p, dict))
-    if before == sorted(p["sha256"] for p in prov):
-        return
-
-    def names(ps):
-        return ", ".join(Path(str(p.get("path", "?"))).name for p in ps if isinstance(p, dict)) or "none"
-
-    raise InputError(f"the checkpoint in {str(ckpt_dir)!r} was trained on {names(saved)}, not on the --data given now "
-                     f"({names(prov)}), so --resume is refused; resume with the same --data, or fine-tune on the new "
-                     "data into another folder with --init-from, whose config then names both")
 
 
 def _usable_slices(x: torch.Tensor) -> torch.Tensor:
@@ -295,7 +254,7 @@ def train_prior(
     torch.manual_seed(seed)
     prior = DiffusionPrior(cfg).to(dev)
     net = prior.net
-    lineage = _init_weights(net, cfg, init_from) if init_from is not None and not resume else None
+    lineage = init_weights(net, cfg, init_from) if init_from is not None and not resume else None
     ema = DiffusionPrior(cfg).net.to(dev)
     ema.load_state_dict(net.state_dict())
     ema.requires_grad_(False)
@@ -316,7 +275,7 @@ def train_prior(
     step = 0
     prev_seconds = 0.0
     if resume:
-        _check_resume_data(ckpt_dir, prov)
+        check_resume_data(ckpt_dir, prov)
         meta = load_checkpoint(ckpt_dir, net, ema, opt, gen, dev)
         lineage = meta.get("init_from")
         step = int(meta["step"])

@@ -21,6 +21,12 @@ operator (the official setting) it is exactly the official step.  Fewer than
 priors (the official clamp), none for MR percentile priors, whose training images reach
 beyond 1 (:func:`medrecon.samplers.prior_ops.tweedie_clip`; docs/samplers.md has the measurements).
 
+Feature caching (``cache_interval`` N >= 2, :mod:`medrecon.priors.feature_cache`): on the steps
+between two full network passes the gradient above leaves the network out by default
+(``cache_jacobian="none"``: ``d x0 / d x_t = 1 / sqrt(abar_t)``, clipped pixels aside) rather
+than differentiating the shallow path alone (``"shallow"``), whose partial Jacobian lost 1 dB on
+CT where leaving it out lost nothing (docs/benchmarks.md, "Feature caching").
+
 Differences from the official code (DPS2022/diffusion-posterior-sampling): its norm is
 ``torch.linalg.norm`` over the whole batch, which couples the slices of a batch (the step of
 each slice shrinks with the others' residuals); ours sums per-slice norms.  Its network
@@ -66,6 +72,9 @@ class DPS(Sampler):
                       none_ok=True, auto_ok=True),
         "phase": PHASE_PARAM,
         "cache_interval": CACHE_PARAM,
+        "cache_jacobian": Param(str, "none", "what a cached step's data gradient differentiates: none = no network "
+                                "Jacobian (d x0_hat / d x_t = 1 / sqrt(abar_t)), shallow = the shallow path's",
+                                choices=("none", "shallow")),
         "variance": Param(str, "small", "ancestral variance: small = posterior beta-tilde, large = beta",
                           choices=("small", "large")),
         "spacing": Param(str, "linspace", "timestep spacing when steps < T", choices=("leading", "trailing",
@@ -78,7 +87,7 @@ class DPS(Sampler):
         p = self._params
         T = int(prior.num_timesteps)
         steps = self.resolve_steps(steps, prior)
-        cache = make_cache(p["cache_interval"])  # this call's own (medrecon.priors.feature_cache)
+        cache = make_cache(p["cache_interval"], jacobian=p["cache_jacobian"])  # this call's own (feature_cache)
         ts = ddim_timesteps(steps, T, p["spacing"]).tolist() if steps < T else list(range(T - 1, -1, -1))
         dev, dtype = y.device, sample_dtype(y)
         abar = prior.alphas_cumprod.to(device=dev, dtype=torch.float64)
