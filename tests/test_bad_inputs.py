@@ -73,6 +73,8 @@ def build_world(w: Path) -> None:
     mr.save_volume(vol, good / "dcm")
     m = mr.simulate(vol, "ct.parallel", {"n_views": 10}, noise_std=0.01, relative=True)
     mr.save_measurement(m, good / "m.h5")
+    mr.save_measurement(mr.simulate(vol, "ct.parallel", {"n_views": 3}, noise_std=0.01, relative=True),
+                        good / "m3views.h5")  # too few views to hold some out (auto-tuning)
     mri = mr.simulate(vol, "mri.cartesian",
                       {"mask": {"kind": "random", "acceleration": 4, "center_fraction": 0.08, "seed": 0}})
     mr.save_measurement(mri, good / "mri.h5")
@@ -278,6 +280,10 @@ def corpus() -> list[dict]:
                                                                             "cache_interval=1"]}.items():
         add(f"reconstruct-dds-cache-interval-{k}", [*DDS, *extra, *o])  # --steps 2: an interval of 3 never reuses
     add("reconstruct-tv-cache-interval", [*RECON, "--cache-interval", "2", *o])  # tv has no network to cache
+    # auto-tuning asked by name of a measurement too small to split; left at its default it falls back (recorded)
+    tv3 = ["reconstruct", "good/m3views.h5", "--sampler", "tv", "--steps", "3", "--quiet"]
+    add("reconstruct-tv-auto-unsplittable", [*tv3, "-p", "lam_rel=auto", *o])
+    add("reconstruct-tv-default-unsplittable", [*tv3, *o], "ok")
     add("reconstruct-dry-run", [*RECON, "--dry-run", *o], "ok")
     for k, extra in {
         "op-unknown": ["ct.nope"], "views-neg": ["ct.parallel", "-p", "n_views=-1"],

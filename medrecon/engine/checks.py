@@ -182,6 +182,26 @@ def check_parts(num_parts, part_id, output) -> tuple[int, int]:
         raise InputError("a run split into parts needs output= (the parts meet in its .partial folder)")
     return n, k
 
+def check_auto_tuning(smp, params: dict | None, op) -> None:
+    """Auto-tuning asked for by name (``params`` sets the sampler's tunable weight to ``"auto"``)
+    of a measurement the operator cannot split into held-out folds (too few views or lines;
+    cone beam): an :class:`InputError` naming the number to give instead.  Left at its default,
+    the same weight falls back to the sampler's fixed value and says so in the output's
+    metadata (:mod:`medrecon.samplers.autotune`)."""
+    from medrecon.samplers.autotune import N_FOLDS
+
+    tunable = getattr(smp, "tunable", None)
+    value = (params or {}).get(tunable[0]) if tunable else None
+    if not (isinstance(value, str) and value.strip().lower() == "auto"):
+        return
+    if op.holdout_folds(N_FOLDS) is not None:
+        return
+    name, _, fallback = tunable
+    raise InputError(f"{smp.name} {name}=auto chooses the weight by holding out part of the measurement, but this "
+                     f"{op.name} measurement cannot be split into {N_FOLDS} held-out folds (too few views or lines, or "
+                     f"an operator that cannot hold out data); give a number instead, e.g. --param {name}={fallback:g}")
+
+
 def check_samples(samples: int, smp, op, comps, volume_mode: bool) -> None:
     """``samples`` > 1 needs a stochastic (diffusion) sampler on a plain image: one clear sentence
     otherwise.  Volume samplers (``dds3d``, ``mbir3d``) draw the whole volume once per draw."""

@@ -218,6 +218,7 @@ def plan(
     ``execute(plan(...))``) into a :class:`RunPlan`.  Raises one sentence for any argument that
     cannot work, before any work (and nothing is written)."""
     from medrecon.engine.checks import (
+        check_auto_tuning,
         check_measurement,
         check_output,
         check_parts,
@@ -283,6 +284,7 @@ def plan(
                      like)
 
     op = m.operator()
+    check_auto_tuning(smp, params, op)
     volume_mode_3d = not op.per_slice
     volume_mode = volume_mode_3d or not smp.per_slice
     check_measurement(m, op, volume_mode_3d)
