@@ -366,3 +366,36 @@ def test_an_interrupt_between_worker_starts_still_stops_the_started_workers(monk
         run_slices(workers, plan, [0, 1, 2, 3], np.zeros((4, 2, 2), np.float32), None,
                    RunProgress(None, 4, 0, 2, "test"))
     assert len(started) == 1 and not started[0].is_alive()
+
+
+def test_an_interrupt_while_waiting_for_the_workers_waits_until_they_have_stopped(monkeypatch):
+    """Ctrl-C lands while the main thread waits for the workers: it sets the stop event and returns
+    only once every worker has finished (their own done events, not Thread.join, which on CPython
+    3.11 can take an interrupted thread for stopped while it still runs torch code)."""
+    import threading
+    from types import SimpleNamespace
+
+    from medrecon.engine import workers as wk
+    from medrecon.operators.matrix import MatrixOperator
+
+    op = MatrixOperator(np.eye(4), shape=[2, 2])
+    plan = SimpleNamespace(live=SimpleNamespace(sampler=_Endless(), measurement=SimpleNamespace(
+        y=np.zeros((4, 4), np.float32))), steps=1, seed=0, samples=1, antithetic=False, draw_batch=1, batch_size=1)
+    workers = [wk.Worker(i, torch.device("cpu"), op, None) for i in range(2)]
+    real_wait, calls = threading.Event.wait, []
+
+    def wait(ev, timeout=None):
+        if timeout == 0.2 and threading.current_thread() is threading.main_thread():  # wait_for_workers
+            calls.append(1)
+            if len(calls) == 3:
+                raise KeyboardInterrupt
+        return real_wait(ev, timeout)
+
+    monkeypatch.setattr(threading.Event, "wait", wait)
+    with pytest.raises(KeyboardInterrupt):
+        wk.run_slices(workers, plan, [0, 1, 2, 3], np.zeros((4, 2, 2), np.float32), None,
+                      wk.RunProgress(None, 4, 0, 2, "test"))
+    running = [t for t in threading.enumerate() if t.name.startswith("medrecon-worker-")]
+    for t in running:  # done was set as the workers' last act: at most their bootstrap is left
+        t.join(5)
+    assert len(calls) == 3 and not any(t.is_alive() for t in running)

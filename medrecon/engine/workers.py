@@ -324,19 +324,34 @@ def run_volume(w: Worker, plan, result: np.ndarray, ck, prog: RunProgress,
     prog.slices_done(z)
 
 
-def join_stopping(threads: list[threading.Thread]) -> None:
-    """Wait for the started ``threads`` of a stopping run, whatever further interrupts arrive.
+def wait_for_workers(done: list[threading.Event]) -> None:
+    """Wait until every worker thread has set its ``done`` event; an interrupt propagates.
 
-    The process must not exit while a worker still runs native (torch) code: the interpreter's
-    exit would tear down the thread pools under it ("terminate called without an active
-    exception", exit status 134 instead of 130).  The workers stop within one iteration
-    (:mod:`medrecon.stopping`), so a second Ctrl-C only has to wait that long."""
-    for t in threads:
-        while t.ident is not None and t.is_alive():  # ident None: never started
-            try:
-                t.join(0.2)
-            except BaseException:  # noqa: BLE001 - a repeated Ctrl-C / SIGTERM: keep waiting
-                continue
+    The main thread waits on the events the workers set as their last act, never on
+    ``Thread.join``: a KeyboardInterrupt that lands inside ``join`` on CPython 3.11 can mark a
+    thread that is still running as stopped (``threading._wait_for_tstate_lock`` releases its
+    lock), and the process would then exit under a worker that is running torch code ("terminate
+    called without an active exception", SIGABRT instead of exit status 130)."""
+    for ev in done:
+        while not ev.wait(0.2):
+            pass
+
+
+def wait_for_stopping_workers(threads: list[threading.Thread], done: list[threading.Event]) -> None:
+    """After ``stop`` was set: wait until every started worker has set its ``done`` event, whatever
+    further interrupts arrive (they stop within one iteration, :mod:`medrecon.stopping`).  A
+    thread whose ``start`` an interrupt cut short before it began never sets it: one that has
+    not begun (no ``ident``) within a second is not waited for."""
+    give_up = time.monotonic() + 1.0
+    pending = list(zip(threads, done, strict=True))
+    while pending:
+        try:
+            pending = [(t, ev) for t, ev in pending
+                       if not ev.is_set() and (t.ident is not None or time.monotonic() < give_up)]
+            if pending:
+                pending[0][1].wait(0.05)
+        except BaseException:  # noqa: BLE001 - a repeated Ctrl-C / SIGTERM: keep waiting
+            continue
 
 
 def run_slices(workers: list[Worker], plan, todo: list[int], result: np.ndarray, ck, prog: RunProgress,
@@ -383,7 +398,15 @@ def run_slices(workers: list[Worker], plan, todo: list[int], result: np.ndarray,
             q.put(b)
         errors: list[BaseException] = []
 
-        def loop(w):
+        done = [threading.Event() for _ in workers]
+
+        def loop(w, ev):
+            try:
+                work(w)
+            finally:
+                ev.set()  # the main thread waits on this, not on join (wait_for_workers)
+
+        def work(w):
             import torch
 
             if w.dev.type == "cuda" and w.dev.index is not None:
@@ -407,17 +430,15 @@ def run_slices(workers: list[Worker], plan, todo: list[int], result: np.ndarray,
                     stop.set()
                     return
 
-        threads = [threading.Thread(target=loop, args=(w,), name=f"medrecon-worker-{w.index}", daemon=True)
-                   for w in workers]
+        threads = [threading.Thread(target=loop, args=(w, ev), name=f"medrecon-worker-{w.index}", daemon=True)
+                   for w, ev in zip(workers, done, strict=True)]
         try:  # the starts too: an interrupt between two starts must still stop the started workers
             for t in threads:
                 t.start()
-            for t in threads:
-                while t.is_alive():
-                    t.join(0.2)
+            wait_for_workers(done)
         except BaseException:  # Ctrl-C / SIGTERM in the main thread: the workers stop at their next step
             stop.set()
-            join_stopping(threads)
+            wait_for_stopping_workers(threads, done)
             raise
         if errors:
             raise errors[0]
