@@ -30,7 +30,8 @@ prior runs at its own scale; for the shipped CT prior that includes a TV term in
 ``tv``), ``dds-plain`` (the same with official DDS's CG data step, ``tv=0``), ``dds-native`` (the prior
 on the data's grid as it is), ``dds-tv``
 (DDS started from the TV reconstruction at ``t_start``), ``dps``, ``dps-cached`` (DPS with feature
-caching at N = 3, about 2.5x as fast on the CPU), ``reddiff``.  ``--size 512
+caching at N = 3, about 2.5x as fast on the CPU), ``reddiff``; ``name@k=v,...`` adds sampler
+parameters to a method (``dps-cached@tv=0.3``: DPS with a TV term).  ``--size 512
 --pixel 1.0742 --series ct-pancreas --methods tv dds dds-native`` measures the pixel-size
 handling on the prior's own patient at twice its resolution.  For each evaluated series the
 prior-fit score the engine records with a diffusion run is reported
@@ -222,7 +223,24 @@ def score(modality: str, x, ref) -> dict:
 
 # ----------------------------------------------------------------------------- methods
 def method_spec(method: str, modality: str, tv_weight=None):
-    """(sampler, params, needs prior) of a method name."""
+    """(sampler, params, needs prior) of a method name; ``name@k=v,k2=v2`` adds sampler parameters
+    to the named method (e.g. ``dps-cached@tv=0.3``)."""
+    base, _, extra = method.partition("@")
+    sampler, params, needs = _methods(modality, tv_weight)[base]
+    for kv in filter(None, extra.split(",")):
+        k, _, v = kv.partition("=")
+        params = dict(params, **{k: _number_or_text(v)})
+    return sampler, params, needs
+
+
+def _number_or_text(v: str):
+    try:
+        return float(v)
+    except ValueError:
+        return v
+
+
+def _methods(modality: str, tv_weight=None):
     tvkey = "lam" if modality == "ct" else "lam_rel"
     return {
         "classical": ("classical", {}, False),
@@ -236,7 +254,7 @@ def method_spec(method: str, modality: str, tv_weight=None):
         "dps": ("dps", {}, True),
         "dps-cached": ("dps", {"cache_interval": 3}, True),  # feature caching, N = 3 (docs/samplers.md)
         "reddiff": ("reddiff", {}, True),
-    }[method]
+    }
 
 
 T_START = 0.2
@@ -249,7 +267,7 @@ def run_method(m, method: str, modality: str, prior, args, tv_weight=None):
     import medrecon
 
     sampler, params, needs = method_spec(method, modality, tv_weight)
-    steps = args.steps.get(method, STEPS.get(method))
+    steps = args.steps.get(method, STEPS.get(method.partition("@")[0]))
     if args.quick and steps:
         steps = min(steps, 5 if needs else 30)
     t0 = time.perf_counter()

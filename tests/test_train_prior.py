@@ -260,3 +260,33 @@ def test_resume_on_other_data_is_refused_and_a_fine_tune_names_its_source_data(t
               "--steps", "3"])
     assert e.value.code in (0, None)
     assert DiffusionPrior.load(tmp_path / "ft").config["training"]["init_from"] == lineage
+
+
+def test_a_stop_while_the_prior_is_written_keeps_the_checkpoint_and_resume_writes_it(tmp_path, monkeypatch, capsys):
+    """Ctrl-C / SIGTERM after the loop (final validation, weights, fit reference, samples): the
+    checkpoint was saved first, the message says how to finish, and --resume --steps N writes the
+    prior an uninterrupted run writes."""
+    from medrecon.priors import train as train_module
+    from medrecon.priors.model import DiffusionPrior
+    from medrecon.priors.train import train_prior
+
+    tr = _stack(tmp_path, "train", n=4)
+    kw = dict(batch_size=2, device="cpu", channels="tiny", ckpt_every=100, n_samples=0, progress=False, warmup=1)
+    real = train_module._record_fit_reference
+
+    def stop(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "_record_fit_reference", stop)
+    with pytest.raises(KeyboardInterrupt):
+        train_prior([tr], tmp_path / "p", steps=3, **kw)
+    assert "rerun with --resume --steps 3 to write the prior" in capsys.readouterr().err
+    assert json.loads((tmp_path / "p" / "checkpoint" / "state.json").read_text())["step"] == 3
+    monkeypatch.setattr(train_module, "_record_fit_reference", real)
+    r = train_prior([tr], tmp_path / "p", steps=3, resume=True, **kw)
+    assert r["steps"] == 3 and r["resumed"]
+    straight = train_prior([tr], tmp_path / "q", steps=3, **kw)
+    a, b = DiffusionPrior.load(tmp_path / "p"), DiffusionPrior.load(tmp_path / "q")
+    assert straight["steps"] == 3 and a.config["training"]["steps"] == 3
+    for u, v in zip(a.net.state_dict().values(), b.net.state_dict().values(), strict=True):  # fp16 weights;
+        assert torch.allclose(u, v, atol=2e-3)  # threaded CPU reductions need not be bit-identical

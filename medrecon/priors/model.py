@@ -11,6 +11,7 @@ A prior is a folder::
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import warnings
@@ -20,7 +21,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from medrecon.datasets import sha256_file
 from medrecon.errors import FileFormatError, InputError
 from medrecon.priors.config import (  # noqa: F401 - re-exported: the config is part of the prior's API
     CONFIG_NAME,
@@ -287,7 +287,9 @@ class DiffusionPrior(torch.nn.Module):
     def save(self, folder, dtype: str = "float16", extra: dict[str, Any] | None = None) -> Path:
         """Write ``config.json`` + ``weights.safetensors`` (dtype float16 or float32) into ``folder``;
         weights that are NaN or infinite in ``dtype`` (float16 overflows above 65504) are refused."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save as save_bytes
+
+        from medrecon.io.atomic import write_bytes_atomic, write_text_atomic
 
         folder = Path(folder)
         tdt = {"float16": torch.float16, "float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
@@ -298,14 +300,17 @@ class DiffusionPrior(torch.nn.Module):
                              f"to {str(folder)!r}")
         folder.mkdir(parents=True, exist_ok=True)
         wpath = folder / WEIGHTS_NAME
-        save_file(sd, str(wpath), metadata={"format": FORMAT, "dtype": dtype})
+        # each file is replaced atomically, the weights first: a run killed in between leaves
+        # the old config, whose sha256 no longer matches, and load() refuses it in one sentence
+        blob = save_bytes(sd, metadata={"format": FORMAT, "dtype": dtype})
+        write_bytes_atomic(wpath, lambda f: f.write(blob))
         wpath.chmod(0o644)
         cfg = copy.deepcopy(self.config)
         cfg["weights"] = {"file": WEIGHTS_NAME, "dtype": dtype, "ema": cfg.get("weights", {}).get("ema", True),
-                          "sha256": sha256_file(wpath), "parameters": count_parameters(self.net)}
+                          "sha256": hashlib.sha256(blob).hexdigest(), "parameters": count_parameters(self.net)}
         if extra:
             cfg.update(extra)
-        (folder / CONFIG_NAME).write_text(json.dumps(cfg, indent=2) + "\n")
+        write_text_atomic(folder / CONFIG_NAME, json.dumps(cfg, indent=2) + "\n", fsync=True)
         self.config = cfg
         return folder
 

@@ -376,55 +376,60 @@ def train_prior(
     if acc_n:
         losses.append([step, float(acc) / acc_n])
     checkpoint()
-    ema.eval()
-    if not val_losses or val_losses[-1]["step"] != step:
-        v = validation_loss(ema_fn, x_val, abar, prediction, max(batch_size, 32))
-        val_losses.append({"step": step, **v})
-    train_seconds = prev_seconds + time.time() - run_t0
-    final = DiffusionPrior(cfg, net=ema)
-    training_info = {"steps": step, "target_steps": steps, "stopped_by": stopped_by, "batch_size": batch_size,
-                     "patch": patch, "lr": lr, "seed": seed, "ema_decay": ema_decay, "immiscible": immiscible,
-                     "augment": {"flip": True, "shift": shift, "rotate_deg": rotate_deg, "zoom": zoom},
-                     "data_sha256": data_sha, "init_from": lineage, "final_val_loss": val_losses[-1]["mean"],
-                     "train_seconds": round(train_seconds, 1), "device": str(dev)}
-    final.config["training"] = training_info
-    final.save(out, dtype=weights_dtype)
-    fit_ref = _record_fit_reference(out, x_val, dev) if x_val.shape[0] else None
+    try:  # Ctrl-C or SIGTERM from here on stops the run as before; the checkpoint above holds it all
+        ema.eval()
+        if not val_losses or val_losses[-1]["step"] != step:
+            v = validation_loss(ema_fn, x_val, abar, prediction, max(batch_size, 32))
+            val_losses.append({"step": step, **v})
+        train_seconds = prev_seconds + time.time() - run_t0
+        final = DiffusionPrior(cfg, net=ema)
+        training_info = {"steps": step, "target_steps": steps, "stopped_by": stopped_by, "batch_size": batch_size,
+                         "patch": patch, "lr": lr, "seed": seed, "ema_decay": ema_decay, "immiscible": immiscible,
+                         "augment": {"flip": True, "shift": shift, "rotate_deg": rotate_deg, "zoom": zoom},
+                         "data_sha256": data_sha, "init_from": lineage, "final_val_loss": val_losses[-1]["mean"],
+                         "train_seconds": round(train_seconds, 1), "device": str(dev)}
+        final.config["training"] = training_info
+        final.save(out, dtype=weights_dtype)
+        fit_ref = _record_fit_reference(out, x_val, dev) if x_val.shape[0] else None
 
-    samples_png = None
-    if n_samples:
-        from medrecon.priors.sample import sample_prior, save_grid
+        samples_png = None
+        if n_samples:
+            from medrecon.priors.sample import sample_prior, save_grid
 
-        p2 = DiffusionPrior.load(out, device=dev)
-        p2.autocast = bf16
-        if modality in ("mr", "us"):
-            p2 = p2.with_intensity(float(np.median(train_stack.lo)), float(np.median(train_stack.hi)))
-        imgs = sample_prior(p2, n=n_samples, steps=sample_steps, sampler="ddim", seed=seed,
-                            size=size if dev.type == "cuda" else min(size, 128))
-        samples_png = str(save_grid(imgs, out / "samples.png",
-                                    title=f"{modality.upper()} prior, {step} steps, DDIM {sample_steps}"))
+            p2 = DiffusionPrior.load(out, device=dev)
+            p2.autocast = bf16
+            if modality in ("mr", "us"):
+                p2 = p2.with_intensity(float(np.median(train_stack.lo)), float(np.median(train_stack.hi)))
+            imgs = sample_prior(p2, n=n_samples, steps=sample_steps, sampler="ddim", seed=seed,
+                                size=size if dev.type == "cuda" else min(size, 128))
+            samples_png = str(save_grid(imgs, out / "samples.png",
+                                        title=f"{modality.upper()} prior, {step} steps, DDIM {sample_steps}"))
 
-    report = {
-        "modality": modality, "size": size, "pixel_size_mm": train_stack.pixel_size_mm, "patch": patch,
-        "channels": channels, "parameters": count_parameters(net), "steps": step, "target_steps": steps,
-        "stopped_by": stopped_by, "seed": seed, "batch_size": batch_size, "lr": lr,
-        "data": prov, "val_data": val_prov, "val_source": val_source,
-        "val_slices": int(x_val.shape[0]), "val_timesteps": list(VAL_TIMESTEPS), "val_seed": VAL_SEED,
-        "train_slices": int(x_train.shape[0]), "losses": losses, "val_losses": val_losses,
-        "train_seconds": round(train_seconds, 1), "wall_seconds_this_run": round(time.time() - t_start, 1),
-        "steps_per_second_this_run": round((step - first_step) / max(1e-9, loop_seconds), 3),
-        "loop_seconds_this_run": round(loop_seconds, 1),
-        "device": str(dev), "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor(),
-        "torch": torch.__version__, "python": platform.python_version(), "bf16_autocast": use_ac,
-        "resumed": bool(resume), "init_from": None if init_from is None else str(init_from), "samples_png": samples_png, "prior": str(out),
-        "fit_reference": fit_ref,
-    }
-    try:
-        import monai
+        report = {
+            "modality": modality, "size": size, "pixel_size_mm": train_stack.pixel_size_mm, "patch": patch,
+            "channels": channels, "parameters": count_parameters(net), "steps": step, "target_steps": steps,
+            "stopped_by": stopped_by, "seed": seed, "batch_size": batch_size, "lr": lr,
+            "data": prov, "val_data": val_prov, "val_source": val_source,
+            "val_slices": int(x_val.shape[0]), "val_timesteps": list(VAL_TIMESTEPS), "val_seed": VAL_SEED,
+            "train_slices": int(x_train.shape[0]), "losses": losses, "val_losses": val_losses,
+            "train_seconds": round(train_seconds, 1), "wall_seconds_this_run": round(time.time() - t_start, 1),
+            "steps_per_second_this_run": round((step - first_step) / max(1e-9, loop_seconds), 3),
+            "loop_seconds_this_run": round(loop_seconds, 1),
+            "device": str(dev), "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor(),
+            "torch": torch.__version__, "python": platform.python_version(), "bf16_autocast": use_ac,
+            "resumed": bool(resume), "init_from": None if init_from is None else str(init_from), "samples_png": samples_png, "prior": str(out),
+            "fit_reference": fit_ref,
+        }
+        try:
+            import monai
 
-        report["monai"] = monai.__version__
-    except ImportError:  # pragma: no cover
-        pass
-    write_text_atomic(out / "train_report.json", json.dumps(report, indent=1) + "\n")
-    return report
+            report["monai"] = monai.__version__
+        except ImportError:  # pragma: no cover
+            pass
+        write_text_atomic(out / "train_report.json", json.dumps(report, indent=1) + "\n")
+        return report
+    except KeyboardInterrupt:
+        print(f"[train-prior] stopped while writing the prior; the checkpoint at step {step} is saved in "
+              f"{ckpt_dir}: rerun with --resume --steps {step} to write the prior from it", file=sys.stderr, flush=True)
+        raise
 

@@ -51,10 +51,6 @@ own operator's units (default 1.0); ours is relative to ||A||^2.
 
 from __future__ import annotations
 
-import hashlib
-import threading
-import weakref
-
 import torch
 
 from medrecon.operators.linalg import apply_adjoint_real, cg, estimate_norm, normal
@@ -171,32 +167,7 @@ class DDS(Sampler):
 def _tv_solver(y, operator, rel: float, dtype):
     """The TV-regularised data step of ``tv > 0``: a :class:`~medrecon.samplers.tv.TVSolver` with
     ``rel`` times the ``tv`` sampler's per-slice weight (recorded as ``reconstruction.auto_tuned``)."""
-    from medrecon.samplers.autotune import _record
-    from medrecon.samplers.tv import TVSolver, tv_weights
+    from medrecon.samplers.tv import TVSolver, study_tv_weights
 
-    lam, rng, rec = _tv_weights_once(y, operator, tv_weights)
-    lam = (lam * rel).to(dtype)
-    _record(dict(rec, param="dds tv lam", values=[float(v) for v in lam], tv=rel))
+    lam, rng = study_tv_weights(y, operator, rel, dtype, "dds tv lam")
     return TVSolver(operator, y, lam, rng.to(dtype), [-2, -1])
-
-
-#: the ``tv`` sampler's weights already chosen, by operator (weakly held: an entry dies with its
-#: operator) and measurement; several posterior draws of one batch reuse them
-_TV_WEIGHTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_TV_WEIGHTS_LOCK = threading.Lock()
-
-
-def _tv_weights_once(y: torch.Tensor, operator, tv_weights):
-    """``tv_weights(y, operator)``, computed once per operator object and measurement: the draws of
-    ``--samples N`` call the sampler N times on the same ``y`` and operator, and the
-    cross-validated weight search (many TV solves) does not depend on the draw."""
-    key = (tuple(y.shape), str(y.dtype), str(y.device),
-           hashlib.sha256(y.detach().cpu().contiguous().numpy().tobytes()).hexdigest())
-    with _TV_WEIGHTS_LOCK:
-        hit = _TV_WEIGHTS.get(operator, {}).get(key)
-    if hit is not None:
-        return hit
-    out = tv_weights(y, operator)
-    with _TV_WEIGHTS_LOCK:
-        _TV_WEIGHTS.setdefault(operator, {})[key] = out
-    return out

@@ -21,6 +21,20 @@ operator (the official setting) it is exactly the official step.  Fewer than
 priors (the official clamp), none for MR percentile priors, whose training images reach
 beyond 1 (:func:`medrecon.samplers.prior_ops.tweedie_clip`; docs/samplers.md has the measurements).
 
+``tv > 0`` adds a total-variation term to the data term whose gradient is followed (the
+residual norm's gradient is ``grad (1/2 ||r||^2) / ||r||``, so the TV term joins the half
+squared norm under the same normalisation)::
+
+    x_s  = x'_s - zeta grad_{x_t} [1/2 ||r||^2 + tv lam_TV L_TV^2 TV_eps(from_net(x0))] / (||r|| a ||A||)
+
+with ``r = y - A from_net(x0)`` (``||r||`` held constant in the gradient), ``lam_TV`` the weight
+the ``tv`` sampler chooses for the slice (cross-validation on held-out views or lines; its
+problem is ``1/(2 L_TV^2) ||A x - y||^2 + lam_TV TV(x)``, ``L_TV = 1.02 ||A||``) and
+``TV_eps`` the isotropic TV smoothed by 1e-3 of the slice's robust range
+(:func:`medrecon.samplers.tv.tv_value`).  ``tv = 0`` is official DPS; ``tv = 1`` weighs the TV
+term as the ``tv`` sampler does.  It costs the ``tv`` sampler's weight search once per slice
+(about 25 s per 256^2 CT slice on one CPU core) and nothing per step that matters.
+
 Feature caching (``cache_interval`` N >= 2, :mod:`medrecon.priors.feature_cache`): on the steps
 between two full network passes the gradient above leaves the network out by default
 (``cache_jacobian="none"``: ``d x0 / d x_t = 1 / sqrt(abar_t)``, clipped pixels aside) rather
@@ -75,6 +89,8 @@ class DPS(Sampler):
         "cache_jacobian": Param(str, "none", "what a cached step's data gradient differentiates: none = no network "
                                 "Jacobian (d x0_hat / d x_t = 1 / sqrt(abar_t)), shallow = the shallow path's",
                                 choices=("none", "shallow")),
+        "tv": Param(float, 0.0, "weight of a TV term in the data term DPS follows, relative to the per-study weight "
+                    "the tv sampler chooses (0: official DPS)", lo=0),
         "variance": Param(str, "small", "ancestral variance: small = posterior beta-tilde, large = beta",
                           choices=("small", "large")),
         "spacing": Param(str, "linspace", "timestep spacing when steps < T", choices=("leading", "trailing",
@@ -97,6 +113,12 @@ class DPS(Sampler):
             L = estimate_norm(operator, device=dev, real_domain=True)
             z = randn_per_slice(generators, shape, device=dev, dtype=dtype)
             scale = net_scale(prior, z) * max(L, 1e-30)  # (B,)
+            tv_w = None
+            if p["tv"] > 0:  # the TV term of the module docstring: weight and smoothing per slice
+                from medrecon.samplers.tv import study_tv_weights, tv_value
+
+                lam, rng = study_tv_weights(y, operator, p["tv"], dtype, "dps tv lam")
+                tv_w, tv_eps = lam * (1.02 * L) ** 2, 1e-3 * rng
             a0 = float(abar[ts[0]])
             if x_init is not None:
                 x = diffuse(to_net_real(prior, x_init.to(dtype)), z, a0)
@@ -115,9 +137,15 @@ class DPS(Sampler):
                 x0 = tweedie_x0_scalar(x, e, a_t)
                 if clip is not None:
                     x0 = x0.clamp(-clip, clip)
-                r = y - apply_forward(operator, prior.from_net(x0))
-                rn = torch.sqrt(norm_per_slice(r) ** 2 + 1e-30) / scale
-                (grad,) = torch.autograd.grad(rn.sum(), x)
+                img = prior.from_net(x0)
+                r = y - apply_forward(operator, img)
+                r2 = norm_per_slice(r) ** 2
+                if tv_w is None:
+                    obj = torch.sqrt(r2 + 1e-30) / scale
+                else:  # d||r|| = d(||r||^2 / 2) / ||r||: the TV term joins the half squared norm
+                    tv = tv_value(img.real if img.is_complex() else img, [-2, -1], tv_eps)
+                    obj = (0.5 * r2 + tv_w * tv) / (torch.sqrt(r2.detach() + 1e-30) * scale)
+                (grad,) = torch.autograd.grad(obj.sum(), x)
             with torch.no_grad():
                 x0 = x0.detach()
                 mean = (math.sqrt(a_s) * beta / (1 - a_t)) * x0 + (math.sqrt(alpha) * (1 - a_s) / (1 - a_t)) * x

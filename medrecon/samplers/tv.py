@@ -29,7 +29,10 @@ image: it needs the ground truth, so it is for benchmarks only.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import threading
+import weakref
 from collections.abc import Sequence
 
 import torch
@@ -40,7 +43,7 @@ from medrecon.operators.linalg import apply_forward, estimate_norm
 from medrecon.samplers.autotune import CV_SCALE
 from medrecon.samplers.base import Param, Sampler
 
-__all__ = ["TV", "TVSolver", "tv_weights", "classical_image", "tune_tv", "grad_nd", "div_nd", "robust_range"]
+__all__ = ["TV", "TVSolver", "tv_weights", "study_tv_weights", "tv_value", "classical_image", "tune_tv", "grad_nd", "div_nd", "robust_range"]
 
 
 def grad_nd(x: torch.Tensor, axes: Sequence[int]) -> torch.Tensor:
@@ -282,6 +285,55 @@ def tv_weights(y: torch.Tensor, operator, **params) -> tuple[torch.Tensor, torch
     lam = torch.as_tensor(values, dtype=rng.dtype, device=rng.device) * rng
     return lam, rng, {"param": "tv lam", "values": [float(v) for v in lam], "lam_rel": values,
                       "method": "cross-validation on held-out measurements (the tv sampler's choice)"}
+
+
+#: the ``tv`` sampler's weights already chosen, by operator (weakly held: an entry dies with its
+#: operator) and measurement; the draws of ``--samples N`` reuse them
+_TV_WEIGHTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_TV_WEIGHTS_LOCK = threading.Lock()
+
+
+def study_tv_weights(y: torch.Tensor, operator, rel: float, dtype, label: str):
+    """``rel`` times the per-slice weight the ``tv`` sampler chooses for ``y`` (:func:`tv_weights`),
+    and the robust ranges it is relative to, both ``(B,)`` in ``dtype``; the choice is recorded as
+    ``reconstruction.auto_tuned`` under ``label`` (e.g. ``"dds tv lam"``).
+
+    The cross-validated search (many TV solves) runs once per operator object and measurement:
+    the N draws of ``--samples N`` call a sampler N times on the same ``y`` and operator, and the
+    weight does not depend on the draw.
+    """
+    from medrecon.samplers.autotune import _record
+
+    key = (tuple(y.shape), str(y.dtype), str(y.device),
+           hashlib.sha256(y.detach().cpu().contiguous().numpy().tobytes()).hexdigest())
+    with _TV_WEIGHTS_LOCK:
+        hit = _TV_WEIGHTS.get(operator, {}).get(key)
+    if hit is None:
+        hit = tv_weights(y, operator)
+        with _TV_WEIGHTS_LOCK:
+            _TV_WEIGHTS.setdefault(operator, {})[key] = hit
+    lam, rng, rec = hit
+    lam = (lam * rel).to(dtype)
+    _record(dict(rec, param=label, values=[float(v) for v in lam], tv=rel))
+    return lam, rng.to(dtype)
+
+
+def tv_value(x: torch.Tensor, axes: Sequence[int], eps: torch.Tensor | float = 0.0) -> torch.Tensor:
+    """Isotropic total variation per slice, ``sum_pixels sqrt(|grad x|^2 + eps^2)`` (``eps``: a
+    smoothing in image units, scalar or ``(B,)``, so that the value is differentiable where the
+    gradient vanishes), shape ``(B,)``; with ``eps = 0`` the TV that :class:`TVSolver` minimises.
+
+    >>> import torch
+    >>> x = torch.zeros(1, 4, 4); x[:, :, 2:] = 3.0   # one vertical edge of height 3, 4 pixels long
+    >>> float(tv_value(x, [-2, -1]))
+    12.0
+    """
+    g = grad_nd(x, axes)
+    sq = (g.abs() ** 2).sum(0)
+    e = torch.as_tensor(eps, dtype=sq.dtype, device=sq.device)
+    if e.ndim:
+        e = e.view(-1, *([1] * (sq.ndim - 1)))
+    return torch.sqrt(sq + e**2).reshape(x.shape[0], -1).sum(1)
 
 
 def tune_tv(y: torch.Tensor, operator, reference: torch.Tensor, lams: Sequence[float], **params):
