@@ -290,3 +290,18 @@ def test_a_stop_while_the_prior_is_written_keeps_the_checkpoint_and_resume_write
     assert straight["steps"] == 3 and a.config["training"]["steps"] == 3
     for u, v in zip(a.net.state_dict().values(), b.net.state_dict().values(), strict=True):  # fp16 weights;
         assert torch.allclose(u, v, atol=2e-3)  # threaded CPU reductions need not be bit-identical
+
+
+def test_a_subset_of_a_read_stack_records_its_own_shape_and_digest(tmp_path):
+    """A stack read from a file carries its source's sidecar in meta; writing a subset of it must
+    describe the rows written (shape, sha256), not the source's."""
+    import hashlib
+
+    st = read_stack(_stack(tmp_path, "full", n=6))
+    sub = SliceStack(st.data[2:5], st.modality, st.pixel_size_mm, st.lo[2:5], st.hi[2:5], dict(st.meta))
+    p = write_stack(sub, tmp_path / "sub.npy")
+    side = json.loads(p.with_suffix(".json").read_text())
+    assert side["shape"] == [3, 32, 32] and np.load(p).shape == (3, 32, 32)
+    assert side["sha256"] == hashlib.sha256(p.read_bytes()).hexdigest()
+    assert read_stack(p).data.shape == (3, 32, 32) and sorted(q.name for q in tmp_path.iterdir()) == [
+        "full.json", "full.npy", "sub.json", "sub.npy"]  # no temporary files left

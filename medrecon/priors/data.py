@@ -19,6 +19,8 @@ train on a machine that has neither.  Volumes (DICOM / NIfTI) are read through
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +30,7 @@ import numpy as np
 
 from medrecon.datasets import sha256_file
 from medrecon.errors import FileFormatError, InputError
+from medrecon.io.atomic import write_bytes_atomic, write_text_atomic
 
 STACK_FORMAT = "medrecon-slices"
 
@@ -194,17 +197,22 @@ def write_stack(stack: SliceStack, path) -> Path:
     if np.abs(stack.data).max(initial=0) > 65000:
         raise InputError("slice values exceed the float16 range (65504); rescale before writing a stack")
     arr = stack.data.astype(np.float16)
-    np.save(path, arr)
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    blob = buf.getvalue()
+    write_bytes_atomic(path, lambda f: f.write(blob))
     inten = dict(stack.meta.get("intensity", {}))
     if stack.modality in ("mr", "us"):
         inten.update({"lo": [float(v) for v in stack.lo], "hi": [float(v) for v in stack.hi]})
     else:
         inten.update({"kind": "window", "lo": float(stack.lo[0]), "hi": float(stack.hi[0])})
-    side = {"format": STACK_FORMAT, "modality": stack.modality, "pixel_size_mm": stack.pixel_size_mm,
+    # what describes the written array comes last: a stack read from a file (a subset, say)
+    # carries its source's shape, dtype and digest in its meta
+    side = {**{k: v for k, v in stack.meta.items() if k != "intensity"},
+            "format": STACK_FORMAT, "modality": stack.modality, "pixel_size_mm": stack.pixel_size_mm,
             "shape": list(arr.shape), "dtype": "float16", "units": "HU" if stack.modality == "ct" else "arbitrary",
-            **{k: v for k, v in stack.meta.items() if k != "intensity"}, "intensity": inten,
-            "sha256": sha256_file(path)}
-    path.with_suffix(".json").write_text(json.dumps(side, indent=1) + "\n")
+            "intensity": inten, "sha256": hashlib.sha256(blob).hexdigest()}
+    write_text_atomic(path.with_suffix(".json"), json.dumps(side, indent=1) + "\n")
     return path
 
 
