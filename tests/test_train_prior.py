@@ -305,3 +305,32 @@ def test_a_subset_of_a_read_stack_records_its_own_shape_and_digest(tmp_path):
     assert side["sha256"] == hashlib.sha256(p.read_bytes()).hexdigest()
     assert read_stack(p).data.shape == (3, 32, 32) and sorted(q.name for q in tmp_path.iterdir()) == [
         "full.json", "full.npy", "sub.json", "sub.npy"]  # no temporary files left
+
+
+def test_training_into_a_folder_that_holds_a_prior_needs_resume_or_overwrite(tmp_path, capsys):
+    """Forgetting --resume must not restart a long run over its checkpoint: an output folder that
+    holds a prior or a checkpoint is refused in one sentence (exit 2, nothing touched); --overwrite
+    starts afresh (the old checkpoint goes), and --resume with --overwrite is a contradiction."""
+    from medrecon.cli.main import main
+
+    a = _stack(tmp_path, "a", n=4, s=16)
+    out = tmp_path / "p"
+    common = ["--data", str(a), "--output", str(out), "--batch-size", "2", "--channels", "tiny", "--device", "cpu",
+              "--samples", "0", "--val-every", "0"]
+    with pytest.raises(SystemExit) as e:
+        main(["train-prior", *common, "--steps", "3"])
+    assert e.value.code in (0, None)
+    before = {p.name: p.read_bytes() for p in [out / "config.json", out / "checkpoint" / "state.json"]}
+    capsys.readouterr()
+    for extra in ([], ["--resume", "--overwrite"]):
+        with pytest.raises(SystemExit) as e:
+            main(["train-prior", *common, "--steps", "2", *extra])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+        assert ("--overwrite" in err) and {p.name: p.read_bytes() for p in [
+            out / "config.json", out / "checkpoint" / "state.json"]} == before
+    with pytest.raises(SystemExit) as e:
+        main(["train-prior", *common, "--steps", "2", "--overwrite", "--ckpt-every", "0"])
+    assert e.value.code in (0, None)
+    assert json.loads((out / "config.json").read_text())["training"]["steps"] == 2
+    assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == 2  # the final save

@@ -29,6 +29,8 @@ def register(app: typer.Typer) -> None:
         lr: float = typer.Option(2e-4, "--lr"),
         device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto."),
         resume: bool = typer.Option(False, "--resume", help="Continue from OUTPUT/checkpoint."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Start afresh in an OUTPUT that already holds a "
+                                       "prior or checkpoint."),
         init_from: str = typer.Option(None, "--init-from", help="Start from this prior's weights (name or folder; "
                                       "same network preset, size and modality): fine-tuning, new optimiser."),
         seed: int = typer.Option(0, "--seed"),
@@ -65,7 +67,7 @@ def register(app: typer.Typer) -> None:
             raise InputError(f"--modality must be ct, mr or us, got {modality!r}")
         report = train_prior(
             paths, output, modality=modality, size=size, val_data=list(val_data or []) or None, steps=steps,
-            batch_size=batch_size, lr=lr, device=device, resume=resume, init_from=init_from, seed=seed,
+            batch_size=batch_size, lr=lr, device=device, resume=resume, overwrite=overwrite, init_from=init_from, seed=seed,
             max_minutes=max_minutes,
             patch=patch, channels=channels, schedule=schedule, prediction=prediction, val_every=val_every,
             ckpt_every=ckpt_every, log_every=log_every, immiscible=immiscible, n_samples=n_samples,

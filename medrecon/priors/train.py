@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 import warnings
@@ -156,6 +157,7 @@ def train_prior(
     weight_decay: float = 1e-4,
     device: str | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     init_from=None,
     seed: int = 0,
     max_minutes: float | None = None,
@@ -190,6 +192,8 @@ def train_prior(
     channels : network preset name (see :data:`medrecon.priors.model.PRESETS`).
     max_minutes : wall-clock cap; training stops cleanly, saving, and records the steps done.
     resume : continue from ``output/checkpoint`` (steps is the total target).
+    overwrite : start afresh in an ``output`` that already holds a prior or a checkpoint
+        (without it, or ``resume``, such an ``output`` is refused: nothing is replaced by accident).
     init_from : a prior (name or folder) whose weights start the network and its EMA (fine-tuning
         with a fresh optimiser and warm-up); its network, size and modality must be those
         this run builds.  The report records it.
@@ -212,6 +216,13 @@ def train_prior(
     dev = resolve_device(device)
     out = Path(output)
     ckpt_dir = out / "checkpoint"
+    if resume and overwrite:
+        raise InputError("--resume continues the checkpoint in the output folder and --overwrite starts afresh "
+                         "over it; give one of them")
+    held = [n for n in ("config.json", "checkpoint") if (out / n).exists()]
+    if held and not (resume or overwrite):
+        raise InputError(f"{str(out)!r} already holds a {'prior' if 'config.json' in held else 'training checkpoint'}"
+                         f"; pass --resume to continue its training or --overwrite to start again over it")
 
     train_stack, prov = load_sources([str(p) for p in data], size, modality)
     modality = train_stack.modality
@@ -283,6 +294,8 @@ def train_prior(
         val_losses = meta.get("val_losses", [])
         prev_seconds = float(meta.get("train_seconds", 0.0))
     out.mkdir(parents=True, exist_ok=True)  # only once the data and the options are known to be usable
+    if overwrite and ckpt_dir.exists():  # a later --resume must not find the replaced run's checkpoint
+        shutil.rmtree(ckpt_dir)
 
     def ema_fn(x, t):
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_ac):
