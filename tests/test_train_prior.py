@@ -334,3 +334,28 @@ def test_training_into_a_folder_that_holds_a_prior_needs_resume_or_overwrite(tmp
     assert e.value.code in (0, None)
     assert json.loads((out / "config.json").read_text())["training"]["steps"] == 2
     assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == 2  # the final save
+
+
+def test_prepare_slices_replaces_existing_stacks_only_with_overwrite(tmp_path, capsys):
+    import nibabel as nib
+
+    from medrecon.cli.main import main
+
+    vol = np.random.default_rng(0).uniform(-900, 900, (16, 16, 6)).astype(np.float32)
+    src = tmp_path / "v.nii.gz"
+    nib.save(nib.Nifti1Image(vol, np.diag([2.0, 2.0, 3.0, 1.0])), str(src))
+    args = ["prepare-slices", str(src), "--output", str(tmp_path / "st"), "--size", "16", "--modality", "ct",
+            "--holdout", "0:2"]
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code in (0, None)
+    train = (tmp_path / "st" / "train.npy").read_bytes()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(args + ["--holdout", "0:3"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "pass --overwrite" in err and len(err.strip().splitlines()) == 1
+    assert (tmp_path / "st" / "train.npy").read_bytes() == train
+    with pytest.raises(SystemExit) as e:
+        main(args[:-2] + ["--holdout", "0:3", "--overwrite"])
+    assert e.value.code in (0, None) and read_stack(tmp_path / "st" / "holdout.npy").data.shape[0] == 3

@@ -130,11 +130,13 @@ def register(app: typer.Typer) -> None:
         holdout: str = typer.Option(None, "--holdout", help="Contiguous z block a:b held out."),
         modality: str = typer.Option(None, "--modality"),
         pixel_size: float = typer.Option(None, "--pixel-size"),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace stacks already in --output."),
     ) -> None:
         """Write train/holdout slice stacks (.npy float16 + .json) from one volume."""
         from medrecon.priors.prepare import prepare_slices
 
-        typer.echo(json.dumps(prepare_slices(source, output, size, holdout, modality, pixel_size), indent=1))
+        summary = prepare_slices(source, output, size, holdout, modality, pixel_size, overwrite=overwrite)
+        typer.echo(json.dumps(summary, indent=1))
 
     @app.command("evaluate-prior")
     def evaluate_cmd(

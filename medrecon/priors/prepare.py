@@ -22,12 +22,18 @@ from pathlib import Path
 
 
 def prepare_slices(source, output, size: int = 256, holdout: str | None = None,
-                   modality: str | None = None, pixel_size_mm: float | None = None) -> dict:
-    """Write train (and holdout) stacks from one volume; returns a summary dict."""
+                   modality: str | None = None, pixel_size_mm: float | None = None,
+                   overwrite: bool = False) -> dict:
+    """Write train (and holdout) stacks from one volume; returns a summary dict.  Stacks already in
+    ``output`` are replaced only with ``overwrite``."""
     import numpy as np
 
+    from medrecon.errors import InputError
     from medrecon.priors.data import SliceStack, parse_block, stack_from_volume, write_stack
 
+    there = [n for n in ("train.npy", "holdout.npy") if (Path(output) / n).exists()]
+    if there and not overwrite:
+        raise InputError(f"{str(output)!r} already holds {' and '.join(there)}; pass --overwrite to replace them")
     full = stack_from_volume(source, size, modality, pixel_size_mm)
     n = full.data.shape[0]
     block = parse_block(holdout, n)
@@ -57,11 +63,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--holdout", default=None, help="contiguous z block a:b held out (z order of load_volume)")
     ap.add_argument("--modality", choices=["ct", "mr", "us"], default=None, help="default: from the file")
     ap.add_argument("--pixel-size", type=float, default=None, help="target pixel size mm (default: FOV / S)")
+    ap.add_argument("--overwrite", action="store_true", help="replace stacks already in --output")
     args = ap.parse_args(argv)
     from medrecon.errors import MedreconError
 
     try:
-        summary = prepare_slices(args.source, args.output, args.size, args.holdout, args.modality, args.pixel_size)
+        summary = prepare_slices(args.source, args.output, args.size, args.holdout, args.modality, args.pixel_size,
+                                 args.overwrite)
     except MedreconError as exc:
         print(f"prepare: error: {exc}", file=sys.stderr)
         return 2
