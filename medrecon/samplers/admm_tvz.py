@@ -55,9 +55,10 @@ import torch
 
 from medrecon.errors import InputError
 from medrecon.operators.linalg import apply_adjoint_real, apply_forward, cg, estimate_norm, normal
+from medrecon.priors.feature_cache import make_cache
 from medrecon.priors.schedule import ddim_timesteps, diffuse, tweedie_x0_scalar
-from medrecon.samplers.base import Param, Sampler
-from medrecon.samplers.prior_ops import net_scale, sample_dtype, to_net_real
+from medrecon.samplers.base import CACHE_PARAM, Param, Sampler
+from medrecon.samplers.prior_ops import net_scale, prior_eps, sample_dtype, to_net_real
 from medrecon.streams import randn_per_slice
 
 __all__ = ["ADMMTVz", "VolumeDiffusionSampler", "check_slice_geometry", "dz", "dzt", "shrink",
@@ -246,11 +247,14 @@ class ADMMTVz:
 
 
 # --------------------------------------------------------------------------- the shared loop
-def eps_chunked(prior, x: torch.Tensor, t: torch.Tensor, net_batch: int) -> torch.Tensor:
-    """``prior.eps`` on ``(Z, H, W)`` slices in chunks of ``net_batch`` (adds the channel axis)."""
+def eps_chunked(prior, x: torch.Tensor, t: torch.Tensor, net_batch: int, caches: list | None = None) -> torch.Tensor:
+    """``prior.eps`` on ``(Z, H, W)`` slices in chunks of ``net_batch`` (adds the channel axis).
+    ``caches``: one :class:`~medrecon.priors.feature_cache.FeatureCache` per chunk (feature
+    caching; each chunk keeps its own deep feature), or None."""
     out = []
-    for s in range(0, x.shape[0], net_batch):
-        out.append(prior.eps(x[s:s + net_batch].unsqueeze(1), t[s:s + net_batch])[:, 0])
+    for k, s in enumerate(range(0, x.shape[0], net_batch)):
+        cache = caches[k] if caches is not None else None
+        out.append(prior_eps(prior, x[s:s + net_batch], t[s:s + net_batch], cache))
     return torch.cat(out)
 
 
@@ -261,6 +265,7 @@ ADMM_TVZ_PARAMS = {
     "lam_xy": Param(float, 0.0, "in-plane (y, x) anisotropic TV weight in network units (0: TV along z "
                     "only, the paper)", lo=0),
     "net_batch": Param(int, 16, "slices per network call (does not change the result)", lo=1),
+    "cache_interval": CACHE_PARAM,
 }
 
 
@@ -374,19 +379,24 @@ class VolumeDiffusionSampler(Sampler):
             if self._resume is not None:
                 start = self._load_resume(self._resume, generators, admm, x, len(ts))
                 x = self._resume["x"].to(device=dev, dtype=dtype)
+            # feature caching: one cache per network chunk; full passes on steps 0, N, 2N, ... of
+            # this call, so a checkpoint is offered only before a full pass and a resumed run
+            # makes the same passes as an uninterrupted one
+            interval = int(p["cache_interval"])
+            caches = [make_cache(interval) for _ in range(0, Z, nb)] if interval >= 2 else None
             x0_dc = None
             for i in range(start, len(ts)):
                 t = ts[i]
                 tt = torch.full((Z,), t, dtype=torch.long, device=dev)
                 a_t = float(abar[t])
-                e = eps_chunked(prior, x, tt, nb).to(dtype)
+                e = eps_chunked(prior, x, tt, nb, caches).to(dtype)
                 x0 = prior.from_net(tweedie_x0_scalar(x, e, a_t))
                 x0_dc = data_consistency(x0)
                 if i + 1 < len(ts):
                     a_s = float(abar[ts[i + 1]])
                     noise = randn_per_slice(generators, shape, device=dev, dtype=dtype) if p["eta"] > 0 else None
                     x = self._renoise(prior.to_net(x0_dc), e, a_t, a_s, noise)
-                    if self._ckpt is not None:
+                    if self._ckpt is not None and (caches is None or (i + 1 - start) % interval == 0):
                         self._ckpt({"format": "medrecon-volume-sampler-state", "sampler": self.spec(),
                                     "step": i + 1, "total": len(ts), "x": x, "w": admm.w, "u": admm.u,
                                     "generators": [g.get_state() for g in generators]})
