@@ -136,7 +136,7 @@ def test_the_shipped_priors_recommend_what_their_validation_picked():
     assert resolve(mr, DPS, 50, {}, "mri.sense").params == {"zeta": 20.0}
     assert resolve(mr, DPS, 50, {}, "mri.cartesian") is None  # measured with mri.sense only
     r = resolve(ct, DPS, None, {}, "ct.parallel")
-    assert r.steps == 200 and r.params == {"zeta": 5.0}
+    assert r.steps == 200 and r.params == {"zeta": 5.0, "tv": 0.25}
     assert resolve(ct, DDS, None, {}, "ct.parallel").params == {"eta": 0.5, "tv": 0.15}
     assert resolve(ct, DDS, 100, {}, "ct.parallel") is None  # measured at 50 steps only
     assert resolve(ct, DDS, None, {}, "ct.fan") is None  # measured on parallel beam only
