@@ -91,7 +91,7 @@ print(' '.join(k for k, v in G.SERIES.items() if v[0] == '$mod' and v[2] == 'tra
   $PY -m medrecon.cli.main train-prior "${data[@]}" --modality "$mod" --size 256 --channels small \
     --batch-size "$BATCH" --lr 3e-4 --ema-decay 0.999 --warmup 200 --zoom 0.3 --steps 200000 \
     --max-minutes "$TRAIN_MINUTES" --val-every 500 --ckpt-every 2000 --log-every 200 --seed 0 \
-    --device cuda --output "$OUT/$mod-v2" 2>&1 | grep -v -i warn | tail -n 8
+    --device cuda --overwrite --output "$OUT/$mod-v2" 2>&1 | grep -v -i warn | tail -n 8
   TABLE+=("train-$mod: $($PY -c "import json; c = json.load(open('$OUT/$mod-v2/config.json'))['training']
 print(c['steps'], 'steps,', c['train_seconds'], 's, val loss', round(c['final_val_loss'], 5))" 2>&1)")
 }
@@ -103,10 +103,10 @@ train_shipped() {  # the recipe of the shipped ct-default / mr-default, both pri
   mkdir -p .gpu/out
   echo "== training ct-default and mr-default concurrently (${TRAIN_MINUTES} min cap, batch ${BATCH}) $(el)"
   $PY -m medrecon.cli.main train-prior --data .gpu/ct/train.npy --val-data .gpu/ct/holdout.npy --modality ct \
-    $common --output .gpu/out/ct-default > .gpu/out/train-ct.log 2>&1 &
+    $common --overwrite --output .gpu/out/ct-default > .gpu/out/train-ct.log 2>&1 &
   p1=$!
   $PY -m medrecon.cli.main train-prior --data .gpu/mr/train.npy --val-data .gpu/mr/holdout.npy --modality mr \
-    $common --output .gpu/out/mr-default > .gpu/out/train-mr.log 2>&1 &
+    $common --overwrite --output .gpu/out/mr-default > .gpu/out/train-mr.log 2>&1 &
   p2=$!
   echo "== correctness on the GPU (while training runs; correctness only, no timings)"
   timeout 120 $PY benchmarks/gpu_correctness.py || echo "correctness script exit $?"
