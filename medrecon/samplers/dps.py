@@ -32,8 +32,8 @@ the ``tv`` sampler chooses for the slice (cross-validation on held-out views or 
 problem is ``1/(2 L_TV^2) ||A x - y||^2 + lam_TV TV(x)``, ``L_TV = 1.02 ||A||``) and
 ``TV_eps`` the isotropic TV smoothed by 1e-3 of the slice's robust range
 (:func:`medrecon.samplers.tv.tv_value`).  ``tv = 0`` is official DPS; ``tv = 1`` weighs the TV
-term as the ``tv`` sampler does.  It costs the ``tv`` sampler's weight search once per slice
-(about 25 s per 256^2 CT slice on one CPU core) and nothing per step that matters.
+term as the ``tv`` sampler does.  It costs the ``tv`` sampler's weight search once per batch
+(about 25 s per 256^2 CT slice on one CPU core) and one TV gradient per step.
 
 Feature caching (``cache_interval`` N >= 2, :mod:`medrecon.priors.feature_cache`): on the steps
 between two full network passes the gradient above leaves the network out by default
