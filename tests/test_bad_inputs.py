@@ -245,6 +245,7 @@ def corpus() -> list[dict]:
         add(f"sample-prior-{n}", ["sample-prior", p, "--n", "1", "--steps", "2", "--device", "cpu",
                                   "-o", "{out}/s.png"])
         add(f"prior-info-{n}", ["prior-info", p], "refuse")
+        add(f"blend-priors-{n}", ["blend-priors", "good/prior", p, "-w", "0.5", "-w", "0.5", "-o", "{out}/b"])
 
     # parameters out of range or of the wrong kind
     o = ["-o", "{out}/r.nii.gz"]

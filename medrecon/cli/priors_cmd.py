@@ -1,4 +1,4 @@
-"""``medrecon train-prior``, ``medrecon sample-prior``, ``medrecon prepare-slices``, ``medrecon prior-info``.
+"""``medrecon train-prior``, ``sample-prior``, ``prepare-slices``, ``evaluate-prior``, ``blend-priors``, ``prior-info``.
 
 ``python -m medrecon.cli.priors_cmd ...`` runs the train-prior command alone (:func:`train_main`).
 """
@@ -154,6 +154,24 @@ def register(app: typer.Typer) -> None:
         ev = res["evidence"]
         typer.echo(f"t=300: noisy {ev['psnr_noisy_db']:.2f} dB, Gaussian {ev['psnr_gaussian_db']:.2f} dB, "
                    f"prior {ev['psnr_prior_db']:.2f} dB; wrote {output}")
+
+    @app.command("blend-priors")
+    def blend_cmd(
+        priors: list[str] = typer.Argument(..., help="Two or more priors (names or folders) fine-tuned from a "
+                                           "common one, e.g. ct-default and a fine-tune of it."),
+        weight: list[float] = typer.Option(..., "--weight", "-w", help="Weight of each prior, in order "
+                                           "(repeatable; >= 0, summing to 1)."),
+        output: Path = typer.Option(..., "--output", "-o", help="Prior folder to write."),
+        val_data: list[str] = typer.Option(None, "--val-data", help="Slice stacks to measure the blend's "
+                                           "fit_reference on (repeatable; default: none recorded)."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --output."),
+    ) -> None:
+        """Average the weights of priors fine-tuned from a common one (WiSE-FT) into a new prior."""
+        from medrecon.priors.blend import blend_priors
+
+        cfg = blend_priors(priors, weight, output, val_data=list(val_data or []) or None, overwrite=overwrite)
+        parts = ", ".join(f"{r['weight']:g} x {r['prior']}" for r in cfg["training"]["blend"])
+        typer.echo(f"prior written to {output} ({parts})")
 
     @app.command("prior-info")
     def info_cmd(prior: str = typer.Argument(..., help="Prior name or folder.")) -> None:
