@@ -53,7 +53,9 @@ Usage::
                                      # benchmarks/gpu.sh runs the protocol and trains the v2 priors there)
 
 ``--merge A.json B.json`` combines runs over disjoint ``--series`` (one process per core, same
-options otherwise) into one results file.
+options otherwise) into one results file; a later file's rows replace the same series, setting and
+method of an earlier one (re-measuring ``dds`` after a prior's recommended settings changed:
+``--merge benchmarks/results/generalization_mr.json new.json``).
 
 Writes ``benchmarks/results/generalization_{ct,mr}.json`` (command, commit, settings,
 per-slice numbers, means) and prints the markdown table of docs/quality.md.  Skips with a
@@ -442,23 +444,38 @@ def markdown(res: dict, methods, settings, modality: str) -> str:
 
 
 def merge(paths, output) -> int:
-    """Combine results files of runs over disjoint series (``--merge``): series in :data:`SERIES`
-    order, summary and table recomputed, every run's command kept."""
+    """Combine results files (``--merge``): runs over disjoint series, or later runs that add or
+    re-measure methods on series already there (a row of a later run replaces the same series,
+    setting and method of an earlier one, e.g. ``dds`` after a prior's recommended settings
+    changed); series in :data:`SERIES` order, summary and table recomputed, every run's command kept."""
+    import copy
+
     from medrecon.io.atomic import atomic_file
 
     runs = [json.loads(Path(p).read_text()) for p in paths]
     first = runs[0]
-    keys = ("prior", "modality", "settings", "methods", "noise_rel", "slices_per_series", "size")
+    keys = ("prior", "modality", "settings", "noise_rel", "slices_per_series", "size")
     for r in runs[1:]:
         diff = [k for k in keys if r.get(k) != first.get(k)]
         if diff:
             raise SystemExit(f"generalization --merge: the runs differ in {', '.join(diff)}")
-    series = [x for r in runs for x in r["series"]]
-    names = [x["series"] for x in series]
-    if len(set(names)) != len(names):
-        raise SystemExit("generalization --merge: a series appears in more than one run")
+    merged: dict = {}
+    methods: list = []
+    for r in runs:
+        methods += [m for m in r["methods"] if m not in methods]
+        for x in r["series"]:
+            cur = merged.get(x["series"])
+            if cur is None:
+                merged[x["series"]] = copy.deepcopy(x)
+                continue
+            if cur["slices"] != x["slices"]:
+                raise SystemExit(f"generalization --merge: {x['series']} was measured on slices {cur['slices']} "
+                                 f"and {x['slices']}")
+            for setting, rows in x["results"].items():
+                cur["results"].setdefault(setting, {}).update(rows)
+    series = list(merged.values())
     order = list(SERIES)
-    res = dict(first, series=sorted(series, key=lambda x: order.index(x["series"])))
+    res = dict(first, series=sorted(series, key=lambda x: order.index(x["series"])), methods=methods)
     res["command"] = " && ".join([r["command"] for r in runs] +
                                  ["python benchmarks/generalization.py --merge " + shlex.join(paths)])
     res["seconds"] = round(sum(r["seconds"] for r in runs), 1)

@@ -190,6 +190,23 @@ def evaluate_case(case: dict, methods, prior: str, device: str, samples: int = 1
     return out
 
 
+def merge_cases(old: list, new: list) -> list:
+    """``old`` cases with the rows of the ``new`` cases (same series, slice and acceleration) put in:
+    a row measured again replaces the old one, the rest stay; cases only in ``new`` are appended."""
+    import copy
+
+    key = lambda c: (c["series"], c["z"], c["accel"])  # noqa: E731
+    out = [copy.deepcopy(c) for c in old]
+    at = {key(c): c for c in out}
+    for c in new:
+        if key(c) not in at:
+            out.append(c)
+            continue
+        for tool in ("medrecon", "sigpy"):
+            at[key(c)][tool].update(c[tool])
+    return out
+
+
 def summarise(cases) -> dict:
     """Mean PSNR per (acceleration group, tool, method) over the cases, and the gaps the issue asks for."""
     import numpy as np
@@ -216,6 +233,8 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--workers", type=int, default=1, help="cases run side by side (1 thread each)")
     ap.add_argument("--output", default=str(RESULTS / "quality_mr_raw.json"))
+    ap.add_argument("--merge", action="store_true", help="keep the rows of --output that this run does not "
+                    "re-measure (e.g. --methods dds after mr-default's recommended settings changed)")
     args = ap.parse_args(argv)
     if not DATA_ROOT.is_dir():
         print(f"no data at {DATA_ROOT}: skipping (set MEDRECON_DATA)")
@@ -240,9 +259,14 @@ def main(argv=None) -> int:
         mine = " ".join(f"{k} {v['psnr']:.2f}" for k, v in r["medrecon"].items())
         theirs = " ".join(f"{k} {v['psnr']:.2f}" for k, v in r["sigpy"].items())
         print(f"{r['series']} z{r['z']} {r['accel']}x: medrecon {mine} | sigpy {theirs}", flush=True)
-    out = {"command": "python benchmarks/quality_mr_raw.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-           "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), "git": git_commit(),
-           "seconds": round(time.perf_counter() - t0, 1), "summary": summarise(results), "cases": results}
+    command = "python benchmarks/quality_mr_raw.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    seconds = round(time.perf_counter() - t0, 1)
+    if args.merge and Path(args.output).is_file():
+        old = json.loads(Path(args.output).read_text())
+        results = merge_cases(old["cases"], results)
+        command, seconds = f"{old['command']} && {command}", round(old.get("seconds", 0) + seconds, 1)
+    out = {"command": command, "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), "git": git_commit(),
+           "seconds": seconds, "summary": summarise(results), "cases": results}
     print(json.dumps(out["summary"], indent=1))
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(out, indent=1))

@@ -135,6 +135,8 @@ def test_the_shipped_priors_recommend_what_their_validation_picked():
     assert resolve(mr, DPS, 200, {}, "mri.sense").params == {"zeta": 10.0}
     assert resolve(mr, DPS, 50, {}, "mri.sense").params == {"zeta": 20.0}
     assert resolve(mr, DPS, 50, {}, "mri.cartesian") is None  # measured with mri.sense only
+    assert resolve(mr, DDS, None, {}, "mri.sense").params == {"cg_iters": 20}  # 50 steps (session 36)
+    assert resolve(mr, DDS, 200, {}, "mri.sense") is None
     r = resolve(ct, DPS, None, {}, "ct.parallel")
     assert r.steps == 200 and r.params == {"zeta": 5.0, "tv": 0.25}
     assert resolve(ct, DDS, None, {}, "ct.parallel").params == {"eta": 0.5, "tv": 0.15}

@@ -65,10 +65,20 @@ class RescaledPrior:
     def for_volume(self, volume) -> RescaledPrior:
         return RescaledPrior(self.base.for_volume(volume), self.factor)
 
+    def own_grid(self, H: int, W: int) -> tuple[int, int]:
+        """The size of an ``H x W`` fine image at the prior's pixel size."""
+        return max(8, round(H / self.factor)), max(8, round(W / self.factor))
+
+    def to_own_scale(self, x: torch.Tensor) -> torch.Tensor:
+        """Images ``(..., H, W)`` area-averaged onto the prior's grid (what the network sees of them)."""
+        lead, (H, W) = x.shape[:-2], x.shape[-2:]
+        xc = torch.nn.functional.interpolate(x.reshape(-1, 1, H, W), size=self.own_grid(H, W), mode="area")
+        return xc.reshape(*lead, *xc.shape[-2:])
+
     def eps(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The noise prediction on the fine grid from the prior's prediction at its own scale."""
         B, C, H, W = x_t.shape
-        h, w = max(8, round(H / self.factor)), max(8, round(W / self.factor))
+        h, w = self.own_grid(H, W)
         f2 = (H * W) / (h * w)  # variance reduction of the area average
         abar = self.base.alphas_cumprod.to(device=x_t.device, dtype=torch.float64)
         a = abar[t.to(x_t.device).long()]
