@@ -6,9 +6,9 @@ measurement: TV (:class:`medrecon.samplers.tv.TV`) with its fixed fallback weigh
 :data:`TV_ITERS` iterations, which is cheap (no cross-validation) and free of the prior's own
 influence (scoring the diffusion result would flatter the prior: it is pulled towards what the
 prior knows).  A prior run at its own scale on finer data (:class:`medrecon.priors.rescaled.RescaledPrior`)
-scores the TV image area-averaged onto its grid: on the fine grid the detail below the prior's
-pixels, which it never predicts, would count as unfamiliarity (a T1 brain at 0.625 mm scored 10.4
-with mr-default at 0.82 mm that way, 1.36 on the prior's grid).  The score is recorded per slice in the output's metadata
+scores the TV image area-averaged onto its grid, where its reference was measured: a loss on the
+fine grid does not compare with it (a T1 brain at 0.625 mm scored 10.4 with mr-default at
+0.82 mm that way, 1.36 on the prior's grid).  The score is recorded per slice in the output's metadata
 (``reconstruction.prior_fit``) and a :class:`PriorFitWarning` is issued when the median over
 the study's slices exceeds :data:`medrecon.priors.fit.FIT_WARN`, for the modalities where that
 threshold was measured to separate familiar from unfamiliar series (:data:`CALIBRATED`: CT).
