@@ -139,18 +139,12 @@ def blend_priors(sources: Sequence[str], weights: Sequence[float], output, *, va
 
 
 def _add_fit_reference(folder: Path, val_data) -> None:
-    """``fit_reference`` of the saved blend on (up to 16) slices of the ``val_data`` stacks."""
+    """``fit_reference`` of the saved blend on the ``val_data`` stacks (:func:`record_fit_reference`)."""
     from medrecon.priors.data import load_sources
-    from medrecon.priors.fit import fit_reference
-    from medrecon.priors.model import CONFIG_NAME, DiffusionPrior
+    from medrecon.priors.fit import record_fit_reference
+    from medrecon.priors.model import CONFIG_NAME
 
-    prior = DiffusionPrior.load(folder)
-    stack, prov = load_sources(list(val_data), prior.image_size, prior.modality)
-    x = torch.from_numpy(stack.to_net())
-    idx = torch.linspace(0, x.shape[0] - 1, min(x.shape[0], 16)).round().long()
-    ref = fit_reference(prior, x[idx], draws=2, net_range=True)
-    ref["data"] = ", ".join(f"{Path(p['path']).name} ({p['sha256'][:12]})" for p in prov)
-    path = folder / CONFIG_NAME
-    cfg = json.loads(path.read_text())
-    cfg["fit_reference"] = ref
-    path.write_text(json.dumps(cfg, indent=2) + "\n")
+    cfg = json.loads((folder / CONFIG_NAME).read_text())
+    stack, prov = load_sources(list(val_data), cfg["image_size"], cfg["modality"])
+    record_fit_reference(folder, torch.from_numpy(stack.to_net()),
+                         data=", ".join(f"{Path(p['path']).name} ({p['sha256'][:12]})" for p in prov))

@@ -48,7 +48,8 @@ import torch
 
 from medrecon.errors import InputError, positive_int
 
-__all__ = ["FIT_TIMESTEPS", "FIT_WARN", "FitScore", "denoising_loss", "fit_reference", "fit_score",
+__all__ = ["FIT_TIMESTEPS", "FIT_WARN", "FIT_REF_SLICES", "FitScore", "denoising_loss", "fit_reference",
+           "record_fit_reference", "fit_score",
            "fit_timesteps"]
 
 #: Timesteps of a 1000-step schedule at which the loss is measured (mid to high noise).  Lower
@@ -125,6 +126,37 @@ def fit_reference(prior, images, *, timesteps=None, draws: int = 2, seed: int = 
     ts = fit_timesteps(T) if timesteps is None else tuple(int(t) for t in timesteps)
     return {"timesteps": list(ts), "loss": [float(v) for v in loss.mean(axis=0)],
             "n_slices": int(loss.shape[0]), "draws": int(draws), "seed": int(seed)}
+
+
+#: Slices (evenly spaced over the validation data) a saved prior's ``fit_reference`` is measured on.
+FIT_REF_SLICES = 16
+
+
+def record_fit_reference(folder, x_net: torch.Tensor, device=None, data: str | None = None) -> dict[str, Any]:
+    """Measure :func:`fit_reference` of the prior saved in ``folder`` (as users load it) on at most
+    :data:`FIT_REF_SLICES` evenly spaced slices of ``x_net`` ((N, 1, H, W) or (N, H, W), network
+    range; 2 draws), store it in its config.json (rewritten atomically) and return it; ``data``,
+    if given, is recorded with it."""
+    import json
+    from pathlib import Path
+
+    from medrecon.io.atomic import atomic_file
+    from medrecon.priors.model import CONFIG_NAME, DiffusionPrior
+
+    folder = Path(folder)
+    prior = DiffusionPrior.load(folder, device=device)
+    x = x_net[:, 0] if x_net.dim() == 4 else x_net
+    idx = torch.linspace(0, x.shape[0] - 1, min(x.shape[0], FIT_REF_SLICES)).round().long().to(x.device)
+    ref = fit_reference(prior, x[idx], draws=2, net_range=True)
+    if data is not None:
+        ref["data"] = data
+    path = folder / CONFIG_NAME
+    cfg = json.loads(path.read_text())
+    cfg["fit_reference"] = ref
+    with atomic_file(path, overwrite=True) as tmp:
+        tmp.write_text(json.dumps(cfg, indent=2) + "\n")
+        tmp.chmod(0o644)
+    return ref
 
 
 @dataclass(frozen=True)

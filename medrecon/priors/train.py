@@ -53,8 +53,6 @@ from medrecon.progress import make_bar, stderr_is_tty
 VAL_TIMESTEPS = (50, 100, 250, 500, 750)
 VAL_SEED = 20240601
 MAX_VAL_SLICES = 32
-#: Validation slices the prior-fit reference (config.json ``fit_reference``) is computed on.
-FIT_REF_SLICES = 16
 
 
 class _Progress:
@@ -110,24 +108,11 @@ def validation_loss(net_fn, x_val: torch.Tensor, abar: torch.Tensor, prediction:
 
 
 def _record_fit_reference(out: Path, x_val: torch.Tensor, dev) -> dict:
-    """Add ``fit_reference`` (:mod:`medrecon.priors.fit`) to ``out/config.json``: the saved prior
-    (float16 EMA weights, as users load it) on at most FIT_REF_SLICES validation slices (network
-    range), 2 draws; config.json is rewritten atomically."""
-    from medrecon.io.atomic import atomic_file
-    from medrecon.priors.fit import fit_reference
-    from medrecon.priors.model import CONFIG_NAME, DiffusionPrior
+    """Add ``fit_reference`` (:func:`medrecon.priors.fit.record_fit_reference`) to ``out/config.json``:
+    the saved prior (float16 EMA weights, as users load it) on the validation slices."""
+    from medrecon.priors.fit import record_fit_reference
 
-    prior = DiffusionPrior.load(out, device=dev)
-    n = x_val.shape[0]
-    idx = torch.linspace(0, n - 1, min(n, FIT_REF_SLICES)).round().long().to(x_val.device)
-    ref = fit_reference(prior, x_val[idx, 0], draws=2, net_range=True)
-    path = out / CONFIG_NAME
-    cfg = json.loads(path.read_text())
-    cfg["fit_reference"] = ref
-    with atomic_file(path, overwrite=True) as tmp:
-        tmp.write_text(json.dumps(cfg, indent=2) + "\n")
-        tmp.chmod(0o644)
-    return ref
+    return record_fit_reference(out, x_val, dev)
 
 
 def _usable_slices(x: torch.Tensor) -> torch.Tensor:
